@@ -1,0 +1,215 @@
+"""train / evaluate: the same functions the CLI calls.
+
+train: config -> data.build -> tasks.build -> models.build -> trainer.fit -> run folder,
+then the final evaluation (metrics.json, predictions.csv, report.md, plots).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from danlu import config as config_mod
+from danlu import data as data_mod
+from danlu import models, tasks
+from danlu.config import RunConfig
+from danlu.data.tabular import TensorData, read_table
+from danlu.errors import DanluError
+from danlu.predict import Predictor, prediction_frame
+from danlu.run import RunDir
+from danlu.train import distributed
+from danlu.train.checkpoint import save_weights
+from danlu.train.trainer import evaluate_split, fit, pick_device
+
+# keys that may change when resuming; any other difference changes shapes or the
+# optimizer's state and cannot continue the same run
+RESUMABLE_CHANGES = ("name", "train.epochs", "train.early_stopping", "train.device",
+                     "train.precision", "train.tensorboard", "train.restore_best", "eval", "output")
+
+
+@dataclass
+class Run:
+    """A finished run: its folder, config, per-epoch history and final metrics."""
+
+    path: Path
+    config: RunConfig
+    history: list[dict[str, float]] = field(default_factory=list)
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    def evaluate(self, split: str = "test", data: str | Path | None = None,
+                 plots: bool = True) -> dict[str, Any]:
+        return evaluate(self.path, split=split, data=data, plots=plots)
+
+    def load(self) -> Predictor:
+        return Predictor(RunDir.open(self.path))
+
+    def predict(self, rows: Any) -> np.ndarray:
+        return self.load().predict(rows)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def train(config: str | Path | dict[str, Any] | RunConfig | None = None,
+          overrides: list[str] | dict[str, Any] | None = None, *, name: str | None = None,
+          resume: str | Path | None = None, progress: str = "auto", **kw_overrides: Any) -> Run:
+    """Train from a YAML path, a dict or a RunConfig. Keyword overrides use `__` for dots:
+    danlu.train("tutorial.yaml", train__lr=0.01)."""
+    overrides = _merge_overrides(overrides, kw_overrides)
+    if name is not None:
+        overrides["name"] = name
+    run = RunDir.open(resume, need_model=False) if resume else None
+    if run is not None:
+        saved = config_mod.load(run.config)
+        cfg = config_mod.load(config if config is not None else saved, overrides)
+        _check_resumable(saved, cfg, run)
+        if not run.has_checkpoint("last"):
+            raise DanluError(f"{run.path}: no checkpoint to resume from (checkpoints/last.state.pt)")
+    elif config is None:
+        raise DanluError("give a config file to train, or --resume RUN_DIR")
+    else:
+        cfg = config_mod.load(config, overrides)
+
+    # everything that can fail on bad input happens before the run folder exists
+    seed_everything(cfg.seed)
+    prepared = data_mod.build(cfg.data, cfg.task.type, cfg.seed)
+    task = tasks.build(cfg.task, prepared.schema, prepared.splits["train"].y, prepared.preprocessor)
+    model = models.build(cfg.model, prepared.schema, task.out_dim)
+    device = pick_device(cfg.train.device)
+    dist = distributed.init(device.type)
+
+    if run is None:
+        path = None
+        if dist.is_main:
+            run = RunDir.create(cfg.output.dir, cfg.name, cfg.output.timestamp)
+            path = str(run.path)
+        run = RunDir(distributed.broadcast(path, dist))
+    if dist.is_main:
+        run.write_config(cfg.to_yaml())
+    result = fit(model, task, prepared.splits, cfg.train, run, seed=cfg.seed,
+                 resume=resume is not None, progress=progress)
+
+    metrics: dict[str, Any] = {}
+    if dist.is_main:
+        save_weights(model, run.weights)
+        run.write_model_json({
+            "task": tasks.resolved_config(cfg.task, task).model_dump(mode="json"),
+            "model": cfg.model.model_dump(mode="json"),
+            "schema": prepared.schema.to_dict(),
+            "preprocessor": prepared.preprocessor.state(),
+            "out_dim": task.out_dim,
+            "sizes": {k: len(v) for k, v in prepared.splits.items()},
+            "best_epoch": result.best_epoch + 1,
+            "stopped_early": result.stopped_early,
+        })
+        split = cfg.eval.split if cfg.eval.split in prepared.splits else "val"
+        if split in prepared.splits:
+            metrics = _finish(run, cfg, Predictor(run), prepared.splits[split],
+                              prepared.frames[split], split, plots=cfg.eval.plots)
+    distributed.barrier(dist)
+    distributed.shutdown(dist)
+    return Run(run.path, cfg, result.history, metrics)
+
+
+def evaluate(run_dir: str | Path, split: str = "test", data: str | Path | None = None,
+             plots: bool = True) -> dict[str, Any]:
+    """Metrics of a saved run on one of its splits or on a file with the same columns;
+    writes metrics.json, predictions.csv and the report into the run folder."""
+    run = RunDir.open(run_dir)
+    cfg = config_mod.load(run.config)
+    predictor = Predictor(run)
+    if data is not None:
+        frame = read_table(data)
+        where, split = str(data), Path(data).name
+    else:
+        prepared = data_mod.build(cfg.data, predictor.schema.task, cfg.seed)
+        if split not in prepared.frames:
+            raise DanluError(f"--split {split}: this run has no '{split}' split;"
+                             f" it has: {', '.join(prepared.frames)}")
+        frame, where = prepared.frames[split], f"{split} split"
+    pre = predictor.preprocessor
+    tensors = TensorData(pre.transform(frame, where), pre.transform_target(frame, where))
+    return _finish(run, cfg, predictor, tensors, frame, split, plots=plots)
+
+
+def _finish(run: RunDir, cfg: RunConfig, predictor: Predictor, tensors: TensorData,
+            frame: pd.DataFrame, split: str, plots: bool) -> dict[str, Any]:
+    """Evaluate the saved model on one split and write metrics.json, predictions, report."""
+    task = predictor.task
+    metrics, decoded = evaluate_split(predictor.model, task, tensors, torch.device("cpu"))
+    metrics = _extra_metrics(cfg, task, tensors, decoded, metrics)
+    summary = {"split": split, "rows": len(tensors), "task": task.kind, "metrics": metrics}
+    run.write_metrics(summary)
+
+    preds = prediction_frame(predictor, decoded, proba=True)
+    truth = frame[predictor.schema.targets].reset_index(drop=True)
+    truth.columns = [f"true_{t}" if len(truth.columns) > 1 else "true" for t in truth.columns]
+    from danlu import fileio
+
+    with fileio.atomic_path(run.predictions) as tmp:
+        pd.concat([truth, preds], axis=1).to_csv(tmp, index=False)
+
+    from danlu.evaluate.report import write_report
+
+    names = predictor.schema.class_names if task.kind == "classification" else predictor.schema.targets
+    meta = run.read_model_json()
+    details = {"run": run.path.name, "task": task.kind, "model": cfg.model.type,
+               "loss": task.loss_name, "data": cfg.data.source or cfg.data.path or cfg.data.train or "",
+               "rows (train/val/test)": "/".join(str(v) for v in meta.get("sizes", {}).values()),
+               "best epoch": str(meta.get("best_epoch", ""))}
+    write_report(run.report, run.plots, title=f"danlu run {run.path.name}", task=task.kind,
+                 split=split, metrics=metrics, history=run.read_history() if plots else [],
+                 y_true=task.target(tensors.y), output=decoded, names=names, details=details)
+    return summary
+
+
+def _extra_metrics(cfg: RunConfig, task: Any, data: TensorData, decoded: np.ndarray,
+                   metrics: dict[str, Any]) -> dict[str, Any]:
+    from danlu.registry import METRICS
+
+    for name in cfg.eval.metrics:
+        fn = METRICS.get(name)
+        metrics[name.rpartition(":")[2]] = float(fn(task.target(data.y), decoded))
+    return metrics
+
+
+def _merge_overrides(overrides: list[str] | dict[str, Any] | None,
+                     kw: dict[str, Any]) -> dict[str, Any]:
+    merged: dict[str, Any] = {}
+    if isinstance(overrides, dict):
+        merged.update(overrides)
+    elif overrides:
+        merged.update(config_mod._parse_overrides(overrides))
+    merged.update({k.replace("__", "."): v for k, v in kw.items()})
+    return merged
+
+
+def _check_resumable(saved: RunConfig, new: RunConfig, run: RunDir) -> None:
+    a, b = _flatten(saved.to_dict()), _flatten(new.to_dict())
+    for key in sorted(set(a) | set(b)):
+        if a.get(key) != b.get(key) and not key.startswith(RESUMABLE_CHANGES):
+            raise DanluError(
+                f"--resume {run.path}: the config differs at {key} ({a.get(key)!r} in the run,"
+                f" {b.get(key)!r} now); that changes the model or its training state, so it"
+                " cannot continue this run: start a new run instead"
+            )
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v and key != "data.params":
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out

@@ -1,0 +1,47 @@
+"""Batching for data held in memory: shuffle the index once per epoch, gather once,
+then hand out contiguous slices (views, no copies). Under DDP each rank keeps its own
+shard of the permutation, so the same code runs on one process or many.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+
+from danlu.data.tabular import TensorData
+
+Batch = tuple[dict[str, torch.Tensor], torch.Tensor]
+
+
+class TensorBatches:
+    def __init__(self, data: TensorData, batch_size: int, *, shuffle: bool, seed: int,
+                 rank: int = 0, world: int = 1, device: torch.device | str = "cpu") -> None:
+        self.inputs = {k: v.to(device) for k, v in data.inputs.items()}
+        self.y = data.y.to(device)
+        self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
+        self.rank, self.world = rank, world
+        # every rank takes the same number of rows so DDP steps stay in lockstep
+        self.rows = len(data) // world
+        if self.rows == 0:
+            raise ValueError(f"{len(data)} rows cannot be shared by {world} processes")
+
+    def __len__(self) -> int:
+        return -(-self.rows // self.batch_size)
+
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[Batch]:
+        """Batches of one epoch from batch `start` on; the order depends only on
+        (seed, epoch), which is what makes resuming mid-epoch exact."""
+        n = len(self.y)
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+            order = torch.randperm(n, generator=g)
+        else:
+            order = torch.arange(n)
+        order = order[self.rank : self.rows * self.world : self.world].to(self.y.device)
+        inputs = {k: v[order] for k, v in self.inputs.items()}
+        y = self.y[order]
+        bs = self.batch_size
+        for i in range(start, len(self)):
+            s = slice(i * bs, (i + 1) * bs)
+            yield {k: v[s] for k, v in inputs.items()}, y[s]

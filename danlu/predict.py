@@ -1,0 +1,91 @@
+"""load(run folder) -> Predictor: rebuilds model and preprocessing from the folder alone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from danlu import models, tasks
+from danlu.config import TaskConfig, parse_model
+from danlu.data.tabular import Schema, TabularPreprocessor, TensorData
+from danlu.errors import DanluError
+from danlu.run import RunDir
+from danlu.train.checkpoint import load_weights
+
+
+class Predictor:
+    """predict / predict_proba on raw rows (DataFrame, array or list of dicts)."""
+
+    def __init__(self, run: RunDir) -> None:
+        self.run = run
+        meta = run.read_model_json()
+        self.schema = Schema.from_dict(meta["schema"])
+        self.preprocessor = TabularPreprocessor.from_state(meta["preprocessor"])
+        task_cfg = TaskConfig.model_validate(meta["task"])
+        model_cfg = parse_model(meta["model"])
+        self.task = tasks.build(task_cfg, self.schema, torch.zeros(0, dtype=torch.long), self.preprocessor)
+        self.model = models.build(model_cfg, self.schema, self.task.out_dim)
+        load_weights(self.model, run.weights)
+        self.model.eval()
+
+    @property
+    def classes(self) -> list[Any] | None:
+        return self.schema.classes
+
+    def frame(self, rows: Any) -> pd.DataFrame:
+        if isinstance(rows, pd.DataFrame):
+            return rows
+        if isinstance(rows, list) and rows and isinstance(rows[0], dict):
+            return pd.DataFrame(rows)
+        arr = np.asarray(rows)
+        if arr.ndim == 1:
+            arr = arr[None, :]
+        if arr.ndim != 2 or arr.shape[1] != len(self.schema.features):
+            raise DanluError(
+                f"input has shape {arr.shape}; the model takes {len(self.schema.features)}"
+                f" columns: {', '.join(self.schema.features)}"
+            )
+        return pd.DataFrame(arr, columns=self.schema.features)
+
+    def outputs(self, rows: Any, where: str = "input", batch_size: int = 8192) -> np.ndarray:
+        """Decoded outputs: class probabilities, or predictions in the target's units."""
+        inputs = self.preprocessor.transform(self.frame(rows), where)
+        data = TensorData(inputs, None)
+        outs = []
+        with torch.no_grad():
+            for i in range(0, len(data), batch_size):
+                outs.append(self.model(**{k: v[i : i + batch_size] for k, v in inputs.items()}))
+        return self.task.decode(torch.cat(outs))
+
+    def predict(self, rows: Any) -> np.ndarray:
+        out = self.outputs(rows)
+        if self.schema.task == "classification":
+            return np.asarray(self.schema.classes, dtype=object)[out.argmax(axis=1)]
+        return out[:, 0] if out.shape[1] == 1 else out
+
+    def predict_proba(self, rows: Any) -> np.ndarray:
+        if self.schema.task != "classification":
+            raise DanluError("predict_proba is for classification models; this one does regression")
+        return self.outputs(rows)
+
+
+def prediction_frame(predictor: Predictor, out: np.ndarray, proba: bool) -> pd.DataFrame:
+    """Outputs -> columns users read: `prediction` (+ `proba_<class>`), or one column per target."""
+    schema = predictor.schema
+    if schema.task == "classification":
+        df = pd.DataFrame({"prediction": np.asarray(schema.classes, dtype=object)[out.argmax(axis=1)]})
+        if proba:
+            for j, name in enumerate(schema.class_names):
+                df[f"proba_{name}"] = out[:, j]
+        return df
+    if out.shape[1] == 1:
+        return pd.DataFrame({"prediction": out[:, 0]})
+    return pd.DataFrame({f"prediction_{t}": out[:, j] for j, t in enumerate(schema.targets)})
+
+
+def load(run_dir: str | Path) -> Predictor:
+    return Predictor(RunDir.open(run_dir))

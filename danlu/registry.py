@@ -1,0 +1,120 @@
+"""One registry mechanism for every pluggable piece: models, losses, optimizers,
+schedulers, activations and metrics.
+
+Built-in entries are stored as "module:attribute" strings and imported on first use,
+so naming a component never imports heavy libraries it does not need. User code plugs
+in the same way: any name of the form "package.module:Name" is imported on demand.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import Any
+
+from danlu.errors import DanluError, choose_from
+
+
+def import_object(ref: str) -> Any:
+    """Import "package.module:Name" (the Name part may be dotted)."""
+    module_name, _, attr = ref.partition(":")
+    if not module_name or not attr:
+        raise DanluError(f"'{ref}' is not an import reference; write it as 'package.module:Name'")
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError as e:
+        raise DanluError(f"cannot import module '{module_name}' for '{ref}': {e}") from e
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise DanluError(f"module '{module_name}' has no attribute '{attr}' (from '{ref}')") from None
+    return obj
+
+
+class Registry:
+    """Name -> object (or lazy "module:attr" reference)."""
+
+    def __init__(self, kind: str, entries: dict[str, Any] | None = None) -> None:
+        self.kind = kind
+        self._entries: dict[str, Any] = dict(entries or {})
+
+    def register(self, name: str, obj: Any = None) -> Any:
+        """Register `obj` under `name`; usable as a decorator when `obj` is omitted."""
+        if obj is None:
+            def decorator(o: Callable) -> Callable:
+                self._entries[name] = o
+                return o
+            return decorator
+        self._entries[name] = obj
+        return obj
+
+    def names(self) -> list[str]:
+        return sorted(self._entries)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def check(self, name: str) -> str:
+        """Raise a DanluError listing the valid names unless `name` is usable."""
+        if name in self._entries or ":" in name:
+            return name
+        raise choose_from(name, self.names(), self.kind)
+
+    def get(self, name: str) -> Any:
+        self.check(name)
+        obj = self._entries.get(name, name)
+        if isinstance(obj, str):
+            obj = import_object(obj)
+            if name in self._entries:
+                self._entries[name] = obj
+        return obj
+
+
+MODELS = Registry("model", {
+    "mlp": "danlu.models.mlp:MLP",
+})
+
+LOSSES = Registry("loss", {
+    "cross_entropy": "danlu.tasks.losses:cross_entropy",
+    "bce_with_logits": "danlu.tasks.losses:bce_with_logits",
+    "mse": "danlu.tasks.losses:mse",
+    "mae": "danlu.tasks.losses:l1",
+    "l1": "danlu.tasks.losses:l1",
+    "huber": "danlu.tasks.losses:huber",
+    "smooth_l1": "danlu.tasks.losses:smooth_l1",
+})
+
+OPTIMIZERS = Registry("optimizer", {
+    "sgd": "torch.optim:SGD",
+    "adam": "torch.optim:Adam",
+    "adamw": "torch.optim:AdamW",
+    "adagrad": "torch.optim:Adagrad",
+    "rmsprop": "torch.optim:RMSprop",
+})
+
+SCHEDULERS = Registry("scheduler", {
+    "none": "danlu.train.schedulers:constant",
+    "step": "danlu.train.schedulers:step",
+    "exponential": "danlu.train.schedulers:exponential",
+    "cosine": "danlu.train.schedulers:cosine",
+    "warmup_cosine": "danlu.train.schedulers:warmup_cosine",
+    "warmup_linear": "danlu.train.schedulers:warmup_linear",
+    "onecycle": "danlu.train.schedulers:onecycle",
+    "reduce_on_plateau": "danlu.train.schedulers:reduce_on_plateau",
+})
+
+ACTIVATIONS = Registry("activation", {
+    "relu": "torch.nn:ReLU",
+    "tanh": "torch.nn:Tanh",
+    "sigmoid": "torch.nn:Sigmoid",
+    "gelu": "torch.nn:GELU",
+    "silu": "torch.nn:SiLU",
+    "leaky_relu": "torch.nn:LeakyReLU",
+    "elu": "torch.nn:ELU",
+})
+
+# Built-in metrics are computed together by danlu.evaluate.metrics and named by the
+# task (Task.metric_names). This registry holds extra ones: fn(y_true, output) -> float,
+# named in `eval.metrics` as "package.module:function" or registered under a short name.
+METRICS = Registry("metric")

@@ -1,0 +1,47 @@
+"""Optimizer and scheduler construction from TrainConfig."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import torch
+from torch import nn
+
+from danlu.config import TrainConfig
+from danlu.registry import OPTIMIZERS, SCHEDULERS
+
+
+def decay_and_no_decay(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """Weight matrices decay; biases, norm scales and other 1-d parameters do not."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.ndim >= 2 else no_decay).append(p)
+    return decay, no_decay
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    cls = OPTIMIZERS.get(cfg.optimizer)
+    decay, no_decay = decay_and_no_decay(model)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    groups = [g for g in groups if g["params"]]
+    kwargs: dict[str, Any] = {"lr": cfg.lr}
+    accepted = inspect.signature(cls).parameters
+    if "momentum" in accepted and cfg.optimizer in ("sgd", "rmsprop"):
+        kwargs["momentum"] = cfg.momentum
+    if "nesterov" in accepted and cfg.nesterov:
+        kwargs["nesterov"] = True
+    if "betas" in accepted:
+        kwargs["betas"] = tuple(cfg.betas)
+    return cls(groups, **kwargs)
+
+
+def build_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int,
+                    monitor_mode: str) -> tuple[Any, str]:
+    total = max(1, steps_per_epoch * cfg.epochs)
+    factory = SCHEDULERS.get(cfg.scheduler.name)
+    if cfg.scheduler.name == "reduce_on_plateau":
+        return factory(opt, cfg.scheduler, total, steps_per_epoch, mode=monitor_mode)
+    return factory(opt, cfg.scheduler, total, steps_per_epoch)

@@ -1,0 +1,295 @@
+"""The training loop. Every task trains through `fit`; a task supplies the loss and the
+metrics, never the loop. Read it top to bottom: set-up, resume, epochs of steps,
+evaluation, early stopping, checkpoints.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from danlu.config import TrainConfig
+from danlu.data.batches import TensorBatches
+from danlu.data.tabular import TensorData
+from danlu.errors import DanluError
+from danlu.evaluate.metrics import direction
+from danlu.run import RunDir
+from danlu.train import checkpoint, distributed
+from danlu.train.optim import build_optimizer, build_scheduler
+from danlu.train.progress import Progress
+
+
+class Interrupted(Exception):
+    """Ctrl-C during training: a checkpoint was saved and the run can be resumed."""
+
+    def __init__(self, run: RunDir, epoch: int, step: int) -> None:
+        super().__init__(f"interrupted at epoch {epoch + 1}, step {step}; checkpoint saved."
+                         f" Resume with: danlu train --resume {run.path}")
+
+
+@dataclass
+class FitResult:
+    history: list[dict[str, float]]
+    best_epoch: int
+    best_value: float | None
+    stopped_early: bool
+    steps: int
+
+
+@dataclass
+class TrainerState:
+    """Everything besides weights/optimizer that a resumed run needs to continue exactly."""
+
+    epoch: int = 0  # the epoch in progress (0-based)
+    batch: int = 0  # next batch within that epoch
+    step: int = 0  # optimizer steps taken
+    best: float | None = None
+    best_epoch: int = -1
+    bad_epochs: int = 0
+    loss_sum: float = 0.0  # partial epoch, for a mid-epoch checkpoint
+    loss_count: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise DanluError("train.device: cuda was asked for but no CUDA GPU is available; use auto or cpu")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise DanluError("train.device: mps was asked for but is not available; use auto or cpu")
+    return torch.device(name)
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """Mixed precision on GPUs only: bf16 where supported, else fp16; fp32 on CPU."""
+    if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
+        return None
+    if precision == "bf16" or (precision == "auto" and torch.cuda.is_bf16_supported()):
+        return torch.bfloat16
+    return torch.float16
+
+
+def evaluate_split(model: nn.Module, task: Any, data: TensorData, device: torch.device,
+                   batch_size: int = 4096, amp: torch.dtype | None = None
+                   ) -> tuple[dict[str, Any], np.ndarray]:
+    """Loss and metrics of a whole split, and the decoded outputs (probabilities or
+    predictions in the target's units)."""
+    model.eval()
+    outputs, loss_sum = [], 0.0
+    with torch.no_grad(), torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+        for i in range(0, len(data), batch_size):
+            x = {k: v[i : i + batch_size].to(device) for k, v in data.inputs.items()}
+            y = data.y[i : i + batch_size].to(device)
+            out = model(**x)
+            loss_sum += float(task.loss(out, y)) * len(y)
+            outputs.append(out.float().cpu())
+    decoded = task.decode(torch.cat(outputs))
+    metrics = task.metrics(task.target(data.y), decoded)
+    metrics["loss"] = loss_sum / len(data)
+    return metrics, decoded
+
+
+class _StopFlag:
+    """First Ctrl-C asks the loop to checkpoint and stop; a second one aborts at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def __enter__(self) -> _StopFlag:
+        self._old = None
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, *_: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc: object) -> None:
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+
+
+def fit(model: nn.Module, task: Any, splits: dict[str, TensorData], cfg: TrainConfig,
+        run: RunDir, *, seed: int, resume: bool = False, progress: str = "auto") -> FitResult:
+    # ---- set-up: devices, processes, optimizer, schedule
+    device = pick_device(cfg.device)
+    dist = distributed.init(device.type)
+    if dist.enabled and device.type == "cuda":
+        device = torch.device("cuda", dist.local_rank)
+    amp = autocast_dtype(cfg.precision, device)
+    model.to(device)
+    if hasattr(task, "criterion") and isinstance(task.criterion, nn.Module):
+        task.criterion.to(device)  # class weights live on the model's device
+    ddp = nn.parallel.DistributedDataParallel(model) if dist.enabled else model
+    train = TensorBatches(splits["train"], cfg.batch_size, shuffle=True, seed=seed,
+                          rank=dist.rank, world=dist.world, device=device)
+    val = splits.get("val")
+    if cfg.monitor.startswith("val.") and val is None:
+        raise DanluError(f"train.monitor is {cfg.monitor} but there is no validation split;"
+                         " set data.split.val > 0 or monitor a train.* metric")
+    mode = direction(cfg.monitor)
+    optimizer = build_optimizer(model, cfg)
+    steps_per_epoch = math.ceil(len(train) / cfg.accumulate)
+    scheduler, interval = build_scheduler(optimizer, cfg, steps_per_epoch, mode)
+    scaler = torch.amp.GradScaler(device.type) if amp == torch.float16 else None
+    penalized = [p for p in model.parameters() if p.ndim >= 2] if cfg.l1 or cfg.l2 else []
+    writer = _tensorboard(run) if cfg.tensorboard and dist.is_main else None
+
+    # ---- resume: weights, optimizer, scheduler, RNG and position from checkpoints/last
+    state = TrainerState()
+    if resume:
+        saved = checkpoint.load(model, run.checkpoints, "last", optimizer=optimizer,
+                                scheduler=scheduler, scaler=scaler)
+        state = TrainerState(**saved)
+
+    def save(name: str) -> None:
+        if dist.is_main:
+            checkpoint.save(model, run.checkpoints, name, optimizer=optimizer,
+                            scheduler=scheduler, scaler=scaler, trainer=state.__dict__)
+            run.write_history(state.history)
+
+    stopped_early = False
+    with Progress("quiet" if not dist.is_main else progress, cfg.monitor) as bar, _StopFlag() as stop:
+        while state.epoch < cfg.epochs and not stopped_early:
+            # ---- one epoch of steps
+            model.train()
+            started = time.perf_counter()
+            bar.start_epoch(state.epoch, cfg.epochs, len(train), state.batch)
+            loss_sum = torch.tensor(state.loss_sum, device=device)
+            count = state.loss_count
+            for i, (x, y) in enumerate(train.epoch(state.epoch, state.batch), start=state.batch):
+                last_micro = (i + 1) % cfg.accumulate == 0 or i + 1 == len(train)
+                sync = contextlib.nullcontext() if last_micro or not dist.enabled else ddp.no_sync()
+                with sync:
+                    with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                        loss = task.loss(ddp(**x), y)
+                        total = loss + _penalty(penalized, cfg.l1, cfg.l2) if penalized else loss
+                    total = total / cfg.accumulate
+                    (scaler.scale(total) if scaler else total).backward()
+                loss_sum += loss.detach() * len(y)
+                count += len(y)
+                if last_micro:
+                    _clip(model, optimizer, scaler, cfg)
+                    if scaler:
+                        scaler.step(optimizer)
+                        scaler.update()
+                    else:
+                        optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    state.step += 1
+                    if scheduler is not None and interval == "step":
+                        scheduler.step()
+                bar.step(i, lambda: float(loss))
+                if stop.requested and last_micro:
+                    state.batch, state.loss_sum, state.loss_count = i + 1, float(loss_sum), count
+                    save("last")
+                    raise Interrupted(run, state.epoch, state.step)
+
+            # ---- evaluate, log, early stopping, checkpoints
+            sums = distributed.all_reduce_sum(torch.stack([loss_sum.float(),
+                                                           torch.tensor(float(count), device=device)]), dist)
+            row: dict[str, float] = {"epoch": state.epoch + 1, "step": state.step,
+                                     "train.loss": float(sums[0] / sums[1])}
+            if penalized:
+                with torch.no_grad():
+                    if cfg.l1:
+                        row["train.l1_penalty"] = float(cfg.l1 * sum(p.abs().sum() for p in penalized))
+                    if cfg.l2:
+                        row["train.l2_penalty"] = float(cfg.l2 * sum(p.pow(2).sum() for p in penalized))
+            if val is not None:
+                metrics, _ = evaluate_split(model, task, val, device, amp=amp)
+                row.update({f"val.{k}": float(v) for k, v in metrics.items() if _is_number(v)})
+            row["lr"] = optimizer.param_groups[0]["lr"]
+            row["time"] = time.perf_counter() - started
+            if cfg.monitor not in row:
+                valid = ", ".join(k for k in row if k.startswith(("val.", "train.")))
+                raise DanluError(f"train.monitor: '{cfg.monitor}' is not logged by this task; valid: {valid}")
+            value = row[cfg.monitor]
+            improved = _improved(value, state.best, mode, cfg.early_stopping)
+            if improved:
+                state.best, state.best_epoch, state.bad_epochs = value, state.epoch, 0
+            else:
+                state.bad_epochs += 1
+            if scheduler is not None and interval == "epoch":
+                scheduler.step()
+            elif scheduler is not None and interval == "eval":
+                scheduler.step(value)
+            state.history.append(row)
+            state.epoch, state.batch, state.loss_sum, state.loss_count = state.epoch + 1, 0, 0.0, 0
+            stopped_early = cfg.early_stopping is not None and state.bad_epochs >= cfg.early_stopping.patience
+            if improved:
+                save("best")
+            save("last")
+            if writer is not None:
+                for k, v in row.items():
+                    writer.add_scalar(k, v, state.step)
+            bar.end_epoch(row, improved)
+        if stopped_early:
+            bar.print(f"early stopping: {cfg.monitor} has not improved for"
+                      f" {state.bad_epochs} epochs; best {state.best:.4g} at epoch {state.best_epoch + 1}")
+
+    # ---- finish: the best weights (not the last) are the model, unless told otherwise
+    if cfg.restore_best and state.best_epoch >= 0 and (run.checkpoints / "best.safetensors").is_file():
+        distributed.barrier(dist)
+        checkpoint.load_weights(model, run.checkpoints / "best.safetensors")
+    if writer is not None:
+        writer.close()
+    model.to("cpu")
+    return FitResult(state.history, state.best_epoch, state.best, stopped_early, state.step)
+
+
+def _penalty(params: list[torch.Tensor], l1: float, l2: float) -> torch.Tensor:
+    total = torch.zeros((), device=params[0].device)
+    if l1:
+        total = total + l1 * sum(p.abs().sum() for p in params)
+    if l2:
+        total = total + l2 * sum(p.pow(2).sum() for p in params)
+    return total
+
+
+def _clip(model: nn.Module, optimizer: Any, scaler: Any, cfg: TrainConfig) -> None:
+    if cfg.grad_clip is None:
+        return
+    if scaler is not None:
+        scaler.unscale_(optimizer)
+    if cfg.grad_clip_mode == "norm":
+        nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    else:
+        nn.utils.clip_grad_value_(model.parameters(), cfg.grad_clip)
+
+
+def _improved(value: float, best: float | None, mode: str, es: Any) -> bool:
+    if math.isnan(value):
+        return False
+    if best is None:
+        return True
+    delta = es.min_delta if es is not None else 0.0
+    return value < best - delta if mode == "min" else value > best + delta
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float | np.floating) and not isinstance(v, bool)
+
+
+def _tensorboard(run: RunDir) -> Any:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise DanluError("train.tensorboard needs the tensorboard package: pip install 'danlu[tensorboard]'") from None
+    return SummaryWriter(str(run.tensorboard))
