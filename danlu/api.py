@@ -23,14 +23,23 @@ from danlu.data.tabular import TensorData, read_table
 from danlu.errors import DanluError
 from danlu.predict import Predictor, prediction_frame
 from danlu.run import RunDir
-from danlu.train import distributed
-from danlu.train.checkpoint import save_weights
-from danlu.train.trainer import evaluate_split, fit, pick_device
+from danlu.training import distributed
+from danlu.training.checkpoint import save_weights
+from danlu.training.trainer import evaluate_split, fit, pick_device
 
 # keys that may change when resuming; any other difference changes shapes or the
 # optimizer's state and cannot continue the same run
-RESUMABLE_CHANGES = ("name", "train.epochs", "train.early_stopping", "train.device",
-                     "train.precision", "train.tensorboard", "train.restore_best", "eval", "output")
+RESUMABLE_CHANGES = (
+    "name",
+    "train.epochs",
+    "train.early_stopping",
+    "train.device",
+    "train.precision",
+    "train.tensorboard",
+    "train.restore_best",
+    "eval",
+    "output",
+)
 
 
 @dataclass
@@ -42,8 +51,9 @@ class Run:
     history: list[dict[str, float]] = field(default_factory=list)
     metrics: dict[str, Any] = field(default_factory=dict)
 
-    def evaluate(self, split: str = "test", data: str | Path | None = None,
-                 plots: bool = True) -> dict[str, Any]:
+    def evaluate(
+        self, split: str = "test", data: str | Path | None = None, plots: bool = True
+    ) -> dict[str, Any]:
         return evaluate(self.path, split=split, data=data, plots=plots)
 
     def load(self) -> Predictor:
@@ -59,9 +69,15 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def train(config: str | Path | dict[str, Any] | RunConfig | None = None,
-          overrides: list[str] | dict[str, Any] | None = None, *, name: str | None = None,
-          resume: str | Path | None = None, progress: str = "auto", **kw_overrides: Any) -> Run:
+def train(
+    config: str | Path | dict[str, Any] | RunConfig | None = None,
+    overrides: list[str] | dict[str, Any] | None = None,
+    *,
+    name: str | None = None,
+    resume: str | Path | None = None,
+    progress: str = "auto",
+    **kw_overrides: Any,
+) -> Run:
     """Train from a YAML path, a dict or a RunConfig. Keyword overrides use `__` for dots:
     danlu.train("tutorial.yaml", train__lr=0.01)."""
     overrides = _merge_overrides(overrides, kw_overrides)
@@ -95,33 +111,51 @@ def train(config: str | Path | dict[str, Any] | RunConfig | None = None,
         run = RunDir(distributed.broadcast(path, dist))
     if dist.is_main:
         run.write_config(cfg.to_yaml())
-    result = fit(model, task, prepared.splits, cfg.train, run, seed=cfg.seed,
-                 resume=resume is not None, progress=progress)
+    result = fit(
+        model,
+        task,
+        prepared.splits,
+        cfg.train,
+        run,
+        seed=cfg.seed,
+        resume=resume is not None,
+        progress=progress,
+    )
 
     metrics: dict[str, Any] = {}
     if dist.is_main:
         save_weights(model, run.weights)
-        run.write_model_json({
-            "task": tasks.resolved_config(cfg.task, task).model_dump(mode="json"),
-            "model": cfg.model.model_dump(mode="json"),
-            "schema": prepared.schema.to_dict(),
-            "preprocessor": prepared.preprocessor.state(),
-            "out_dim": task.out_dim,
-            "sizes": {k: len(v) for k, v in prepared.splits.items()},
-            "best_epoch": result.best_epoch + 1,
-            "stopped_early": result.stopped_early,
-        })
+        run.write_model_json(
+            {
+                "task": tasks.resolved_config(cfg.task, task).model_dump(mode="json"),
+                "model": cfg.model.model_dump(mode="json"),
+                "schema": prepared.schema.to_dict(),
+                "preprocessor": prepared.preprocessor.state(),
+                "out_dim": task.out_dim,
+                "sizes": {k: len(v) for k, v in prepared.splits.items()},
+                "best_epoch": result.best_epoch + 1,
+                "stopped_early": result.stopped_early,
+            }
+        )
         split = cfg.eval.split if cfg.eval.split in prepared.splits else "val"
         if split in prepared.splits:
-            metrics = _finish(run, cfg, Predictor(run), prepared.splits[split],
-                              prepared.frames[split], split, plots=cfg.eval.plots)
+            metrics = _finish(
+                run,
+                cfg,
+                Predictor(run),
+                prepared.splits[split],
+                prepared.frames[split],
+                split,
+                plots=cfg.eval.plots,
+            )
     distributed.barrier(dist)
     distributed.shutdown(dist)
     return Run(run.path, cfg, result.history, metrics)
 
 
-def evaluate(run_dir: str | Path, split: str = "test", data: str | Path | None = None,
-             plots: bool = True) -> dict[str, Any]:
+def evaluate(
+    run_dir: str | Path, split: str = "test", data: str | Path | None = None, plots: bool = True
+) -> dict[str, Any]:
     """Metrics of a saved run on one of its splits or on a file with the same columns;
     writes metrics.json, predictions.csv and the report into the run folder."""
     run = RunDir.open(run_dir)
@@ -133,16 +167,24 @@ def evaluate(run_dir: str | Path, split: str = "test", data: str | Path | None =
     else:
         prepared = data_mod.build(cfg.data, predictor.schema.task, cfg.seed)
         if split not in prepared.frames:
-            raise DanluError(f"--split {split}: this run has no '{split}' split;"
-                             f" it has: {', '.join(prepared.frames)}")
+            raise DanluError(
+                f"--split {split}: this run has no '{split}' split; it has: {', '.join(prepared.frames)}"
+            )
         frame, where = prepared.frames[split], f"{split} split"
     pre = predictor.preprocessor
     tensors = TensorData(pre.transform(frame, where), pre.transform_target(frame, where))
     return _finish(run, cfg, predictor, tensors, frame, split, plots=plots)
 
 
-def _finish(run: RunDir, cfg: RunConfig, predictor: Predictor, tensors: TensorData,
-            frame: pd.DataFrame, split: str, plots: bool) -> dict[str, Any]:
+def _finish(
+    run: RunDir,
+    cfg: RunConfig,
+    predictor: Predictor,
+    tensors: TensorData,
+    frame: pd.DataFrame,
+    split: str,
+    plots: bool,
+) -> dict[str, Any]:
     """Evaluate the saved model on one split and write metrics.json, predictions, report."""
     task = predictor.task
     metrics, decoded = evaluate_split(predictor.model, task, tensors, torch.device("cpu"))
@@ -158,22 +200,38 @@ def _finish(run: RunDir, cfg: RunConfig, predictor: Predictor, tensors: TensorDa
     with fileio.atomic_path(run.predictions) as tmp:
         pd.concat([truth, preds], axis=1).to_csv(tmp, index=False)
 
-    from danlu.evaluate.report import write_report
+    from danlu.evaluation.report import write_report
 
     names = predictor.schema.class_names if task.kind == "classification" else predictor.schema.targets
     meta = run.read_model_json()
-    details = {"run": run.path.name, "task": task.kind, "model": cfg.model.type,
-               "loss": task.loss_name, "data": cfg.data.source or cfg.data.path or cfg.data.train or "",
-               "rows (train/val/test)": "/".join(str(v) for v in meta.get("sizes", {}).values()),
-               "best epoch": str(meta.get("best_epoch", ""))}
-    write_report(run.report, run.plots, title=f"danlu run {run.path.name}", task=task.kind,
-                 split=split, metrics=metrics, history=run.read_history() if plots else [],
-                 y_true=task.target(tensors.y), output=decoded, names=names, details=details)
+    details = {
+        "run": run.path.name,
+        "task": task.kind,
+        "model": cfg.model.type,
+        "loss": task.loss_name,
+        "data": cfg.data.source or cfg.data.path or cfg.data.train or "",
+        "rows (train/val/test)": "/".join(str(v) for v in meta.get("sizes", {}).values()),
+        "best epoch": str(meta.get("best_epoch", "")),
+    }
+    write_report(
+        run.report,
+        run.plots,
+        title=f"danlu run {run.path.name}",
+        task=task.kind,
+        split=split,
+        metrics=metrics,
+        history=run.read_history() if plots else [],
+        y_true=task.target(tensors.y),
+        output=decoded,
+        names=names,
+        details=details,
+    )
     return summary
 
 
-def _extra_metrics(cfg: RunConfig, task: Any, data: TensorData, decoded: np.ndarray,
-                   metrics: dict[str, Any]) -> dict[str, Any]:
+def _extra_metrics(
+    cfg: RunConfig, task: Any, data: TensorData, decoded: np.ndarray, metrics: dict[str, Any]
+) -> dict[str, Any]:
     from danlu.registry import METRICS
 
     for name in cfg.eval.metrics:
@@ -182,8 +240,7 @@ def _extra_metrics(cfg: RunConfig, task: Any, data: TensorData, decoded: np.ndar
     return metrics
 
 
-def _merge_overrides(overrides: list[str] | dict[str, Any] | None,
-                     kw: dict[str, Any]) -> dict[str, Any]:
+def _merge_overrides(overrides: list[str] | dict[str, Any] | None, kw: dict[str, Any]) -> dict[str, Any]:
     merged: dict[str, Any] = {}
     if isinstance(overrides, dict):
         merged.update(overrides)

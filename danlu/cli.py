@@ -18,7 +18,9 @@ from danlu import __version__
 from danlu.errors import DanluError
 
 app = typer.Typer(
-    add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
+    add_completion=False,
+    no_args_is_help=True,
+    rich_markup_mode="rich",
     help="丹炉 danlu: one YAML file from data to a trained, evaluated, reloadable model.",
     epilog="Start with: danlu init > my.yaml && danlu train my.yaml",
 )
@@ -29,7 +31,7 @@ Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output."
 
 @contextlib.contextmanager
 def _errors(debug: bool) -> Iterator[None]:
-    from danlu.train.trainer import Interrupted
+    from danlu.training.trainer import Interrupted
 
     try:
         yield
@@ -54,20 +56,27 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _main(
-    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
-                                          help="Print the version and exit.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
 ) -> None:
     pass
 
 
-@app.command(epilog="Examples:\n\n  danlu train examples/tutorial.yaml\n\n"
-             "  danlu train examples/tutorial.yaml --set train.lr=0.01 --set model.hidden=[128,64]\n\n"
-             "  danlu train --resume runs/tutorial-20261124-101500")
+@app.command(
+    epilog="Examples:\n\n  danlu train examples/tutorial.yaml\n\n"
+    "  danlu train examples/tutorial.yaml --set train.lr=0.01 --set model.hidden=[128,64]\n\n"
+    "  danlu train --resume runs/tutorial-20261124-101500"
+)
 def train(
     config: Annotated[Path | None, typer.Argument(help="Run config YAML.")] = None,
-    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a key: key.path=value (repeatable).")] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a key: key.path=value (repeatable).")
+    ] = None,
     name: Annotated[str | None, typer.Option(help="Run name (default: the config's name).")] = None,
-    resume: Annotated[Path | None, typer.Option(help="Continue an interrupted run from its last checkpoint.")] = None,
+    resume: Annotated[
+        Path | None, typer.Option(help="Continue an interrupted run from its last checkpoint.")
+    ] = None,
     quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:
@@ -75,18 +84,21 @@ def train(
     with _errors(debug):
         from danlu import api
 
-        run = api.train(config, set_ or [], name=name, resume=resume,
-                        progress="quiet" if quiet else "auto")
+        run = api.train(config, set_ or [], name=name, resume=resume, progress="quiet" if quiet else "auto")
         if run.metrics and not quiet:
             _print_metrics(run.metrics)
         typer.echo(f"run folder: {run.path}")
 
 
-@app.command(epilog="Examples:\n\n  danlu evaluate runs/tutorial-20261124-101500\n\n"
-             "  danlu evaluate runs/tutorial-20261124-101500 --data new_rows.csv")
+@app.command(
+    epilog="Examples:\n\n  danlu evaluate runs/tutorial-20261124-101500\n\n"
+    "  danlu evaluate runs/tutorial-20261124-101500 --data new_rows.csv"
+)
 def evaluate(
     run_dir: Annotated[Path, typer.Argument(help="A run folder.")],
-    data: Annotated[Path | None, typer.Option(help="Evaluate on this file (same columns as training).")] = None,
+    data: Annotated[
+        Path | None, typer.Option(help="Evaluate on this file (same columns as training).")
+    ] = None,
     split: Annotated[str, typer.Option(help="Which split of the run's data: test, val or train.")] = "test",
     debug: Debug = False,
 ) -> None:
@@ -99,12 +111,19 @@ def evaluate(
         typer.echo(f"report: {Path(run_dir) / 'report.md'}")
 
 
-@app.command(epilog="Examples:\n\n  danlu predict runs/wine-20261124-101500 --input rows.csv\n\n"
-             "  danlu predict runs/wine-20261124-101500 --input rows.parquet --output out.csv --proba")
+@app.command(
+    epilog="Examples:\n\n  danlu predict runs/wine-20261124-101500 --input rows.csv\n\n"
+    "  danlu predict runs/wine-20261124-101500 --input rows.parquet --output out.csv --proba"
+)
 def predict(
     run_dir: Annotated[Path, typer.Argument(help="A run folder.")],
     input: Annotated[Path, typer.Option("--input", "-i", help="CSV, TSV, Parquet or JSONL rows.")],
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write here (format from the extension); default: CSV on stdout.")] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output", "-o", help="Write here (format from the extension); default: CSV on stdout."
+        ),
+    ] = None,
     proba: Annotated[bool, typer.Option(help="Add one probability column per class.")] = False,
     debug: Debug = False,
 ) -> None:
@@ -145,15 +164,20 @@ def runs(
         table = Table("run", "task", "model", "monitor", "best", "epochs", "status", "when")
         for r in rows:
             best = "" if r["best"] is None else f"{r['best']:.4g}"
-            table.add_row(r["run"], r["task"], r["model"], r["monitor"], best, str(r["epochs"]),
-                          r["status"], r["when"])
+            table.add_row(
+                r["run"], r["task"], r["model"], r["monitor"], best, str(r["epochs"]), r["status"], r["when"]
+            )
         Console().print(table)
 
 
 @app.command(epilog="Examples:\n\n  danlu init > my.yaml\n\n  danlu init csv --output my.yaml")
 def init(
-    template: Annotated[str, typer.Argument(help="tabular (a built-in dataset) or csv (your own file).")] = "tabular",
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write to this file instead of stdout.")] = None,
+    template: Annotated[
+        str, typer.Argument(help="tabular (a built-in dataset) or csv (your own file).")
+    ] = "tabular",
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write to this file instead of stdout.")
+    ] = None,
     debug: Debug = False,
 ) -> None:
     """Write a starter config with every section commented."""
@@ -200,7 +224,9 @@ def _print_metrics(summary: dict[str, Any]) -> None:
     if per_class:
         t = Table("class", "precision", "recall", "f1", "support")
         for name, m in per_class.items():
-            t.add_row(name, f"{m['precision']:.4f}", f"{m['recall']:.4f}", f"{m['f1']:.4f}", str(m["support"]))
+            t.add_row(
+                name, f"{m['precision']:.4f}", f"{m['recall']:.4f}", f"{m['f1']:.4f}", str(m["support"])
+            )
         Console().print(t)
 
 

@@ -364,9 +364,7 @@ def _fields_of(schema: type[BaseModel] | None, node: dict[str, Any]) -> set[str]
     return set(schema.model_fields)
 
 
-def _child_schema(
-    schema: type[BaseModel] | None, part: str, child: dict[str, Any]
-) -> type[BaseModel] | None:
+def _child_schema(schema: type[BaseModel] | None, part: str, child: dict[str, Any]) -> type[BaseModel] | None:
     if schema is None:
         return None
     if schema is RunConfig and part == "model":
@@ -399,7 +397,11 @@ def _describe(err: dict[str, Any], raw: dict[str, Any]) -> str:
         return f"{path}: '{value}' is not valid{did_you_mean(str(value), choices)}; choose from {expected}"
     if kind == "unknown_model":
         t = value.get("type") if isinstance(value, dict) else value
-        return f"model.type: unknown model '{t}'{did_you_mean(str(t), MODELS.names())}; valid: {', '.join(MODELS.names())} or 'package.module:Class'"
+        names = MODELS.names()
+        return (
+            f"model.type: unknown model '{t}'{did_you_mean(str(t), names)};"
+            f" valid: {', '.join(names)} or 'package.module:Class'"
+        )
     msg = err["msg"].removeprefix("Value error, ")
     if isinstance(value, dict | list) or value is None or repr(value) in msg or f"'{value}'" in msg:
         return f"{path}: {msg}"
@@ -422,5 +424,7 @@ def template(kind: str = "tabular") -> str:
     from danlu.templates import TEMPLATES  # small module of YAML text
 
     if kind not in TEMPLATES:
-        raise DanluError(f"unknown template '{kind}'{did_you_mean(kind, TEMPLATES)}; valid: {', '.join(sorted(TEMPLATES))}")
+        raise DanluError(
+            f"unknown template '{kind}'{did_you_mean(kind, TEMPLATES)}; valid: {', '.join(sorted(TEMPLATES))}"
+        )
     return TEMPLATES[kind]

@@ -14,7 +14,7 @@ from danlu.config import TaskConfig, parse_model
 from danlu.data.tabular import Schema, TabularPreprocessor, TensorData
 from danlu.errors import DanluError
 from danlu.run import RunDir
-from danlu.train.checkpoint import load_weights
+from danlu.training.checkpoint import load_weights
 
 
 class Predictor:

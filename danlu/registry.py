@@ -42,9 +42,11 @@ class Registry:
     def register(self, name: str, obj: Any = None) -> Any:
         """Register `obj` under `name`; usable as a decorator when `obj` is omitted."""
         if obj is None:
+
             def decorator(o: Callable) -> Callable:
                 self._entries[name] = o
                 return o
+
             return decorator
         self._entries[name] = obj
         return obj
@@ -71,50 +73,65 @@ class Registry:
         return obj
 
 
-MODELS = Registry("model", {
-    "mlp": "danlu.models.mlp:MLP",
-})
+MODELS = Registry(
+    "model",
+    {
+        "mlp": "danlu.models.mlp:MLP",
+    },
+)
 
-LOSSES = Registry("loss", {
-    "cross_entropy": "danlu.tasks.losses:cross_entropy",
-    "bce_with_logits": "danlu.tasks.losses:bce_with_logits",
-    "mse": "danlu.tasks.losses:mse",
-    "mae": "danlu.tasks.losses:l1",
-    "l1": "danlu.tasks.losses:l1",
-    "huber": "danlu.tasks.losses:huber",
-    "smooth_l1": "danlu.tasks.losses:smooth_l1",
-})
+LOSSES = Registry(
+    "loss",
+    {
+        "cross_entropy": "danlu.tasks.losses:cross_entropy",
+        "bce_with_logits": "danlu.tasks.losses:bce_with_logits",
+        "mse": "danlu.tasks.losses:mse",
+        "mae": "danlu.tasks.losses:l1",
+        "l1": "danlu.tasks.losses:l1",
+        "huber": "danlu.tasks.losses:huber",
+        "smooth_l1": "danlu.tasks.losses:smooth_l1",
+    },
+)
 
-OPTIMIZERS = Registry("optimizer", {
-    "sgd": "torch.optim:SGD",
-    "adam": "torch.optim:Adam",
-    "adamw": "torch.optim:AdamW",
-    "adagrad": "torch.optim:Adagrad",
-    "rmsprop": "torch.optim:RMSprop",
-})
+OPTIMIZERS = Registry(
+    "optimizer",
+    {
+        "sgd": "torch.optim:SGD",
+        "adam": "torch.optim:Adam",
+        "adamw": "torch.optim:AdamW",
+        "adagrad": "torch.optim:Adagrad",
+        "rmsprop": "torch.optim:RMSprop",
+    },
+)
 
-SCHEDULERS = Registry("scheduler", {
-    "none": "danlu.train.schedulers:constant",
-    "step": "danlu.train.schedulers:step",
-    "exponential": "danlu.train.schedulers:exponential",
-    "cosine": "danlu.train.schedulers:cosine",
-    "warmup_cosine": "danlu.train.schedulers:warmup_cosine",
-    "warmup_linear": "danlu.train.schedulers:warmup_linear",
-    "onecycle": "danlu.train.schedulers:onecycle",
-    "reduce_on_plateau": "danlu.train.schedulers:reduce_on_plateau",
-})
+SCHEDULERS = Registry(
+    "scheduler",
+    {
+        "none": "danlu.training.schedulers:constant",
+        "step": "danlu.training.schedulers:step",
+        "exponential": "danlu.training.schedulers:exponential",
+        "cosine": "danlu.training.schedulers:cosine",
+        "warmup_cosine": "danlu.training.schedulers:warmup_cosine",
+        "warmup_linear": "danlu.training.schedulers:warmup_linear",
+        "onecycle": "danlu.training.schedulers:onecycle",
+        "reduce_on_plateau": "danlu.training.schedulers:reduce_on_plateau",
+    },
+)
 
-ACTIVATIONS = Registry("activation", {
-    "relu": "torch.nn:ReLU",
-    "tanh": "torch.nn:Tanh",
-    "sigmoid": "torch.nn:Sigmoid",
-    "gelu": "torch.nn:GELU",
-    "silu": "torch.nn:SiLU",
-    "leaky_relu": "torch.nn:LeakyReLU",
-    "elu": "torch.nn:ELU",
-})
+ACTIVATIONS = Registry(
+    "activation",
+    {
+        "relu": "torch.nn:ReLU",
+        "tanh": "torch.nn:Tanh",
+        "sigmoid": "torch.nn:Sigmoid",
+        "gelu": "torch.nn:GELU",
+        "silu": "torch.nn:SiLU",
+        "leaky_relu": "torch.nn:LeakyReLU",
+        "elu": "torch.nn:ELU",
+    },
+)
 
-# Built-in metrics are computed together by danlu.evaluate.metrics and named by the
+# Built-in metrics are computed together by danlu.evaluation.metrics and named by the
 # task (Task.metric_names). This registry holds extra ones: fn(y_true, output) -> float,
 # named in `eval.metrics` as "package.module:function" or registered under a short name.
 METRICS = Registry("metric")

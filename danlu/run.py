@@ -105,8 +105,9 @@ class RunDir:
         if not self.metrics_csv.is_file():
             return []
         with self.metrics_csv.open(encoding="utf-8") as f:
-            return [{k: float(v) if v != "" else math.nan for k, v in row.items()}
-                    for row in csv.DictReader(f)]
+            return [
+                {k: float(v) if v != "" else math.nan for k, v in row.items()} for row in csv.DictReader(f)
+            ]
 
     def write_metrics(self, metrics: dict[str, Any]) -> None:
         fileio.write_json(self.metrics_json, metrics)
@@ -135,17 +136,19 @@ def list_runs(root: str | Path) -> list[dict[str, Any]]:
         history = run.read_history()
         monitor = (cfg.get("train") or {}).get("monitor", "val.loss")
         vals = [r[monitor] for r in history if monitor in r and not math.isnan(r[monitor])]
-        from danlu.evaluate.metrics import direction
+        from danlu.evaluation.metrics import direction
 
         best = (min(vals) if direction(monitor) == "min" else max(vals)) if vals else None
-        rows.append({
-            "run": run.path.name,
-            "task": (metrics.get("task") or (cfg.get("task") or {}).get("type", "")),
-            "model": (cfg.get("model") or {}).get("type", ""),
-            "monitor": monitor,
-            "best": best,
-            "epochs": len(history),
-            "status": "done" if run.model_json.is_file() else "incomplete",
-            "when": datetime.fromtimestamp(cfg_path.stat().st_mtime).strftime("%Y-%m-%d %H:%M"),
-        })
+        rows.append(
+            {
+                "run": run.path.name,
+                "task": (metrics.get("task") or (cfg.get("task") or {}).get("type", "")),
+                "model": (cfg.get("model") or {}).get("type", ""),
+                "monitor": monitor,
+                "best": best,
+                "epochs": len(history),
+                "status": "done" if run.model_json.is_file() else "incomplete",
+                "when": datetime.fromtimestamp(cfg_path.stat().st_mtime).strftime("%Y-%m-%d %H:%M"),
+            }
+        )
     return sorted(rows, key=lambda r: r["when"], reverse=True)

@@ -41,11 +41,18 @@ def build(cfg: DataConfig, task_type: str, seed: int) -> Prepared:
     if "all" in frames:
         frames = _split(frames.pop("all"), cfg, task_type, targets, seed, where)
     elif "val" not in frames and cfg.split.val > 0:
-        rest = _split(frames.pop("train"), cfg.model_copy(update={"split": cfg.split.model_copy(
-            update={"test": 0.0})}), task_type, targets, seed, where)
+        rest = _split(
+            frames.pop("train"),
+            cfg.model_copy(update={"split": cfg.split.model_copy(update={"test": 0.0})}),
+            task_type,
+            targets,
+            seed,
+            where,
+        )
         frames.update(rest)
-    pre = TabularPreprocessor.fit(frames["train"], cfg, task_type, targets, _where(cfg, "train"),
-                                  features, categorical)
+    pre = TabularPreprocessor.fit(
+        frames["train"], cfg, task_type, targets, _where(cfg, "train"), features, categorical
+    )
     splits = {}
     for name, df in frames.items():
         w = _where(cfg, name)
@@ -72,8 +79,11 @@ def _read_frames(cfg: DataConfig, task_type: str) -> tuple[dict[str, pd.DataFram
         if cfg.path:
             frames, where = {"all": read_table(cfg.path, cfg.format)}, cfg.path
         else:
-            frames = {s: read_table(getattr(cfg, s), cfg.format)
-                      for s in ("train", "val", "test") if getattr(cfg, s)}
+            frames = {
+                s: read_table(getattr(cfg, s), cfg.format)
+                for s in ("train", "val", "test")
+                if getattr(cfg, s)
+            }
             where = cfg.train or ""
         default_targets, builtin_task = [], None
     first = next(iter(frames.values()))
@@ -89,8 +99,7 @@ def _read_frames(cfg: DataConfig, task_type: str) -> tuple[dict[str, pd.DataFram
                     f" columns are: {', '.join(df.columns)}"
                 )
     if task_type == "auto":
-        task_type = builtin_task or (
-            "regression" if len(targets) > 1 else infer_task(first[targets[0]]))
+        task_type = builtin_task or ("regression" if len(targets) > 1 else infer_task(first[targets[0]]))
     if task_type == "classification" and len(targets) > 1:
         raise DanluError(f"data.target: classification takes one target column, got {targets}")
     return frames, targets, where, task_type
@@ -120,13 +129,15 @@ def _categorical(cfg: DataConfig, df: pd.DataFrame, features: list[str], where: 
         for c in cfg.categorical:
             if c not in features:
                 raise DanluError(
-                    f"data.categorical: '{c}' is not a feature column{did_you_mean(c, features)}")
+                    f"data.categorical: '{c}' is not a feature column{did_you_mean(c, features)}"
+                )
         return [f for f in features if f in cfg.categorical]
     return [f for f in features if not looks_numeric(df[f])]
 
 
-def _split(df: pd.DataFrame, cfg: DataConfig, task_type: str, targets: list[str], seed: int,
-           where: str) -> dict[str, pd.DataFrame]:
+def _split(
+    df: pd.DataFrame, cfg: DataConfig, task_type: str, targets: list[str], seed: int, where: str
+) -> dict[str, pd.DataFrame]:
     """Test first, then validation from the rest, like two calls to train_test_split."""
     from sklearn.model_selection import train_test_split
 
@@ -147,8 +158,7 @@ def _split(df: pd.DataFrame, cfg: DataConfig, task_type: str, targets: list[str]
             )
         strat = stratify_on.iloc[index].to_numpy() if stratify_on is not None else None
         try:
-            index, parts[name] = train_test_split(index, test_size=frac, random_state=seed,
-                                                  stratify=strat)
+            index, parts[name] = train_test_split(index, test_size=frac, random_state=seed, stratify=strat)
         except ValueError as e:
             raise DanluError(
                 f"{where}: cannot make a stratified {name} split ({e});"
@@ -163,5 +173,4 @@ def _split(df: pd.DataFrame, cfg: DataConfig, task_type: str, targets: list[str]
 
 def describe(prepared: Prepared) -> dict[str, Any]:
     """Split sizes and the schema in a form for logs and model.json."""
-    return {"sizes": {k: len(v) for k, v in prepared.splits.items()},
-            "schema": prepared.schema.to_dict()}
+    return {"sizes": {k: len(v) for k, v in prepared.splits.items()}, "schema": prepared.schema.to_dict()}

@@ -15,8 +15,17 @@ Batch = tuple[dict[str, torch.Tensor], torch.Tensor]
 
 
 class TensorBatches:
-    def __init__(self, data: TensorData, batch_size: int, *, shuffle: bool, seed: int,
-                 rank: int = 0, world: int = 1, device: torch.device | str = "cpu") -> None:
+    def __init__(
+        self,
+        data: TensorData,
+        batch_size: int,
+        *,
+        shuffle: bool,
+        seed: int,
+        rank: int = 0,
+        world: int = 1,
+        device: torch.device | str = "cpu",
+    ) -> None:
         self.inputs = {k: v.to(device) for k, v in data.inputs.items()}
         self.y = data.y.to(device)
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed

@@ -28,8 +28,16 @@ BUILTIN_DATASETS = {  # name -> task type
     "make_circles": "classification",
     "make_blobs": "classification",
 }
-FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".parquet": "parquet", ".pq": "parquet",
-           ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl"}
+FORMATS = {
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".tab": "tsv",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "jsonl",
+}
 
 
 # --------------------------------------------------------------------------- reading
@@ -97,8 +105,11 @@ def load_builtin(name: str, params: dict[str, Any]) -> tuple[pd.DataFrame, list[
         target_names = []
     df = pd.DataFrame(x, columns=feature_names)
     if y.ndim == 2:
-        names = [str(t) for t in target_names] if len(target_names) == y.shape[1] else [
-            f"y{i}" for i in range(y.shape[1])]
+        names = (
+            [str(t) for t in target_names]
+            if len(target_names) == y.shape[1]
+            else [f"y{i}" for i in range(y.shape[1])]
+        )
         for i, t in enumerate(names):
             df[t] = y[:, i]
         return df, names
@@ -174,11 +185,26 @@ class TabularPreprocessor:
 
     # ---- fitting
     @classmethod
-    def fit(cls, df: pd.DataFrame, cfg: Any, task: str, targets: list[str], where: str,
-            features: list[str], categorical: list[str]) -> TabularPreprocessor:
+    def fit(
+        cls,
+        df: pd.DataFrame,
+        cfg: Any,
+        task: str,
+        targets: list[str],
+        where: str,
+        features: list[str],
+        categorical: list[str],
+    ) -> TabularPreprocessor:
         numeric = [c for c in features if c not in categorical]
-        pre = cls(features=features, numeric=numeric, categorical=categorical,
-                  encoding=cfg.encoding, missing=cfg.missing, task=task, targets=targets)
+        pre = cls(
+            features=features,
+            numeric=numeric,
+            categorical=categorical,
+            encoding=cfg.encoding,
+            missing=cfg.missing,
+            task=task,
+            targets=targets,
+        )
         num = pre._numeric_block(df, where, fitting=True, impute_numeric=cfg.impute_numeric)
         if cfg.scale == "standard":
             center, scale = num.mean(axis=0), num.std(axis=0)
@@ -287,11 +313,16 @@ class TabularPreprocessor:
 
     def schema(self) -> Schema:
         return Schema(
-            task=self.task, features=self.features, numeric=self.numeric,
-            categorical=self.categorical, n_inputs=self.n_inputs,
+            task=self.task,
+            features=self.features,
+            numeric=self.numeric,
+            categorical=self.categorical,
+            n_inputs=self.n_inputs,
             cat_cardinalities=[len(self.categories[c]) + 1 for c in self.categorical]
-            if self.encoding == "embedding" else [],
-            targets=self.targets, classes=self.classes,
+            if self.encoding == "embedding"
+            else [],
+            targets=self.targets,
+            classes=self.classes,
         )
 
     def state(self) -> dict[str, Any]:
@@ -301,8 +332,9 @@ class TabularPreprocessor:
     def from_state(cls, state: dict[str, Any]) -> TabularPreprocessor:
         return cls(**state)
 
-    def _numeric_block(self, df: pd.DataFrame, where: str, fitting: bool = False,
-                       impute_numeric: str = "mean") -> np.ndarray:
+    def _numeric_block(
+        self, df: pd.DataFrame, where: str, fitting: bool = False, impute_numeric: str = "mean"
+    ) -> np.ndarray:
         out = np.empty((len(df), len(self.numeric)))
         for j, c in enumerate(self.numeric):
             col = _numeric_column(df[c], where, c)

@@ -16,7 +16,9 @@ class Block(nn.Module):
     def __init__(self, n_in: int, n_out: int, cfg: MLPConfig) -> None:
         super().__init__()
         self.linear = nn.Linear(n_in, n_out)
-        self.norm = {"batch": nn.BatchNorm1d, "layer": nn.LayerNorm}.get(cfg.norm, lambda _: nn.Identity())(n_out)
+        self.norm = {"batch": nn.BatchNorm1d, "layer": nn.LayerNorm}.get(cfg.norm, lambda _: nn.Identity())(
+            n_out
+        )
         self.act = ACTIVATIONS.get(cfg.activation)()
         self.drop = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
         self.residual = cfg.residual and n_in == n_out
@@ -31,8 +33,7 @@ class MLP(nn.Module):
         super().__init__()
         # categorical columns with `encoding: embedding` get one table each
         self.embeddings = nn.ModuleList(
-            nn.Embedding(n, cfg.embedding_dim or min(50, (n + 1) // 2))
-            for n in schema.cat_cardinalities
+            nn.Embedding(n, cfg.embedding_dim or min(50, (n + 1) // 2)) for n in schema.cat_cardinalities
         )
         width = schema.n_inputs + sum(e.embedding_dim for e in self.embeddings)
         blocks = []

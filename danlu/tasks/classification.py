@@ -16,9 +16,21 @@ from danlu.tasks.losses import CLASSIFICATION_LOSSES
 class ClassificationTask:
     kind = "classification"
     metric_names = [
-        "loss", "accuracy", "balanced_accuracy", "precision_macro", "recall_macro", "f1_macro",
-        "precision_micro", "recall_micro", "f1_micro", "precision_weighted", "recall_weighted",
-        "f1_weighted", "roc_auc", "average_precision", "log_loss",
+        "loss",
+        "accuracy",
+        "balanced_accuracy",
+        "precision_macro",
+        "recall_macro",
+        "f1_macro",
+        "precision_micro",
+        "recall_micro",
+        "f1_micro",
+        "precision_weighted",
+        "recall_weighted",
+        "f1_weighted",
+        "roc_auc",
+        "average_precision",
+        "log_loss",
     ]
 
     def __init__(self, cfg: TaskConfig, schema: Any, y_train: torch.Tensor) -> None:
@@ -36,8 +48,7 @@ class ClassificationTask:
                 f"task.loss: bce_with_logits needs exactly two classes but {what}; use cross_entropy"
             )
         if isinstance(cfg.class_weights, list) and len(cfg.class_weights) != n:
-            raise DanluError(
-                f"task.class_weights: {len(cfg.class_weights)} weights given but {what}")
+            raise DanluError(f"task.class_weights: {len(cfg.class_weights)} weights given but {what}")
         self.binary_logit = loss == "bce_with_logits"
         self.out_dim = 1 if self.binary_logit else n
         self.loss_name = loss
@@ -60,7 +71,7 @@ class ClassificationTask:
         return y.numpy()
 
     def metrics(self, y_true: np.ndarray, proba: np.ndarray) -> dict[str, Any]:
-        from danlu.evaluate.metrics import classification_metrics
+        from danlu.evaluation.metrics import classification_metrics
 
         return classification_metrics(y_true, proba, self.class_names)
 

@@ -19,8 +19,7 @@ def _class_weights(cfg: TaskConfig, y: torch.Tensor, n_classes: int) -> torch.Te
 
 
 def cross_entropy(cfg: TaskConfig, y: torch.Tensor, n_classes: int) -> nn.Module:
-    return nn.CrossEntropyLoss(weight=_class_weights(cfg, y, n_classes),
-                               label_smoothing=cfg.label_smoothing)
+    return nn.CrossEntropyLoss(weight=_class_weights(cfg, y, n_classes), label_smoothing=cfg.label_smoothing)
 
 
 def bce_with_logits(cfg: TaskConfig, y: torch.Tensor, n_classes: int) -> nn.Module:
@@ -28,8 +27,7 @@ def bce_with_logits(cfg: TaskConfig, y: torch.Tensor, n_classes: int) -> nn.Modu
     if pos_weight == "balanced":
         pos = float(y.float().sum())
         pos_weight = (len(y) - pos) / max(pos, 1.0)
-    return nn.BCEWithLogitsLoss(
-        pos_weight=None if pos_weight is None else torch.tensor([float(pos_weight)]))
+    return nn.BCEWithLogitsLoss(pos_weight=None if pos_weight is None else torch.tensor([float(pos_weight)]))
 
 
 def mse(cfg: TaskConfig, y: torch.Tensor, n_classes: int) -> nn.Module:

@@ -46,6 +46,6 @@ class RegressionTask:
         return y.numpy() * self.scale + self.center
 
     def metrics(self, y_true: np.ndarray, pred: np.ndarray) -> dict[str, Any]:
-        from danlu.evaluate.metrics import regression_metrics
+        from danlu.evaluation.metrics import regression_metrics
 
         return regression_metrics(y_true, pred, self.target_names)

@@ -37,8 +37,7 @@ def load_weights(model: nn.Module, path: Path) -> None:
 
 
 def rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
-             "numpy": _numpy_state()}
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": _numpy_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -62,8 +61,16 @@ def _tuples(x: Any) -> Any:
     return tuple(_tuples(v) for v in x) if isinstance(x, list | tuple) else x
 
 
-def save(model: nn.Module, directory: Path, name: str, *, optimizer: Any, scheduler: Any,
-         scaler: Any, trainer: dict[str, Any]) -> None:
+def save(
+    model: nn.Module,
+    directory: Path,
+    name: str,
+    *,
+    optimizer: Any,
+    scheduler: Any,
+    scaler: Any,
+    trainer: dict[str, Any],
+) -> None:
     """checkpoints/<name>.safetensors + checkpoints/<name>.state.pt, tagged with the step
     so a pair written by two different saves is detected."""
     tag = f"{trainer['step']}:{trainer['epoch']}:{trainer['batch']}"
@@ -80,8 +87,9 @@ def save(model: nn.Module, directory: Path, name: str, *, optimizer: Any, schedu
         torch.save(state, tmp)
 
 
-def load(model: nn.Module, directory: Path, name: str, *, optimizer: Any, scheduler: Any,
-         scaler: Any) -> dict[str, Any]:
+def load(
+    model: nn.Module, directory: Path, name: str, *, optimizer: Any, scheduler: Any, scaler: Any
+) -> dict[str, Any]:
     weights, state_path = directory / f"{name}.safetensors", directory / f"{name}.state.pt"
     if not state_path.is_file():
         raise DanluError(f"{state_path}: no checkpoint to resume from")

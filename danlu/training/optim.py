@@ -24,8 +24,7 @@ def decay_and_no_decay(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Pa
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     cls = OPTIMIZERS.get(cfg.optimizer)
     decay, no_decay = decay_and_no_decay(model)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     groups = [g for g in groups if g["params"]]
     kwargs: dict[str, Any] = {"lr": cfg.lr}
     accepted = inspect.signature(cls).parameters
@@ -38,8 +37,9 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
     return cls(groups, **kwargs)
 
 
-def build_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int,
-                    monitor_mode: str) -> tuple[Any, str]:
+def build_scheduler(
+    opt: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int, monitor_mode: str
+) -> tuple[Any, str]:
     total = max(1, steps_per_epoch * cfg.epochs)
     factory = SCHEDULERS.get(cfg.scheduler.name)
     if cfg.scheduler.name == "reduce_on_plateau":

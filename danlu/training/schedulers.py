@@ -68,7 +68,7 @@ def onecycle(opt: Optimizer, cfg: SchedulerConfig, total: int, per_epoch: int) -
     return lr_scheduler.OneCycleLR(opt, max_lr=max_lr, total_steps=total, pct_start=pct), "step"
 
 
-def reduce_on_plateau(opt: Optimizer, cfg: SchedulerConfig, total: int, per_epoch: int,
-                      mode: str = "min") -> tuple[Any, str]:
-    return lr_scheduler.ReduceLROnPlateau(opt, mode=mode, factor=cfg.factor,
-                                          patience=cfg.patience), "eval"
+def reduce_on_plateau(
+    opt: Optimizer, cfg: SchedulerConfig, total: int, per_epoch: int, mode: str = "min"
+) -> tuple[Any, str]:
+    return lr_scheduler.ReduceLROnPlateau(opt, mode=mode, factor=cfg.factor, patience=cfg.patience), "eval"

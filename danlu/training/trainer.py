@@ -21,19 +21,21 @@ from danlu.config import TrainConfig
 from danlu.data.batches import TensorBatches
 from danlu.data.tabular import TensorData
 from danlu.errors import DanluError
-from danlu.evaluate.metrics import direction
+from danlu.evaluation.metrics import direction
 from danlu.run import RunDir
-from danlu.train import checkpoint, distributed
-from danlu.train.optim import build_optimizer, build_scheduler
-from danlu.train.progress import Progress
+from danlu.training import checkpoint, distributed
+from danlu.training.optim import build_optimizer, build_scheduler
+from danlu.training.progress import Progress
 
 
 class Interrupted(Exception):
     """Ctrl-C during training: a checkpoint was saved and the run can be resumed."""
 
     def __init__(self, run: RunDir, epoch: int, step: int) -> None:
-        super().__init__(f"interrupted at epoch {epoch + 1}, step {step}; checkpoint saved."
-                         f" Resume with: danlu train --resume {run.path}")
+        super().__init__(
+            f"interrupted at epoch {epoch + 1}, step {step}; checkpoint saved."
+            f" Resume with: danlu train --resume {run.path}"
+        )
 
 
 @dataclass
@@ -83,9 +85,14 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return torch.float16
 
 
-def evaluate_split(model: nn.Module, task: Any, data: TensorData, device: torch.device,
-                   batch_size: int = 4096, amp: torch.dtype | None = None
-                   ) -> tuple[dict[str, Any], np.ndarray]:
+def evaluate_split(
+    model: nn.Module,
+    task: Any,
+    data: TensorData,
+    device: torch.device,
+    batch_size: int = 4096,
+    amp: torch.dtype | None = None,
+) -> tuple[dict[str, Any], np.ndarray]:
     """Loss and metrics of a whole split, and the decoded outputs (probabilities or
     predictions in the target's units)."""
     model.eval()
@@ -125,8 +132,17 @@ class _StopFlag:
             signal.signal(signal.SIGINT, self._old)
 
 
-def fit(model: nn.Module, task: Any, splits: dict[str, TensorData], cfg: TrainConfig,
-        run: RunDir, *, seed: int, resume: bool = False, progress: str = "auto") -> FitResult:
+def fit(
+    model: nn.Module,
+    task: Any,
+    splits: dict[str, TensorData],
+    cfg: TrainConfig,
+    run: RunDir,
+    *,
+    seed: int,
+    resume: bool = False,
+    progress: str = "auto",
+) -> FitResult:
     # ---- set-up: devices, processes, optimizer, schedule
     device = pick_device(cfg.device)
     dist = distributed.init(device.type)
@@ -137,12 +153,21 @@ def fit(model: nn.Module, task: Any, splits: dict[str, TensorData], cfg: TrainCo
     if hasattr(task, "criterion") and isinstance(task.criterion, nn.Module):
         task.criterion.to(device)  # class weights live on the model's device
     ddp = nn.parallel.DistributedDataParallel(model) if dist.enabled else model
-    train = TensorBatches(splits["train"], cfg.batch_size, shuffle=True, seed=seed,
-                          rank=dist.rank, world=dist.world, device=device)
+    train = TensorBatches(
+        splits["train"],
+        cfg.batch_size,
+        shuffle=True,
+        seed=seed,
+        rank=dist.rank,
+        world=dist.world,
+        device=device,
+    )
     val = splits.get("val")
     if cfg.monitor.startswith("val.") and val is None:
-        raise DanluError(f"train.monitor is {cfg.monitor} but there is no validation split;"
-                         " set data.split.val > 0 or monitor a train.* metric")
+        raise DanluError(
+            f"train.monitor is {cfg.monitor} but there is no validation split;"
+            " set data.split.val > 0 or monitor a train.* metric"
+        )
     mode = direction(cfg.monitor)
     optimizer = build_optimizer(model, cfg)
     steps_per_epoch = math.ceil(len(train) / cfg.accumulate)
@@ -154,14 +179,22 @@ def fit(model: nn.Module, task: Any, splits: dict[str, TensorData], cfg: TrainCo
     # ---- resume: weights, optimizer, scheduler, RNG and position from checkpoints/last
     state = TrainerState()
     if resume:
-        saved = checkpoint.load(model, run.checkpoints, "last", optimizer=optimizer,
-                                scheduler=scheduler, scaler=scaler)
+        saved = checkpoint.load(
+            model, run.checkpoints, "last", optimizer=optimizer, scheduler=scheduler, scaler=scaler
+        )
         state = TrainerState(**saved)
 
     def save(name: str) -> None:
         if dist.is_main:
-            checkpoint.save(model, run.checkpoints, name, optimizer=optimizer,
-                            scheduler=scheduler, scaler=scaler, trainer=state.__dict__)
+            checkpoint.save(
+                model,
+                run.checkpoints,
+                name,
+                optimizer=optimizer,
+                scheduler=scheduler,
+                scaler=scaler,
+                trainer=state.__dict__,
+            )
             run.write_history(state.history)
 
     stopped_early = False
@@ -195,17 +228,21 @@ def fit(model: nn.Module, task: Any, splits: dict[str, TensorData], cfg: TrainCo
                     state.step += 1
                     if scheduler is not None and interval == "step":
                         scheduler.step()
-                bar.step(i, lambda: float(loss))
+                bar.step(i, loss)
                 if stop.requested and last_micro:
                     state.batch, state.loss_sum, state.loss_count = i + 1, float(loss_sum), count
                     save("last")
                     raise Interrupted(run, state.epoch, state.step)
 
             # ---- evaluate, log, early stopping, checkpoints
-            sums = distributed.all_reduce_sum(torch.stack([loss_sum.float(),
-                                                           torch.tensor(float(count), device=device)]), dist)
-            row: dict[str, float] = {"epoch": state.epoch + 1, "step": state.step,
-                                     "train.loss": float(sums[0] / sums[1])}
+            sums = distributed.all_reduce_sum(
+                torch.stack([loss_sum.float(), torch.tensor(float(count), device=device)]), dist
+            )
+            row: dict[str, float] = {
+                "epoch": state.epoch + 1,
+                "step": state.step,
+                "train.loss": float(sums[0] / sums[1]),
+            }
             if penalized:
                 with torch.no_grad():
                     if cfg.l1:
@@ -241,8 +278,10 @@ def fit(model: nn.Module, task: Any, splits: dict[str, TensorData], cfg: TrainCo
                     writer.add_scalar(k, v, state.step)
             bar.end_epoch(row, improved)
         if stopped_early:
-            bar.print(f"early stopping: {cfg.monitor} has not improved for"
-                      f" {state.bad_epochs} epochs; best {state.best:.4g} at epoch {state.best_epoch + 1}")
+            bar.print(
+                f"early stopping: {cfg.monitor} has not improved for"
+                f" {state.bad_epochs} epochs; best {state.best:.4g} at epoch {state.best_epoch + 1}"
+            )
 
     # ---- finish: the best weights (not the last) are the model, unless told otherwise
     if cfg.restore_best and state.best_epoch >= 0 and (run.checkpoints / "best.safetensors").is_file():
@@ -291,5 +330,7 @@ def _tensorboard(run: RunDir) -> Any:
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
-        raise DanluError("train.tensorboard needs the tensorboard package: pip install 'danlu[tensorboard]'") from None
+        raise DanluError(
+            "train.tensorboard needs the tensorboard package: pip install 'danlu[tensorboard]'"
+        ) from None
     return SummaryWriter(str(run.tensorboard))

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable
 from typing import Any
+
+import torch
 
 REFRESH_SECONDS = 0.1
 
@@ -30,8 +31,12 @@ class Progress:
             from rich.progress import Progress as RichProgress
 
             self._bar = RichProgress(
-                TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
-                TimeRemainingColumn(), TextColumn("{task.fields[info]}"), transient=True,
+                TextColumn("[bold]epoch {task.fields[epoch]}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeRemainingColumn(),
+                TextColumn("{task.fields[info]}"),
+                transient=True,
             )
             self._bar.__enter__()
         return self
@@ -42,18 +47,19 @@ class Progress:
 
     def start_epoch(self, epoch: int, epochs: int, batches: int, done: int = 0) -> None:
         if self._bar is not None:
-            self._task = self._bar.add_task("", total=batches, completed=done,
-                                            epoch=f"{epoch + 1}/{epochs}", info="")
+            self._task = self._bar.add_task(
+                "", total=batches, completed=done, epoch=f"{epoch + 1}/{epochs}", info=""
+            )
         self._next = 0.0
 
-    def step(self, i: int, loss: Callable[[], float]) -> None:
+    def step(self, i: int, loss: torch.Tensor) -> None:
         """Called every batch; does real work at most every REFRESH_SECONDS."""
         if self._bar is None:
             return
         now = time.perf_counter()
         if now >= self._next:
             self._next = now + REFRESH_SECONDS
-            self._bar.update(self._task, completed=i + 1, info=f"loss {loss():.4f}")
+            self._bar.update(self._task, completed=i + 1, info=f"loss {float(loss):.4f}")
 
     def end_epoch(self, row: dict[str, Any], improved: bool) -> None:
         if self._bar is not None:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from danlu.errors import DanluError, choose_from
-from danlu.evaluate import metrics as M
+from danlu.evaluation import metrics as M
 from danlu.fileio import atomic_path, write_text
 
 if TYPE_CHECKING:

@@ -1,0 +1,41 @@
+# The two commands of the README: `make demo` and `make test`.
+# torch is installed first and pinned: any other resolution pulls a multi-GB CUDA build.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+PIP    := $(BIN)/python -m pip
+TORCH  := torch==2.13.0
+
+.PHONY: demo test lint bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+
+$(VENV)/.core: pyproject.toml | $(BIN)/python
+	$(PIP) install -q $(TORCH)
+	$(PIP) install -q -e .
+	touch $@
+
+$(VENV)/.test: $(VENV)/.core
+	$(PIP) install -q -e ".[test]"
+	touch $@
+
+$(VENV)/.bench: $(VENV)/.test
+	$(PIP) install -q -e ".[test,bench]"
+	touch $@
+
+demo: $(VENV)/.core
+	$(BIN)/danlu train examples/tutorial.yaml --name tutorial-demo
+
+test: $(VENV)/.test
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 --durations=15 -q
+
+lint: $(VENV)/.test
+	$(BIN)/ruff check .
+
+bench: $(VENV)/.bench
+	$(BIN)/python benchmarks/train_loop.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

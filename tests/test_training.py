@@ -1,0 +1,211 @@
+"""The trainer: determinism, exact resume (end of epoch and Ctrl-C mid-epoch),
+gradient accumulation, regularization logging, schedulers, TensorBoard, reload."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+import danlu
+
+BASE = {
+    "name": "t",
+    "seed": 3,
+    "data": {
+        "source": "make_classification",
+        "params": {"n_samples": 800, "n_features": 8, "n_informative": 4, "random_state": 1},
+        "split": {"val": 0.1, "test": 0.2},
+    },
+    "model": {"hidden": [32, 32], "dropout": 0.1},
+    "train": {"epochs": 6, "batch_size": 32, "early_stopping": None},
+    "eval": {"plots": False},
+}
+
+
+def cfg(tmp_path: Path, **over: object) -> dict:
+    c = yaml.safe_load(yaml.safe_dump(BASE))
+    c["output"] = {"dir": str(tmp_path / "runs")}
+    for key, value in over.items():
+        node = c
+        *parents, last = key.split("__")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[last] = value
+    return c
+
+
+def history(run_path: Path) -> list[dict[str, str]]:
+    with open(run_path / "metrics.csv") as f:
+        return [{k: v for k, v in row.items() if k != "time"} for row in csv.DictReader(f)]
+
+
+def test_same_seed_same_numbers(tmp_path: Path) -> None:
+    a = danlu.train(cfg(tmp_path), progress="quiet")
+    b = danlu.train(cfg(tmp_path), progress="quiet")
+    assert history(a.path) == history(b.path)
+    assert a.metrics["metrics"]["accuracy"] == b.metrics["metrics"]["accuracy"]
+
+
+def test_resume_after_epoch_equals_uninterrupted(tmp_path: Path) -> None:
+    full = danlu.train(cfg(tmp_path), progress="quiet")
+    part = danlu.train(cfg(tmp_path, train__epochs=3), progress="quiet")
+    assert len(history(part.path)) == 3
+    resumed = danlu.train(None, {"train.epochs": 6}, resume=part.path, progress="quiet")
+    assert resumed.path == part.path
+    assert history(resumed.path) == history(full.path)
+
+
+def test_ctrl_c_mid_epoch_then_resume_equals_uninterrupted(tmp_path: Path) -> None:
+    # big enough epochs that SIGINT lands inside one
+    c = cfg(tmp_path, train__epochs=12, train__batch_size=8)
+    c["data"]["params"]["n_samples"] = 2000
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(c))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "danlu", "train", str(path), "--quiet"]
+    full = subprocess.run([*cmd, "--name", "full"], env=env, capture_output=True, text=True, timeout=600)
+    assert full.returncode == 0, full.stderr
+    proc = subprocess.Popen([*cmd, "--name", "cut"], env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    cut_dir = None
+    while time.time() < deadline and proc.poll() is None:
+        found = list((tmp_path / "runs").glob("cut-*/metrics.csv"))
+        if found and len(found[0].read_text().splitlines()) >= 3:  # header + 2 epochs
+            cut_dir = found[0].parent
+            time.sleep(0.05)  # into the next epoch
+            proc.send_signal(signal.SIGINT)
+            break
+        time.sleep(0.01)
+    _, err = proc.communicate(timeout=300)
+    assert cut_dir is not None, "run finished before it could be interrupted"
+    assert proc.returncode == 130, err
+    assert "danlu train --resume" in err
+    assert not (cut_dir / "model.json").exists()
+    resumed = subprocess.run([sys.executable, "-m", "danlu", "train", "--resume", str(cut_dir), "--quiet"],
+                             env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    full_dir = next((tmp_path / "runs").glob("full-*"))
+    assert history(cut_dir) == history(full_dir)
+    assert (cut_dir / "metrics.json").read_text() == (full_dir / "metrics.json").read_text()
+
+
+def test_gradient_accumulation_matches_larger_batch(tmp_path: Path) -> None:
+    # 640 training rows: every batch of 32 is exactly two batches of 16
+    over = {"data__split": {"val": 0.0, "test": 0.2}, "train__monitor": "train.loss",
+            "model__dropout": 0.0, "train__epochs": 3}
+    big = danlu.train(cfg(tmp_path, **over), progress="quiet")
+    acc = danlu.train(cfg(tmp_path, **over, train__batch_size=16, train__accumulate=2), progress="quiet")
+    for a, b in zip(history(big.path), history(acc.path), strict=True):
+        assert float(a["train.loss"]) == pytest.approx(float(b["train.loss"]), rel=1e-4)
+        assert a["step"] == b["step"]
+
+
+def test_l1_l2_penalties_are_logged_and_shrink_weights(tmp_path: Path) -> None:
+    plain = danlu.train(cfg(tmp_path), progress="quiet")
+    reg = danlu.train(cfg(tmp_path, train__l1=1e-3, train__l2=1e-2), progress="quiet")
+    rows = history(reg.path)
+    assert float(rows[0]["train.l1_penalty"]) > 0 and float(rows[0]["train.l2_penalty"]) > 0
+
+    def norm(run: danlu.Run) -> float:
+        model = danlu.load(run.path).model
+        return sum(float(p.detach().abs().sum()) for p in model.parameters() if p.ndim >= 2)
+
+    assert norm(reg) < norm(plain)
+
+
+@pytest.mark.parametrize("scheduler", ["step", "exponential", "cosine", "warmup_cosine",
+                                       "warmup_linear", "onecycle", "reduce_on_plateau"])
+def test_schedulers_change_the_learning_rate(tmp_path: Path, scheduler: str) -> None:
+    # a large learning rate makes the validation loss stall, so the plateau rule fires too
+    run = danlu.train(cfg(tmp_path, train__scheduler={"name": scheduler, "step_size": 2, "gamma": 0.5,
+                                                     "patience": 0},
+                          train__epochs=6, train__lr=0.05), progress="quiet")
+    lrs = [float(r["lr"]) for r in history(run.path)]
+    assert len(set(lrs)) > 1, lrs
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam", "adamw", "adagrad", "rmsprop"])
+def test_optimizers_learn(tmp_path: Path, optimizer: str) -> None:
+    run = danlu.train(cfg(tmp_path, train__optimizer=optimizer, train__lr=0.01, train__nesterov=optimizer == "sgd",
+                          train__weight_decay=0.01), progress="quiet")
+    assert run.metrics["metrics"]["accuracy"] > 0.7
+
+
+def test_early_stopping_restores_best(tmp_path: Path) -> None:
+    run = danlu.train(cfg(tmp_path, train__epochs=200, train__early_stopping={"patience": 3},
+                          train__lr=0.05), progress="quiet")
+    rows = history(run.path)
+    assert len(rows) < 200
+    losses = [float(r["val.loss"]) for r in rows]
+    best = int(np.argmin(losses))
+    assert len(rows) == best + 1 + 3
+    meta = (run.path / "model.json").read_text()
+    assert f'"best_epoch": {best + 1}' in meta
+
+
+def test_load_predicts_exactly_what_training_evaluated(tmp_path: Path) -> None:
+    run = danlu.train(cfg(tmp_path), progress="quiet")
+    saved = pd.read_csv(run.path / "predictions.csv")
+    predictor = danlu.load(run.path)
+    # rebuild the same test split the trainer evaluated
+    from danlu import config, data
+
+    prepared = data.build(config.load(run.path / "config.yaml").data, "classification", 3)
+    frame = prepared.frames["test"]
+    proba = predictor.predict_proba(frame)
+    np.testing.assert_array_equal(predictor.predict(frame), saved["prediction"].to_numpy())
+    np.testing.assert_allclose(proba[:, 1], saved["proba_1"].to_numpy(), rtol=0, atol=1e-7)
+    acc = float((predictor.predict(frame) == frame["target"].to_numpy()).mean())
+    assert acc == pytest.approx(run.metrics["metrics"]["accuracy"])
+
+
+def test_tensorboard_event_files(tmp_path: Path) -> None:
+    pytest.importorskip("tensorboard", reason="tensorboard extra not installed")
+    run = danlu.train(cfg(tmp_path, train__tensorboard=True, train__epochs=2), progress="quiet")
+    assert list((run.path / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_checkpoints_are_safetensors_and_weights_only(tmp_path: Path) -> None:
+    run = danlu.train(cfg(tmp_path, train__epochs=2), progress="quiet")
+    ck = run.path / "checkpoints"
+    for name in ("last", "best"):
+        assert (ck / f"{name}.safetensors").is_file()
+        state = torch.load(ck / f"{name}.state.pt", weights_only=True)
+        assert {"optimizer", "rng", "trainer"} <= set(state)
+    assert not list(run.path.rglob("*.tmp"))
+
+
+def test_ddp_two_processes(tmp_path: Path) -> None:
+    torchrun = Path(sys.executable).parent / "torchrun"
+    if not torchrun.exists():
+        pytest.skip("torchrun not found beside the interpreter")
+    c = cfg(tmp_path, train__epochs=8)
+    path = tmp_path / "ddp.yaml"
+    path.write_text(yaml.safe_dump(c))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "danlu", "train",
+                        str(path), "--quiet", "--name", "ddp"], env=env, capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    runs = list((tmp_path / "runs").glob("ddp-*"))
+    assert len(runs) == 1, runs  # only rank 0 creates and writes the folder
+    rows = history(runs[0])
+    assert len(rows) == 8
+    losses = [float(x["train.loss"]) for x in rows]
+    assert losses[-1] < losses[0] * 0.7
+    # each rank takes half of the rows per step: 520 train rows / 2 ranks / 32 = 9 steps an epoch
+    assert int(rows[0]["step"]) == 9
+    summary = (runs[0] / "metrics.json").read_text()
+    assert '"accuracy"' in summary
+    assert r.stdout.count("run folder:") == 1
