@@ -12,7 +12,7 @@ from sklearn import metrics as skm
 from sklearn.preprocessing import label_binarize
 
 from danlu.errors import DanluError
-from danlu.evaluate import metrics as M
+from danlu.evaluation import metrics as M
 
 RTOL = 1e-10
 
@@ -334,5 +334,5 @@ def test_bad_binary_and_regression_input() -> None:
 
 
 def test_import_does_not_load_sklearn() -> None:
-    code = "import sys, danlu.evaluate.metrics; assert 'sklearn' not in sys.modules"
+    code = "import sys, danlu.evaluation.metrics; assert 'sklearn' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from danlu.errors import DanluError
-from danlu.evaluate import metrics as M
-from danlu.evaluate.report import plot_history, write_report
+from danlu.evaluation import metrics as M
+from danlu.evaluation.report import plot_history, write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 NAN = float("nan")
@@ -228,7 +228,7 @@ def test_nonfinite_metric_values_are_written(tmp_path: Path) -> None:
 
 def test_import_is_lazy() -> None:
     code = (
-        "import sys, danlu.evaluate.report; "
+        "import sys, danlu.evaluation.report; "
         "assert 'matplotlib' not in sys.modules and 'sklearn' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
