@@ -220,11 +220,12 @@ def _finish(
         task=task.kind,
         split=split,
         metrics=metrics,
-        history=run.read_history() if plots else [],
+        history=run.read_history(),
         y_true=task.target(tensors.y),
         output=decoded,
         names=names,
         details=details,
+        plots=plots,
     )
     return summary
 

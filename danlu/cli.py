@@ -22,7 +22,10 @@ app = typer.Typer(
     no_args_is_help=True,
     rich_markup_mode="rich",
     help="丹炉 danlu: one YAML file from data to a trained, evaluated, reloadable model.",
-    epilog="Start with: danlu init > my.yaml && danlu train my.yaml",
+    epilog="Examples:\n\n  danlu init > my.yaml && danlu train my.yaml\n\n"
+    "  danlu train examples/tutorial.yaml --set train.lr=0.01\n\n"
+    "  danlu evaluate runs/tutorial-20261124-101500\n\n"
+    "  danlu predict runs/tutorial-20261124-101500 --input rows.csv --proba",
 )
 
 Debug = Annotated[bool, typer.Option("--debug", help="Show the full traceback on errors.")]

@@ -164,10 +164,11 @@ def _split(
                 f"{where}: cannot make a stratified {name} split ({e});"
                 " set data.split.stratify: false or use more rows"
             ) from None
-    out = {"train": df.iloc[index].reset_index(drop=True)}
+    # splits keep the file's row index so errors can name the row in the file
+    out = {"train": df.iloc[index]}
     for name in ("val", "test"):
         if name in parts:
-            out[name] = df.iloc[parts[name]].reset_index(drop=True)
+            out[name] = df.iloc[parts[name]]
     return out
 
 

@@ -216,9 +216,9 @@ class TabularPreprocessor:
         pre.center, pre.scale = center.tolist(), scale.tolist()
         for c in categorical:
             col = _as_category_strings(df[c])
-            if col.isna().any():
-                if cfg.missing == "error":
-                    raise _missing_error(where, c, col.isna().to_numpy())
+            if col.isna().any() and cfg.missing == "error":
+                raise _missing_error(where, c, col.isna().to_numpy(), df.index)
+            if cfg.missing == "impute":  # also for columns whose gaps only show up later
                 pre.fill[c] = col.mode(dropna=True).iloc[0]
             pre.categories[c] = sorted(col.dropna().unique().tolist())
         pre._fit_target(df, where, cfg.scale_target)
@@ -228,7 +228,7 @@ class TabularPreprocessor:
         y = df[self.targets]
         for t in self.targets:
             if y[t].isna().any():
-                rows = _row_numbers(y[t].isna().to_numpy())
+                rows = _row_numbers(y[t].isna().to_numpy(), df.index)
                 raise DanluError(f"{where}: target column '{t}' has missing values (rows {rows})")
         if self.task == "classification":
             values = y[self.targets[0]]
@@ -267,7 +267,7 @@ class TabularPreprocessor:
             col = _as_category_strings(df[c])
             if col.isna().any():
                 if self.missing == "error":
-                    raise _missing_error(where, c, col.isna().to_numpy())
+                    raise _missing_error(where, c, col.isna().to_numpy(), df.index)
                 col = col.fillna(self.fill[c])
             cats = self.categories[c]
             index = pd.Categorical(col, categories=cats).codes  # unseen -> -1
@@ -339,14 +339,14 @@ class TabularPreprocessor:
         for j, c in enumerate(self.numeric):
             col = _numeric_column(df[c], where, c)
             bad = ~np.isfinite(col)
+            if bad.any() and self.missing == "error":
+                raise _missing_error(where, c, bad, df.index)
+            if fitting and self.missing == "impute":  # every column, for gaps met after training
+                good = col[~bad]
+                if len(good) == 0:
+                    raise DanluError(f"{where}: column '{c}' has no finite values to impute from")
+                self.fill[c] = float(np.median(good) if impute_numeric == "median" else good.mean())
             if bad.any():
-                if self.missing == "error":
-                    raise _missing_error(where, c, bad)
-                if fitting:
-                    good = col[~bad]
-                    if len(good) == 0:
-                        raise DanluError(f"{where}: column '{c}' has no finite values to impute from")
-                    self.fill[c] = float(np.median(good) if impute_numeric == "median" else good.mean())
                 col = np.where(bad, self.fill[c], col)
             out[:, j] = col
         return out
@@ -363,7 +363,8 @@ def _numeric_column(s: pd.Series, where: str, name: str) -> np.ndarray:
     if bad.any():
         i = int(np.argmax(bad.to_numpy()))
         raise DanluError(
-            f"{where}: column '{name}' is numeric but row {i + 1} holds {s.iloc[i]!r};"
+            f"{where}: column '{name}' is numeric but row {_row_numbers(bad.to_numpy(), s.index, 1)}"
+            f" holds {s.iloc[i]!r};"
             f" fix the value or list '{name}' in data.categorical"
         )
     return parsed.to_numpy(dtype=float, na_value=np.nan)
@@ -394,16 +395,17 @@ def _sort_key(v: Any) -> tuple[int, Any]:
     return (0, v) if isinstance(v, int | float) else (1, str(v))
 
 
-def _row_numbers(mask: np.ndarray, limit: int = 5) -> str:
-    rows = (np.nonzero(mask)[0] + 1).tolist()
+def _row_numbers(mask: np.ndarray, index: pd.Index, limit: int = 5) -> str:
+    """Data rows of the file (1-based, header not counted): splits keep the file's index."""
+    rows = [int(i) + 1 if isinstance(i, int | np.integer) else i for i in index[mask]]
     shown = ", ".join(map(str, rows[:limit]))
     return shown + (f", ... {len(rows)} in all" if len(rows) > limit else "")
 
 
-def _missing_error(where: str, column: str, mask: np.ndarray) -> DanluError:
+def _missing_error(where: str, column: str, mask: np.ndarray, index: pd.Index) -> DanluError:
     return DanluError(
         f"{where}: column '{column}' has {int(mask.sum())} missing or infinite value(s)"
-        f" (rows {_row_numbers(mask)}); set data.missing: impute, or clean the file"
+        f" (rows {_row_numbers(mask, index)}); set data.missing: impute, or clean the file"
     )
 
 

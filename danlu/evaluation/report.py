@@ -434,8 +434,10 @@ def write_report(
     output: np.ndarray,
     names: list[str],
     details: dict[str, str] | None = None,
+    plots: bool = True,
 ) -> list[Path]:
     """Write the plots and report.md; return every file written (report last).
+    With plots=False only the tables are written (and matplotlib is never imported).
 
     output: class probabilities (n, C) for classification, with `names` the classes;
     predictions (n,) or (n, k) for regression, with `names` the targets.
@@ -444,12 +446,13 @@ def write_report(
         raise choose_from(task, TASKS, "task")
     report_path, plots_dir = Path(report_path), Path(plots_dir)
     names = [str(n) for n in names]
-    if task == "classification":
-        plots = _classification_plots(y_true, output, names, plots_dir)
-    else:
-        plots = _regression_plots(y_true, output, names, plots_dir)
-    history_png = plot_history(history, plots_dir / "history.png")
+    drawn: list = []
+    if plots and task == "classification":
+        drawn = _classification_plots(y_true, output, names, plots_dir)
+    elif plots:
+        drawn = _regression_plots(y_true, output, names, plots_dir)
+    history_png = plot_history(history, plots_dir / "history.png") if plots else None
     if history_png:
-        plots.append(("Training history", history_png))
-    write_text(report_path, _markdown(report_path, title, split, metrics, details, plots))
-    return [path for _, path in plots] + [report_path]
+        drawn.append(("Training history", history_png))
+    write_text(report_path, _markdown(report_path, title, split, metrics, details, drawn))
+    return [path for _, path in drawn] + [report_path]

@@ -25,6 +25,11 @@ class Dist:
         return self.world > 1
 
 
+def is_main_process() -> bool:
+    """Rank 0 under torchrun, or a plain single process."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def init(device_type: str) -> Dist:
     """Join the process group torchrun describes in the environment (if any)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))

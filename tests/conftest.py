@@ -1,0 +1,183 @@
+"""Shared fixtures: run the CLI in a subprocess, write small configs and data files."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+torch.set_num_threads(1)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        {
+            "OMP_NUM_THREADS": "1",
+            "MKL_NUM_THREADS": "1",
+            "PYTHONUNBUFFERED": "1",
+            "PYTHONIOENCODING": "utf-8",
+            "COLUMNS": "200",  # rich tables and help text: no wrapping mid-word
+            "NO_COLOR": "1",
+            "TERM": "dumb",
+        }
+    )
+    env.pop("FORCE_COLOR", None)
+    # the package is importable from a subprocess started in any folder
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+    env.update(extra or {})
+    return env
+
+
+def cli(
+    *args: Any, cwd: str | Path, env: dict[str, str] | None = None, timeout: int = 300
+) -> subprocess.CompletedProcess[str]:
+    """`python -m danlu ARGS` in cwd -> CompletedProcess with text stdout/stderr."""
+    return subprocess.run(
+        [sys.executable, "-m", "danlu", *map(str, args)],
+        cwd=str(cwd),
+        env=_env(env),
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        errors="replace",
+        timeout=timeout,
+    )
+
+
+@pytest.fixture
+def run_cli(tmp_path: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """run_cli("train", "cfg.yaml", cwd=..., env=...) -> CompletedProcess (text output).
+
+    Runs `python -m danlu ARGS` in tmp_path unless cwd is given."""
+
+    def run(
+        *args: Any, cwd: str | Path | None = None, env: dict[str, str] | None = None, timeout: int = 300
+    ) -> subprocess.CompletedProcess[str]:
+        return cli(*args, cwd=cwd or tmp_path, env=env, timeout=timeout)
+
+    return run
+
+
+@pytest.fixture
+def tmp_workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """tmp_path as the current directory."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def small_config(body: dict[str, Any], runs_dir: Path) -> dict[str, Any]:
+    """body over fast defaults: 3 epochs, small batches, CPU, no plots, output.dir=runs_dir."""
+    return _merge(
+        {
+            "name": "t",
+            "train": {"epochs": 3, "batch_size": 16, "device": "cpu"},
+            "eval": {"plots": False},
+            "output": {"dir": str(runs_dir)},
+        },
+        body,
+    )
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in extra.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+@pytest.fixture
+def runs_dir(tmp_path: Path) -> Path:
+    """Where configs written by write_config put their run folders (not created up front)."""
+    return tmp_path / "runs"
+
+
+@pytest.fixture
+def write_config(tmp_path: Path, runs_dir: Path) -> Callable[..., Path]:
+    """write_config({"data": {...}}, name="config.yaml") -> path of a small, fast YAML config.
+
+    Defaults (merged under the given mapping): output.dir = tmp_path/runs, 3 epochs,
+    small batches, no plots. Pass defaults=False to write the mapping exactly as given,
+    or a str to write raw text."""
+
+    def write(body: dict[str, Any] | str, name: str = "config.yaml", defaults: bool = True) -> Path:
+        path = tmp_path / name
+        if isinstance(body, str):
+            path.write_text(body, encoding="utf-8")
+            return path
+        if defaults:
+            body = small_config(body, runs_dir)
+        path.write_text(yaml.safe_dump(body, sort_keys=False), encoding="utf-8")
+        return path
+
+    return write
+
+
+def make_mixed_frame(n: int = 90, seed: int = 0) -> pd.DataFrame:
+    """Numeric + categorical features and a string label that depends on them."""
+    rng = np.random.default_rng(seed)
+    age = rng.normal(40, 12, n).round(1)
+    income = rng.lognormal(10, 0.5, n).round(2)
+    color = rng.choice(["red", "green", "blue"], n)
+    size = rng.choice(["S", "M", "L", "XL"], n)
+    score = (age - 40) / 12 + (color == "red") * 1.5 - (color == "blue") * 1.5
+    label = np.where(score > 0.5, "cat", np.where(score < -0.5, "dog", "bird"))
+    return pd.DataFrame({"age": age, "income": income, "color": color, "size": size, "label": label})
+
+
+@pytest.fixture
+def mixed_frame() -> pd.DataFrame:
+    return make_mixed_frame()
+
+
+@pytest.fixture
+def mixed_csv(tmp_path: Path, mixed_frame: pd.DataFrame) -> Path:
+    """tmp_path/mixed.csv: columns age, income (numeric), color, size (text), label (3 string classes)."""
+    path = tmp_path / "mixed.csv"
+    mixed_frame.to_csv(path, index=False)
+    return path
+
+
+@dataclass
+class TrainedRun:
+    root: Path  # folder holding the csv, the config and runs/
+    csv: Path
+    config: Path
+    run: Path  # the run folder
+    result: subprocess.CompletedProcess[str]  # the `danlu train` call
+    files: list[str]  # what training wrote into the run folder (relative paths)
+
+
+@pytest.fixture(scope="session")
+def mixed_run(tmp_path_factory: pytest.TempPathFactory) -> TrainedRun:
+    """One `danlu train` on the mixed CSV (one-hot categories, hidden [16], 2 epochs),
+    shared by the tests of a worker. Tests may add files to the run but not break it."""
+    root = tmp_path_factory.mktemp("mixed_run")
+    csv = root / "mixed.csv"
+    make_mixed_frame().to_csv(csv, index=False)
+    body = {"data": {"path": str(csv), "target": "label"}, "model": {"hidden": [16]}, "train": {"epochs": 2}}
+    config = root / "first.yaml"
+    config.write_text(yaml.safe_dump(small_config(body, root / "runs"), sort_keys=False), encoding="utf-8")
+    result = cli("train", config, cwd=root)
+    assert result.returncode == 0, result.stderr
+    (run,) = [p for p in (root / "runs").iterdir() if p.is_dir()]
+    return TrainedRun(root, csv, config, run, result, run_files(run))
+
+
+def run_files(run: Path) -> list[str]:
+    return sorted(str(p.relative_to(run)) for p in run.rglob("*") if p.is_file())

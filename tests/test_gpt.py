@@ -1,0 +1,344 @@
+"""danlu's GPT against Hugging Face's GPT2LMHeadModel on tiny random checkpoints."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+pytest.importorskip("transformers", reason="transformers is not installed (pip install 'danlu[hf]')")
+from transformers import GPT2Config, GPT2LMHeadModel  # noqa: E402
+
+from danlu.errors import DanluError  # noqa: E402
+from danlu.generate import (  # noqa: E402
+    GenerationOptions,
+    generate_text,
+    generate_tokens,
+    stream_tokens,
+)
+from danlu.models.gpt import GPT, GPTConfig, KVCache, export_hf  # noqa: E402
+
+VOCAB = 211
+EOS = VOCAB - 1
+PAD = 0
+
+
+def tiny_hf(seed: int = 0, **overrides) -> GPT2LMHeadModel:
+    torch.manual_seed(seed)
+    kwargs = dict(
+        vocab_size=VOCAB,
+        n_positions=64,
+        n_embd=32,
+        n_layer=2,
+        n_head=2,
+        bos_token_id=EOS,
+        eos_token_id=EOS,
+        pad_token_id=PAD,
+        # wider weights than GPT-2's 0.02 give peaked logits, so greedy choices are not
+        # decided by float rounding
+        initializer_range=0.2,
+    )
+    kwargs.update(overrides)
+    return GPT2LMHeadModel(GPT2Config(**kwargs)).eval()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # tiny tensors gain nothing from a second thread, and on a busy machine every op that
+    # waits for one can cost milliseconds
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(one_thread, tmp_path_factory):
+    hf = tiny_hf()
+    path = tmp_path_factory.mktemp("gpt2")
+    hf.save_pretrained(path, safe_serialization=True)
+    return hf, GPT.from_hf(path).eval(), path
+
+
+def hf_new_tokens(hf, prompts, eos=None, **kwargs) -> list[list[int]]:
+    """HF generate on left-padded prompts; the new tokens of each row up to its EOS."""
+    P = max(len(p) for p in prompts)
+    ids = torch.tensor([[PAD] * (P - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (P - len(p)) + [1] * len(p) for p in prompts])
+    out = hf.generate(ids, attention_mask=mask, pad_token_id=PAD, eos_token_id=eos, do_sample=False, **kwargs)
+    rows = []
+    for row in out[:, P:].tolist():
+        if eos is not None and eos in row:
+            row = row[: row.index(eos) + 1]
+        rows.append(row)
+    return rows
+
+
+PROMPTS = [[5, 17, 42, 8, 99, 3, 150], [7, 7, 1], [33, 64, 12, 190, 2]]
+
+
+# ---------------------------------------------------------------------------- forward
+
+
+def test_logits_match_hf(checkpoint):
+    hf, model, _ = checkpoint
+    ids = torch.randint(0, VOCAB, (3, 12), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids), hf(ids).logits, atol=1e-4, rtol=0)
+
+        mask = torch.ones_like(ids)
+        mask[0, :5] = 0
+        mask[2, :1] = 0
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        ours = model(ids, attention_mask=mask)
+        theirs = hf(ids, attention_mask=mask, position_ids=positions).logits
+    real = mask.bool()
+    assert torch.isfinite(ours).all()
+    torch.testing.assert_close(ours[real], theirs[real], atol=1e-4, rtol=0)
+
+
+def test_kv_cache_steps_match_full_forward(checkpoint):
+    _, model, _ = checkpoint
+    ids = torch.randint(0, VOCAB, (2, 10), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        full = model(ids)
+        cache = KVCache(model.config, 2, 10)
+        parts = [model(ids[:, :6], kv_cache=cache)]
+        parts += [model(ids[:, t : t + 1], kv_cache=cache) for t in range(6, 8)]
+        parts.append(model(ids[:, 8:], kv_cache=cache))  # several tokens after a cache
+    torch.testing.assert_close(torch.cat(parts, dim=1), full, atol=1e-5, rtol=0)
+
+
+def test_training_forward_backward():
+    model = GPT(GPTConfig(vocab_size=50, block_size=16, n_layer=2, n_head=2, n_embd=16))
+    ids = torch.randint(0, 50, (2, 16))
+    logits = model(ids)
+    loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, 50), ids[:, 1:].flatten())
+    loss.backward()
+    assert model.transformer.wte.weight.grad is not None
+    assert model.lm_head.weight is model.transformer.wte.weight
+    n = model.num_params()
+    assert n == sum(p.numel() for p in model.parameters()) - 16 * 16
+    assert model.flops_per_token() == 6 * n + 12 * 2 * 16 * 16
+
+
+# ---------------------------------------------------------------------------- generation
+
+
+def test_greedy_matches_hf_batch1(checkpoint):
+    hf, model, _ = checkpoint
+    prompt = [PROMPTS[0]]
+    opts = GenerationOptions(max_new_tokens=20)
+    assert generate_tokens(model, prompt, opts) == hf_new_tokens(hf, prompt, max_new_tokens=20)
+
+
+def test_greedy_matches_hf_left_padded_batch(checkpoint):
+    hf, model, _ = checkpoint
+    expected = hf_new_tokens(hf, PROMPTS, max_new_tokens=16)
+    opts = GenerationOptions(max_new_tokens=16)
+    assert generate_tokens(model, PROMPTS, opts, pad_token_id=PAD) == expected
+
+    # stop at a token one row really produces, so EOS handling is compared too
+    eos = expected[1][4]
+    expected = hf_new_tokens(hf, PROMPTS, eos=eos, max_new_tokens=16)
+    assert any(len(row) < 16 for row in expected)
+    opts = GenerationOptions(max_new_tokens=16, eos_token_id=eos)
+    assert generate_tokens(model, PROMPTS, opts, pad_token_id=PAD) == expected
+
+
+def test_repetition_penalty_matches_hf(checkpoint):
+    hf, model, _ = checkpoint
+    expected = hf_new_tokens(hf, PROMPTS, max_new_tokens=12, repetition_penalty=1.5)
+    opts = GenerationOptions(max_new_tokens=12, repetition_penalty=1.5)
+    assert generate_tokens(model, PROMPTS, opts, pad_token_id=PAD) == expected
+
+
+def test_beam_search_matches_hf(checkpoint):
+    hf, model, _ = checkpoint
+    prompt = [PROMPTS[0]]
+    expected = hf_new_tokens(hf, prompt, max_new_tokens=12, num_beams=3)
+    assert generate_tokens(model, prompt, GenerationOptions(max_new_tokens=12, num_beams=3)) == (expected)
+
+    # with an EOS some hypotheses finish early and compete through the length penalty
+    eos = expected[0][3]
+    expected = hf_new_tokens(hf, prompt, eos=eos, max_new_tokens=12, num_beams=3, num_return_sequences=2)
+    opts = GenerationOptions(max_new_tokens=12, num_beams=3, num_return_sequences=2, eos_token_id=eos)
+    assert generate_tokens(model, prompt, opts) == expected
+
+
+def test_sampling_is_reproducible_and_top_k_1_is_greedy(checkpoint):
+    _, model, _ = checkpoint
+    sample = GenerationOptions(max_new_tokens=12, temperature=1.0, top_p=0.9, seed=123)
+    first = generate_tokens(model, PROMPTS, sample)
+    assert generate_tokens(model, PROMPTS, sample) == first
+    other = GenerationOptions(max_new_tokens=12, temperature=1.0, top_p=0.9, seed=124)
+    assert generate_tokens(model, PROMPTS, other) != first
+
+    greedy = generate_tokens(model, PROMPTS, GenerationOptions(max_new_tokens=12))
+    top1 = GenerationOptions(max_new_tokens=12, temperature=0.7, top_k=1, seed=5)
+    assert generate_tokens(model, PROMPTS, top1) == greedy
+
+
+def test_sampling_matches_hf_with_the_same_seed(checkpoint):
+    hf, model, _ = checkpoint
+    prompt = [PROMPTS[2]]
+    torch.manual_seed(7)
+    out = hf.generate(
+        torch.tensor(prompt),
+        attention_mask=torch.ones(1, len(prompt[0]), dtype=torch.long),
+        do_sample=True,
+        temperature=0.8,
+        top_k=50,
+        top_p=0.95,
+        min_p=0.01,
+        max_new_tokens=10,
+        pad_token_id=PAD,
+        eos_token_id=None,
+    )
+    opts = GenerationOptions(max_new_tokens=10, temperature=0.8, top_k=50, top_p=0.95, min_p=0.01, seed=7)
+    assert generate_tokens(model, prompt, opts) == out[:, len(prompt[0]) :].tolist()
+
+
+def test_stream_yields_the_same_tokens(checkpoint):
+    _, model, _ = checkpoint
+    opts = GenerationOptions(max_new_tokens=10, eos_token_id=EOS)
+    expected = generate_tokens(model, PROMPTS, opts, pad_token_id=PAD)
+    rows: list[list[int]] = [[] for _ in PROMPTS]
+    for step in stream_tokens(model, PROMPTS, opts, pad_token_id=PAD):
+        for row, token in zip(rows, step, strict=True):
+            if token is not None:
+                row.append(token)
+    assert rows == expected
+
+
+def test_stop_strings_end_a_sequence(checkpoint):
+    _, model, _ = checkpoint
+    greedy = generate_tokens(model, [PROMPTS[0]], GenerationOptions(max_new_tokens=10))[0]
+
+    def decode(tokens: list[int]) -> str:
+        return "".join(f"<{t}>" for t in tokens)
+
+    opts = GenerationOptions(max_new_tokens=10, stop=[f"<{greedy[4]}>"])
+    stopped = generate_tokens(model, [PROMPTS[0]], opts, decode=decode)[0]
+    assert stopped == greedy[: greedy.index(greedy[4]) + 1]
+
+
+def test_generate_text_with_a_tokenizer(checkpoint):
+    tokenizers = pytest.importorskip("tokenizers", reason="tokenizers is not installed")
+    _, model, _ = checkpoint
+    vocab = {f"w{i}": i for i in range(VOCAB)}
+    tokenizer = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="w0"))
+    tokenizer.pre_tokenizer = tokenizers.pre_tokenizers.WhitespaceSplit()
+    prompts = ["w5 w17 w42", "w7"]
+    ids = [tokenizer.encode(p).ids for p in prompts]
+    tokens = generate_tokens(model, ids, GenerationOptions(max_new_tokens=6))
+    texts = generate_text(model, tokenizer, prompts, GenerationOptions(max_new_tokens=6))
+    assert texts == [tokenizer.decode(t) for t in tokens]
+
+    stop = f"w{tokens[0][2]}"
+    opts = GenerationOptions(max_new_tokens=6, stop=[stop])
+    cut = generate_text(model, tokenizer, prompts[:1], opts)[0]
+    assert stop not in cut and texts[0].startswith(cut)
+
+
+def test_bfloat16_generation_keeps_the_callers_model(checkpoint):
+    _, model, _ = checkpoint
+    opts = GenerationOptions(max_new_tokens=8, dtype="bfloat16")
+    tokens = generate_tokens(model, PROMPTS, opts)
+    assert [len(t) for t in tokens] == [8, 8, 8]
+    assert next(model.parameters()).dtype == torch.float32
+
+
+def test_truncate_prompt_keeps_the_latest_tokens(checkpoint):
+    _, model, _ = checkpoint
+    long = list(range(1, 61))
+    opts = GenerationOptions(max_new_tokens=8, truncate_prompt=True)
+    assert generate_tokens(model, [long], opts) == generate_tokens(
+        model, [long[-56:]], GenerationOptions(max_new_tokens=8)
+    )
+
+
+# ---------------------------------------------------------------------------- export
+
+
+def test_export_hf_round_trip(tmp_path):
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=97, block_size=32, n_layer=2, n_head=2, n_embd=32)).eval()
+    out = export_hf(model, tmp_path / "export")
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp left over
+    hf = GPT2LMHeadModel.from_pretrained(out).eval()
+    ids = torch.randint(0, 97, (2, 20))
+    with torch.no_grad():
+        torch.testing.assert_close(hf(ids).logits, model(ids), atol=1e-5, rtol=0)
+    again = GPT.from_hf(out)
+    for (name, a), b in zip(model.state_dict().items(), again.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+
+    with pytest.raises(DanluError, match="overwrite=True"):
+        export_hf(model, out)
+    model.to_hf(out, overwrite=True)
+
+
+def test_untied_head_round_trip(tmp_path):
+    hf = tiny_hf(seed=3, tie_word_embeddings=False)
+    hf.save_pretrained(tmp_path / "hf")
+    model = GPT.from_hf(tmp_path / "hf").eval()
+    assert not model.config.tie_embeddings
+    ids = torch.randint(0, VOCAB, (1, 9))
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids), hf(ids).logits, atol=1e-4, rtol=0)
+
+
+# ---------------------------------------------------------------------------- bad input
+
+
+def test_missing_files_name_the_file(checkpoint, tmp_path):
+    _, _, path = checkpoint
+    (tmp_path / "no_config").mkdir()
+    with pytest.raises(DanluError, match="config.json"):
+        GPT.from_hf(tmp_path / "no_config")
+
+    no_weights = tmp_path / "no_weights"
+    no_weights.mkdir()
+    (no_weights / "config.json").write_text((path / "config.json").read_text())
+    with pytest.raises(DanluError, match="model.safetensors"):
+        GPT.from_hf(no_weights)
+
+    llama = tmp_path / "llama"
+    llama.mkdir()
+    (llama / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    with pytest.raises(DanluError, match="model_type 'llama'"):
+        GPT.from_hf(llama)
+
+
+def test_pytorch_bin_checkpoint_loads(checkpoint, tmp_path):
+    hf, model, path = checkpoint
+    (tmp_path / "config.json").write_text((path / "config.json").read_text())
+    torch.save(hf.state_dict(), tmp_path / "pytorch_model.bin")
+    loaded = GPT.from_hf(tmp_path)
+    assert torch.equal(loaded.transformer.h[1].mlp.c_fc.weight, model.transformer.h[1].mlp.c_fc.weight)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(temperature=1.0, top_p=0), "top_p must be in"),
+        (dict(temperature=-0.5), "temperature must be >= 0"),
+        (dict(num_beams=3, temperature=0.7), "conflicts with sampling"),
+        (dict(top_k=5), "only apply when sampling"),
+        (dict(dtype="float8"), "unknown dtype"),
+    ],
+)
+def test_bad_options(kwargs, message):
+    with pytest.raises(DanluError, match=message):
+        GenerationOptions(**kwargs)
+
+
+def test_prompt_too_long(checkpoint):
+    _, model, _ = checkpoint
+    with pytest.raises(DanluError, match=r"prompt 0 has 60 tokens .* at most 56"):
+        generate_tokens(model, [list(range(60))], GenerationOptions(max_new_tokens=8))
+    with pytest.raises(DanluError, match="outside the vocabulary"):
+        generate_tokens(model, [[VOCAB + 5]], GenerationOptions(max_new_tokens=2))
