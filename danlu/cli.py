@@ -86,8 +86,11 @@ def train(
     """Train a model from a YAML config; evaluate it and write the run folder."""
     with _errors(debug):
         from danlu import api
+        from danlu.training.distributed import is_main_process
 
         run = api.train(config, set_ or [], name=name, resume=resume, progress="quiet" if quiet else "auto")
+        if not is_main_process():
+            return  # under torchrun only rank 0 reports
         if run.metrics and not quiet:
             _print_metrics(run.metrics)
         typer.echo(f"run folder: {run.path}")
