@@ -20,7 +20,8 @@ train:
   weight_decay: 0.0         # decoupled for adamw; never applied to biases and norms
   l1: 0.0                   # explicit L1 penalty on weights, logged per epoch
   l2: 0.0                   # explicit L2 penalty on weights, logged per epoch
-  scheduler: none           # none step exponential cosine warmup_cosine warmup_linear onecycle reduce_on_plateau
+  scheduler: none           # none step exponential cosine warmup_cosine warmup_linear
+                            # onecycle reduce_on_plateau
   grad_clip: null           # max gradient norm (or value with grad_clip_mode: value)
   accumulate: 1             # gradient accumulation steps
   monitor: val.loss         # any logged metric: val.accuracy, val.f1_macro, val.rmse, ...

@@ -44,10 +44,7 @@ def _case(name: str) -> tuple[np.ndarray, np.ndarray]:
     n_classes, seed, tweak = CASES[name]
     rng = np.random.default_rng(seed)
     n = 400
-    if tweak == "imbalanced":
-        y = (rng.random(n) < 0.04).astype(np.int64)
-    else:
-        y = rng.integers(0, n_classes, n)
+    y = (rng.random(n) < 0.04).astype(np.int64) if tweak == "imbalanced" else rng.integers(0, n_classes, n)
     logits = rng.normal(size=(n, n_classes))
     logits[np.arange(n), y] += 1.0
     if tweak == "ties":

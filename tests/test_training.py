@@ -137,8 +137,9 @@ def test_schedulers_change_the_learning_rate(tmp_path: Path, scheduler: str) -> 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adam", "adamw", "adagrad", "rmsprop"])
 def test_optimizers_learn(tmp_path: Path, optimizer: str) -> None:
-    run = danlu.train(cfg(tmp_path, train__optimizer=optimizer, train__lr=0.01, train__nesterov=optimizer == "sgd",
-                          train__weight_decay=0.01), progress="quiet")
+    over = {"train__optimizer": optimizer, "train__lr": 0.01, "train__nesterov": optimizer == "sgd",
+            "train__weight_decay": 0.01}
+    run = danlu.train(cfg(tmp_path, **over), progress="quiet")
     assert run.metrics["metrics"]["accuracy"] > 0.7
 
 
