@@ -11,7 +11,10 @@ from danlu.registry import MODELS
 
 
 def build(cfg: Any, schema: Any, out_dim: int) -> nn.Module:
-    cls = MODELS.get(cfg.type)
+    try:
+        cls = MODELS.get(cfg.type)
+    except DanluError as e:
+        raise DanluError(f"model.type: {e}") from None
     if ":" in cfg.type:  # user model: its own keyword arguments
         try:
             model = cls(schema=schema, out_dim=out_dim, **cfg.params)

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from danlu.config import TaskConfig
+from danlu.errors import DanluError
 from danlu.registry import LOSSES
 
 
@@ -37,7 +38,10 @@ def build(cfg: TaskConfig, schema: Any, y_train: torch.Tensor, preprocessor: Any
 
 
 def make_loss(name: str, cfg: TaskConfig, y_train: torch.Tensor, n_classes: int) -> Any:
-    fn = LOSSES.get(name)
+    try:
+        fn = LOSSES.get(name)
+    except DanluError as e:
+        raise DanluError(f"task.loss: {e}") from None
     if ":" not in name:
         return fn(cfg, y_train, n_classes)
     # user loss: a class is instantiated with no arguments, a function is used as is
