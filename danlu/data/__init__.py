@@ -171,7 +171,3 @@ def _split(
             out[name] = df.iloc[parts[name]]
     return out
 
-
-def describe(prepared: Prepared) -> dict[str, Any]:
-    """Split sizes and the schema in a form for logs and model.json."""
-    return {"sizes": {k: len(v) for k, v in prepared.splits.items()}, "schema": prepared.schema.to_dict()}
