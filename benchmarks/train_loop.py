@@ -39,12 +39,19 @@ def config(n: int, out_dir: str) -> dict:
     return {
         "name": "bench",
         "seed": 0,
-        "data": {"source": "make_classification",
-                 "params": {"n_samples": n, "n_features": 10, "n_informative": 5, "random_state": 42},
-                 "split": {"val": 0.1, "test": 0.2, "seed": 42}},
+        "data": {
+            "source": "make_classification",
+            "params": {"n_samples": n, "n_features": 10, "n_informative": 5, "random_state": 42},
+            "split": {"val": 0.1, "test": 0.2, "seed": 42},
+        },
         "model": {"type": "mlp", "hidden": [64, 64]},
-        "train": {"optimizer": "adam", "lr": LR, "batch_size": BATCH, "epochs": EPOCHS,
-                  "early_stopping": None},
+        "train": {
+            "optimizer": "adam",
+            "lr": LR,
+            "batch_size": BATCH,
+            "epochs": EPOCHS,
+            "early_stopping": None,
+        },
         "eval": {"plots": False},
         "output": {"dir": out_dir},
     }
@@ -126,9 +133,15 @@ def run_method(method: str, n: int) -> dict:
             def configure_optimizers(self):  # noqa: ANN201
                 return torch.optim.Adam(self.model.parameters(), lr=LR)
 
-        trainer = L.Trainer(max_epochs=EPOCHS, logger=False, enable_checkpointing=False,
-                            enable_progress_bar=False, enable_model_summary=False,
-                            accelerator="cpu", devices=1)
+        trainer = L.Trainer(
+            max_epochs=EPOCHS,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            accelerator="cpu",
+            devices=1,
+        )
         trainer.fit(Module(), DataLoader(TensorDataset(x, y), batch_size=BATCH, shuffle=True))
     seconds = time.perf_counter() - start
     return {
@@ -166,14 +179,20 @@ def main() -> None:
     results: dict[str, list[dict]] = {}
     for _ in range(repeats):
         for m in args.methods.split(","):
-            out = subprocess.run([sys.executable, __file__, "--one", m, "--n", str(n)],
-                                 capture_output=True, text=True, env={**os.environ})
+            out = subprocess.run(
+                [sys.executable, __file__, "--one", m, "--n", str(n)],
+                capture_output=True,
+                text=True,
+                env={**os.environ},
+            )
             if out.returncode != 0:
                 sys.exit(f"{m} failed:\n{out.stderr[-2000:]}")
             results.setdefault(m, []).append(json.loads(out.stdout.strip().splitlines()[-1]))
     floor = statistics.median(r["samples_per_s"] for r in results["floor"]) if "floor" in results else None
-    print(f"make_classification(n_samples={n}), {EPOCHS} epochs, batch {BATCH}, Adam; "
-          f"median of {repeats}; torch threads {os.environ.get('OMP_NUM_THREADS', 'default')}\n")
+    print(
+        f"make_classification(n_samples={n}), {EPOCHS} epochs, batch {BATCH}, Adam; "
+        f"median of {repeats}; torch threads {os.environ.get('OMP_NUM_THREADS', 'default')}\n"
+    )
     print("| method | samples/s | × floor | test accuracy | peak RSS (MB) |")
     print("|---|---:|---:|---:|---:|")
     for m, rs in results.items():

@@ -7,7 +7,9 @@ temperature, top-k, top-p, min-p) and beam search follows its default algorithm,
 same weights the tokens match `GPT2LMHeadModel.generate`.
 
 Everything that grows with the number of steps (output tokens, attention mask, the seen-token
-table of the repetition penalty) is allocated once before the first step.
+table of the repetition penalty) is allocated once before the first step. The model's weights
+are laid out in memory for the batch size (`GPT.optimize_for_decoding`); their values never
+change, and `dtype` works on a cast copy.
 """
 
 from __future__ import annotations
@@ -202,11 +204,11 @@ def generate_text(
 
 
 def _cast(model: GPT, dtype: str | None) -> GPT:
-    """The model in `dtype` (a copy if that differs, so the caller's model keeps its
-    weights), with its weights laid out for decoding."""
+    """The model in `dtype`: a copy if that differs, so the caller's model keeps its
+    weights."""
     if dtype is not None and next(model.parameters()).dtype != DTYPES[dtype]:
         model = copy.deepcopy(model).to(DTYPES[dtype])
-    return model.optimize_for_decoding()
+    return model
 
 
 def _left_pad(
@@ -334,6 +336,7 @@ class _Run:
             self.model, input_ids, opts, opts.num_return_sequences, self.pad
         )
         rows = self.idx.shape[0]
+        self.model.optimize_for_decoding(rows)
         self.out = torch.full((rows, opts.max_new_tokens), self.pad, dtype=torch.long, device=self.idx.device)
         self.n_steps = 0
         self.stopped_at: dict[int, int] = {}  # row -> generated length, for stop strings
@@ -450,6 +453,7 @@ def _beam_search(
     nb, max_new = opts.num_beams, opts.max_new_tokens
     idx, mask, P = _left_pad(model, input_ids, opts, nb, pad)
     rows = idx.shape[0]
+    model.optimize_for_decoding(rows)
     B = rows // nb
     V = model.config.vocab_size
     param = next(model.parameters())

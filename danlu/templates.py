@@ -39,7 +39,8 @@ output:
   dir: runs                 # runs/<name>-<YYYYmmdd-HHMMSS>/
 """
 
-TABULAR = """\
+TABULAR = (
+    """\
 # danlu run config: `danlu train this.yaml`, override with --set key.path=value
 name: wine
 seed: 0
@@ -55,9 +56,12 @@ data:
   scale: standard           # standard | minmax | none (fitted on the training split only)
   split: {val: 0.1, test: 0.2, stratify: true}
 
-""" + _TRAIN_EVAL_OUTPUT
+"""
+    + _TRAIN_EVAL_OUTPUT
+)
 
-CSV = """\
+CSV = (
+    """\
 # danlu run config for your own table: `danlu train this.yaml`
 name: my-table
 seed: 0
@@ -78,6 +82,8 @@ data:
   scale: standard
   split: {val: 0.1, test: 0.2, stratify: true, seed: null}
 
-""" + _TRAIN_EVAL_OUTPUT
+"""
+    + _TRAIN_EVAL_OUTPUT
+)
 
 TEMPLATES = {"tabular": TABULAR, "csv": CSV}

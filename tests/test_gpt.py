@@ -110,6 +110,24 @@ def test_kv_cache_steps_match_full_forward(checkpoint):
     torch.testing.assert_close(torch.cat(parts, dim=1), full, atol=1e-5, rtol=0)
 
 
+def test_weight_layouts_give_the_same_logits(checkpoint):
+    _, model, _ = checkpoint
+    ids = torch.randint(0, VOCAB, (4, 5), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        row_major = model.optimize_for_decoding(batch_size=4)(ids)
+        assert model.lm_head.weight.is_contiguous()
+        column_major = model.optimize_for_decoding(batch_size=1)(ids)
+        assert not model.lm_head.weight.is_contiguous()
+        torch.testing.assert_close(column_major, row_major, atol=1e-5, rtol=0)
+
+        layer = model.transformer.h[0].mlp.c_fc
+        layer.weight.data = layer.weight.data.contiguous()
+        for rows in (1, 2, 64, 65):  # both sides of the small-batch path
+            x = torch.randn(rows, 32)
+            expected = torch.nn.functional.linear(x, layer.weight, layer.bias)
+            torch.testing.assert_close(layer(x), expected, atol=1e-5, rtol=0)
+
+
 def test_training_forward_backward():
     model = GPT(GPTConfig(vocab_size=50, block_size=16, n_layer=2, n_head=2, n_embd=16))
     ids = torch.randint(0, 50, (2, 16))

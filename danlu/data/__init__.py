@@ -169,4 +169,3 @@ def _split(
         if name in parts:
             out[name] = df.iloc[parts[name]]
     return out
-

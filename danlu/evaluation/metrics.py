@@ -83,9 +83,7 @@ def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> 
     return flat.reshape(n_classes, n_classes).astype(np.int64)
 
 
-def _counts_at_thresholds(
-    y_true: np.ndarray, score: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _counts_at_thresholds(y_true: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """False and true positive counts when predicting positive for score >= each threshold.
 
     Thresholds are the distinct scores, decreasing; tied samples enter together, which
@@ -344,9 +342,7 @@ def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray, target_names: lis
     if y_true.shape[0] == 0:
         raise DanluError("no samples to evaluate")
     if len(target_names) != y_true.shape[1]:
-        raise DanluError(
-            f"{len(target_names)} target names given but there are {y_true.shape[1]} targets"
-        )
+        raise DanluError(f"{len(target_names)} target names given but there are {y_true.shape[1]} targets")
     per = _per_output(y_true, y_pred)
     out: dict = {key: float(np.mean(values)) for key, values in per.items()}
     if y_true.shape[1] > 1:

@@ -258,9 +258,7 @@ def _classification_plots(
 ) -> list[tuple[str, Path]]:
     proba = np.asarray(proba, dtype=np.float64)
     if proba.ndim != 2 or proba.shape[1] != len(names) or len(names) < 2:
-        raise DanluError(
-            f"classification output must be (samples, {len(names)} classes), got {proba.shape}"
-        )
+        raise DanluError(f"classification output must be (samples, {len(names)} classes), got {proba.shape}")
     cm = M.confusion_matrix(y_true, proba.argmax(axis=1), len(names))
     y_true = np.asarray(y_true).astype(np.int64)
     plots = [("Confusion matrix", _plot_confusion(cm, names, plots_dir / "confusion_matrix.png"))]
