@@ -4,6 +4,8 @@
     run = danlu.train("examples/tutorial.yaml", train__lr=0.01)
     run.evaluate()
     danlu.load(run.path).predict(frame)
+    danlu.generate("runs/shakespeare-20261124-101500", "ROMEO:", max_new_tokens=50)
+    for piece in danlu.generate_stream("path/to/gpt2", "Hello", temperature=0.8): ...
 
 Imports are lazy so that `import danlu` and `danlu --help` stay fast.
 """
@@ -13,7 +15,16 @@ from __future__ import annotations
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["DanluError", "Run", "__version__", "evaluate", "load", "train"]
+__all__ = [
+    "DanluError",
+    "Run",
+    "__version__",
+    "evaluate",
+    "generate",
+    "generate_stream",
+    "load",
+    "train",
+]
 
 
 def __getattr__(name: str) -> Any:
@@ -25,6 +36,12 @@ def __getattr__(name: str) -> Any:
         from danlu.predict import load
 
         return load
+    if name in ("generate", "generate_stream"):
+        # the module danlu.generate is callable: danlu.generate(model_ref, prompt, ...)
+        import importlib
+
+        module = importlib.import_module("danlu.generate")
+        return module if name == "generate" else module.stream
     if name == "DanluError":
         from danlu.errors import DanluError
 

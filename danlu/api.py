@@ -32,6 +32,7 @@ from danlu.training.trainer import evaluate_split, fit, pick_device
 RESUMABLE_CHANGES = (
     "name",
     "train.epochs",
+    "train.max_steps",
     "train.early_stopping",
     "train.device",
     "train.precision",
@@ -97,7 +98,7 @@ def train(
 
     # everything that can fail on bad input happens before the run folder exists
     seed_everything(cfg.seed)
-    prepared = data_mod.build(cfg.data, cfg.task.type, cfg.seed)
+    prepared = data_mod.build(cfg.data, cfg.task.type, cfg.seed, cfg.model)
     task = tasks.build(cfg.task, prepared.schema, prepared.splits["train"].y, prepared.preprocessor)
     model = models.build(cfg.model, prepared.schema, task.out_dim)
     device = pick_device(cfg.train.device)
@@ -138,7 +139,10 @@ def train(
             }
         )
         split = cfg.eval.split if cfg.eval.split in prepared.splits else "val"
-        if split in prepared.splits:
+        if task.kind == "language_modeling":
+            prepared.preprocessor.save(run.tokenizer)
+            metrics = _finish_lm(run, model, task, prepared.splits["val"], plots=cfg.eval.plots)
+        elif split in prepared.splits:
             metrics = _finish(
                 run,
                 cfg,
@@ -227,6 +231,24 @@ def _finish(
         details=details,
         plots=plots,
     )
+    return summary
+
+
+def _finish_lm(run: RunDir, model: Any, task: Any, val: TensorData, plots: bool) -> dict[str, Any]:
+    """Loss and perplexity over the whole validation split, a short report and curves."""
+    from danlu import fileio
+    from danlu.evaluation.report import plot_history
+
+    metrics, _ = evaluate_split(model, task, val, torch.device("cpu"))
+    summary = {"split": "val", "rows": len(val), "tokens": int(val.y.numel()), "task": task.kind,
+               "metrics": metrics}
+    run.write_metrics(summary)
+    curve = plot_history(run.read_history(), run.plots / "history.png") if plots else None
+    lines = [f"# danlu run {run.path.name}", "", "| metric (validation, all tokens) | value |",
+             "| --- | ---: |", *(f"| {k} | {v:.4f} |" for k, v in metrics.items())]
+    if curve:
+        lines += ["", "![training history](plots/history.png)"]
+    fileio.write_text(run.report, "\n".join(lines) + "\n")
     return summary
 
 

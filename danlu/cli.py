@@ -201,6 +201,148 @@ def init(
             typer.echo(f"wrote {output}", err=True)
 
 
+@app.command(
+    epilog="Examples:\n\n"
+    "  danlu generate runs/shakespeare-20261124-101500 --prompt 'ROMEO:' --max-new-tokens 100\n\n"
+    "  danlu generate path/to/gpt2 --prompt 'Once upon a time' --temperature 0.8 --top-p 0.95 --seed 1\n\n"
+    "  danlu generate path/to/gpt2 --prompts prompts.txt --json > out.jsonl\n\n"
+    "  echo 'The meaning of life is' | danlu generate path/to/gpt2 --stop '.' --num-beams 4\n\n"
+    "MODEL is a danlu language-model run folder, a Hugging Face model folder (GPT-2 runs on "
+    "danlu's own GPT, other causal LMs on transformers) or a hub id when online."
+)
+def generate(
+    model: Annotated[str, typer.Argument(help="Run folder, Hugging Face model folder or hub id.")],
+    prompt: Annotated[str | None, typer.Option("--prompt", "-p", help="The prompt text.")] = None,
+    prompts: Annotated[
+        Path | None,
+        typer.Option("--prompts", help="File with one prompt per line ('-': stdin)."),
+    ] = None,
+    max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate per sequence.")] = 64,
+    temperature: Annotated[
+        float | None, typer.Option(help="Sampling temperature; 0 or unset: greedy.")
+    ] = None,
+    top_k: Annotated[int | None, typer.Option(help="Sample from the k most likely tokens.")] = None,
+    top_p: Annotated[
+        float | None, typer.Option(help="Nucleus sampling: smallest set with this mass.")
+    ] = None,
+    min_p: Annotated[
+        float | None, typer.Option(help="Drop tokens below min_p x the top probability.")
+    ] = None,
+    repetition_penalty: Annotated[
+        float | None, typer.Option(help="> 1 discourages tokens already seen.")
+    ] = None,
+    num_beams: Annotated[int, typer.Option(help="Beam search with this many beams.")] = 1,
+    num_return_sequences: Annotated[int, typer.Option(help="Sequences per prompt.")] = 1,
+    stop: Annotated[
+        list[str] | None, typer.Option("--stop", help="End a sequence at this text (repeatable).")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed for sampling.")] = None,
+    stream: Annotated[
+        bool | None,
+        typer.Option("--stream/--no-stream", help="Print tokens as they come (default: on a terminal)."),
+    ] = None,
+    json_: Annotated[
+        bool,
+        typer.Option(
+            "--json", help="One JSON object per sequence: text, token ids, per-token log-probabilities."
+        ),
+    ] = False,
+    dtype: Annotated[str | None, typer.Option(help="float32 or bfloat16.")] = None,
+    truncate_prompt: Annotated[
+        bool, typer.Option(help="Drop the oldest prompt tokens when a prompt is too long.")
+    ] = False,
+    trust_remote_code: Annotated[
+        bool, typer.Option(help="Let a Hugging Face folder run its own model code.")
+    ] = False,
+    debug: Debug = False,
+) -> None:
+    """Generate text with a language model."""
+    with _errors(debug):
+        import json
+
+        from danlu.modelref import complete, load_cached, make_options, stream_text
+
+        if dtype is not None and dtype not in ("float32", "bfloat16"):
+            raise DanluError(f"unknown dtype '{dtype}'; valid: bfloat16, float32")
+        texts = _read_prompts(prompt, prompts)
+        options: dict[str, Any] = dict(
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            min_p=min_p,
+            repetition_penalty=repetition_penalty,
+            num_beams=num_beams,
+            num_return_sequences=num_return_sequences,
+            stop=stop or [],
+            seed=seed,
+            truncate_prompt=truncate_prompt,
+            dtype=dtype,
+        )
+        make_options(**options)  # bad options fail before the model loads
+        lm = load_cached(model, trust_remote_code=trust_remote_code, dtype=dtype)
+        opts = make_options(lm, **options)
+        if stream is None:
+            stream = sys.stdout.isatty() and num_beams == 1 and num_return_sequences == 1
+        if json_:
+            for c in complete(lm, texts, opts, logprobs=True):
+                typer.echo(json.dumps(c.to_json(), ensure_ascii=False))
+        elif stream:
+            for i, text in enumerate(texts):
+                if i:
+                    typer.echo()
+                for piece in stream_text(lm, text, opts):
+                    sys.stdout.write(piece)
+                    sys.stdout.flush()
+                typer.echo()
+        else:
+            for i, c in enumerate(complete(lm, texts, opts)):
+                if i:
+                    typer.echo()
+                typer.echo(c.text)
+
+
+def _read_prompts(prompt: str | None, prompts: Path | None) -> list[str]:
+    if prompt is not None and prompts is not None:
+        raise DanluError("give either --prompt or --prompts, not both")
+    if prompt is not None:
+        return [prompt]
+    if prompts is not None and str(prompts) != "-":
+        try:
+            lines = prompts.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            raise DanluError(f"cannot read --prompts {prompts}: {e}") from None
+        where = str(prompts)
+    else:
+        if prompts is None and sys.stdin.isatty():
+            raise DanluError("no prompt: give --prompt TEXT, --prompts FILE or pipe prompts on stdin")
+        lines = sys.stdin.read().splitlines()
+        where = "stdin"
+    texts = [line for line in lines if line.strip()]
+    if not texts:
+        raise DanluError(f"no prompts in {where} (one prompt per line)")
+    return texts
+
+
+@app.command(
+    epilog="Examples:\n\n  danlu export runs/shakespeare-20261124-101500 --format hf exported/\n\n"
+    '  python -c "from transformers import AutoModelForCausalLM; '
+    "AutoModelForCausalLM.from_pretrained('exported')\""
+)
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="A language-model run folder.")],
+    out_dir: Annotated[Path, typer.Argument(help="New folder to write (must not exist or be empty).")],
+    format: Annotated[str, typer.Option("--format", "-f", help="hf: a Hugging Face GPT-2 folder.")] = "hf",
+    debug: Debug = False,
+) -> None:
+    """Export a run for other tools (hf: a transformers GPT-2 folder with its tokenizer)."""
+    with _errors(debug):
+        from danlu.modelref import export_run
+
+        path = export_run(run_dir, out_dir, format=format)
+        typer.echo(f"wrote {path}")
+
+
 def _write_table(df: Any, path: Path) -> None:
     from danlu import fileio
 

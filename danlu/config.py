@@ -43,7 +43,7 @@ class Section(BaseModel):
 class TaskConfig(Section):
     """What is predicted and how it is scored. Loss `auto` picks from the data."""
 
-    type: Literal["auto", "classification", "regression"] = "auto"
+    type: Literal["auto", "classification", "regression", "language_modeling"] = "auto"
     loss: str = "auto"
     class_weights: list[float] | Literal["balanced"] | None = None
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
@@ -91,6 +91,10 @@ class DataConfig(Section):
     scale: Literal["standard", "minmax", "none"] = "standard"
     scale_target: bool = True
     split: SplitConfig = Field(default_factory=SplitConfig)
+    # text for language modeling: a .txt file or folder of them, or JSONL with text_field
+    text_field: str = "text"
+    tokenizer: str = "char"  # char | bpe (byte-level, trained on the training text) | tokenizer.json path
+    vocab_size: int = Field(8000, ge=16)  # for bpe
 
     @model_validator(mode="after")
     def _one_source(self) -> DataConfig:
@@ -129,7 +133,26 @@ class CustomModelConfig(Section):
     params: dict[str, Any] = Field(default_factory=dict)
 
 
-MODEL_CONFIGS: dict[str, type[Section]] = {"mlp": MLPConfig}
+class GPTModelConfig(Section):
+    """A decoder-only Transformer (danlu/models/gpt.py); vocab size comes from the tokenizer."""
+
+    type: Literal["gpt"] = "gpt"
+    n_layer: int = Field(4, ge=1)
+    n_head: int = Field(4, ge=1)
+    n_embd: int = Field(128, ge=1)
+    block_size: int = Field(64, ge=2)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    bias: bool = True  # GPT-2 has biases; keeps the export loadable by transformers
+    tie_embeddings: bool = True
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> GPTModelConfig:
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        return self
+
+
+MODEL_CONFIGS: dict[str, type[Section]] = {"mlp": MLPConfig, "gpt": GPTModelConfig}
 
 
 def _model_tag(v: Any) -> str | None:
@@ -142,7 +165,9 @@ def _model_tag(v: Any) -> str | None:
 
 
 ModelConfig = Annotated[
-    Annotated[MLPConfig, Tag("mlp")] | Annotated[CustomModelConfig, Tag("custom")],
+    Annotated[MLPConfig, Tag("mlp")]
+    | Annotated[GPTModelConfig, Tag("gpt")]
+    | Annotated[CustomModelConfig, Tag("custom")],
     Discriminator(
         _model_tag,
         custom_error_type="unknown_model",
@@ -151,7 +176,7 @@ ModelConfig = Annotated[
 ]
 
 
-def parse_model(d: dict[str, Any]) -> MLPConfig | CustomModelConfig:
+def parse_model(d: dict[str, Any]) -> MLPConfig | GPTModelConfig | CustomModelConfig:
     """A saved `model` section (model.json) -> its config object."""
     return TypeAdapter(ModelConfig).validate_python(d)
 
@@ -179,6 +204,8 @@ class EarlyStoppingConfig(Section):
 
 class TrainConfig(Section):
     epochs: int = Field(100, ge=1)
+    max_steps: int | None = Field(None, ge=1)  # stop after this many optimizer steps
+    eval_every: int | None = Field(None, ge=1)  # evaluate/checkpoint every N steps, not per epoch
     batch_size: int = Field(32, ge=1)
     optimizer: str = "adam"
     lr: float = Field(1e-3, gt=0.0)
@@ -379,7 +406,7 @@ def _child_schema(schema: type[BaseModel] | None, part: str, child: dict[str, An
 
 def _describe(err: dict[str, Any], raw: dict[str, Any]) -> str:
     """One pydantic error -> 'key.path: problem (what is valid)'."""
-    loc = [str(p) for p in err["loc"] if p not in ("mlp", "custom")]
+    loc = [str(p) for p in err["loc"] if p not in ("mlp", "gpt", "custom")]
     path = ".".join(loc) or "(top level)"
     kind = err["type"]
     value = err.get("input")

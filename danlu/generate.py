@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import sys
+import types
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -546,3 +548,70 @@ def _beam_search(
             end = next((i + 1 for i, t in enumerate(tokens) if t in eos_set), len(tokens))
             results.append(tokens[:end])
     return results
+
+
+# ---------------------------------------------------------------------------- model references
+
+
+def complete(
+    model_ref: str | Path,
+    prompt: str | list[str],
+    *,
+    trust_remote_code: bool = False,
+    device: str | None = None,
+    **options: object,
+) -> str | list[str] | list[list[str]]:
+    """Completion of `prompt` by the model `model_ref` names (a danlu run folder, a Hugging
+    Face folder or a hub id; loaded once per process). `options` are GenerationOptions
+    fields (max_new_tokens, temperature, top_k, top_p, min_p, repetition_penalty, num_beams,
+    num_return_sequences, stop, seed, truncate_prompt, dtype, ...).
+
+    A string prompt gives a string, a list of prompts a list; with num_return_sequences > 1
+    each prompt gives a list of sequences. `danlu.generate(...)` is this function."""
+    from danlu.modelref import complete as run_complete
+    from danlu.modelref import load_cached, make_options
+
+    dtype = options.get("dtype")
+    lm = load_cached(model_ref, trust_remote_code=trust_remote_code, dtype=dtype, device=device)  # type: ignore[arg-type]
+    opts = make_options(lm, **options)
+    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+    if not prompts:
+        raise DanluError("no prompts given")
+    texts = [c.text for c in run_complete(lm, prompts, opts)]
+    n = opts.num_return_sequences
+    per_prompt: list[str] | list[list[str]] = (
+        texts if n == 1 else [texts[i : i + n] for i in range(0, len(texts), n)]
+    )
+    return per_prompt[0] if isinstance(prompt, str) else per_prompt
+
+
+def stream(
+    model_ref: str | Path,
+    prompt: str,
+    *,
+    trust_remote_code: bool = False,
+    device: str | None = None,
+    **options: object,
+) -> Iterator[str]:
+    """The completion of one prompt as text pieces while it is generated (same options as
+    `complete`; num_beams=1). `danlu.generate_stream(...)` is this function."""
+    from danlu.modelref import load_cached, make_options, stream_text
+
+    if not isinstance(prompt, str):
+        raise DanluError("stream takes one prompt (a string)")
+    dtype = options.get("dtype")
+    lm = load_cached(model_ref, trust_remote_code=trust_remote_code, dtype=dtype, device=device)  # type: ignore[arg-type]
+    return stream_text(lm, prompt, make_options(lm, **options))
+
+
+class _CallableModule(types.ModuleType):
+    """`import danlu.generate` makes `danlu.generate` this module, so the module itself is
+    the public function: danlu.generate(model_ref, prompt, ...) calls `complete`."""
+
+    def __call__(
+        self, model_ref: str | Path, prompt: str | list[str], **options: object
+    ) -> str | list[str] | list[list[str]]:
+        return complete(model_ref, prompt, **options)  # type: ignore[arg-type]
+
+
+sys.modules[__name__].__class__ = _CallableModule

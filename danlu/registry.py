@@ -77,6 +77,7 @@ MODELS = Registry(
     "model",
     {
         "mlp": "danlu.models.mlp:MLP",
+    "gpt": "danlu.models.lm:gpt",
     },
 )
 
@@ -90,6 +91,7 @@ LOSSES = Registry(
         "l1": "danlu.tasks.losses:l1",
         "huber": "danlu.tasks.losses:huber",
         "smooth_l1": "danlu.tasks.losses:smooth_l1",
+    "next_token": "danlu.tasks.losses:next_token",
     },
 )
 

@@ -10,6 +10,7 @@ runs/<name>-<YYYYmmdd-HHMMSS>/
   predictions.csv      the evaluated split's predictions
   report.md, plots/    tables and PNG plots
   tensorboard/         event files when train.tensorboard is on
+  tokenizer.json       language models: the fitted tokenizer (Hugging Face tokenizers format)
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ class RunDir:
     report = property(lambda self: self.path / "report.md")
     plots = property(lambda self: self.path / "plots")
     tensorboard = property(lambda self: self.path / "tensorboard")
+    tokenizer = property(lambda self: self.path / "tokenizer.json")  # language models
 
     # ---- creating and opening
     @classmethod

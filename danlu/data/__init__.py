@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -31,8 +32,15 @@ class Prepared:
     frames: dict[str, pd.DataFrame]  # the raw rows of each split, for predictions output
 
 
-def build(cfg: DataConfig, task_type: str, seed: int) -> Prepared:
+def build(cfg: DataConfig, task_type: str, seed: int, model_cfg: Any = None) -> Prepared:
     """Read, split (train/val/test), fit preprocessing on train, and tensorize."""
+    if task_type == "language_modeling" or (task_type == "auto" and getattr(model_cfg, "type", "") == "gpt"):
+        from danlu.data import text
+
+        if model_cfg is None or getattr(model_cfg, "type", "") != "gpt":
+            raise DanluError("task.type language_modeling trains a model of type gpt; set model.type: gpt")
+        schema, tokenizer, splits = text.build(cfg, model_cfg.block_size)
+        return Prepared(schema, tokenizer, splits, {})  # type: ignore[arg-type]
     frames, targets, where, task_type = _read_frames(cfg, task_type)
     full = frames.get("all", frames.get("train"))
     features = _features(cfg, full, targets, where)

@@ -454,10 +454,12 @@ def export_hf(
     tokenizer_dir: str | Path | None = None,
     *,
     overwrite: bool = False,
+    extra_config: dict[str, Any] | None = None,
 ) -> Path:
     """Write `model` as a Hugging Face GPT-2 folder (config.json + model.safetensors, plus
     the tokenizer files of `tokenizer_dir`). The folder is built beside `out_dir` and renamed
-    into place, so a reader never sees half of it."""
+    into place, so a reader never sees half of it. `extra_config` adds config.json keys
+    (e.g. eos_token_id, bos_token_id, pad_token_id)."""
     from safetensors.torch import save_file
 
     out_dir = Path(out_dir)
@@ -497,6 +499,7 @@ def export_hf(
         "torch_dtype": str(dtype).removeprefix("torch."),
         "danlu_config": asdict(cfg),
     }
+    hf_config.update({k: v for k, v in (extra_config or {}).items() if v is not None})
     state: dict[str, torch.Tensor] = {}
     for name, tensor in model.state_dict().items():
         if name == "lm_head.weight" and cfg.tie_embeddings:

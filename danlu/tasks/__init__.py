@@ -32,6 +32,10 @@ def build(cfg: TaskConfig, schema: Any, y_train: torch.Tensor, preprocessor: Any
     from danlu.tasks.classification import ClassificationTask
     from danlu.tasks.regression import RegressionTask
 
+    if schema.task == "language_modeling":
+        from danlu.tasks.language_modeling import LanguageModelingTask
+
+        return LanguageModelingTask(cfg, schema)
     if schema.task == "classification":
         return ClassificationTask(cfg, schema, y_train)
     return RegressionTask(cfg, schema, y_train, preprocessor)

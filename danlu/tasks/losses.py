@@ -48,3 +48,8 @@ def smooth_l1(cfg: TaskConfig, y: torch.Tensor, n_classes: int) -> nn.Module:
 
 CLASSIFICATION_LOSSES = ("cross_entropy", "bce_with_logits")
 REGRESSION_LOSSES = ("mse", "mae", "l1", "huber", "smooth_l1")
+
+
+def next_token(cfg: TaskConfig, y: torch.Tensor, n_classes: int) -> nn.Module:
+    # targets of -100 (padding, prompt tokens) do not count
+    return nn.CrossEntropyLoss(ignore_index=-100, label_smoothing=cfg.label_smoothing)

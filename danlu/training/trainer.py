@@ -55,8 +55,8 @@ class TrainerState:
     batch: int = 0  # next batch within that epoch
     step: int = 0  # optimizer steps taken
     best: float | None = None
-    best_epoch: int = -1
-    bad_epochs: int = 0
+    best_epoch: int = -1  # index into history of the best evaluation
+    bad_epochs: int = 0  # evaluations without improvement
     loss_sum: float = 0.0  # partial epoch, for a mid-epoch checkpoint
     loss_count: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
@@ -96,17 +96,27 @@ def evaluate_split(
     """Loss and metrics of a whole split, and the decoded outputs (probabilities or
     predictions in the target's units)."""
     model.eval()
-    outputs, loss_sum = [], 0.0
+    keep = getattr(task, "keeps_outputs", True)
+    if not keep:  # sequence logits are (block x vocab) per row: keep chunks small
+        batch_size = min(batch_size, 64)
+    outputs, loss_sum, rows = [], 0.0, 0
     with torch.no_grad(), torch.autocast(device.type, dtype=amp, enabled=amp is not None):
         for i in range(0, len(data), batch_size):
             x = {k: v[i : i + batch_size].to(device) for k, v in data.inputs.items()}
             y = data.y[i : i + batch_size].to(device)
             out = model(**x)
-            loss_sum += float(task.loss(out, y)) * len(y)
-            outputs.append(out.float().cpu())
+            # mean losses are weighted by what they average over (rows, or tokens)
+            n = int((y != -100).sum()) if not keep else len(y)
+            loss_sum += float(task.loss(out, y)) * n
+            rows += n
+            if keep:
+                outputs.append(out.float().cpu())
+    loss = loss_sum / max(rows, 1)
+    if not keep:
+        return {"loss": loss, **task.metrics_from_loss(loss)}, np.zeros(0)
     decoded = task.decode(torch.cat(outputs))
     metrics = task.metrics(task.target(data.y), decoded)
-    metrics["loss"] = loss_sum / len(data)
+    metrics["loss"] = loss
     return metrics, decoded
 
 
@@ -197,15 +207,64 @@ def fit(
             )
             run.write_history(state.history)
 
+    max_steps = cfg.max_steps or math.inf
+    loss_sum = torch.tensor(state.loss_sum, device=device)  # training loss since the last evaluation
+    count, started = state.loss_count, time.perf_counter()
     stopped_early = False
-    with Progress("quiet" if not dist.is_main else progress, cfg.monitor) as bar, _StopFlag() as stop:
-        while state.epoch < cfg.epochs and not stopped_early:
-            # ---- one epoch of steps
+
+    def evaluate_and_log(bar: Progress) -> None:
+        """Validation metrics, one metrics.csv row, early stopping and checkpoints."""
+        nonlocal loss_sum, count, started, stopped_early
+        sums = distributed.all_reduce_sum(
+            torch.stack([loss_sum.float(), torch.tensor(float(count), device=device)]), dist
+        )
+        row: dict[str, float] = {
+            "epoch": state.epoch + 1 if state.batch else state.epoch,
+            "step": state.step,
+            "train.loss": float(sums[0] / sums[1]),
+        }
+        if penalized:
+            with torch.no_grad():
+                if cfg.l1:
+                    row["train.l1_penalty"] = float(cfg.l1 * sum(p.abs().sum() for p in penalized))
+                if cfg.l2:
+                    row["train.l2_penalty"] = float(cfg.l2 * sum(p.pow(2).sum() for p in penalized))
+        if val is not None:
+            metrics, _ = evaluate_split(model, task, val, device, amp=amp)
+            row.update({f"val.{k}": float(v) for k, v in metrics.items() if _is_number(v)})
             model.train()
-            started = time.perf_counter()
+        row["lr"] = optimizer.param_groups[0]["lr"]
+        row["time"] = time.perf_counter() - started
+        if cfg.monitor not in row:
+            valid = ", ".join(k for k in row if k.startswith(("val.", "train.")))
+            raise DanluError(f"train.monitor: '{cfg.monitor}' is not logged by this task; valid: {valid}")
+        value = row[cfg.monitor]
+        improved = _improved(value, state.best, mode, cfg.early_stopping)
+        if improved:
+            state.best, state.best_epoch, state.bad_epochs = value, len(state.history), 0
+        else:
+            state.bad_epochs += 1
+        if scheduler is not None and interval == "epoch":
+            scheduler.step()
+        elif scheduler is not None and interval == "eval":
+            scheduler.step(value)
+        state.history.append(row)
+        state.loss_sum, state.loss_count = 0.0, 0
+        loss_sum, count, started = torch.zeros((), device=device), 0, time.perf_counter()
+        stopped_early = cfg.early_stopping is not None and state.bad_epochs >= cfg.early_stopping.patience
+        if improved:
+            save("best")
+        save("last")
+        if writer is not None:
+            for k, v in row.items():
+                writer.add_scalar(k, v, state.step)
+        bar.end_epoch(row, improved)
+
+    with Progress("quiet" if not dist.is_main else progress, cfg.monitor) as bar, _StopFlag() as stop:
+        while state.epoch < cfg.epochs and state.step < max_steps and not stopped_early:
+            # ---- one epoch of steps (evaluating every `eval_every` steps when set)
+            model.train()
             bar.start_epoch(state.epoch, cfg.epochs, len(train), state.batch)
-            loss_sum = torch.tensor(state.loss_sum, device=device)
-            count = state.loss_count
             for i, (x, y) in enumerate(train.epoch(state.epoch, state.batch), start=state.batch):
                 last_micro = (i + 1) % cfg.accumulate == 0 or i + 1 == len(train)
                 sync = contextlib.nullcontext() if last_micro or not dist.enabled else ddp.no_sync()
@@ -217,70 +276,38 @@ def fit(
                     (scaler.scale(total) if scaler else total).backward()
                 loss_sum += loss.detach() * len(y)
                 count += len(y)
-                if last_micro:
-                    _clip(model, optimizer, scaler, cfg)
-                    if scaler:
-                        scaler.step(optimizer)
-                        scaler.update()
-                    else:
-                        optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-                    state.step += 1
-                    if scheduler is not None and interval == "step":
-                        scheduler.step()
                 bar.step(i, loss)
-                if stop.requested and last_micro:
-                    state.batch, state.loss_sum, state.loss_count = i + 1, float(loss_sum), count
+                if not last_micro:
+                    continue
+                _clip(model, optimizer, scaler, cfg)
+                if scaler:
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                state.step += 1
+                if scheduler is not None and interval == "step":
+                    scheduler.step()
+                state.batch = i + 1
+                if stop.requested:
+                    state.loss_sum, state.loss_count = float(loss_sum), count
                     save("last")
                     raise Interrupted(run, state.epoch, state.step)
-
-            # ---- evaluate, log, early stopping, checkpoints
-            sums = distributed.all_reduce_sum(
-                torch.stack([loss_sum.float(), torch.tensor(float(count), device=device)]), dist
-            )
-            row: dict[str, float] = {
-                "epoch": state.epoch + 1,
-                "step": state.step,
-                "train.loss": float(sums[0] / sums[1]),
-            }
-            if penalized:
-                with torch.no_grad():
-                    if cfg.l1:
-                        row["train.l1_penalty"] = float(cfg.l1 * sum(p.abs().sum() for p in penalized))
-                    if cfg.l2:
-                        row["train.l2_penalty"] = float(cfg.l2 * sum(p.pow(2).sum() for p in penalized))
-            if val is not None:
-                metrics, _ = evaluate_split(model, task, val, device, amp=amp)
-                row.update({f"val.{k}": float(v) for k, v in metrics.items() if _is_number(v)})
-            row["lr"] = optimizer.param_groups[0]["lr"]
-            row["time"] = time.perf_counter() - started
-            if cfg.monitor not in row:
-                valid = ", ".join(k for k in row if k.startswith(("val.", "train.")))
-                raise DanluError(f"train.monitor: '{cfg.monitor}' is not logged by this task; valid: {valid}")
-            value = row[cfg.monitor]
-            improved = _improved(value, state.best, mode, cfg.early_stopping)
-            if improved:
-                state.best, state.best_epoch, state.bad_epochs = value, state.epoch, 0
-            else:
-                state.bad_epochs += 1
-            if scheduler is not None and interval == "epoch":
-                scheduler.step()
-            elif scheduler is not None and interval == "eval":
-                scheduler.step(value)
-            state.history.append(row)
-            state.epoch, state.batch, state.loss_sum, state.loss_count = state.epoch + 1, 0, 0.0, 0
-            stopped_early = cfg.early_stopping is not None and state.bad_epochs >= cfg.early_stopping.patience
-            if improved:
-                save("best")
-            save("last")
-            if writer is not None:
-                for k, v in row.items():
-                    writer.add_scalar(k, v, state.step)
-            bar.end_epoch(row, improved)
+                if (cfg.eval_every and state.step % cfg.eval_every == 0) or state.step >= max_steps:
+                    evaluate_and_log(bar)
+                    if stopped_early or state.step >= max_steps:
+                        break
+            if state.batch >= len(train):  # the epoch ran to its end
+                state.epoch, state.batch = state.epoch + 1, 0
+                if not cfg.eval_every:
+                    evaluate_and_log(bar)
+        if count and not stopped_early:  # steps since the last evaluation (eval_every runs)
+            evaluate_and_log(bar)
         if stopped_early:
             bar.print(
-                f"early stopping: {cfg.monitor} has not improved for"
-                f" {state.bad_epochs} epochs; best {state.best:.4g} at epoch {state.best_epoch + 1}"
+                f"early stopping: {cfg.monitor} has not improved for {state.bad_epochs}"
+                f" evaluations; best {state.best:.4g} at step {state.history[state.best_epoch]['step']:.0f}"
             )
 
     # ---- finish: the best weights (not the last) are the model, unless told otherwise

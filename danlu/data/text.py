@@ -1,0 +1,200 @@
+"""Text for language modeling: read, tokenize (character-level, byte-level BPE trained on
+the training split, or a given tokenizer.json), split, and pack into blocks.
+
+Every tokenizer is a Hugging Face `tokenizers.Tokenizer`, saved as tokenizer.json in the
+run folder, so `danlu generate` and transformers read it back the same way.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from danlu.config import DataConfig
+from danlu.data.tabular import TensorData
+from danlu.errors import DanluError
+
+EOT = "<|endoftext|>"
+
+
+@dataclass
+class LMSchema:
+    vocab_size: int
+    block_size: int
+    eos_token_id: int | None
+    tokenizer: str  # char | bpe | file
+    task: str = "language_modeling"
+    input_kind: str = "text"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+class TextTokenizer:
+    """The fitted tokenizer: its state is the tokenizer.json file it writes."""
+
+    def __init__(self, tok: Any, kind: str) -> None:
+        self.tok, self.kind = tok, kind
+        self._char_ids = tok.get_vocab() if kind == "char" else None
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tok.get_vocab_size()
+
+    @property
+    def eos_token_id(self) -> int | None:
+        return self.tok.token_to_id(EOT)
+
+    def encode(self, text: str) -> list[int]:
+        if self._char_ids is not None:  # a dict lookup per character beats the BPE machinery
+            ids, unk = self._char_ids, None
+            try:
+                return [ids[c] for c in text]
+            except KeyError as e:
+                unk = e.args[0]
+            raise DanluError(
+                f"character {unk!r} is not in the character vocabulary fitted on the training text"
+            )
+        return self.tok.encode(text).ids
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tok.decode(ids)
+
+    def save(self, path: Path) -> None:
+        from danlu import fileio
+
+        fileio.write_text(path, self.tok.to_str())
+
+    def state(self) -> dict[str, Any]:
+        return {"kind": self.kind, "file": "tokenizer.json"}
+
+
+def read_documents(cfg: DataConfig) -> list[str]:
+    path = Path(cfg.path or cfg.train or "")
+    if not path.exists():
+        raise DanluError(f"{path}: text file or folder not found")
+    files = (
+        sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in (".txt", ".md", ".jsonl"))
+        if path.is_dir()
+        else [path]
+    )
+    if not files:
+        raise DanluError(f"{path}: no .txt files in the folder")
+    docs = []
+    for f in files:
+        try:
+            text = f.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise DanluError(f"{f}: cannot read as UTF-8 text: {e}") from None
+        if f.suffix == ".jsonl" or (path.is_file() and path.suffix in (".jsonl", ".ndjson")):
+            docs.extend(_jsonl_texts(f, text, cfg.text_field))
+        else:
+            docs.append(text)
+    docs = [d for d in docs if d.strip()]
+    if not docs:
+        raise DanluError(f"{path}: the text is empty; a language model needs text to train on")
+    return docs
+
+
+def _jsonl_texts(f: Path, text: str, field: str) -> list[str]:
+    out = []
+    for n, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DanluError(f"{f}: line {n} is not JSON: {e.msg}") from None
+        if not isinstance(row, dict) or not isinstance(row.get(field), str):
+            raise DanluError(f"{f}: line {n} has no text field '{field}' (set data.text_field)")
+        out.append(row[field])
+    return out
+
+
+def fit_tokenizer(cfg: DataConfig, train_docs: list[str]) -> TextTokenizer:
+    try:
+        from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    except ImportError:
+        raise DanluError("language modeling needs the tokenizers package: pip install 'danlu[hf]'") from None
+    if cfg.tokenizer == "char":
+        chars = sorted(set("".join(train_docs)))
+        if len(train_docs) > 1:
+            chars.append(EOT)
+        tok = Tokenizer(models.BPE(vocab={c: i for i, c in enumerate(chars)}, merges=[]))
+        tok.add_special_tokens([EOT]) if len(train_docs) > 1 else None
+        tok.decoder = decoders.Fuse()
+        return TextTokenizer(tok, "char")
+    if cfg.tokenizer == "bpe":
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=cfg.vocab_size,
+            special_tokens=[EOT],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        )
+        tok.train_from_iterator(train_docs, trainer=trainer)
+        return TextTokenizer(tok, "bpe")
+    path = Path(cfg.tokenizer)
+    if path.is_dir():
+        path = path / "tokenizer.json"
+    if not path.is_file():
+        raise DanluError(
+            f"data.tokenizer: '{cfg.tokenizer}' is not char, bpe or a tokenizer.json file (not found)"
+        )
+    try:
+        return TextTokenizer(Tokenizer.from_file(str(path)), "file")
+    except Exception as e:  # tokenizers raises plain Exceptions for bad files
+        raise DanluError(f"{path}: not a tokenizers tokenizer.json: {str(e).splitlines()[0]}") from None
+
+
+def build(cfg: DataConfig, block_size: int) -> tuple[LMSchema, TextTokenizer, dict[str, TensorData]]:
+    """Documents joined by the end-of-text token, the last `split.val` of the tokens held
+    out (like nanoGPT's 90/10), both packed into (block_size + 1)-token windows."""
+    docs = read_documents(cfg)
+    if cfg.split.val <= 0:
+        raise DanluError("data.split.val: language modeling needs a validation fraction > 0")
+    # split by characters first so the tokenizer is fitted on training text only
+    total = sum(len(d) for d in docs)
+    cut = int(total * (1 - cfg.split.val))
+    train_docs, val_docs, seen = [], [], 0
+    for d in docs:
+        if seen + len(d) <= cut:
+            train_docs.append(d)
+        elif seen >= cut:
+            val_docs.append(d)
+        else:
+            train_docs.append(d[: cut - seen])
+            val_docs.append(d[cut - seen :])
+        seen += len(d)
+    tokenizer = fit_tokenizer(cfg, train_docs)
+    splits = {}
+    for name, part in (("train", train_docs), ("val", val_docs)):
+        ids = _join(tokenizer, part)
+        n_blocks = (len(ids) - 1) // block_size
+        if n_blocks < 1:
+            raise DanluError(
+                f"data.split.{name}: {len(ids)} tokens of {name} text is less than one block of"
+                f" {block_size + 1}; use more text or a smaller model.block_size"
+            )
+        t = torch.tensor(ids[: n_blocks * block_size + 1], dtype=torch.long)
+        x = t[:-1].view(n_blocks, block_size)
+        y = t[1:].view(n_blocks, block_size)
+        splits[name] = TensorData({"idx": x}, y)
+    schema = LMSchema(tokenizer.vocab_size, block_size, tokenizer.eos_token_id, tokenizer.kind)
+    return schema, tokenizer, splits
+
+
+def _join(tokenizer: TextTokenizer, docs: list[str]) -> list[int]:
+    eos = tokenizer.eos_token_id
+    ids: list[int] = []
+    for i, d in enumerate(docs):
+        if i and eos is not None:
+            ids.append(eos)
+        ids.extend(tokenizer.encode(d))
+    return ids
