@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from danlu.generate import GenerationOptions, generate_tokens
+from danlu.generation import GenerationOptions, generate_tokens
 from danlu.models.gpt import GPT, GPTConfig, export_hf
 
 TARGETS = {

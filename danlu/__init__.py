@@ -37,11 +37,9 @@ def __getattr__(name: str) -> Any:
 
         return load
     if name in ("generate", "generate_stream"):
-        # the module danlu.generate is callable: danlu.generate(model_ref, prompt, ...)
-        import importlib
+        from danlu import generation
 
-        module = importlib.import_module("danlu.generate")
-        return module if name == "generate" else module.stream
+        return generation.complete if name == "generate" else generation.stream
     if name == "DanluError":
         from danlu.errors import DanluError
 

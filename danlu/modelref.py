@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 from danlu.errors import DanluError, did_you_mean
-from danlu.generate import DTYPES, GenerationOptions
+from danlu.generation import DTYPES, GenerationOptions
 
 KINDS = ("danlu-run", "hf-gpt2", "hf-causal-lm")
 _WEIGHT_FILES = (
@@ -449,7 +449,7 @@ def complete(
     opts.validate()
     ids = encode_prompts(lm, prompts, opts)
     if lm.is_danlu:
-        from danlu.generate import generate_tokens
+        from danlu.generation import generate_tokens
 
         new = generate_tokens(lm.model, ids, opts, lm.pad_token_id, decode=lm.tokenizer.decode)
     else:
@@ -522,7 +522,7 @@ def _stop_index(text: str, stop: list[str]) -> int | None:
 
 
 def _danlu_stream(lm: LoadedLM, ids: list[int], opts: GenerationOptions) -> Iterator[int]:
-    from danlu.generate import stream_tokens
+    from danlu.generation import stream_tokens
 
     steps = stream_tokens(lm.model, [ids], opts, lm.pad_token_id, decode=lm.tokenizer.decode)
     for (tok,) in steps:

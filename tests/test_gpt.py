@@ -11,7 +11,7 @@ pytest.importorskip("transformers", reason="transformers is not installed (pip i
 from transformers import GPT2Config, GPT2LMHeadModel  # noqa: E402
 
 from danlu.errors import DanluError  # noqa: E402
-from danlu.generate import (  # noqa: E402
+from danlu.generation import (  # noqa: E402
     GenerationOptions,
     generate_text,
     generate_tokens,

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import sys
-import types
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -602,16 +600,3 @@ def stream(
     dtype = options.get("dtype")
     lm = load_cached(model_ref, trust_remote_code=trust_remote_code, dtype=dtype, device=device)  # type: ignore[arg-type]
     return stream_text(lm, prompt, make_options(lm, **options))
-
-
-class _CallableModule(types.ModuleType):
-    """`import danlu.generate` makes `danlu.generate` this module, so the module itself is
-    the public function: danlu.generate(model_ref, prompt, ...) calls `complete`."""
-
-    def __call__(
-        self, model_ref: str | Path, prompt: str | list[str], **options: object
-    ) -> str | list[str] | list[list[str]]:
-        return complete(model_ref, prompt, **options)  # type: ignore[arg-type]
-
-
-sys.modules[__name__].__class__ = _CallableModule
