@@ -141,7 +141,12 @@ def train(
         split = cfg.eval.split if cfg.eval.split in prepared.splits else "val"
         if task.kind == "language_modeling":
             prepared.preprocessor.save(run.tokenizer)
-            metrics = _finish_lm(run, model, task, prepared.splits["val"], plots=cfg.eval.plots)
+            # the model is the last evaluation's when that was the best: its numbers stand
+            last = result.history[-1] if result.history else {}
+            known = None
+            if result.best_epoch == len(result.history) - 1 and "val.loss" in last:
+                known = {"loss": last["val.loss"], "perplexity": last["val.perplexity"]}
+            metrics = _finish_lm(run, model, task, prepared.splits["val"], cfg.eval.plots, known)
         elif split in prepared.splits:
             metrics = _finish(
                 run,
@@ -234,12 +239,14 @@ def _finish(
     return summary
 
 
-def _finish_lm(run: RunDir, model: Any, task: Any, val: TensorData, plots: bool) -> dict[str, Any]:
+def _finish_lm(
+    run: RunDir, model: Any, task: Any, val: TensorData, plots: bool, known: dict[str, float] | None
+) -> dict[str, Any]:
     """Loss and perplexity over the whole validation split, a short report and curves."""
     from danlu import fileio
     from danlu.evaluation.report import plot_history
 
-    metrics, _ = evaluate_split(model, task, val, torch.device("cpu"))
+    metrics = known or evaluate_split(model, task, val, torch.device("cpu"))[0]
     summary = {"split": "val", "rows": len(val), "tokens": int(val.y.numel()), "task": task.kind,
                "metrics": metrics}
     run.write_metrics(summary)

@@ -95,6 +95,7 @@ class DataConfig(Section):
     text_field: str = "text"
     tokenizer: str = "char"  # char | bpe (byte-level, trained on the training text) | tokenizer.json path
     vocab_size: int = Field(8000, ge=16)  # for bpe
+    stride: int | None = Field(None, ge=1)  # a training window every `stride` tokens (default: block)
 
     @model_validator(mode="after")
     def _one_source(self) -> DataConfig:

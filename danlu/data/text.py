@@ -182,9 +182,13 @@ def build(cfg: DataConfig, block_size: int) -> tuple[LMSchema, TextTokenizer, di
                 f"data.split.{name}: {len(ids)} tokens of {name} text is less than one block of"
                 f" {block_size + 1}; use more text or a smaller model.block_size"
             )
-        t = torch.tensor(ids[: n_blocks * block_size + 1], dtype=torch.long)
-        x = t[:-1].view(n_blocks, block_size)
-        y = t[1:].view(n_blocks, block_size)
+        t = torch.tensor(ids, dtype=torch.long)
+        # overlapping training windows (stride < block_size) are views of one tensor, so
+        # sampling them is like nanoGPT's random offsets at no memory cost until batching;
+        # validation always uses disjoint blocks so every token is scored once
+        stride = (cfg.stride or block_size) if name == "train" else block_size
+        windows = t.unfold(0, block_size + 1, stride)
+        x, y = windows[:, :-1], windows[:, 1:]
         splits[name] = TensorData({"idx": x}, y)
     schema = LMSchema(tokenizer.vocab_size, block_size, tokenizer.eos_token_id, tokenizer.kind)
     return schema, tokenizer, splits

@@ -208,6 +208,9 @@ def fit(
             run.write_history(state.history)
 
     max_steps = cfg.max_steps or math.inf
+    # contexts entered every step: build them once (an autocast object costs microseconds)
+    no_op = contextlib.nullcontext()
+    autocast = (lambda: torch.autocast(device.type, dtype=amp)) if amp is not None else (lambda: no_op)
     loss_sum = torch.tensor(state.loss_sum, device=device)  # training loss since the last evaluation
     count, started = state.loss_count, time.perf_counter()
     stopped_early = False
@@ -267,14 +270,14 @@ def fit(
             bar.start_epoch(state.epoch, cfg.epochs, len(train), state.batch)
             for i, (x, y) in enumerate(train.epoch(state.epoch, state.batch), start=state.batch):
                 last_micro = (i + 1) % cfg.accumulate == 0 or i + 1 == len(train)
-                sync = contextlib.nullcontext() if last_micro or not dist.enabled else ddp.no_sync()
+                sync = ddp.no_sync() if dist.enabled and not last_micro else no_op
                 with sync:
-                    with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                    with autocast():
                         loss = task.loss(ddp(**x), y)
                         total = loss + _penalty(penalized, cfg.l1, cfg.l2) if penalized else loss
                     total = total / cfg.accumulate
                     (scaler.scale(total) if scaler else total).backward()
-                loss_sum += loss.detach() * len(y)
+                loss_sum.add_(loss.detach(), alpha=len(y))
                 count += len(y)
                 bar.step(i, loss)
                 if not last_micro:
