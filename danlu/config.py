@@ -362,7 +362,7 @@ def set_path(raw: dict[str, Any], key: str, value: Any, where: str = "config") -
     schema: type[BaseModel] | None = RunConfig
     node = raw
     for i, part in enumerate(parts):
-        fields = _fields_of(schema, node)
+        fields = _fields_of(schema)
         if fields is not None and part not in fields:
             prefix = ".".join(parts[:i])
             at = f" in '{prefix}'" if prefix else ""
@@ -386,7 +386,7 @@ def _as_mapping(value: Any) -> dict[str, Any]:
     return {"name": value} if isinstance(value, str) else {}
 
 
-def _fields_of(schema: type[BaseModel] | None, node: dict[str, Any]) -> set[str] | None:
+def _fields_of(schema: type[BaseModel] | None) -> set[str] | None:
     if schema is None:
         return None  # free-form mapping (e.g. data.params)
     return set(schema.model_fields)

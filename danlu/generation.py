@@ -406,15 +406,7 @@ class _Run:
             with torch.inference_mode():
                 if seen is not None:
                     seen.scatter_(1, tokens[:, None], True)
-                logits = model(
-                    tokens[:, None],
-                    attention_mask=None if mask is None else mask[:, : cache.length + 1],
-                    position_ids=next_pos,
-                    kv_cache=cache,
-                    last_only=True,
-                )
-                if next_pos is not None:
-                    next_pos += 1
+                logits = _decode_step(model, tokens[:, None], mask, next_pos, cache)
 
     def _check_stop(self, t: int, alive: list[bool], finished: torch.Tensor, window: int) -> None:
         assert self.decode is not None
@@ -441,6 +433,26 @@ class _Run:
 
 
 # ---------------------------------------------------------------------------- beam search
+
+
+def _decode_step(
+    model: GPT,
+    tokens: torch.Tensor,
+    mask: torch.Tensor | None,
+    next_pos: torch.Tensor | None,
+    cache: KVCache,
+) -> torch.Tensor:
+    """One new token per row through the KV cache; advances `next_pos` in place."""
+    logits = model(
+        tokens,
+        attention_mask=None if mask is None else mask[:, : cache.length + 1],
+        position_ids=next_pos,
+        kv_cache=cache,
+        last_only=True,
+    )
+    if next_pos is not None:
+        next_pos += 1
+    return logits
 
 
 def _beam_search(
@@ -529,15 +541,7 @@ def _beam_search(
             if seen is not None:
                 seen = seen.index_select(0, order)
                 seen.scatter_(1, step_tokens, True)
-            logits = model(
-                step_tokens,
-                attention_mask=None if mask is None else mask[:, : cache.length + 1],
-                position_ids=next_pos,
-                kv_cache=cache,
-                last_only=True,
-            )
-            if next_pos is not None:
-                next_pos += 1
+            logits = _decode_step(model, step_tokens, mask, next_pos, cache)
 
     eos_set = set(opts.eos_ids)
     results = []

@@ -11,7 +11,7 @@ import torch
 
 from danlu import models, tasks
 from danlu.config import TaskConfig, parse_model
-from danlu.data.tabular import Schema, TabularPreprocessor, TensorData
+from danlu.data.tabular import Schema, TabularPreprocessor
 from danlu.errors import DanluError
 from danlu.run import RunDir
 from danlu.training.checkpoint import load_weights
@@ -54,10 +54,10 @@ class Predictor:
     def outputs(self, rows: Any, where: str = "input", batch_size: int = 8192) -> np.ndarray:
         """Decoded outputs: class probabilities, or predictions in the target's units."""
         inputs = self.preprocessor.transform(self.frame(rows), where)
-        data = TensorData(inputs, None)
+        n = len(next(iter(inputs.values())))
         outs = []
         with torch.no_grad():
-            for i in range(0, len(data), batch_size):
+            for i in range(0, n, batch_size):
                 outs.append(self.model(**{k: v[i : i + batch_size] for k, v in inputs.items()}))
         return self.task.decode(torch.cat(outs))
 
