@@ -17,8 +17,12 @@ $(VENV)/.core: pyproject.toml | $(BIN)/python
 	$(PIP) install -q -e .
 	touch $@
 
+# pyctcdecode pins numpy<2 without needing it; installed without its pins
 $(VENV)/.test: $(VENV)/.core
 	$(PIP) install -q -e ".[test]"
+	$(PIP) install -q --no-deps pyctcdecode==0.5.0
+	$(PIP) install -q "pygtrie>=2.1,<3" "hypothesis>=6.14,<7"
+	-bash scripts/system_deps.sh
 	touch $@
 
 $(VENV)/.bench: $(VENV)/.test

@@ -6,12 +6,41 @@ shard of the permutation, so the same code runs on one process or many.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any, Protocol
 
 import torch
 
 from danlu.data.tabular import TensorData
 
 Batch = tuple[dict[str, torch.Tensor], torch.Tensor]
+
+
+class BatchSource(Protocol):
+    """What the trainer iterates: batches per epoch, and one epoch's batches from batch
+    `start` on, in an order fixed by (seed, epoch) so a resumed run continues exactly."""
+
+    def __len__(self) -> int: ...
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[Batch]: ...
+
+
+def batches(
+    data: Any,
+    batch_size: int,
+    *,
+    shuffle: bool,
+    seed: int,
+    rank: int = 0,
+    world: int = 1,
+    device: torch.device | str = "cpu",
+) -> BatchSource:
+    """A split -> its batches. In-memory splits (TensorData) are sliced as tensors; any
+    other split (images or audio decoded from disk, length-bucketed sequences) brings its
+    own `batches(...)` with the same arguments, typically backed by a DataLoader."""
+    if isinstance(data, TensorData):
+        return TensorBatches(
+            data, batch_size, shuffle=shuffle, seed=seed, rank=rank, world=world, device=device
+        )
+    return data.batches(batch_size, shuffle=shuffle, seed=seed, rank=rank, world=world, device=device)
 
 
 class TensorBatches:

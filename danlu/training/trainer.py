@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from danlu.config import TrainConfig
-from danlu.data.batches import TensorBatches
+from danlu.data.batches import batches
 from danlu.data.tabular import TensorData
 from danlu.errors import DanluError
 from danlu.evaluation.metrics import direction
@@ -99,11 +99,9 @@ def evaluate_split(
     keep = getattr(task, "keeps_outputs", True)
     if not keep:  # sequence logits are (block x vocab) per row: keep chunks small
         batch_size = min(batch_size, 64)
-    outputs, loss_sum, rows = [], 0.0, 0
+    outputs, targets, loss_sum, rows = [], [], 0.0, 0
     with torch.no_grad(), torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-        for i in range(0, len(data), batch_size):
-            x = {k: v[i : i + batch_size].to(device) for k, v in data.inputs.items()}
-            y = data.y[i : i + batch_size].to(device)
+        for x, y in batches(data, batch_size, shuffle=False, seed=0, device=device).epoch(0):
             out = model(**x)
             # mean losses are weighted by what they average over (rows, or tokens)
             n = int((y != -100).sum()) if not keep else len(y)
@@ -111,11 +109,12 @@ def evaluate_split(
             rows += n
             if keep:
                 outputs.append(out.float().cpu())
+                targets.append(y.cpu())
     loss = loss_sum / max(rows, 1)
     if not keep:
         return {"loss": loss, **task.metrics_from_loss(loss)}, np.zeros(0)
     decoded = task.decode(torch.cat(outputs))
-    metrics = task.metrics(task.target(data.y), decoded)
+    metrics = task.metrics(task.target(torch.cat(targets)), decoded)
     metrics["loss"] = loss
     return metrics, decoded
 
@@ -163,7 +162,7 @@ def fit(
     if hasattr(task, "criterion") and isinstance(task.criterion, nn.Module):
         task.criterion.to(device)  # class weights live on the model's device
     ddp = nn.parallel.DistributedDataParallel(model) if dist.enabled else model
-    train = TensorBatches(
+    train = batches(
         splits["train"],
         cfg.batch_size,
         shuffle=True,
