@@ -6,6 +6,7 @@
     danlu.load(run.path).predict(frame)
     danlu.generate("runs/shakespeare-20261124-101500", "ROMEO:", max_new_tokens=50)
     for piece in danlu.generate_stream("path/to/gpt2", "Hello", temperature=0.8): ...
+    danlu.transcribe("path/to/whisper-or-wav2vec2", "talk.wav", timestamps="word").text
 
 Imports are lazy so that `import danlu` and `danlu --help` stay fast.
 """
@@ -24,6 +25,8 @@ __all__ = [
     "generate_stream",
     "load",
     "train",
+    "transcribe",
+    "tune",
 ]
 
 
@@ -40,6 +43,14 @@ def __getattr__(name: str) -> Any:
         from danlu import generation
 
         return generation.complete if name == "generate" else generation.stream
+    if name == "transcribe":
+        from danlu.asr import transcribe
+
+        return transcribe
+    if name == "tune":
+        from danlu.tuning import tune
+
+        return tune
     if name == "DanluError":
         from danlu.errors import DanluError
 

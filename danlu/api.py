@@ -7,6 +7,7 @@ then the final evaluation (metrics.json, predictions.csv, report.md, plots).
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from danlu import config as config_mod
 from danlu import data as data_mod
 from danlu import models, tasks
 from danlu.config import RunConfig
+from danlu.data import text as text_mod
 from danlu.data.tabular import TensorData, read_table
 from danlu.errors import DanluError
 from danlu.predict import Predictor, prediction_frame
@@ -40,6 +42,7 @@ RESUMABLE_CHANGES = (
     "train.restore_best",
     "eval",
     "output",
+    "tune",
 )
 
 
@@ -77,10 +80,12 @@ def train(
     name: str | None = None,
     resume: str | Path | None = None,
     progress: str = "auto",
+    on_eval: Callable[[int, dict[str, float]], None] | None = None,
     **kw_overrides: Any,
 ) -> Run:
     """Train from a YAML path, a dict or a RunConfig. Keyword overrides use `__` for dots:
-    danlu.train("tutorial.yaml", train__lr=0.01)."""
+    danlu.train("tutorial.yaml", train__lr=0.01). `on_eval(n, row)` is called after each
+    evaluation's metrics row is logged (n counts evaluations from 1); `danlu tune` prunes there."""
     overrides = _merge_overrides(overrides, kw_overrides)
     if name is not None:
         overrides["name"] = name
@@ -98,9 +103,15 @@ def train(
 
     # everything that can fail on bad input happens before the run folder exists
     seed_everything(cfg.seed)
-    prepared = data_mod.build(cfg.data, cfg.task.type, cfg.seed, cfg.model)
+    pretrained = None
+    if getattr(cfg.model, "from_", None):  # fine-tuning: the checkpoint decides the architecture
+        from danlu.models.lm import load_pretrained
+
+        pretrained = load_pretrained(cfg.model)
+        cfg = cfg.model_copy(update={"model": pretrained.config})
+    prepared = data_mod.build(cfg.data, cfg.task.type, cfg.seed, cfg.model, pretrained=pretrained)
     task = tasks.build(cfg.task, prepared.schema, prepared.splits["train"].y, prepared.preprocessor)
-    model = models.build(cfg.model, prepared.schema, task.out_dim)
+    model = pretrained.model if pretrained else models.build(cfg.model, prepared.schema, task.out_dim)
     device = pick_device(cfg.train.device)
     dist = distributed.init(device.type)
 
@@ -121,23 +132,36 @@ def train(
         seed=cfg.seed,
         resume=resume is not None,
         progress=progress,
+        on_eval=on_eval,
     )
 
     metrics: dict[str, Any] = {}
     if dist.is_main:
+        model_section = cfg.model.model_dump(mode="json")
+        if pretrained is not None:
+            # the saved model is a plain GPT: adapters merged, no need of the base checkpoint
+            from danlu.models.lm import merge_lora
+
+            if cfg.model.lora is not None:
+                model.save_pretrained(str(run.path / "adapter"))  # peft's own format, for reuse
+            model = merge_lora(model)
+            model_section = {k: v for k, v in model_section.items() if k not in ("from", "lora")}
         save_weights(model, run.weights)
         run.write_model_json(
             {
                 "task": tasks.resolved_config(cfg.task, task).model_dump(mode="json"),
-                "model": cfg.model.model_dump(mode="json"),
+                "model": model_section,
                 "schema": prepared.schema.to_dict(),
                 "preprocessor": prepared.preprocessor.state(),
                 "out_dim": task.out_dim,
                 "sizes": {k: len(v) for k, v in prepared.splits.items()},
                 "best_epoch": result.best_epoch + 1,
                 "stopped_early": result.stopped_early,
+                **({"fine_tuned_from": cfg.model.from_} if pretrained is not None else {}),
             }
         )
+        if hasattr(prepared.preprocessor, "save_files"):  # e.g. text: tokenizer.json
+            prepared.preprocessor.save_files(run.path)
         split = cfg.eval.split if cfg.eval.split in prepared.splits else "val"
         if task.kind == "language_modeling":
             prepared.preprocessor.save(run.tokenizer)
@@ -147,6 +171,13 @@ def train(
             if result.best_epoch == len(result.history) - 1 and "val.loss" in last:
                 known = {"loss": last["val.loss"], "perplexity": last["val.perplexity"]}
             metrics = _finish_lm(run, model, task, prepared.splits["val"], cfg.eval.plots, known)
+        elif getattr(prepared.schema, "input_kind", "") == "audio" and split in prepared.splits:
+            from danlu.tasks.speech_recognition import finish_audio
+
+            metrics = finish_audio(
+                run, cfg, model, task, prepared.schema, prepared.splits[split], prepared.frames[split], split,
+                cfg.eval.plots,
+            )
         elif split in prepared.splits:
             metrics = _finish(
                 run,
@@ -169,19 +200,29 @@ def evaluate(
     writes metrics.json, predictions.csv and the report into the run folder."""
     run = RunDir.open(run_dir)
     cfg = config_mod.load(run.config)
+    if run.read_model_json().get("schema", {}).get("input_kind") == "audio":
+        from danlu.tasks.speech_recognition import evaluate_audio_run
+
+        return evaluate_audio_run(run, cfg, split, data, plots)
+    if cfg.task.type == "language_modeling":
+        return _evaluate_lm(run, cfg, split, data, plots)
     predictor = Predictor(run)
     if data is not None:
-        frame = read_table(data)
+        pre = predictor.preprocessor
+        frame = pre.read(data) if hasattr(pre, "read") else read_table(data)  # images: folders too
         where, split = str(data), Path(data).name
     else:
-        prepared = data_mod.build(cfg.data, predictor.schema.task, cfg.seed)
+        prepared = data_mod.build(cfg.data, predictor.schema.task, cfg.seed, cfg.model)
         if split not in prepared.frames:
             raise DanluError(
                 f"--split {split}: this run has no '{split}' split; it has: {', '.join(prepared.frames)}"
             )
         frame, where = prepared.frames[split], f"{split} split"
     pre = predictor.preprocessor
-    tensors = TensorData(pre.transform(frame, where), pre.transform_target(frame, where))
+    if hasattr(pre, "dataset"):  # sequences: their own batching
+        tensors = pre.dataset(frame, where)
+    else:
+        tensors = TensorData(pre.transform(frame, where), pre.transform_target(frame, where))
     return _finish(run, cfg, predictor, tensors, frame, split, plots=plots)
 
 
@@ -237,6 +278,29 @@ def _finish(
         plots=plots,
     )
     return summary
+
+
+def _evaluate_lm(
+    run: RunDir, cfg: RunConfig, split: str, data: str | Path | None, plots: bool
+) -> dict[str, Any]:
+    """A language-model run on its validation split (its own tokenizer, the same blocks
+    as in training), or on a text file with a sliding window (--data)."""
+    from danlu.modelref import resolve_lm
+
+    lm = resolve_lm(run.path, device="cpu")
+    if data is not None:
+        from danlu.evaluation.perplexity import read_text, text_perplexity
+
+        metrics = text_perplexity(lm, read_text(data))
+        return {"split": Path(data).name, "rows": metrics.pop("windows"), "task": cfg.task.type,
+                "metrics": metrics}
+    if split not in ("val", "test"):
+        raise DanluError(f"--split {split}: a language-model run has a validation split only (val)")
+    data_cfg = cfg.data.model_copy(update={"tokenizer": str(run.tokenizer)})
+    schema, tokenizer, splits = text_mod.build(data_cfg, cfg.model.block_size, cfg.seed)
+    task = tasks.build(cfg.task, schema, splits["train"].y, tokenizer)
+    task.out_dim = lm.model.config.vocab_size
+    return _finish_lm(run, lm.model, task, splits["val"], plots, None)
 
 
 def _finish_lm(

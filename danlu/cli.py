@@ -98,7 +98,8 @@ def train(
 
 @app.command(
     epilog="Examples:\n\n  danlu evaluate runs/tutorial-20261124-101500\n\n"
-    "  danlu evaluate runs/tutorial-20261124-101500 --data new_rows.csv"
+    "  danlu evaluate runs/tutorial-20261124-101500 --data new_rows.csv\n\n"
+    "  danlu evaluate runs/shakespeare-char-20261124-101500 --text more_shakespeare.txt --stride 32"
 )
 def evaluate(
     run_dir: Annotated[Path, typer.Argument(help="A run folder.")],
@@ -106,12 +107,60 @@ def evaluate(
         Path | None, typer.Option(help="Evaluate on this file (same columns as training).")
     ] = None,
     split: Annotated[str, typer.Option(help="Which split of the run's data: test, val or train.")] = "test",
+    text: Annotated[
+        Path | None,
+        typer.Option(help="Language models: loss and perplexity on this text file (RUN_DIR: any model reference)."),
+    ] = None,
+    stride: Annotated[
+        int | None, typer.Option(help="Language models: tokens between window starts (default: half a window).")
+    ] = None,
+    max_length: Annotated[
+        int | None, typer.Option(help="Language models: window length in tokens (default: the model's context).")
+    ] = None,
+    trust_remote_code: Annotated[
+        bool, typer.Option(help="Allow a Hugging Face model folder to run its own Python code.")
+    ] = False,
+    manifest: Annotated[
+        Path | None,
+        typer.Option(help="Speech: CSV/TSV/JSONL of audio path + reference text (RUN_DIR: a speech model)."),
+    ] = None,
+    normalize: Annotated[
+        str | None, typer.Option(help="Speech: text normalization, subset of lower,punct,numbers or none.")
+    ] = None,
+    output_dir: Annotated[Path | None, typer.Option(help="Speech: where to write the results.")] = None,
+    beam_size: Annotated[int | None, typer.Option(help="Speech: beam width.")] = None,
+    language: Annotated[str | None, typer.Option(help="Speech (Whisper): language code.")] = None,
     debug: Debug = False,
 ) -> None:
     """Print the metrics table; write metrics.json, predictions.csv and the report."""
     with _errors(debug):
         from danlu import api
 
+        if manifest is not None:  # speech recognition: WER/CER over a manifest (danlu.asr_eval)
+            from danlu.asr_eval import evaluate_manifest, print_summary
+
+            r = evaluate_manifest(
+                str(run_dir),
+                manifest,
+                output_dir=output_dir,
+                normalize_steps=normalize,
+                beam_size=beam_size,
+                language=language,
+                trust_remote_code=trust_remote_code,
+                quiet=not sys.stderr.isatty(),
+            )
+            print_summary(r, typer.echo)
+            return
+        if text is not None:  # language models: perplexity with a sliding window
+            from danlu.evaluation.perplexity import read_text, text_perplexity
+            from danlu.modelref import resolve_lm
+
+            body = read_text(text)
+            lm = resolve_lm(str(run_dir), trust_remote_code=trust_remote_code)
+            metrics = text_perplexity(lm, body, max_length=max_length, stride=stride)
+            title = f"{text.name} ({metrics.pop('windows')} windows)"
+            _print_metrics({"title": title, "metrics": metrics})
+            return
         result = api.evaluate(run_dir, split=split, data=data)
         _print_metrics(result)
         typer.echo(f"report: {Path(run_dir) / 'report.md'}")
@@ -123,7 +172,15 @@ def evaluate(
 )
 def predict(
     run_dir: Annotated[Path, typer.Argument(help="A run folder.")],
-    input: Annotated[Path, typer.Option("--input", "-i", help="CSV, TSV, Parquet or JSONL rows.")],
+    input: Annotated[
+        Path,
+        typer.Option(
+            "--input",
+            "-i",
+            help="CSV, TSV, Parquet or JSONL rows (audio runs: a file, folder or manifest;"
+            " image runs: a CSV of image paths, a folder of images, one image or an .npz).",
+        ),
+    ],
     output: Annotated[
         Path | None,
         typer.Option(
@@ -141,9 +198,15 @@ def predict(
         from danlu.predict import load, prediction_frame
 
         predictor = load(run_dir)
-        rows = read_table(input)
-        out = prediction_frame(predictor, predictor.outputs(rows, str(input)), proba)
-        result = pd.concat([rows.reset_index(drop=True), out], axis=1)
+        if hasattr(predictor, "predict_frame"):  # audio runs: files, folders or a manifest
+            result = predictor.predict_frame(input, proba)
+        else:
+            pre = predictor.preprocessor
+            # image runs: also a folder of images, one image, or an .npy/.npz
+            rows = pre.read(input) if hasattr(pre, "read") else read_table(input)
+            out = prediction_frame(predictor, predictor.outputs(rows, str(input)), proba)
+            arrays = [c for c in rows.columns if len(rows) and type(rows[c].iloc[0]).__name__ == "ndarray"]
+            result = pd.concat([rows.drop(columns=arrays).reset_index(drop=True), out], axis=1)
         if output is None:
             result.to_csv(sys.stdout, index=False)
         else:
@@ -343,6 +406,158 @@ def export(
         typer.echo(f"wrote {path}")
 
 
+@app.command(
+    epilog="Examples:\n\n  danlu transcribe path/to/whisper-tiny.en talk.wav\n\n"
+    "  danlu transcribe path/to/wav2vec2 recordings/ --output-format srt --output-dir subs/\n\n"
+    "  cat talk.flac | danlu transcribe path/to/whisper - --timestamps word --output-format json\n\n"
+    "MODEL is a Hugging Face CTC (Wav2Vec2, HuBERT, WavLM) or Whisper folder, a CTranslate2 Whisper "
+    "folder (faster-whisper), a danlu speech_recognition run folder, or a hub id when online."
+)
+def transcribe(
+    model: Annotated[str, typer.Argument(help="Speech model folder, run folder or hub id.")],
+    audio: Annotated[list[str], typer.Argument(help="Audio files, folders (recursive) or '-' for stdin.")],
+    output_format: Annotated[str, typer.Option(help="txt, json, srt or vtt.")] = "txt",
+    output_dir: Annotated[
+        Path | None, typer.Option(help="Write one file per input here (default: stdout).")
+    ] = None,
+    language: Annotated[str | None, typer.Option(help="Whisper: language code (default: detect).")] = None,
+    beam_size: Annotated[
+        int | None, typer.Option(help="Beam width (default: greedy for CTC, 5 for faster-whisper).")
+    ] = None,
+    timestamps: Annotated[str, typer.Option(help="word, segment or none.")] = "segment",
+    chunk_length: Annotated[
+        float | None,
+        typer.Option(help="Seconds per chunk (CTC, default 30, stride chunk/6) or Whisper block (300)."),
+    ] = None,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda, ... (default: cuda if available).")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="CTC: chunks per forward pass (default 4).")] = None,
+    kenlm: Annotated[Path | None, typer.Option(help="CTC beam search: KenLM n-gram model.")] = None,
+    hotword: Annotated[
+        list[str] | None, typer.Option("--hotword", help="CTC beam search: favour this word (repeatable).")
+    ] = None,
+    trust_remote_code: Annotated[
+        bool, typer.Option(help="Let a Hugging Face folder run its own model code.")
+    ] = False,
+    quiet: Quiet = False,
+    debug: Debug = False,
+) -> None:
+    """Transcribe speech to text (txt/json/srt/vtt) with a CTC or Whisper model."""
+    with _errors(debug):
+        from danlu.asr import run_command
+
+        failed = run_command(
+            model,
+            audio,
+            output_format=output_format,
+            output_dir=output_dir,
+            device=device,
+            trust_remote_code=trust_remote_code,
+            quiet=quiet,
+            echo=typer.echo,
+            warn=lambda line: typer.echo(line, err=True),
+            language=language,
+            beam_size=beam_size,
+            timestamps=timestamps,
+            chunk_length=chunk_length,
+            batch_size=batch_size,
+            kenlm=str(kenlm) if kenlm else None,
+            hotwords=hotword or None,
+        )
+        if failed:
+            raise typer.Exit(2)
+
+
+@app.command(
+    epilog="Examples:\n\n  danlu tune examples/tune_tutorial.yaml\n\n"
+    "  danlu tune examples/tune_tutorial.yaml --trials 40 --jobs 2 --refit\n\n"
+    "  danlu tune my.yaml --space space.yaml --sampler random --set train.epochs=20\n\n"
+    "  danlu tune examples/tune_tutorial.yaml --resume --trials 60\n\n"
+    "  danlu tune my.yaml --storage postgresql://user@db-host/optuna --study shared   (on each machine)\n\n"
+    "  danlu tune show runs/tutorial-tune\n\n"
+    "The search is the config's tune: section (or --space FILE); every trial is an ordinary run "
+    "under STUDY/trials/."
+)
+def tune(
+    config: Annotated[str, typer.Argument(help="Run config YAML with a tune: section, or 'show'.")],
+    study_ref: Annotated[
+        str | None, typer.Argument(metavar="[STUDY]", help="With 'show': a study folder or storage URL.")
+    ] = None,
+    space: Annotated[
+        Path | None, typer.Option(help="YAML with the tune section (or just the space).")
+    ] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a key: key.path=value (repeatable).")
+    ] = None,
+    trials: Annotated[int | None, typer.Option(help="Trials the study should have in all.")] = None,
+    sampler: Annotated[str | None, typer.Option(help="grid, random, tpe or cmaes.")] = None,
+    pruner: Annotated[
+        str | None, typer.Option(help="none, median, hyperband or successive_halving.")
+    ] = None,
+    timeout: Annotated[str | None, typer.Option(help="Start no trial after this long: 90s, 30m, 2h.")] = None,
+    jobs: Annotated[int, typer.Option(help="Trials at once, in separate processes.")] = 1,
+    storage: Annotated[
+        str | None,
+        typer.Option(help="Optuna storage URL (default: a journal file in the study folder)."),
+    ] = None,
+    study: Annotated[str | None, typer.Option(help="Study name (default: NAME-tune).")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue the study in its folder.")] = False,
+    refit: Annotated[
+        bool, typer.Option(help="Retrain the best config on train+val and evaluate it on test.")
+    ] = False,
+    top: Annotated[int, typer.Option(help="Rows of the leaderboard to print.")] = 20,
+    quiet: Quiet = False,
+    debug: Debug = False,
+) -> None:
+    """Search hyperparameters with Optuna; `danlu tune show STUDY` prints a study's leaderboard."""
+    with _errors(debug):
+        from danlu import tuning
+
+        if config == "show":
+            if study_ref is None:
+                raise DanluError("danlu tune show STUDY: give a study folder or a storage URL")
+            summary = tuning.show(study_ref, study)
+            tuning.print_leaderboard(summary.rows, summary.metric, summary.direction, summary.params, top)
+            if summary.best_config and "\n" in summary.best_config:
+                typer.echo(f"best config:\n{summary.best_config}", nl=False)
+            elif summary.best_config:
+                typer.echo(f"best config: {summary.best_config}")
+            return
+        if study_ref is not None:
+            raise DanluError(f"unexpected argument '{study_ref}': danlu tune CONFIG [options]")
+        result = tuning.tune(
+            config,
+            set_ or [],
+            space=space,
+            trials=trials,
+            sampler=sampler,
+            pruner=pruner,
+            timeout=timeout,
+            jobs=jobs,
+            storage=storage,
+            study=study,
+            resume=resume,
+            refit=refit,
+            progress="quiet" if quiet else "auto",
+        )
+        if result.interrupted:
+            typer.echo(
+                f"interrupted: {sum(r['state'] != 'INTERRUPTED' for r in result.trials)} trials recorded;"
+                f" continue with: danlu tune {config} --resume",
+                err=True,
+            )
+            raise typer.Exit(130)
+        if result.best_trial is not None:
+            typer.echo(f"best trial {result.best_trial}: {result.metric} {result.best_value:.6g}")
+            typer.echo(f"best config: {result.best_config}")
+        else:
+            typer.echo("no trial completed")
+        if result.refit is not None:
+            if not quiet:
+                _print_metrics(result.refit.metrics)
+            typer.echo(f"refit run: {result.refit.path}")
+        typer.echo(f"study folder: {result.study_dir}")
+
+
 def _write_table(df: Any, path: Path) -> None:
     from danlu import fileio
 
@@ -363,9 +578,12 @@ def _print_metrics(summary: dict[str, Any]) -> None:
     from rich.table import Table
 
     metrics = summary["metrics"]
-    table = Table("metric", "value", title=f"{summary['split']} split ({summary['rows']} rows)")
+    title = summary.get("title") or f"{summary['split']} split ({summary['rows']} rows)"
+    table = Table("metric", "value", title=title)
     for k, v in metrics.items():
-        if isinstance(v, int | float):
+        if isinstance(v, int) and not isinstance(v, bool):
+            table.add_row(k, str(v))
+        elif isinstance(v, float):
             table.add_row(k, f"{v:.4f}")
     Console().print(table)
     per_class = metrics.get("per_class")

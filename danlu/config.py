@@ -43,12 +43,16 @@ class Section(BaseModel):
 class TaskConfig(Section):
     """What is predicted and how it is scored. Loss `auto` picks from the data."""
 
-    type: Literal["auto", "classification", "regression", "language_modeling"] = "auto"
+    type: Literal["auto", "classification", "regression", "language_modeling", "speech_recognition"] = "auto"
     loss: str = "auto"
     class_weights: list[float] | Literal["balanced"] | None = None
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
     pos_weight: float | Literal["balanced"] | None = None
     huber_delta: float = Field(1.0, gt=0.0)
+    # language modeling: a sample of this many tokens is generated at each evaluation (0: none)
+    sample_tokens: int = Field(200, ge=0)
+    sample_prompt: str = "\n"
+    sample_temperature: float = Field(0.8, ge=0.0)
 
     @field_validator("loss")
     @classmethod
@@ -72,6 +76,139 @@ class SplitConfig(Section):
         return self
 
 
+class TextInputConfig(Section):
+    """A text column for classification/regression (danlu/data/sequences.py): tokenized by a
+    tokenizer fitted on the training split, or the pretrained encoder's own (`auto`)."""
+
+    column: str = "text"
+    tokenizer: str = "auto"  # auto | char | word | wordpiece | bpe | path to a tokenizer.json
+    vocab_size: int = Field(20000, ge=3)  # at most, for the fitted tokenizers
+    min_frequency: int = Field(1, ge=1)  # tokens seen fewer times in training are unknown
+    lowercase: bool = True
+    max_length: int = Field(128, ge=2)  # tokens per row, special tokens included
+    truncation: bool = True  # false: a longer row is an error naming it
+    padding: Literal["longest", "max_length"] = "longest"  # pad each batch to its longest row, or always
+
+
+class SequenceInputConfig(Section):
+    """Numeric sequences (time series): a column holding a list per row (numbers, or lists of
+    numbers for several features), or an .npy/.npz array N x T x F as data.path."""
+
+    column: str = "sequence"  # the list column of a CSV/JSONL (for .npy/.npz data: its name)
+    targets: str | None = None  # .npy data: the file of targets (N or N x k); .npz: the array's key
+    max_length: int = Field(512, ge=1)
+    truncation: bool = True
+    scale: bool = True  # standardize each feature with training-split statistics
+
+
+class SpecAugmentConfig(Section):
+    """Masks on the training features (Park et al. 2019): widths are maxima, drawn per mask."""
+
+    time_masks: int = Field(2, ge=0)
+    time_width: int = Field(20, ge=1)  # frames
+    freq_masks: int = Field(2, ge=0)
+    freq_width: int = Field(10, ge=1)  # mel bins
+
+
+class LabelFromNameConfig(Section):
+    """The label or transcript from the file name: the first group of `pattern` (searched in
+    the name), translated through `map` when given (e.g. '7' -> 'seven')."""
+
+    pattern: str
+    map: dict[str, str] = Field(default_factory=dict)
+
+
+class AudioDataConfig(Section):
+    """Audio inputs (speech recognition, or classification of clips): where transcripts come
+    from, how splits are made, the log-mel features and train-only augmentation."""
+
+    sample_rate: int = Field(16000, ge=1000)
+    n_mels: int = Field(80, ge=1)
+    win_ms: float = Field(25.0, gt=0.0)
+    hop_ms: float = Field(10.0, gt=0.0)
+    normalize: Literal["utterance", "global", "none"] = "utterance"
+    specaugment: SpecAugmentConfig | None = None
+    speed_perturb: list[Annotated[float, Field(gt=0.0)]] = Field(default_factory=list)  # e.g. [0.9, 1.0, 1.1]
+    noise_snr_db: float | None = None  # white noise at this SNR on training audio
+    audio_column: str = "audio"  # manifests: path relative to the manifest
+    text_column: str = "text"  # manifests: the transcript (speech_recognition)
+    speaker_column: str = "speaker"
+    label_from_name: LabelFromNameConfig | None = None  # transcript/label from the file name
+    split_by: Literal["random", "speaker"] = "random"  # speaker: test/val speakers are unseen
+    speaker_pattern: str | None = None  # regex group in the file name, or "fsdd" (digit_speaker_index)
+    test_pattern: str | None = None  # files whose name matches go to test (before fractions)
+    val_pattern: str | None = None
+    vocab: str = "auto"  # auto: the characters of the training transcripts; or the characters
+    lowercase: bool = True
+    unknown_chars: Literal["error", "drop", "map"] = "error"  # characters outside the vocabulary
+    char_map: dict[str, str] = Field(default_factory=dict)  # for unknown_chars: map
+
+    @field_validator("speaker_pattern", "test_pattern", "val_pattern")
+    @classmethod
+    def _regex(cls, v: str | None) -> str | None:
+        import re
+
+        if v is not None and v != "fsdd":
+            try:
+                re.compile(v)
+            except re.error as e:
+                raise ValueError(f"'{v}' is not a regular expression: {e}") from None
+        return v
+
+
+class RandomCropConfig(Section):
+    """Random crops for training: `padding` pads each side (zeros) and crops back to size, like
+    CIFAR training; `scale`/`ratio` crop a random area fraction and aspect ratio, then resize."""
+
+    padding: int = Field(0, ge=0)
+    scale: tuple[float, float] = (1.0, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+
+    @model_validator(mode="after")
+    def _ranges(self) -> RandomCropConfig:
+        lo, hi = self.scale
+        if not 0.0 < lo <= hi <= 1.0:
+            raise ValueError(f"scale {list(self.scale)} must satisfy 0 < low <= high <= 1")
+        if not 0.0 < self.ratio[0] <= self.ratio[1]:
+            raise ValueError(f"ratio {list(self.ratio)} must satisfy 0 < low <= high")
+        return self
+
+
+class ImageAugmentConfig(Section):
+    """Training-only augmentation, applied to whole batches as tensors (danlu/data/transforms.py)."""
+
+    random_crop: RandomCropConfig | None = None
+    hflip: float = Field(0.0, ge=0.0, le=1.0)  # probability of a horizontal flip
+    rotation: float = Field(0.0, ge=0.0, le=180.0)  # degrees, drawn in [-rotation, rotation]
+    translate: float = Field(0.0, ge=0.0, lt=1.0)  # fraction of width/height, drawn per axis
+    brightness: float = Field(0.0, ge=0.0, lt=1.0)  # factor drawn in [1 - b, 1 + b]
+    contrast: float = Field(0.0, ge=0.0, lt=1.0)
+    saturation: float = Field(0.0, ge=0.0, lt=1.0)
+
+    @field_validator("random_crop", mode="before")
+    @classmethod
+    def _crop_shorthand(cls, v: Any) -> Any:
+        if v is True:
+            return {}
+        return None if v is False else v
+
+
+class ImageDataConfig(Section):
+    """Images (danlu/data/images.py): a folder of class sub-folders, a CSV with an image-path
+    column, an .npy/.npz array, or `source: digits_images`. Decoded with Pillow."""
+
+    column: str = "image"  # CSV: the column of image paths (relative to the CSV); .npz: the array's key
+    labels: str | None = None  # .npy images: a .npy (or one label per line .txt) file of labels
+    size: int | tuple[int, int] | None = None  # model input [H, W]; default: the training images' size
+    resize: int | tuple[int, int] | None = None  # resize to this first, then crop to `size`
+    channels: Literal["auto", 1, 3] = "auto"  # auto: 1 if every image is grayscale, else 3
+    augment: ImageAugmentConfig = Field(default_factory=ImageAugmentConfig)
+    normalize: Literal["auto", "none"] = "auto"  # auto: per-channel mean/std of the training split
+    in_memory: Literal["auto"] | bool = "auto"  # auto: decode once when the set fits in memory_mb
+    memory_mb: int = Field(2048, ge=1)
+    workers: int = Field(2, ge=0)  # DataLoader processes decoding from disk
+
+
 class DataConfig(Section):
     """Tabular data: a built-in dataset, one file split by fractions, or one file per split."""
 
@@ -93,9 +230,17 @@ class DataConfig(Section):
     split: SplitConfig = Field(default_factory=SplitConfig)
     # text for language modeling: a .txt file or folder of them, or JSONL with text_field
     text_field: str = "text"
+    # JSONL rows with these two fields are prompt/completion pairs: the loss is on completions
+    prompt_field: str = "prompt"
+    completion_field: str = "completion"
     tokenizer: str = "char"  # char | bpe (byte-level, trained on the training text) | tokenizer.json path
     vocab_size: int = Field(8000, ge=16)  # for bpe
     stride: int | None = Field(None, ge=1)  # a training window every `stride` tokens (default: block)
+    audio: AudioDataConfig | None = None  # audio inputs: manifest or folder of recordings
+    # text or numeric sequences for classification/regression (danlu/data/sequences.py)
+    text: TextInputConfig | None = None
+    sequence: SequenceInputConfig | None = None
+    images: ImageDataConfig | None = None  # image inputs (danlu/data/images.py)
 
     @model_validator(mode="after")
     def _one_source(self) -> DataConfig:
@@ -134,10 +279,31 @@ class CustomModelConfig(Section):
     params: dict[str, Any] = Field(default_factory=dict)
 
 
+class LoraConfig(Section):
+    """Low-rank adapters (peft) on the named Linear layers; the rest of the model is frozen."""
+
+    r: int = Field(8, ge=1)
+    alpha: float = Field(16.0, gt=0.0)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    target_modules: list[str] = Field(default_factory=lambda: ["c_attn", "c_proj", "c_fc"])
+
+
+# the architecture of a checkpoint named by `from`; the config may not contradict it
+GPT_ARCHITECTURE = ("n_layer", "n_head", "n_embd", "bias", "tie_embeddings")
+
+
 class GPTModelConfig(Section):
-    """A decoder-only Transformer (danlu/models/gpt.py); vocab size comes from the tokenizer."""
+    """A decoder-only Transformer (danlu/models/gpt.py); vocab size comes from the tokenizer.
+
+    `from` names a checkpoint to fine-tune (a danlu run, a GPT-2 folder or a hub id): its
+    architecture and tokenizer are used, `block_size` may shorten its context, and `lora`
+    trains adapters instead of every weight."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True,
+                              serialize_by_alias=True)
 
     type: Literal["gpt"] = "gpt"
+    from_: str | None = Field(None, alias="from")
     n_layer: int = Field(4, ge=1)
     n_head: int = Field(4, ge=1)
     n_embd: int = Field(128, ge=1)
@@ -145,15 +311,176 @@ class GPTModelConfig(Section):
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     bias: bool = True  # GPT-2 has biases; keeps the export loadable by transformers
     tie_embeddings: bool = True
+    lora: LoraConfig | None = None
 
     @model_validator(mode="after")
     def _heads_divide(self) -> GPTModelConfig:
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        if self.lora is not None and not self.from_:
+            raise ValueError("lora adapts a pretrained model: set model.from to the checkpoint to adapt")
         return self
 
 
-MODEL_CONFIGS: dict[str, type[Section]] = {"mlp": MLPConfig, "gpt": GPTModelConfig}
+class RNNConfig(Section):
+    """A recurrent encoder for text or numeric sequences (danlu/models/rnn.py)."""
+
+    type: Literal["rnn"] = "rnn"
+    cell: Literal["rnn", "lstm", "gru"] = "lstm"
+    embedding_dim: int = Field(128, ge=1)  # text: token embedding size
+    hidden: int = Field(128, ge=1)
+    layers: int = Field(1, ge=1)
+    bidirectional: bool = False
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    pooling: Literal["last", "mean", "max", "attention"] = "last"
+
+
+class TransformerConfig(Section):
+    """A Transformer encoder for text or numeric sequences (danlu/models/transformer.py)."""
+
+    type: Literal["transformer"] = "transformer"
+    d_model: int = Field(128, ge=1)
+    layers: int = Field(2, ge=1)
+    heads: int = Field(4, ge=1)
+    ff: int = Field(512, ge=1)  # feed-forward width
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    positions: Literal["learned", "sinusoidal"] = "learned"
+    pre_norm: bool = True
+    pooling: Literal["cls", "mean"] = "cls"
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> TransformerConfig:
+        if self.d_model % self.heads:
+            raise ValueError(f"d_model ({self.d_model}) must be divisible by heads ({self.heads})")
+        return self
+
+
+class EncoderLoraConfig(LoraConfig):
+    """LoRA for a pretrained encoder: BERT-style attention projections by default."""
+
+    target_modules: list[str] = Field(default_factory=lambda: ["query", "value"])
+
+
+class PretrainedEncoderConfig(Section):
+    """A Hugging Face encoder (BERT family) fine-tuned with a task head (danlu/models/pretrained.py).
+
+    path: a model folder, a hub id, or pkg://package/folder inside an installed package."""
+
+    type: Literal["pretrained_encoder"] = "pretrained_encoder"
+    path: str
+    pooling: Literal["cls", "mean"] = "cls"
+    strategy: Literal["full", "head_only", "freeze", "lora"] = "full"
+    freeze_layers: int = Field(0, ge=0)  # strategy freeze: the embeddings and the first k layers
+    layer_decay: float | None = Field(None, gt=0.0, le=1.0)  # lr x decay^(layers above)
+    head_dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    lora: EncoderLoraConfig | None = None
+
+    @model_validator(mode="after")
+    def _strategy(self) -> PretrainedEncoderConfig:
+        if self.strategy == "lora" and self.lora is None:
+            self.__dict__["lora"] = EncoderLoraConfig()
+        if self.lora is not None and self.strategy != "lora":
+            raise ValueError(f"lora is set but strategy is '{self.strategy}'; set strategy: lora")
+        if self.freeze_layers and self.strategy != "freeze":
+            raise ValueError(f"freeze_layers needs strategy: freeze (got '{self.strategy}')")
+        return self
+
+
+class CTCModelConfig(Section):
+    """Speech recognizer (danlu/models/ctc.py): conv subsampling of log-mel frames, an encoder,
+    and a linear CTC head over the characters of the training transcripts (blank = 0)."""
+
+    type: Literal["ctc"] = "ctc"
+    encoder: Literal["gru", "lstm", "transformer", "conformer"] = "gru"
+    subsample: Literal[1, 2, 4, 8] = 4  # time reduction of the conv front end
+    channels: int = Field(32, ge=1)  # conv subsampling channels
+    hidden: int = Field(256, ge=1)
+    layers: int = Field(3, ge=1)
+    heads: int = Field(4, ge=1)  # transformer/conformer
+    conv_kernel: int = Field(15, ge=1)  # conformer convolution module
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> CTCModelConfig:
+        if self.encoder in ("transformer", "conformer") and self.hidden % self.heads:
+            raise ValueError(f"hidden ({self.hidden}) must be divisible by heads ({self.heads})")
+        return self
+
+
+class AudioCNNConfig(Section):
+    """Audio clip classifier (keyword spotting): conv blocks over log-mel frames, pooled over time."""
+
+    type: Literal["audio_cnn"] = "audio_cnn"
+    channels: list[Annotated[int, Field(gt=0)]] = Field(default_factory=lambda: [32, 64, 128])
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+
+
+class Wav2Vec2CTCConfig(Section):
+    """Fine-tune a Hugging Face Wav2Vec2-style CTC checkpoint with a new character vocabulary."""
+
+    type: Literal["wav2vec2_ctc"] = "wav2vec2_ctc"
+    path: str  # a transformers folder (config.json + weights)
+    freeze_feature_encoder: bool = True
+
+
+class CNNConfig(Section):
+    """A plain convolutional network (danlu/models/cnn.py): one block per `channels` entry
+    (convolutions, batch norm, activation, pooling), then global average pooling and a head.
+    Input channels and classes come from the data."""
+
+    type: Literal["cnn"] = "cnn"
+    channels: list[Annotated[int, Field(gt=0)]] = Field(default_factory=lambda: [32, 64, 128])
+    kernel_size: int = Field(3, ge=1)
+    convs_per_block: int = Field(1, ge=1)
+    pooling: Literal["max", "avg", "none"] = "max"  # 2x2, after every block but the last
+    batch_norm: bool = True
+    activation: str = "relu"
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)  # before the head
+
+    @field_validator("activation")
+    @classmethod
+    def _known_activation(cls, v: str) -> str:
+        return _registered(ACTIVATIONS, v)
+
+
+class ResNetConfig(Section):
+    """A small residual network (danlu/models/cnn.py): a stem, then stages of basic blocks
+    (`blocks[i]` blocks of width `widths[i]`, stride 2 from the second stage on)."""
+
+    type: Literal["resnet"] = "resnet"
+    blocks: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [2, 2, 2])
+    widths: list[Annotated[int, Field(gt=0)]] = Field(default_factory=lambda: [32, 64, 128])
+    stem: Literal["auto", "small", "large"] = "auto"  # small: 3x3 conv; large: 7x7/2 + max pool
+    activation: str = "relu"
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)  # before the head
+
+    @field_validator("activation")
+    @classmethod
+    def _known_activation(cls, v: str) -> str:
+        return _registered(ACTIVATIONS, v)
+
+    @model_validator(mode="after")
+    def _stages(self) -> ResNetConfig:
+        if len(self.blocks) != len(self.widths):
+            raise ValueError(
+                f"blocks ({len(self.blocks)} stages) and widths ({len(self.widths)}) must have one"
+                " entry per stage"
+            )
+        return self
+
+
+MODEL_CONFIGS: dict[str, type[Section]] = {
+    "mlp": MLPConfig,
+    "cnn": CNNConfig,
+    "resnet": ResNetConfig,
+    "gpt": GPTModelConfig,
+    "rnn": RNNConfig,
+    "transformer": TransformerConfig,
+    "pretrained_encoder": PretrainedEncoderConfig,
+    "ctc": CTCModelConfig,
+    "audio_cnn": AudioCNNConfig,
+    "wav2vec2_ctc": Wav2Vec2CTCConfig,
+}
 
 
 def _model_tag(v: Any) -> str | None:
@@ -168,6 +495,14 @@ def _model_tag(v: Any) -> str | None:
 ModelConfig = Annotated[
     Annotated[MLPConfig, Tag("mlp")]
     | Annotated[GPTModelConfig, Tag("gpt")]
+    | Annotated[RNNConfig, Tag("rnn")]
+    | Annotated[TransformerConfig, Tag("transformer")]
+    | Annotated[PretrainedEncoderConfig, Tag("pretrained_encoder")]
+    | Annotated[CTCModelConfig, Tag("ctc")]
+    | Annotated[AudioCNNConfig, Tag("audio_cnn")]
+    | Annotated[Wav2Vec2CTCConfig, Tag("wav2vec2_ctc")]
+    | Annotated[CNNConfig, Tag("cnn")]
+    | Annotated[ResNetConfig, Tag("resnet")]
     | Annotated[CustomModelConfig, Tag("custom")],
     Discriminator(
         _model_tag,
@@ -177,7 +512,7 @@ ModelConfig = Annotated[
 ]
 
 
-def parse_model(d: dict[str, Any]) -> MLPConfig | GPTModelConfig | CustomModelConfig:
+def parse_model(d: dict[str, Any]) -> Any:
     """A saved `model` section (model.json) -> its config object."""
     return TypeAdapter(ModelConfig).validate_python(d)
 
@@ -264,6 +599,42 @@ class OutputConfig(Section):
     timestamp: bool = True  # runs/<name>-<YYYYmmdd-HHMMSS>; false: runs/<name>
 
 
+class TuneConfig(Section):
+    """Hyperparameter search for `danlu tune` (danlu/tuning.py); `danlu train` ignores it.
+    `space` maps config keys to ranges: {log_float: [1e-4, 1e-1]}, {choice: [...]}, a list."""
+
+    metric: str | None = None  # default: train.monitor
+    direction: Literal["auto", "minimize", "maximize"] = "auto"  # auto: loss/error minimize
+    sampler: Literal["grid", "random", "tpe", "cmaes"] = "tpe"
+    pruner: Literal["none", "median", "hyperband", "successive_halving"] = "median"
+    trials: int | None = Field(None, ge=1)  # default: every grid point for grid, else 20
+    timeout: float | None = Field(None, gt=0)  # seconds, or "90s", "30m", "2h"
+    seed: int | None = None  # the sampler's seed (default: the run's seed)
+    startup_trials: int = Field(5, ge=0)  # random trials before TPE models, and before pruning
+    warmup: int = Field(0, ge=0)  # evaluations of a trial before the pruner may stop it
+    space: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("timeout", mode="before")
+    @classmethod
+    def _duration(cls, v: Any) -> Any:
+        import re
+
+        if not isinstance(v, str):
+            return v
+        m = re.fullmatch(r"\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s?)?\s*", v)
+        if not v.strip() or not m or not any(m.groups()):
+            raise ValueError(f"'{v}' is not a duration: write seconds or e.g. 90s, 30m, 2h, 1h30m")
+        h, mins, s = (float(g or 0) for g in m.groups())
+        return h * 3600 + mins * 60 + s
+
+    @field_validator("metric")
+    @classmethod
+    def _metric_split(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("val.", "train.")):
+            raise ValueError(f"'{v}' must name a split and a metric, e.g. val.loss or val.accuracy")
+        return v
+
+
 class RunConfig(Section):
     name: str = "run"
     seed: int = 0
@@ -273,6 +644,7 @@ class RunConfig(Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
+    tune: TuneConfig | None = None  # for `danlu tune`; training ignores it
 
     @field_validator("model", mode="before")
     @classmethod
@@ -356,8 +728,9 @@ def _parse_overrides(overrides: list[str] | dict[str, Any] | None) -> dict[str, 
     return parsed
 
 
-def set_path(raw: dict[str, Any], key: str, value: Any, where: str = "config") -> None:
-    """Set raw[a][b][c] = value for key "a.b.c"; the key must exist in the schema."""
+def set_path(raw: dict[str, Any], key: str, value: Any, where: str = "config", label: str = "--set") -> None:
+    """Set raw[a][b][c] = value for key "a.b.c"; the key must exist in the schema.
+    `label` names where the key came from in errors (--set, tune.space)."""
     parts = key.split(".")
     schema: type[BaseModel] | None = RunConfig
     node = raw
@@ -367,7 +740,7 @@ def set_path(raw: dict[str, Any], key: str, value: Any, where: str = "config") -
             prefix = ".".join(parts[:i])
             at = f" in '{prefix}'" if prefix else ""
             raise DanluError(
-                f"{where}: --set {key}: no key '{part}'{at}{did_you_mean(part, fields)};"
+                f"{where}: {label} {key}: no key '{part}'{at}{did_you_mean(part, fields)};"
                 f" valid: {', '.join(sorted(fields))}"
             )
         if i == len(parts) - 1:
@@ -389,7 +762,7 @@ def _as_mapping(value: Any) -> dict[str, Any]:
 def _fields_of(schema: type[BaseModel] | None) -> set[str] | None:
     if schema is None:
         return None  # free-form mapping (e.g. data.params)
-    return set(schema.model_fields)
+    return {f.alias or name for name, f in schema.model_fields.items()}
 
 
 def _child_schema(schema: type[BaseModel] | None, part: str, child: dict[str, Any]) -> type[BaseModel] | None:
@@ -398,7 +771,7 @@ def _child_schema(schema: type[BaseModel] | None, part: str, child: dict[str, An
     if schema is RunConfig and part == "model":
         tag = _model_tag(child) or "mlp"
         return MODEL_CONFIGS.get(tag, CustomModelConfig)
-    ann = schema.model_fields[part].annotation
+    ann = next(f for n, f in schema.model_fields.items() if (f.alias or n) == part).annotation
     for candidate in (ann, *getattr(ann, "__args__", ())):
         if isinstance(candidate, type) and issubclass(candidate, BaseModel):
             return candidate
@@ -407,7 +780,7 @@ def _child_schema(schema: type[BaseModel] | None, part: str, child: dict[str, An
 
 def _describe(err: dict[str, Any], raw: dict[str, Any]) -> str:
     """One pydantic error -> 'key.path: problem (what is valid)'."""
-    loc = [str(p) for p in err["loc"] if p not in ("mlp", "gpt", "custom")]
+    loc = [str(p) for p in err["loc"] if p not in ("custom", *MODEL_CONFIGS)]
     path = ".".join(loc) or "(top level)"
     kind = err["type"]
     value = err.get("input")
@@ -444,7 +817,7 @@ def _valid_fields(parent: list[str], raw: dict[str, Any]) -> set[str]:
             return set()
         node = node.get(part, {})
         schema = _child_schema(schema, part, node if isinstance(node, dict) else {})
-    return set(schema.model_fields) if schema else set()
+    return {f.alias or n for n, f in schema.model_fields.items()} if schema else set()
 
 
 def template(kind: str = "tabular") -> str:

@@ -12,7 +12,8 @@ A *model reference* is one of
 
 `resolve_lm` does the resolution; `complete` and `stream_text` generate from a `LoadedLM`
 whatever its kind, with the same options (`GenerationOptions`). `danlu generate`, the Python
-API (`danlu.generate(...)`) and `danlu export` all go through here.
+API (`danlu.generate(...)`) and `danlu export` all go through here. Speech models
+(`danlu transcribe`) find their folder with `locate_model` and are loaded by danlu.asr.
 """
 
 from __future__ import annotations
@@ -150,6 +151,20 @@ def load_cached(
 def clear_cache() -> None:
     with _CACHE_LOCK:
         _CACHE.clear()
+
+
+def locate_model(ref: str | Path) -> Path:
+    """The local folder a model reference names: an existing path, or a hub id fetched (or read from
+    the hub cache), with the same errors as resolve_lm. danlu.asr resolves speech models from here."""
+    text = str(ref)
+    if not text.strip():
+        raise DanluError("the model reference is empty; give a run folder, a model folder or a hub id")
+    path = Path(text).expanduser()
+    if path.exists():
+        return path
+    if _looks_like_path(text):
+        raise DanluError(f"model folder '{text}' does not exist")
+    return _from_hub(text)
 
 
 def _looks_like_path(text: str) -> bool:
@@ -666,13 +681,18 @@ def export_run(run_dir: str | Path, out_dir: str | Path, format: str = "hf") -> 
         raise DanluError(f"'{run_path}' is already a Hugging Face folder; export takes a danlu run folder")
     from danlu.run import RunDir
 
-    RunDir.open(run_path)
+    run = RunDir.open(run_path)
+    if (run.read_model_json().get("model") or {}).get("type") == "pretrained_encoder":
+        from danlu.models.pretrained import export_run as export_encoder
+
+        return export_encoder(run_path, out_dir)  # an AutoModelForSequenceClassification folder
     try:
         lm = _load_run(run_path)
     except DanluError as e:
         if "language_modeling run" in str(e):
             raise DanluError(
-                f"{e}; `danlu export --format hf` supports language-model (GPT) runs only"
+                f"{e}; `danlu export --format hf` supports language-model (GPT) and"
+                " pretrained_encoder runs only"
             ) from None
         raise
     from transformers import PreTrainedTokenizerFast
@@ -701,3 +721,54 @@ def export_run(run_dir: str | Path, out_dir: str | Path, format: str = "hf") -> 
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
+
+
+# ---------------------------------------------------------------------------- encoder folders
+
+
+def package_folder(ref: str) -> Path:
+    """pkg://package/sub/folder -> that folder inside the installed package (found without
+    importing it), so a config can name model files shipped by a pip package portably."""
+    import importlib.util
+
+    rest = ref.removeprefix("pkg://")
+    package, _, sub = rest.partition("/")
+    try:
+        spec = importlib.util.find_spec(package) if package else None
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        raise DanluError(f"'{ref}': package '{package}' is not installed (pip install {package.replace('_', '-')})")
+    return Path(list(spec.submodule_search_locations)[0]) / sub
+
+
+def model_folder(ref: str) -> Path:
+    """A pretrained encoder reference (a folder, pkg://package/folder, or a hub id) -> the
+    local folder, checked to hold what transformers needs: config.json, weights, tokenizer."""
+    text = str(ref).strip()
+    if not text:
+        raise DanluError("model.path is empty; give a model folder, pkg://package/folder or a hub id")
+    if text.startswith("pkg://"):
+        path = package_folder(text)
+    else:
+        path = Path(text).expanduser()
+        if not path.exists():
+            if _looks_like_path(text):
+                raise DanluError(f"model.path: folder '{text}' does not exist")
+            path = _from_hub(text)
+    if not path.is_dir():
+        raise DanluError(f"model.path: '{path}' is a file; give the model's folder")
+    if not (path / "config.json").is_file():
+        raise DanluError(f"model.path: '{path}' is not a model folder: config.json is missing")
+    if not any((path / f).is_file() for f in _WEIGHT_FILES):
+        raise DanluError(
+            f"model.path: '{path}' is not a model folder: model.safetensors is missing"
+            " (or pytorch_model.bin, or a sharded index)"
+        )
+    tokenizer_files = ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer.model", "spiece.model")
+    if not any((path / f).is_file() for f in tokenizer_files):
+        raise DanluError(
+            f"model.path: '{path}' has no tokenizer: tokenizer.json is missing (or vocab.txt);"
+            " save the tokenizer into the model folder with save_pretrained"
+        )
+    return path

@@ -17,14 +17,31 @@ from danlu.run import RunDir
 from danlu.training.checkpoint import load_weights
 
 
+# preprocessors by the "kind" key of their saved state; tabular when there is none. Each
+# has from_state(state, run_dir), schema(), frame(rows) and dataset(frame, where, with_target)
+PREPROCESSORS = {
+    "text": "danlu.data.sequences:TextPreprocessor",
+    "sequence": "danlu.data.sequences:SequencePreprocessor",
+    "image": "danlu.data.images:ImagePreprocessor",
+}
+
+
 class Predictor:
     """predict / predict_proba on raw rows (DataFrame, array or list of dicts)."""
 
     def __init__(self, run: RunDir) -> None:
         self.run = run
         meta = run.read_model_json()
-        self.schema = Schema.from_dict(meta["schema"])
-        self.preprocessor = TabularPreprocessor.from_state(meta["preprocessor"])
+        state = meta["preprocessor"]
+        kind = state.get("kind", "tabular") if isinstance(state, dict) else "tabular"
+        if kind in PREPROCESSORS:
+            from danlu.registry import import_object
+
+            self.preprocessor = import_object(PREPROCESSORS[kind]).from_state(state, run.path)
+            self.schema = self.preprocessor.schema()
+        else:
+            self.schema = Schema.from_dict(meta["schema"])
+            self.preprocessor = TabularPreprocessor.from_state(state)
         task_cfg = TaskConfig.model_validate(meta["task"])
         model_cfg = parse_model(meta["model"])
         self.task = tasks.build(task_cfg, self.schema, torch.zeros(0, dtype=torch.long), self.preprocessor)
@@ -37,6 +54,8 @@ class Predictor:
         return self.schema.classes
 
     def frame(self, rows: Any) -> pd.DataFrame:
+        if hasattr(self.preprocessor, "frame"):  # text: a list of strings is rows too
+            return self.preprocessor.frame(rows)
         if isinstance(rows, pd.DataFrame):
             return rows
         if isinstance(rows, list) and rows and isinstance(rows[0], dict):
@@ -53,6 +72,13 @@ class Predictor:
 
     def outputs(self, rows: Any, where: str = "input", batch_size: int = 8192) -> np.ndarray:
         """Decoded outputs: class probabilities, or predictions in the target's units."""
+        if hasattr(self.preprocessor, "dataset"):  # sequences: batches padded to their own length
+            from danlu.data.batches import batches
+
+            data = self.preprocessor.dataset(self.frame(rows), where, with_target=False)
+            with torch.no_grad():
+                outs = [self.model(**x) for x, _ in batches(data, 256, shuffle=False, seed=0).epoch(0)]
+            return self.task.decode(torch.cat(outs))
         inputs = self.preprocessor.transform(self.frame(rows), where)
         n = len(next(iter(inputs.values())))
         outs = []
@@ -87,5 +113,11 @@ def prediction_frame(predictor: Predictor, out: np.ndarray, proba: bool) -> pd.D
     return pd.DataFrame({f"prediction_{t}": out[:, j] for j, t in enumerate(schema.targets)})
 
 
-def load(run_dir: str | Path) -> Predictor:
-    return Predictor(RunDir.open(run_dir))
+def load(run_dir: str | Path) -> Any:
+    """The run's predictor: a Predictor for tables and text, a Recognizer for audio runs."""
+    run = RunDir.open(run_dir)
+    if run.read_model_json().get("schema", {}).get("input_kind") == "audio":
+        from danlu.models.ctc import load_recognizer
+
+        return load_recognizer(run.path)
+    return Predictor(run)

@@ -77,7 +77,15 @@ MODELS = Registry(
     "model",
     {
         "mlp": "danlu.models.mlp:MLP",
+        "cnn": "danlu.models.cnn:CNN",
+        "resnet": "danlu.models.cnn:ResNet",
     "gpt": "danlu.models.lm:gpt",
+        "rnn": "danlu.models.rnn:RNNEncoder",
+        "transformer": "danlu.models.transformer:TransformerEncoder",
+        "pretrained_encoder": "danlu.models.pretrained:PretrainedEncoder",
+        "ctc": "danlu.models.ctc:CTCModel",
+        "audio_cnn": "danlu.models.ctc:AudioCNN",
+        "wav2vec2_ctc": "danlu.models.ctc:Wav2Vec2CTC",
     },
 )
 
@@ -92,6 +100,7 @@ LOSSES = Registry(
         "huber": "danlu.tasks.losses:huber",
         "smooth_l1": "danlu.tasks.losses:smooth_l1",
     "next_token": "danlu.tasks.losses:next_token",
+        "ctc": "danlu.tasks.speech_recognition:ctc_loss",
     },
 )
 

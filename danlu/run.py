@@ -11,6 +11,7 @@ runs/<name>-<YYYYmmdd-HHMMSS>/
   report.md, plots/    tables and PNG plots
   tensorboard/         event files when train.tensorboard is on
   tokenizer.json       language models: the fitted tokenizer (Hugging Face tokenizers format)
+  samples.md           language models: a sample of generated text at each evaluation
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ class RunDir:
     plots = property(lambda self: self.path / "plots")
     tensorboard = property(lambda self: self.path / "tensorboard")
     tokenizer = property(lambda self: self.path / "tokenizer.json")  # language models
+    samples = property(lambda self: self.path / "samples.md")  # language models: text at each evaluation
 
     # ---- creating and opening
     @classmethod
@@ -118,6 +120,10 @@ class RunDir:
         if not self.metrics_json.is_file():
             return {}
         return json.loads(self.metrics_json.read_text(encoding="utf-8"))
+
+    def append_sample(self, step: int, text: str) -> None:
+        with open(self.samples, "a", encoding="utf-8") as f:
+            f.write(f"## step {step}\n\n```text\n{text}\n```\n\n")
 
     def has_checkpoint(self, name: str = "last") -> bool:
         return (self.checkpoints / f"{name}.state.pt").is_file()

@@ -32,15 +32,27 @@ class Prepared:
     frames: dict[str, pd.DataFrame]  # the raw rows of each split, for predictions output
 
 
-def build(cfg: DataConfig, task_type: str, seed: int, model_cfg: Any = None) -> Prepared:
+def build(
+    cfg: DataConfig, task_type: str, seed: int, model_cfg: Any = None, pretrained: Any = None
+) -> Prepared:
     """Read, split (train/val/test), fit preprocessing on train, and tensorize."""
+    if cfg.audio is not None or task_type == "speech_recognition":
+        from danlu.data import speech
+
+        return speech.build(cfg, task_type, seed, model_cfg)
+    if cfg.text is not None or cfg.sequence is not None:
+        return _build_sequences(cfg, task_type, seed, model_cfg)
     if task_type == "language_modeling" or (task_type == "auto" and getattr(model_cfg, "type", "") == "gpt"):
         from danlu.data import text
 
         if model_cfg is None or getattr(model_cfg, "type", "") != "gpt":
             raise DanluError("task.type language_modeling trains a model of type gpt; set model.type: gpt")
-        schema, tokenizer, splits = text.build(cfg, model_cfg.block_size)
+        schema, tokenizer, splits = text.build(cfg, model_cfg.block_size, seed, pretrained)
         return Prepared(schema, tokenizer, splits, {})  # type: ignore[arg-type]
+    from danlu.data import images
+
+    if images.is_image_data(cfg, model_cfg):
+        return images.build(cfg, task_type, seed, model_cfg)
     frames, targets, where, task_type = _read_frames(cfg, task_type)
     full = frames.get("all", frames.get("train"))
     features = _features(cfg, full, targets, where)
@@ -65,6 +77,31 @@ def build(cfg: DataConfig, task_type: str, seed: int, model_cfg: Any = None) -> 
         w = _where(cfg, name)
         splits[name] = TensorData(pre.transform(df, w), pre.transform_target(df, w))
     return Prepared(pre.schema(), pre, splits, frames)
+
+
+def _build_sequences(cfg: DataConfig, task_type: str, seed: int, model_cfg: Any) -> Prepared:
+    """Text or numeric-sequence columns (danlu/data/sequences.py), split like tabular data."""
+    from danlu.data import sequences
+
+    if cfg.text is not None and cfg.sequence is not None:
+        raise DanluError("data.text and data.sequence: give one input (multimodal data is not this)")
+    if cfg.sequence is not None and cfg.path and cfg.path.endswith((".npy", ".npz")):
+        df = sequences.read_arrays(cfg)
+        target = str(df.columns[1])
+        frames, targets, where = {"all": df}, [target], cfg.path
+        if task_type == "auto":
+            task_type = infer_task(df[target]) if df[target].ndim == 1 else "regression"
+    else:
+        frames, targets, where, task_type = _read_frames(cfg, task_type)
+    if "all" in frames:
+        frames = _split(frames.pop("all"), cfg, task_type, targets, seed, where)
+    elif "val" not in frames and cfg.split.val > 0:
+        no_test = cfg.model_copy(update={"split": cfg.split.model_copy(update={"test": 0.0})})
+        frames.update(_split(frames.pop("train"), no_test, task_type, targets, seed, where))
+    schema, pre, splits = sequences.build(
+        cfg, frames, task_type, targets, model_cfg, lambda split: _where(cfg, split)
+    )
+    return Prepared(schema, pre, splits, frames)  # type: ignore[arg-type]
 
 
 def _where(cfg: DataConfig, split: str) -> str:

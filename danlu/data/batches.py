@@ -13,6 +13,8 @@ import torch
 from danlu.data.tabular import TensorData
 
 Batch = tuple[dict[str, torch.Tensor], torch.Tensor]
+# a split larger than this is gathered batch by batch instead of once per epoch
+GATHER_ONCE_BYTES = 256 * 2**20
 
 
 class BatchSource(Protocol):
@@ -77,9 +79,20 @@ class TensorBatches:
         else:
             order = torch.arange(n)
         order = order[self.rank : self.rows * self.world : self.world].to(self.y.device)
+        bs = self.batch_size
+        if self._bytes() > GATHER_ONCE_BYTES:
+            # e.g. every offset of a text as a window (views of one tensor): gathering the
+            # whole epoch would copy the text block_size times over; gather each batch
+            for i in range(start, len(self)):
+                rows = order[i * bs : (i + 1) * bs]
+                yield {k: v[rows] for k, v in self.inputs.items()}, self.y[rows]
+            return
         inputs = {k: v[order] for k, v in self.inputs.items()}
         y = self.y[order]
-        bs = self.batch_size
         for i in range(start, len(self)):
             s = slice(i * bs, (i + 1) * bs)
             yield {k: v[s] for k, v in inputs.items()}, y[s]
+
+    def _bytes(self) -> int:
+        tensors = [*self.inputs.values(), self.y]
+        return sum(t.element_size() * t.numel() for t in tensors)

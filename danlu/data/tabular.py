@@ -20,6 +20,7 @@ BUILTIN_DATASETS = {  # name -> task type
     "wine": "classification",
     "breast_cancer": "classification",
     "digits": "classification",
+    "digits_images": "classification",  # the digits as 1x8x8 images (danlu/data/images.py)
     "diabetes": "regression",
     "linnerud": "regression",
     "make_classification": "classification",
@@ -135,6 +136,7 @@ class Schema:
     targets: list[str]
     classes: list[Any] | None = None  # classification: label values in index order
     input_kind: str = "tabular"
+    image_shape: list[int] | None = None  # images: [channels, height, width]
 
     @property
     def n_classes(self) -> int:

@@ -37,9 +37,10 @@ class LMSchema:
 class TextTokenizer:
     """The fitted tokenizer: its state is the tokenizer.json file it writes."""
 
-    def __init__(self, tok: Any, kind: str) -> None:
+    def __init__(self, tok: Any, kind: str, eos_token_id: int | None = None) -> None:
         self.tok, self.kind = tok, kind
         self._char_ids = tok.get_vocab() if kind == "char" else None
+        self._eos = eos_token_id
 
     @property
     def vocab_size(self) -> int:
@@ -47,7 +48,7 @@ class TextTokenizer:
 
     @property
     def eos_token_id(self) -> int | None:
-        return self.tok.token_to_id(EOT)
+        return self._eos if self._eos is not None else self.tok.token_to_id(EOT)
 
     def encode(self, text: str) -> list[int]:
         if self._char_ids is not None:  # a dict lookup per character beats the BPE machinery
@@ -59,7 +60,7 @@ class TextTokenizer:
             raise DanluError(
                 f"character {unk!r} is not in the character vocabulary fitted on the training text"
             )
-        return self.tok.encode(text).ids
+        return self.tok.encode(text, add_special_tokens=False).ids
 
     def decode(self, ids: list[int]) -> str:
         return self.tok.decode(ids)
@@ -73,7 +74,12 @@ class TextTokenizer:
         return {"kind": self.kind, "file": "tokenizer.json"}
 
 
-def read_documents(cfg: DataConfig) -> list[str]:
+Pair = tuple[str, str]  # (prompt, completion)
+
+
+def read_documents(cfg: DataConfig) -> list[str] | list[Pair]:
+    """Texts to train on; or (prompt, completion) pairs when JSONL rows hold
+    data.prompt_field and data.completion_field instead of data.text_field."""
     path = Path(cfg.path or cfg.train or "")
     if not path.exists():
         raise DanluError(f"{path}: text file or folder not found")
@@ -84,24 +90,28 @@ def read_documents(cfg: DataConfig) -> list[str]:
     )
     if not files:
         raise DanluError(f"{path}: no .txt files in the folder")
-    docs = []
+    docs: list[Any] = []
     for f in files:
         try:
             text = f.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as e:
             raise DanluError(f"{f}: cannot read as UTF-8 text: {e}") from None
         if f.suffix == ".jsonl" or (path.is_file() and path.suffix in (".jsonl", ".ndjson")):
-            docs.extend(_jsonl_texts(f, text, cfg.text_field))
+            docs.extend(_jsonl_rows(f, text, cfg))
         else:
             docs.append(text)
-    docs = [d for d in docs if d.strip()]
+    kinds = {isinstance(d, tuple) for d in docs}
+    if len(kinds) > 1:
+        raise DanluError(f"{path}: mixes plain text with prompt/completion rows; use one kind per run")
+    docs = [d for d in docs if (d[1] if isinstance(d, tuple) else d).strip()]
     if not docs:
         raise DanluError(f"{path}: the text is empty; a language model needs text to train on")
     return docs
 
 
-def _jsonl_texts(f: Path, text: str, field: str) -> list[str]:
-    out = []
+def _jsonl_rows(f: Path, text: str, cfg: DataConfig) -> list[Any]:
+    out: list[Any] = []
+    field, prompt, completion = cfg.text_field, cfg.prompt_field, cfg.completion_field
     for n, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
@@ -109,9 +119,15 @@ def _jsonl_texts(f: Path, text: str, field: str) -> list[str]:
             row = json.loads(line)
         except json.JSONDecodeError as e:
             raise DanluError(f"{f}: line {n} is not JSON: {e.msg}") from None
-        if not isinstance(row, dict) or not isinstance(row.get(field), str):
-            raise DanluError(f"{f}: line {n} has no text field '{field}' (set data.text_field)")
-        out.append(row[field])
+        if isinstance(row, dict) and isinstance(row.get(field), str):
+            out.append(row[field])
+        elif isinstance(row, dict) and all(isinstance(row.get(k), str) for k in (prompt, completion)):
+            out.append((row[prompt], row[completion]))
+        else:
+            raise DanluError(
+                f"{f}: line {n} has neither a text field '{field}' nor prompt/completion fields"
+                f" '{prompt}'/'{completion}' (set data.text_field or data.prompt_field/completion_field)"
+            )
     return out
 
 
@@ -153,29 +169,42 @@ def fit_tokenizer(cfg: DataConfig, train_docs: list[str]) -> TextTokenizer:
         raise DanluError(f"{path}: not a tokenizers tokenizer.json: {str(e).splitlines()[0]}") from None
 
 
-def build(cfg: DataConfig, block_size: int) -> tuple[LMSchema, TextTokenizer, dict[str, TensorData]]:
+def build(
+    cfg: DataConfig, block_size: int, seed: int = 0, pretrained: Any = None
+) -> tuple[LMSchema, TextTokenizer, dict[str, TensorData]]:
     """Documents joined by the end-of-text token, the last `split.val` of the tokens held
-    out (like nanoGPT's 90/10), both packed into (block_size + 1)-token windows."""
+    out (like nanoGPT's 90/10), both packed into (block_size + 1)-token windows; or
+    prompt/completion pairs, one padded row each, scored on completion tokens only.
+
+    `pretrained` (danlu.models.lm.Pretrained): fine-tuning keeps the checkpoint's tokenizer."""
     docs = read_documents(cfg)
     if cfg.split.val <= 0:
         raise DanluError("data.split.val: language modeling needs a validation fraction > 0")
-    # split by characters first so the tokenizer is fitted on training text only
-    total = sum(len(d) for d in docs)
-    cut = int(total * (1 - cfg.split.val))
-    train_docs, val_docs, seen = [], [], 0
-    for d in docs:
-        if seen + len(d) <= cut:
-            train_docs.append(d)
-        elif seen >= cut:
-            val_docs.append(d)
-        else:
-            train_docs.append(d[: cut - seen])
-            val_docs.append(d[cut - seen :])
-        seen += len(d)
-    tokenizer = fit_tokenizer(cfg, train_docs)
+    if isinstance(docs[0], tuple):
+        train_docs, val_docs = _split_pairs(docs, cfg.split.val, cfg.split.seed or seed)  # type: ignore[arg-type]
+    else:
+        train_docs, val_docs = _split_text(docs, cfg.split.val)  # type: ignore[arg-type]
+    if pretrained is not None:
+        if "tokenizer" in cfg.model_fields_set:
+            raise DanluError(
+                "data.tokenizer: fine-tuning uses the tokenizer of model.from; remove data.tokenizer"
+            )
+        tokenizer = TextTokenizer(pretrained.tokenizer, "pretrained", pretrained.eos_token_id)
+        vocab = pretrained.vocab_size
+        if tokenizer.vocab_size > vocab:
+            raise DanluError(
+                f"model.from: its tokenizer has {tokenizer.vocab_size} tokens but the model's embedding"
+                f" has {vocab} rows; the checkpoint's tokenizer does not belong to it"
+            )
+    else:
+        tokenizer = fit_tokenizer(cfg, [d[0] + d[1] if isinstance(d, tuple) else d for d in train_docs])
+        vocab = tokenizer.vocab_size
     splits = {}
     for name, part in (("train", train_docs), ("val", val_docs)):
-        ids = _join(tokenizer, part)
+        if isinstance(part[0], tuple):
+            splits[name] = _pair_rows(tokenizer, part, block_size)  # type: ignore[arg-type]
+            continue
+        ids = _join(tokenizer, part)  # type: ignore[arg-type]
         n_blocks = (len(ids) - 1) // block_size
         if n_blocks < 1:
             raise DanluError(
@@ -190,8 +219,57 @@ def build(cfg: DataConfig, block_size: int) -> tuple[LMSchema, TextTokenizer, di
         windows = t.unfold(0, block_size + 1, stride)
         x, y = windows[:, :-1], windows[:, 1:]
         splits[name] = TensorData({"idx": x}, y)
-    schema = LMSchema(tokenizer.vocab_size, block_size, tokenizer.eos_token_id, tokenizer.kind)
+    schema = LMSchema(vocab, block_size, tokenizer.eos_token_id, tokenizer.kind)
     return schema, tokenizer, splits
+
+
+def _split_text(docs: list[str], val: float) -> tuple[list[str], list[str]]:
+    # split by characters first so the tokenizer is fitted on training text only
+    total = sum(len(d) for d in docs)
+    cut = int(total * (1 - val))
+    train_docs, val_docs, seen = [], [], 0
+    for d in docs:
+        if seen + len(d) <= cut:
+            train_docs.append(d)
+        elif seen >= cut:
+            val_docs.append(d)
+        else:
+            train_docs.append(d[: cut - seen])
+            val_docs.append(d[cut - seen :])
+        seen += len(d)
+    return train_docs, val_docs
+
+
+def _split_pairs(pairs: list[Pair], val: float, seed: int) -> tuple[list[Pair], list[Pair]]:
+    n_val = int(round(len(pairs) * val))
+    if n_val < 1 or n_val >= len(pairs):
+        raise DanluError(
+            f"data.split.val: {val} of {len(pairs)} prompt/completion pairs leaves"
+            f" {'no validation pair' if n_val < 1 else 'nothing to train on'}; use more pairs"
+        )
+    order = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(seed)).tolist()
+    return [pairs[i] for i in order[n_val:]], [pairs[i] for i in order[:n_val]]
+
+
+def _pair_rows(tokenizer: TextTokenizer, pairs: list[Pair], block_size: int) -> TensorData:
+    """One row per pair: prompt + completion + EOS, right-padded to block_size + 1. Targets
+    are -100 (not scored) on the prompt and the padding, so the loss is the completion's.
+    A pair longer than a block loses the start of its prompt, then the end of its completion."""
+    eos = tokenizer.eos_token_id
+    pad = eos if eos is not None else 0
+    x = torch.full((len(pairs), block_size), pad, dtype=torch.long)
+    y = torch.full((len(pairs), block_size), -100, dtype=torch.long)
+    for i, (prompt, completion) in enumerate(pairs):
+        p = tokenizer.encode(prompt)
+        c = tokenizer.encode(completion) + ([eos] if eos is not None else [])
+        c = c[: block_size + 1 - min(len(p), 1)]  # keep at least one prompt token when there is one
+        p = p[max(0, len(p) - (block_size + 1 - len(c))) :]
+        ids = p + c
+        labels = [-100] * len(p) + c
+        n = len(ids) - 1
+        x[i, :n] = torch.tensor(ids[:-1])
+        y[i, :n] = torch.tensor(labels[1:])
+    return TensorData({"idx": x}, y)
 
 
 def _join(tokenizer: TextTokenizer, docs: list[str]) -> list[int]:

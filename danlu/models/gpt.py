@@ -299,6 +299,18 @@ class GPT(nn.Module):
                     w.data = w.data.contiguous()
         return self
 
+    def crop_block_size(self, block_size: int) -> None:
+        """Shorten the context to `block_size` positions (nanoGPT's model surgery), e.g. to
+        fine-tune GPT-2 on shorter blocks; the first position embeddings are kept."""
+        if not 0 < block_size <= self.config.block_size:
+            raise DanluError(f"block_size {block_size} must be in 1..{self.config.block_size}")
+        if block_size == self.config.block_size:
+            return
+        wpe = self.transformer.wpe
+        wpe.weight = nn.Parameter(wpe.weight.detach()[:block_size].clone())
+        wpe.num_embeddings = block_size
+        self.config.block_size = block_size
+
     # ------------------------------------------------------------------ size
 
     def num_params(self, non_embedding: bool = True) -> int:

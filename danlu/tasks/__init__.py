@@ -35,7 +35,11 @@ def build(cfg: TaskConfig, schema: Any, y_train: torch.Tensor, preprocessor: Any
     if schema.task == "language_modeling":
         from danlu.tasks.language_modeling import LanguageModelingTask
 
-        return LanguageModelingTask(cfg, schema)
+        return LanguageModelingTask(cfg, schema, preprocessor)
+    if schema.task == "speech_recognition":
+        from danlu.tasks.speech_recognition import SpeechRecognitionTask
+
+        return SpeechRecognitionTask(cfg, schema)
     if schema.task == "classification":
         return ClassificationTask(cfg, schema, y_train)
     return RegressionTask(cfg, schema, y_train, preprocessor)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Any
 
@@ -17,8 +18,10 @@ class LanguageModelingTask:
     kind = "language_modeling"
     metric_names = ["loss", "perplexity"]
     keeps_outputs = False  # (tokens x vocab) logits are never gathered for metrics
+    unit = "tok"  # throughput is shown in tokens/s
 
-    def __init__(self, cfg: TaskConfig, schema: Any) -> None:
+    def __init__(self, cfg: TaskConfig, schema: Any, tokenizer: Any = None) -> None:
+        self.cfg, self.tokenizer = cfg, tokenizer
         loss = "next_token" if cfg.loss == "auto" else cfg.loss
         if ":" not in loss and loss != "next_token":
             raise DanluError(f"task.loss: language modeling uses next_token (cross-entropy), not '{loss}'")
@@ -37,3 +40,29 @@ class LanguageModelingTask:
 
     def metrics_from_loss(self, loss: float) -> dict[str, float]:
         return {"perplexity": math.exp(min(loss, 50.0))}
+
+    def sample(self, model: torch.nn.Module) -> str | None:
+        """A short text from the model as it is now, sampled like nanoGPT's sample.py
+        (temperature 0.8, top-k 200) on a copy of the model with its own seeded generator,
+        so the weights' layout and the training's random stream are left untouched."""
+        cfg, tok = self.cfg, self.tokenizer
+        if not cfg.sample_tokens or tok is None:
+            return None
+        from danlu.generation import GenerationOptions, generate_tokens
+
+        gpt = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft (LoRA)
+        eos = tok.eos_token_id
+        try:
+            prompt = tok.encode(cfg.sample_prompt) if cfg.sample_prompt else []
+        except DanluError:  # e.g. a character the text never had: start from EOS instead
+            prompt = []
+        start = cfg.sample_prompt if prompt else ""
+        prompt = prompt or ([eos] if eos is not None else [0])
+        n = min(cfg.sample_tokens, gpt.config.block_size - len(prompt))
+        if n < 1:
+            return None
+        t = cfg.sample_temperature or None
+        opts = GenerationOptions(max_new_tokens=n, temperature=t, top_k=200 if t else None, seed=0,
+                                 eos_token_id=eos)
+        ids = generate_tokens(copy.deepcopy(gpt), [prompt], opts)[0]
+        return start + tok.decode([i for i in ids if i != eos])

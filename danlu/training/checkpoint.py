@@ -18,15 +18,36 @@ from danlu.fileio import atomic_path
 
 
 def save_weights(model: nn.Module, path: Path, metadata: dict[str, str] | None = None) -> None:
+    """All weights, or only those the model names in `saved_keys()` (e.g. LoRA adapters and
+    a head over a frozen pretrained encoder that is loaded from its own folder)."""
+    keys = _saved_keys(model)
     with atomic_path(path) as tmp:
-        save_model(model, str(tmp), metadata=metadata)
+        if keys is None:
+            save_model(model, str(tmp), metadata=metadata)
+        else:
+            from safetensors.torch import save_file
+
+            state = {k: v.detach().contiguous() for k, v in model.state_dict().items() if k in keys}
+            save_file(state, str(tmp), metadata=metadata)
+
+
+def _saved_keys(model: nn.Module) -> set[str] | None:
+    fn = getattr(model, "saved_keys", None)
+    return fn() if callable(fn) else None
 
 
 def load_weights(model: nn.Module, path: Path) -> None:
     if not path.is_file():
         raise DanluError(f"{path}: weights file not found")
+    keys = _saved_keys(model)
     try:
-        missing, unexpected = load_model(model, str(path), strict=False)
+        if keys is None:
+            missing, unexpected = load_model(model, str(path), strict=False)
+        else:
+            from safetensors.torch import load_file
+
+            missing, unexpected = model.load_state_dict(load_file(str(path)), strict=False)
+            missing = [k for k in missing if k in keys]  # the rest comes from the base model
     except Exception as e:  # safetensors raises several types for corrupt files
         raise DanluError(f"{path}: cannot load weights: {str(e).splitlines()[0]}") from None
     if missing or unexpected:

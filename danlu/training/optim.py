@@ -28,6 +28,9 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
     groups = [g for g in groups if g["params"]]
     if cfg.weight_decay == 0:  # one group: one optimizer kernel launch per step, not two
         groups = [{"params": decay + no_decay, "weight_decay": 0.0}]
+    own = getattr(model, "param_groups", None)
+    if callable(own):  # a model with its own groups (e.g. layer-wise learning-rate decay)
+        groups = [g for g in own(cfg.lr, cfg.weight_decay) if g["params"]]
     kwargs: dict[str, Any] = {"lr": cfg.lr}
     accepted = inspect.signature(cls).parameters
     if "momentum" in accepted and cfg.optimizer in ("sgd", "rmsprop"):
@@ -49,7 +52,8 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
 def build_scheduler(
     opt: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int, monitor_mode: str
 ) -> tuple[Any, str]:
-    total = max(1, steps_per_epoch * cfg.epochs)
+    # the schedule spans the steps that will actually run: max_steps cuts epochs short
+    total = max(1, min(steps_per_epoch * cfg.epochs, cfg.max_steps or steps_per_epoch * cfg.epochs))
     factory = SCHEDULERS.get(cfg.scheduler.name)
     if cfg.scheduler.name == "reduce_on_plateau":
         return factory(opt, cfg.scheduler, total, steps_per_epoch, mode=monitor_mode)

@@ -17,13 +17,23 @@ def _fmt(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
+def _rate(n: float, unit: str) -> str:
+    for scale, suffix in ((1e6, "M"), (1e3, "k")):
+        if n >= scale:
+            return f"{n / scale:.1f}{suffix} {unit}/s"
+    return f"{n:.0f} {unit}/s"
+
+
 class Progress:
-    def __init__(self, mode: str = "auto", monitor: str = "val.loss") -> None:
+    """`unit`: what a batch holds for the throughput shown (samples, or tok for language models)."""
+
+    def __init__(self, mode: str = "auto", monitor: str = "val.loss", unit: str = "samples") -> None:
         if mode == "auto":
             mode = "bar" if sys.stderr.isatty() else "lines"
-        self.mode, self.monitor = mode, monitor
+        self.mode, self.monitor, self.unit = mode, monitor, unit
         self._bar: Any = None
         self._next = 0.0
+        self._items, self._since = 0, time.perf_counter()
 
     def __enter__(self) -> Progress:
         if self.mode == "bar":
@@ -51,15 +61,19 @@ class Progress:
                 "", total=batches, completed=done, epoch=f"{epoch + 1}/{epochs}", info=""
             )
         self._next = 0.0
+        self._items, self._since = 0, time.perf_counter()
 
-    def step(self, i: int, loss: torch.Tensor) -> None:
-        """Called every batch; does real work at most every REFRESH_SECONDS."""
+    def step(self, i: int, loss: torch.Tensor, items: int = 0) -> None:
+        """Called every batch with the batch's samples or tokens; does real work (reading
+        the loss, which waits for the device) at most every REFRESH_SECONDS."""
+        self._items += items
         if self._bar is None:
             return
         now = time.perf_counter()
         if now >= self._next:
             self._next = now + REFRESH_SECONDS
-            self._bar.update(self._task, completed=i + 1, info=f"loss {float(loss):.4f}")
+            rate = _rate(self._items / max(now - self._since, 1e-9), self.unit)
+            self._bar.update(self._task, completed=i + 1, info=f"loss {float(loss):.4f}  {rate}")
 
     def end_epoch(self, row: dict[str, Any], improved: bool) -> None:
         if self._bar is not None:
@@ -69,7 +83,11 @@ class Progress:
         keys = ["train.loss", "val.loss", self.monitor]
         shown = dict.fromkeys(k for k in keys if k in row)
         parts = [f"{k} {_fmt(row[k])}" for k in shown]
-        line = f"epoch {int(row['epoch'])}: " + "  ".join(parts) + f"  ({row['time']:.1f}s)"
+        took = f"{row['time']:.1f}s"
+        if self._items:
+            took += ", " + _rate(self._items / max(row["time"], 1e-9), self.unit)
+        line = f"epoch {int(row['epoch'])}: " + "  ".join(parts) + f"  ({took})"
+        self._items, self._since = 0, time.perf_counter()
         if improved:
             line += " *"
         self.print(line)

@@ -10,6 +10,7 @@ import math
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -99,6 +100,8 @@ def evaluate_split(
     keep = getattr(task, "keeps_outputs", True)
     if not keep:  # sequence logits are (block x vocab) per row: keep chunks small
         batch_size = min(batch_size, 64)
+    # variable-length outputs (transcripts) cannot be concatenated: decode them batch by batch
+    per_batch = hasattr(task, "decode_batch")
     outputs, targets, loss_sum, rows = [], [], 0.0, 0
     with torch.no_grad(), torch.autocast(device.type, dtype=amp, enabled=amp is not None):
         for x, y in batches(data, batch_size, shuffle=False, seed=0, device=device).epoch(0):
@@ -107,10 +110,16 @@ def evaluate_split(
             n = int((y != -100).sum()) if not keep else len(y)
             loss_sum += float(task.loss(out, y)) * n
             rows += n
-            if keep:
+            if per_batch:
+                outputs.extend(task.decode_batch(out))
+                targets.extend(task.target(y.cpu()))
+            elif keep:
                 outputs.append(out.float().cpu())
                 targets.append(y.cpu())
     loss = loss_sum / max(rows, 1)
+    if per_batch:
+        decoded = np.asarray(outputs, dtype=object)
+        return {**task.metrics(np.asarray(targets, dtype=object), decoded), "loss": loss}, decoded
     if not keep:
         return {"loss": loss, **task.metrics_from_loss(loss)}, np.zeros(0)
     decoded = task.decode(torch.cat(outputs))
@@ -151,6 +160,7 @@ def fit(
     seed: int,
     resume: bool = False,
     progress: str = "auto",
+    on_eval: Callable[[int, dict[str, float]], None] | None = None,
 ) -> FitResult:
     # ---- set-up: devices, processes, optimizer, schedule
     device = pick_device(cfg.device)
@@ -261,8 +271,19 @@ def fit(
             for k, v in row.items():
                 writer.add_scalar(k, v, state.step)
         bar.end_epoch(row, improved)
+        sample = task.sample(model) if dist.is_main and hasattr(task, "sample") else None
+        if sample:  # language models: what the model writes now, in the run folder too
+            run.append_sample(state.step, sample)
+            bar.print(f"sample at step {state.step}:\n{sample}")
+        if on_eval is not None and dist.is_main:
+            # after the row and checkpoints are written: an exception here (a tuning pruner's)
+            # leaves a consistent, resumable run folder
+            on_eval(len(state.history), row)
 
-    with Progress("quiet" if not dist.is_main else progress, cfg.monitor) as bar, _StopFlag() as stop:
+    # throughput in the bar: tokens for sequence tasks (every target position), else samples
+    tokens = getattr(task, "unit", "samples") == "tok"
+    bar_mode = "quiet" if not dist.is_main else progress
+    with Progress(bar_mode, cfg.monitor, "tok" if tokens else "samples") as bar, _StopFlag() as stop:
         while state.epoch < cfg.epochs and state.step < max_steps and not stopped_early:
             # ---- one epoch of steps (evaluating every `eval_every` steps when set)
             model.train()
@@ -278,7 +299,7 @@ def fit(
                     (scaler.scale(total) if scaler else total).backward()
                 loss_sum.add_(loss.detach(), alpha=len(y))
                 count += len(y)
-                bar.step(i, loss)
+                bar.step(i, loss, y.numel() if tokens else len(y))
                 if not last_micro:
                     continue
                 _clip(model, optimizer, scaler, cfg)

