@@ -231,18 +231,21 @@ def main() -> None:
     print("\n| method | pruner | wall (s) | trials/min | epochs | ms/epoch | best val.loss | test accuracy |")
     print("|---|---|---:|---:|---:|---:|---:|---:|")
     for method, pruner, r in rows:
+        per_min, ms = 60 * r["trials"] / r["wall"], 1000 * r["wall"] / max(r["epochs"], 1)
         print(
-            f"| {method} | {pruner} | {r['wall']:.1f} | {60 * r['trials'] / r['wall']:.1f} | {r['epochs']}"
-            f" ({r['pruned']} pruned) | {1000 * r['wall'] / max(r['epochs'], 1):.1f} | {r['best_val_loss']:.4f}"
-            f" | {r['test_accuracy']:.4f} |"
+            f"| {method} | {pruner} | {r['wall']:.1f} | {per_min:.1f} | {r['epochs']} ({r['pruned']} pruned)"
+            f" | {ms:.1f} | {r['best_val_loss']:.4f} | {r['test_accuracy']:.4f} |"
         )
     by = {(m, p): r for m, p, r in rows}
     for pruner in ("none", "median"):
         per_epoch = {m: by[(m, pruner)]["wall"] / max(by[(m, pruner)]["epochs"], 1) for m in METHODS}
+        same, loader = (
+            per_epoch["danlu"] / per_epoch["hand_tensor"] - 1,
+            per_epoch["danlu"] / per_epoch["hand"] - 1,
+        )
         print(
-            f"\npruner={pruner}: danlu's time per epoch is {per_epoch['danlu'] / per_epoch['hand_tensor'] - 1:+.0%}"
-            f" over the hand-written script with the same batching, {per_epoch['danlu'] / per_epoch['hand'] - 1:+.0%}"
-            " over the DataLoader one (goal: at most +10%)"
+            f"\npruner={pruner}: danlu's time per epoch is {same:+.0%} over the hand-written script with the"
+            f" same batching, {loader:+.0%} over the DataLoader one (goal: at most +10%)"
         )
     rate = {j: 60 * r["trials"] / r["wall"] for j, r in jobs.items()}
     print("\n| danlu tune (whole command) | wall (s) | trials/min |")

@@ -40,6 +40,7 @@ RESUMABLE_CHANGES = (
     "train.precision",
     "train.tensorboard",
     "train.restore_best",
+    "train.checkpoint_every",
     "eval",
     "output",
     "tune",
@@ -60,8 +61,10 @@ class Run:
     ) -> dict[str, Any]:
         return evaluate(self.path, split=split, data=data, plots=plots)
 
-    def load(self) -> Predictor:
-        return Predictor(RunDir.open(self.path))
+    def load(self) -> Any:
+        from danlu.predict import load
+
+        return load(self.path)  # a Predictor, or a Recognizer for audio runs
 
     def predict(self, rows: Any) -> np.ndarray:
         return self.load().predict(rows)

@@ -303,6 +303,10 @@ class CTCModel(SpeechModel):
             raise DanluError(f"--chunk-length {seconds} s is too short for this model; use at least 1 s")
         return chunk, stride
 
+    def frames(self, n_samples: int, logits: Any) -> int:
+        """Output frames that n_samples of input make (transformers' rescale_stride rule)."""
+        return int(round(n_samples / self.align_to))
+
     def forward(self, batch: list[np.ndarray]) -> list[Any]:
         """Per-chunk logits (frames, vocab) as torch tensors; chunks in a batch have equal lengths."""
         raise NotImplementedError
@@ -323,7 +327,7 @@ class CTCModel(SpeechModel):
             with torch.inference_mode():
                 logits = self.forward([x for x, _, _ in items])
             for (x, left, right), lg in zip(items, logits, strict=True):
-                token_n = int(round(len(x) / self.align_to))
+                token_n = self.frames(len(x), lg)
                 lf = int(round(left / len(x) * token_n))
                 rf = int(round(right / len(x) * token_n))
                 lg = lg[lf : token_n - rf].float()
@@ -474,7 +478,10 @@ class HFCTCModel(CTCModel):
 
 
 class RunCTCModel(CTCModel):
-    """A danlu `task: speech_recognition` run folder, through its predictor."""
+    """A danlu `task: speech_recognition` run folder, through its predictor (danlu.models.ctc.Recognizer).
+
+    The predictor turns one chunk of samples into frame log-probabilities (blank at 0, then the
+    run's character vocabulary); chunking, stitching and decoding are the shared CTC code's."""
 
     kind = "danlu-ctc"
 
@@ -484,9 +491,10 @@ class RunCTCModel(CTCModel):
             meta = json.loads((path / "model.json").read_text(encoding="utf-8"))
         except (OSError, ValueError):
             meta = {}
+        schema = meta.get("schema", {}) if isinstance(meta, dict) else {}
         task = meta.get("task") if isinstance(meta, dict) else None
         task_type = task.get("type") if isinstance(task, dict) else task
-        if task_type != "speech_recognition":
+        if task_type != "speech_recognition" or schema.get("input_kind") != "audio":
             raise DanluError(
                 f"this run folder is not a speech model: '{path}' was trained for task "
                 f"'{task_type or '?'}'; transcribe takes a speech_recognition run or a speech model folder"
@@ -494,28 +502,23 @@ class RunCTCModel(CTCModel):
         from danlu.predict import load
 
         self.predictor = load(path)
-        p = self.predictor
-        self.sample_rate = int(getattr(p, "sample_rate", 16000))
-        self.stitch = all(hasattr(p, a) for a in ("ctc_log_probs", "ctc_vocab", "frame_seconds"))
-        if not self.stitch and not hasattr(p, "transcribe_samples"):
-            raise DanluError(f"this run folder is not a speech model: '{path}' has no CTC predictor")
-        if self.stitch:
-            self.labels = list(p.ctc_vocab)
-            self.align_to = max(1, int(round(float(p.frame_seconds) * self.sample_rate)))
+        if not hasattr(self.predictor, "transcribe"):
+            raise DanluError(f"this run folder is not a speech model: '{path}' has no speech recognizer")
+        self.sample_rate = int(self.predictor.sample_rate)
+        self.labels = ["", *self.predictor.task.vocab]  # blank first, " " separates words
+        probe = self.predictor.transcribe(np.zeros(10 * self.sample_rate, np.float32), self.sample_rate)
+        self.align_to = max(1, int(round(10 * self.sample_rate / max(len(probe.log_probs), 1))))
 
     def forward(self, batch: list[np.ndarray]) -> list[Any]:
-        return [self.predictor.ctc_log_probs(x) for x in batch]
+        import torch
+
+        return [torch.from_numpy(self.predictor.transcribe(x, self.sample_rate).log_probs) for x in batch]
+
+    def frames(self, n_samples: int, logits: Any) -> int:
+        return int(logits.shape[0])  # the run's front end rounds its own way
 
     def decode_greedy(self, ids: np.ndarray, want_words: bool) -> tuple[str, list[Word]]:
         return greedy_ctc(ids, self.labels, self.align_to / self.sample_rate)
-
-    def transcribe_chunks(self, chunks, duration, opts, progress):  # type: ignore[no-untyped-def]
-        if self.stitch:
-            return super().transcribe_chunks(chunks, duration, opts, progress)
-        audio = np.concatenate([c.samples[: len(c.samples)] for c in chunks(duration + 1.0, 0.0)])
-        text = str(self.predictor.transcribe_samples(audio))
-        progress(duration)
-        return text, [Segment(0.0, duration, text)] if text else [], None
 
 
 def greedy_ctc(ids: np.ndarray, labels: list[str], frame_seconds: float) -> tuple[str, list[Word]]:
@@ -707,6 +710,11 @@ class HFWhisperModel(SpeechModel):
                 raise DanluError(f"Whisper generation: {_one_line(e)}") from None
 
     def transcribe_chunks(self, chunks, duration, opts, progress):  # type: ignore[no-untyped-def]
+        if opts.timestamps == "word":
+            raise DanluError(
+                f"--timestamps word is not available for transformers Whisper folders ('{self.path}'); use "
+                "segment, or convert the model to CTranslate2 (ct2-transformers-converter) for faster-whisper"
+            )
         tok = self.processor.tokenizer
         segments: list[Segment] = []
         for block, keep_from, keep_to in _whisper_blocks(chunks, opts):
@@ -857,6 +865,8 @@ def expand_inputs(audio: list[str]) -> list[Job]:
     jobs: list[Job] = []
     for a in audio:
         if a == "-":
+            if sys.stdin.isatty():
+                raise DanluError("'-' reads audio from stdin, but stdin is a terminal; pipe a file in")
             data = sys.stdin.buffer.read()
             jobs.append(Job(data, "<stdin>", "stdin"))
             continue
@@ -912,7 +922,7 @@ def run_command(
     model = load_cached(model_ref, device=device, trust_remote_code=trust_remote_code)
     if opts.language is not None and isinstance(model, CTCModel):
         raise DanluError(f"--language is for Whisper models; '{model.path}' is a CTC model of one language")
-    with _progress(quiet, len(jobs), sum(durations.values())) as (advance_file, advance_audio):
+    with progress_bar(quiet, len(jobs), sum(durations.values())) as (advance_file, advance_audio):
         for i, j in enumerate(jobs):
             if isinstance(j.source, Path) and i not in durations:
                 advance_file()
@@ -943,7 +953,7 @@ def run_command(
     return len(failures)
 
 
-class _progress:
+class progress_bar:
     """A rich bar over files and audio seconds; nothing when quiet or not on a terminal."""
 
     def __init__(self, quiet: bool, files: int, seconds: float) -> None:

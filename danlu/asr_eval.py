@@ -212,9 +212,9 @@ def evaluate_manifest(
     utterances = []
     audio_seconds = elapsed = 0.0
     t_start = time.perf_counter()
-    from danlu.asr import _progress
+    from danlu.asr import progress_bar
 
-    with _progress(quiet, len(rows), 0.0) as (advance_file, _):
+    with progress_bar(quiet, len(rows), 0.0) as (advance_file, _):
         for row in rows:
             t = transcribe_one(model, row.audio, opts)
             ref, hyp = normalize(row.reference, steps), normalize(t.text, steps)

@@ -109,13 +109,13 @@ def evaluate(
     split: Annotated[str, typer.Option(help="Which split of the run's data: test, val or train.")] = "test",
     text: Annotated[
         Path | None,
-        typer.Option(help="Language models: loss and perplexity on this text file (RUN_DIR: any model reference)."),
+        typer.Option(help="Language models: loss and perplexity on this text (RUN_DIR: any model ref)."),
     ] = None,
     stride: Annotated[
-        int | None, typer.Option(help="Language models: tokens between window starts (default: half a window).")
+        int | None, typer.Option(help="Language models: tokens between window starts (default: half window).")
     ] = None,
     max_length: Annotated[
-        int | None, typer.Option(help="Language models: window length in tokens (default: the model's context).")
+        int | None, typer.Option(help="Language models: window length in tokens (default: model's context).")
     ] = None,
     trust_remote_code: Annotated[
         bool, typer.Option(help="Allow a Hugging Face model folder to run its own Python code.")
@@ -242,7 +242,7 @@ def runs(
 @app.command(epilog="Examples:\n\n  danlu init > my.yaml\n\n  danlu init csv --output my.yaml")
 def init(
     template: Annotated[
-        str, typer.Argument(help="tabular (a built-in dataset) or csv (your own file).")
+        str, typer.Argument(help="tabular (a built-in dataset), csv (your own file) or images.")
     ] = "tabular",
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="Write to this file instead of stdout.")
@@ -390,15 +390,17 @@ def _read_prompts(prompt: str | None, prompts: Path | None) -> list[str]:
 @app.command(
     epilog="Examples:\n\n  danlu export runs/shakespeare-20261124-101500 --format hf exported/\n\n"
     '  python -c "from transformers import AutoModelForCausalLM; '
-    "AutoModelForCausalLM.from_pretrained('exported')\""
+    "AutoModelForCausalLM.from_pretrained('exported')\"\n\n"
+    "  danlu export runs/sentiment-minilm-20261125-010000 --format hf classifier/"
 )
 def export(
-    run_dir: Annotated[Path, typer.Argument(help="A language-model run folder.")],
+    run_dir: Annotated[Path, typer.Argument(help="A language-model or pretrained_encoder run folder.")],
     out_dir: Annotated[Path, typer.Argument(help="New folder to write (must not exist or be empty).")],
-    format: Annotated[str, typer.Option("--format", "-f", help="hf: a Hugging Face GPT-2 folder.")] = "hf",
+    format: Annotated[str, typer.Option("--format", "-f", help="hf: a Hugging Face model folder.")] = "hf",
     debug: Debug = False,
 ) -> None:
-    """Export a run for other tools (hf: a transformers GPT-2 folder with its tokenizer)."""
+    """Export a run for other tools (hf: a transformers folder with its tokenizer: GPT-2 for
+    language models, AutoModelForSequenceClassification for fine-tuned encoders)."""
     with _errors(debug):
         from danlu.modelref import export_run
 
@@ -478,7 +480,9 @@ def transcribe(
     "under STUDY/trials/."
 )
 def tune(
-    config: Annotated[str, typer.Argument(help="Run config YAML with a tune: section, or 'show'.")],
+    config: Annotated[
+        str, typer.Argument(metavar="CONFIG", help="Run config YAML with a tune: section, or 'show'.")
+    ],
     study_ref: Annotated[
         str | None, typer.Argument(metavar="[STUDY]", help="With 'show': a study folder or storage URL.")
     ] = None,
@@ -504,7 +508,7 @@ def tune(
     refit: Annotated[
         bool, typer.Option(help="Retrain the best config on train+val and evaluate it on test.")
     ] = False,
-    top: Annotated[int, typer.Option(help="Rows of the leaderboard to print.")] = 20,
+    top: Annotated[int, typer.Option(help="With 'show': rows of the leaderboard to print.")] = 20,
     quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:

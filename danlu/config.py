@@ -209,6 +209,36 @@ class ImageDataConfig(Section):
     workers: int = Field(2, ge=0)  # DataLoader processes decoding from disk
 
 
+class TabularInputConfig(Section):
+    """Numeric and categorical columns of a multimodal row (data.inputs); unset options
+    follow data.encoding / data.missing / data.impute_numeric / data.scale."""
+
+    kind: Literal["tabular"] = "tabular"
+    columns: list[str] = Field(min_length=1)
+    categorical: list[str] | None = None  # default: the columns that do not look numeric
+    encoding: Literal["onehot", "embedding"] | None = None
+    missing: Literal["error", "impute"] | None = None  # impute: cells filled; missing only if all are
+    impute_numeric: Literal["mean", "median"] | None = None
+    scale: Literal["standard", "minmax", "none"] | None = None
+
+
+class TextFieldConfig(TextInputConfig):
+    """A text column of a multimodal row (data.inputs), tokenized like data.text."""
+
+    kind: Literal["text"] = "text"
+
+
+class ImageFieldConfig(ImageDataConfig):
+    """An image-path column of a multimodal row (data.inputs), decoded like data.images."""
+
+    kind: Literal["image"] = "image"
+
+
+InputConfig = Annotated[
+    TabularInputConfig | TextFieldConfig | ImageFieldConfig, Field(discriminator="kind")
+]
+
+
 class DataConfig(Section):
     """Tabular data: a built-in dataset, one file split by fractions, or one file per split."""
 
@@ -241,6 +271,34 @@ class DataConfig(Section):
     text: TextInputConfig | None = None
     sequence: SequenceInputConfig | None = None
     images: ImageDataConfig | None = None  # image inputs (danlu/data/images.py)
+    # several named inputs of one row, each with its kind, for model.type fusion (danlu/data/multimodal.py)
+    inputs: dict[str, InputConfig] | None = None
+    allow_missing: bool | list[str] = False  # inputs that may be empty in a row (true: all)
+
+    @model_validator(mode="after")
+    def _inputs(self) -> DataConfig:
+        if self.inputs is None:
+            if self.allow_missing:
+                raise ValueError("allow_missing names inputs of data.inputs; there are none")
+            return self
+        import re
+
+        if not self.inputs:
+            raise ValueError("data.inputs is empty; name at least one input")
+        others = [k for k in ("text", "sequence", "images", "audio", "features") if getattr(self, k)]
+        if others:
+            raise ValueError(f"data.inputs replaces data.{others[0]}; declare every input under data.inputs")
+        for name in self.inputs:
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+                raise ValueError(f"input name '{name}' must be letters, digits and _ (no dots or spaces)")
+        if isinstance(self.allow_missing, list):
+            for name in self.allow_missing:
+                if name not in self.inputs:
+                    raise ValueError(
+                        f"allow_missing: '{name}' is not an input{did_you_mean(name, self.inputs)};"
+                        f" inputs are: {', '.join(self.inputs)}"
+                    )
+        return self
 
     @model_validator(mode="after")
     def _one_source(self) -> DataConfig:
@@ -469,8 +527,75 @@ class ResNetConfig(Section):
         return self
 
 
+# what can encode one input of a fusion model: the single-input models (or user code)
+ENCODER_CONFIGS = {
+    "mlp": MLPConfig,
+    "cnn": CNNConfig,
+    "resnet": ResNetConfig,
+    "rnn": RNNConfig,
+    "transformer": TransformerConfig,
+    "pretrained_encoder": PretrainedEncoderConfig,
+}
+
+
+def _encoder_tag(v: Any) -> str | None:
+    t = v.get("type", "mlp") if isinstance(v, dict) else getattr(v, "type", None)
+    if not isinstance(t, str):
+        return None
+    if t in ENCODER_CONFIGS:
+        return t
+    return "custom" if ":" in t else None
+
+
+EncoderConfig = Annotated[
+    Annotated[MLPConfig, Tag("mlp")]
+    | Annotated[CNNConfig, Tag("cnn")]
+    | Annotated[ResNetConfig, Tag("resnet")]
+    | Annotated[RNNConfig, Tag("rnn")]
+    | Annotated[TransformerConfig, Tag("transformer")]
+    | Annotated[PretrainedEncoderConfig, Tag("pretrained_encoder")]
+    | Annotated[CustomModelConfig, Tag("custom")],
+    Discriminator(
+        _encoder_tag,
+        custom_error_type="unknown_encoder",
+        custom_error_message="unknown encoder type",
+    ),
+]
+
+
+class FusionConfig(Section):
+    """Several inputs (data.inputs), one encoder each, fused into one task head
+    (danlu/models/fusion.py). Each encoder's own output layer projects its input to `dim`
+    features; `fusion` combines them: concat (in the order of `encoders`), gated
+    (per-input sigmoid gates, summed) or attention (a Transformer layer over one token per
+    input, pooled by a learned query)."""
+
+    type: Literal["fusion"] = "fusion"
+    encoders: dict[str, EncoderConfig]
+    fusion: Literal["concat", "gated", "attention"] = "concat"
+    dim: int = Field(64, ge=1)  # features per input
+    heads: int = Field(4, ge=1)  # attention fusion
+    hidden: list[Annotated[int, Field(gt=0)]] = Field(default_factory=lambda: [64])  # the head
+    activation: str = "relu"
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+
+    @field_validator("activation")
+    @classmethod
+    def _known_activation(cls, v: str) -> str:
+        return _registered(ACTIVATIONS, v)
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> FusionConfig:
+        if not self.encoders:
+            raise ValueError("encoders is empty; give one encoder per input of data.inputs")
+        if self.fusion == "attention" and self.dim % self.heads:
+            raise ValueError(f"dim ({self.dim}) must be divisible by heads ({self.heads})")
+        return self
+
+
 MODEL_CONFIGS: dict[str, type[Section]] = {
     "mlp": MLPConfig,
+    "fusion": FusionConfig,
     "cnn": CNNConfig,
     "resnet": ResNetConfig,
     "gpt": GPTModelConfig,
@@ -503,6 +628,7 @@ ModelConfig = Annotated[
     | Annotated[Wav2Vec2CTCConfig, Tag("wav2vec2_ctc")]
     | Annotated[CNNConfig, Tag("cnn")]
     | Annotated[ResNetConfig, Tag("resnet")]
+    | Annotated[FusionConfig, Tag("fusion")]
     | Annotated[CustomModelConfig, Tag("custom")],
     Discriminator(
         _model_tag,
@@ -558,6 +684,7 @@ class TrainConfig(Section):
     monitor: str = "val.loss"
     early_stopping: EarlyStoppingConfig | None = Field(default_factory=EarlyStoppingConfig)
     restore_best: bool = True
+    checkpoint_every: float = Field(30.0, ge=0.0)  # seconds between `last` checkpoints (0: every eval)
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     tensorboard: bool = False
@@ -802,6 +929,17 @@ def _describe(err: dict[str, Any], raw: dict[str, Any]) -> str:
         return (
             f"model.type: unknown model '{t}'{did_you_mean(str(t), names)};"
             f" valid: {', '.join(names)} or 'package.module:Class'"
+        )
+    if kind in ("union_tag_invalid", "union_tag_not_found"):  # e.g. data.inputs.<name>.kind
+        ctx = err.get("ctx", {})
+        key, tag = ctx.get("discriminator", "'kind'").strip("'"), ctx.get("tag")
+        got = f"'{tag}' is not valid" if tag is not None else "is missing"
+        return f"{path}.{key}: {got}; choose from {ctx.get('expected_tags', 'tabular, text, image')}"
+    if kind == "unknown_encoder":
+        t = value.get("type") if isinstance(value, dict) else value
+        return (
+            f"{path}.type: '{t}' cannot encode an input{did_you_mean(str(t), ENCODER_CONFIGS)};"
+            f" valid: {', '.join(ENCODER_CONFIGS)} or 'package.module:Class'"
         )
     msg = err["msg"].removeprefix("Value error, ")
     if isinstance(value, dict | list) or value is None or repr(value) in msg or f"'{value}'" in msg:

@@ -738,7 +738,8 @@ def package_folder(ref: str) -> Path:
     except (ImportError, ValueError):
         spec = None
     if spec is None or not spec.submodule_search_locations:
-        raise DanluError(f"'{ref}': package '{package}' is not installed (pip install {package.replace('_', '-')})")
+        dist = package.replace("_", "-")
+        raise DanluError(f"'{ref}': package '{package}' is not installed (pip install {dist})")
     return Path(list(spec.submodule_search_locations)[0]) / sub
 
 

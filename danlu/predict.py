@@ -16,13 +16,13 @@ from danlu.errors import DanluError
 from danlu.run import RunDir
 from danlu.training.checkpoint import load_weights
 
-
 # preprocessors by the "kind" key of their saved state; tabular when there is none. Each
 # has from_state(state, run_dir), schema(), frame(rows) and dataset(frame, where, with_target)
 PREPROCESSORS = {
     "text": "danlu.data.sequences:TextPreprocessor",
     "sequence": "danlu.data.sequences:SequencePreprocessor",
     "image": "danlu.data.images:ImagePreprocessor",
+    "multimodal": "danlu.data.multimodal:MultimodalPreprocessor",
 }
 
 

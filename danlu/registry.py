@@ -79,6 +79,7 @@ MODELS = Registry(
         "mlp": "danlu.models.mlp:MLP",
         "cnn": "danlu.models.cnn:CNN",
         "resnet": "danlu.models.cnn:ResNet",
+        "fusion": "danlu.models.fusion:FusionModel",
     "gpt": "danlu.models.lm:gpt",
         "rnn": "danlu.models.rnn:RNNEncoder",
         "transformer": "danlu.models.transformer:TransformerEncoder",

@@ -10,7 +10,7 @@ runs/<name>-<YYYYmmdd-HHMMSS>/
   predictions.csv      the evaluated split's predictions
   report.md, plots/    tables and PNG plots
   tensorboard/         event files when train.tensorboard is on
-  tokenizer.json       language models: the fitted tokenizer (Hugging Face tokenizers format)
+  tokenizer.json       language models and text inputs: the tokenizer (Hugging Face tokenizers format)
   samples.md           language models: a sample of generated text at each evaluation
 """
 
@@ -45,7 +45,7 @@ class RunDir:
     report = property(lambda self: self.path / "report.md")
     plots = property(lambda self: self.path / "plots")
     tensorboard = property(lambda self: self.path / "tensorboard")
-    tokenizer = property(lambda self: self.path / "tokenizer.json")  # language models
+    tokenizer = property(lambda self: self.path / "tokenizer.json")  # language models, text inputs
     samples = property(lambda self: self.path / "samples.md")  # language models: text at each evaluation
 
     # ---- creating and opening

@@ -86,4 +86,56 @@ data:
     + _TRAIN_EVAL_OUTPUT
 )
 
-TEMPLATES = {"tabular": TABULAR, "csv": CSV}
+IMAGES = (
+    """\
+# danlu run config for images: `danlu train this.yaml`
+name: my-images
+seed: 0
+
+task:
+  type: auto                # classification for class folders; from the label column otherwise
+
+data:
+  path: images/             # a folder of class sub-folders (images/cat/*.png, images/dog/*.jpg),
+                            # a CSV with an image-path column (paths relative to the CSV),
+                            # an .npz (arrays x and y) or .npy (+ images.labels);
+                            # or source: digits_images (scikit-learn's 8x8 digits)
+  target: null              # CSV: the label column
+  split: {val: 0.1, test: 0.2, stratify: true}
+  images:
+    column: image           # CSV: the image-path column; .npz: the images array
+    size: null              # model input [H, W] or an int; null: the training images' size
+    resize: null            # resize to this first, then crop to size (random crop in training)
+    channels: auto          # auto | 1 | 3 (auto: 1 when every image is grayscale)
+    normalize: auto         # auto: per-channel mean/std of the training split | none
+    augment:                # training only, on whole batches
+      random_crop: null     # {padding: 4} or {scale: [0.6, 1.0], ratio: [0.75, 1.33]}
+      hflip: 0.0            # probability
+      rotation: 0.0         # degrees
+      translate: 0.0        # fraction of width/height
+      brightness: 0.0
+      contrast: 0.0
+      saturation: 0.0
+    in_memory: auto         # auto | true | false (false: decoded from disk by DataLoader workers)
+    memory_mb: 2048         # the budget for auto
+    workers: 2
+
+model:
+  type: cnn                 # cnn | resnet; input channels and classes come from the data
+  channels: [32, 64, 128]   # cnn: one conv block per entry, 2x2 pooling between blocks
+  kernel_size: 3
+  convs_per_block: 1
+  pooling: max              # max | avg | none
+  batch_norm: true
+  activation: relu
+  dropout: 0.0              # before the head (global average pooling -> linear)
+  # type: resnet
+  # blocks: [2, 2, 2]       # residual blocks per stage
+  # widths: [32, 64, 128]   # channels per stage
+  # stem: auto              # small (3x3) | large (7x7/2 + max pool); auto: large from 96 px
+
+"""
+    + _TRAIN_EVAL_OUTPUT[_TRAIN_EVAL_OUTPUT.index("train:") :]
+)
+
+TEMPLATES = {"tabular": TABULAR, "csv": CSV, "images": IMAGES}

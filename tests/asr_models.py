@@ -14,16 +14,23 @@ import numpy as np
 CHARS = list("abcdefghijklmnopqrstuvwxyz'")
 
 
-def make_wav2vec2(folder: Path, hidden: int = 32, layers: int = 2, seed: int = 0) -> Path:
-    """A random Wav2Vec2ForCTC with a character vocabulary and its processor (the introduction's recipe)."""
+def make_wav2vec2(
+    folder: Path, hidden: int = 32, layers: int = 2, seed: int = 0, arch: str = "wav2vec2"
+) -> Path:
+    """A random Wav2Vec2ForCTC with a character vocabulary and its processor (the introduction's recipe).
+
+    arch: "wav2vec2", "hubert" or "wavlm" (the same recipe with that model class)."""
     import torch
+    import transformers
     from transformers import (
-        Wav2Vec2Config,
         Wav2Vec2CTCTokenizer,
         Wav2Vec2FeatureExtractor,
-        Wav2Vec2ForCTC,
         Wav2Vec2Processor,
     )
+
+    prefix = {"wav2vec2": "Wav2Vec2", "hubert": "Hubert", "wavlm": "WavLM"}[arch]
+    config_class = getattr(transformers, f"{prefix}Config")
+    model_class = getattr(transformers, f"{prefix}ForCTC")
 
     folder.mkdir(parents=True, exist_ok=True)
     vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3, "|": 4}
@@ -37,7 +44,7 @@ def make_wav2vec2(folder: Path, hidden: int = 32, layers: int = 2, seed: int = 0
         feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=True, return_attention_mask=False
     )
     torch.manual_seed(seed)
-    cfg = Wav2Vec2Config(
+    cfg = config_class(
         vocab_size=len(vocab),
         hidden_size=hidden,
         num_hidden_layers=layers,
@@ -48,7 +55,7 @@ def make_wav2vec2(folder: Path, hidden: int = 32, layers: int = 2, seed: int = 0
         num_conv_pos_embedding_groups=2,
         pad_token_id=0,
     )
-    model = Wav2Vec2ForCTC(cfg).eval()
+    model = model_class(cfg).eval()
     with torch.no_grad():
         # spread the head so frames disagree and the blank does not win everywhere: a non-empty,
         # varied transcript makes the comparison with transformers meaningful
@@ -127,6 +134,11 @@ def make_whisper(folder: Path, seed: int = 0, max_length: int = 24) -> Path:
         decoder_start_token_id=ids["<|startoftranscript|>"],
     )
     model = WhisperForConditionalGeneration(cfg).eval()
+    with torch.no_grad():
+        # a random decoder repeats one token forever; larger embeddings (tied to the output
+        # projection) and position embeddings make it say varied things
+        model.model.decoder.embed_tokens.weight.mul_(3.0)
+        model.model.decoder.embed_positions.weight.normal_(0.0, 0.5)
     model.generation_config = GenerationConfig(
         decoder_start_token_id=ids["<|startoftranscript|>"],
         eos_token_id=ids[eot],

@@ -389,6 +389,9 @@ def test_cli_train_evaluate_predict_on_a_csv_of_image_paths(run_cli, write_confi
         p[0], row[["proba_circle", "proba_square", "proba_triangle"]].to_numpy()[0], atol=1e-5
     )
     assert predictor.predict(one)[0] == row["prediction"].item()
+    # evaluate on a labelled folder (class sub-folders) instead of the run's split
+    summary = danlu.evaluate(run, data=folder, plots=False)
+    assert summary["rows"] == 48 and summary["metrics"]["accuracy"] >= 0.0
 
 
 def test_npz_trains_and_predicts_through_the_api(tmp_path: Path) -> None:
@@ -438,24 +441,20 @@ def test_bad_image_folders(run_cli, write_config, tmp_path):
 @pytest.mark.parametrize("in_memory", [True, False])
 def test_corrupt_image_is_named(run_cli, write_config, tmp_path, in_memory):
     root = write_folder(tmp_path / "imgs", per_class=6)
-    good = (root / "a" / "01.png").read_bytes()
-    (root / "b" / "broken.png").write_bytes(good[: len(good) // 2])  # truncated PNG: the header is fine
-    (root / "b" / "00.bmp").unlink()
-    cfg = write_config(
-        {
-            "data": {
-                "path": str(root),
-                "split": {"val": 0.0, "test": 0.0},
-                "images": {"in_memory": in_memory, "workers": 1},
-            },
-            "model": {"type": "cnn"},
-            "train": {"monitor": "train.loss"},
-        }
-    )
-    line = assert_user_error(run_cli("train", cfg), "broken.png", "cannot read image")
+    if in_memory:  # not an image at all: found when the files are opened
+        (root / "b" / "broken.png").write_bytes(b"this is no image at all")
+        expected = "corrupt or not an image"
+    else:  # a truncated PNG: the header is fine, decoding fails in a DataLoader worker
+        good = (root / "a" / "01.png").read_bytes()
+        (root / "b" / "broken.png").write_bytes(good[: len(good) // 2])
+        expected = "cannot read image"
+    body = {
+        "data": {"path": str(root), "split": {"val": 0.0, "test": 0.0}, "images": {"in_memory": in_memory}},
+        "model": {"type": "cnn"},
+        "train": {"monitor": "train.loss"},
+    }
+    line = assert_user_error(run_cli("train", write_config(body)), "broken.png", expected)
     assert not (tmp_path / "runs").exists(), line
-    (root / "b" / "broken.png").write_bytes(b"this is no image at all")
-    assert_user_error(run_cli("train", cfg), "broken.png", "corrupt or not an image")
 
 
 def test_image_column_missing(run_cli, write_config, tmp_path, shapes_csv):
@@ -471,6 +470,12 @@ def test_image_column_missing(run_cli, write_config, tmp_path, shapes_csv):
 
 
 # --------------------------------------------------------------------------- examples
+def test_init_images_template_is_a_valid_config() -> None:
+    text = config.template("images")
+    cfg = config.validate(__import__("yaml").safe_load(text))
+    assert cfg.model.type == "cnn" and cfg.data.images is not None and cfg.data.path == "images/"
+
+
 def test_digits_cnn_example(tmp_path: Path) -> None:
     import time
 

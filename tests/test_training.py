@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -180,11 +181,33 @@ def test_tensorboard_event_files(tmp_path: Path) -> None:
 def test_checkpoints_are_safetensors_and_weights_only(tmp_path: Path) -> None:
     run = danlu.train(cfg(tmp_path, train__epochs=2), progress="quiet")
     ck = run.path / "checkpoints"
-    for name in ("last", "best"):
-        assert (ck / f"{name}.safetensors").is_file()
-        state = torch.load(ck / f"{name}.state.pt", weights_only=True)
-        assert {"optimizer", "rng", "trainer"} <= set(state)
+    assert (ck / "best.safetensors").is_file()  # the best weights, restored at the end
+    assert (ck / "last.safetensors").is_file()
+    state = torch.load(ck / "last.state.pt", weights_only=True)  # resuming continues from last
+    assert {"optimizer", "rng", "trainer"} <= set(state)
+    assert state["trainer"]["step"] == run.history[-1]["step"]
     assert not list(run.path.rglob("*.tmp"))
+
+
+def test_last_checkpoint_is_throttled_but_always_final(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from danlu.training import checkpoint
+
+    written: list[int] = []
+    real = checkpoint.save
+
+    def spy(*args: Any, **kwargs: Any) -> None:
+        written.append(kwargs["trainer"]["step"])
+        real(*args, **kwargs)
+
+    monkeypatch.setattr(checkpoint, "save", spy)
+    run = danlu.train(cfg(tmp_path, train__epochs=6), progress="quiet")  # epochs take milliseconds
+    steps = [int(r["step"]) for r in run.history]
+    assert written == [steps[0], steps[-1]]  # the first evaluation, then the end
+    written.clear()
+    run = danlu.train(cfg(tmp_path, train__epochs=3, train__checkpoint_every=0), progress="quiet")
+    assert written == [int(r["step"]) for r in run.history]  # 0: every evaluation
 
 
 def test_ddp_two_processes(tmp_path: Path) -> None:

@@ -173,6 +173,10 @@ def test_tuned_tutorial_beats_the_introductions_grid(tmp_path):
     dropout and optimizer must pick a config at least as accurate on the test split. Each
     search selects its best trial by validation loss, as a user would; then we compare the
     test accuracy of the two selected runs (evaluated on the same 200 test rows)."""
+    # the example is the introduction's setup (examples/tutorial.yaml) plus its tune section
+    base = config_mod.load(TUTORIAL).to_dict()
+    intro = config_mod.load(REPO / "examples" / "tutorial.yaml").to_dict()
+    assert base.pop("tune")["space"] and intro.pop("tune") is None and base == intro
     common = [
         "train.epochs=100",
         "train.early_stopping.patience=10",
@@ -337,15 +341,37 @@ def test_resume_continues_to_the_trial_count(tmp_path):
     assert sorted(r["trial"] for r in second.trials) == [0, 1, 2, 3]
     assert len({r["train.lr"] for r in second.trials}) == 4
     assert {r["train.lr"] for r in first.trials} <= {r["train.lr"] for r in second.trials}
-    again = danlu.tune(cfg, trials=4, resume=True, progress="quiet")  # nothing left to do
+    # nothing left to do but --refit: the best config retrained on train+val, scored on test
+    again = danlu.tune(cfg, trials=4, resume=True, refit=True, progress="quiet")
     assert len(again.trials) == 4
+    best_run = yaml.safe_load((again.best_run / "model.json").read_text())
+    refit = yaml.safe_load((again.refit.path / "model.json").read_text())
+    assert refit["sizes"] == {"train": best_run["sizes"]["train"] + best_run["sizes"]["val"],
+                              "test": best_run["sizes"]["test"]}  # fmt: skip
+    assert again.refit.metrics["split"] == "test" and again.refit.path == again.study_dir / "refit"
+    assert again.refit.config.train.lr == pytest.approx(again.best_params["train.lr"])
+    assert len(again.refit.history) == best_run["best_epoch"]  # as long as the best trial's best epoch
+
+
+def test_timeout_stops_starting_trials(tmp_path):
+    cfg = small_tune_config(tmp_path, {"space": {"train.lr": {"log_float": [1e-3, 0.1]}}, "trials": 500})
+    result = danlu.tune(cfg, timeout="1s", progress="quiet")
+    assert 1 <= len(result.trials) < 500
+    assert (
+        config_mod.TuneConfig(timeout="1h30m").timeout == 5400
+        and config_mod.TuneConfig(timeout=90).timeout == 90
+    )
+    with pytest.raises(danlu.DanluError, match="not a duration"):
+        config_mod.load({"data": {"source": "iris"}, "tune": {"timeout": "soon"}})
 
 
 # --------------------------------------------------------------------------- CLI end to end, --jobs 2
 def test_cli_end_to_end_with_two_jobs(tmp_path):
     space = {"train.lr": {"log_float": [1e-3, 0.1]}, "model.hidden": {"choice": [[8], [16, 8]]}}
-    cfg = small_tune_config(tmp_path, {"space": space, "trials": 4})
-    result = cli("tune", cfg, "--jobs", "2", "--set", "eval.plots=true", cwd=tmp_path, timeout=240)
+    cfg = small_tune_config(tmp_path, {"trials": 4})  # the space comes from its own file
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump(space), encoding="utf-8")
+    args = ["--space", "space.yaml", "--jobs", "2", "--set", "eval.plots=true"]
+    result = cli("tune", cfg, *args, cwd=tmp_path, timeout=240)
     assert result.returncode == 0, result.stderr
     study = tmp_path / "runs" / "t-tune"
     trial_lines = [line for line in result.stderr.splitlines() if line.startswith("trial ")]
@@ -372,8 +398,8 @@ def test_cli_end_to_end_with_two_jobs(tmp_path):
     assert shown.returncode == 0, shown.stderr
     assert "rank" in shown.stdout and "complete" in shown.stdout and "best config:" in shown.stdout
     assert f"│ {top['trial']}" in shown.stdout.split("\n", 4)[3]  # the best trial is ranked first
-    bad = cli("tune", "show", tmp_path / "nope", cwd=tmp_path)
-    assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "nope" in bad.stderr
+    assert_one_line_error(invoke("tune", "show", tmp_path / "nope"), "nope", "no such study folder")
+    assert_one_line_error(invoke("tune", "show", tmp_path), "not a danlu study folder")
 
 
 # ------------------------------------------------------------------ PostgreSQL: two processes, one study

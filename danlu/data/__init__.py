@@ -36,6 +36,10 @@ def build(
     cfg: DataConfig, task_type: str, seed: int, model_cfg: Any = None, pretrained: Any = None
 ) -> Prepared:
     """Read, split (train/val/test), fit preprocessing on train, and tensorize."""
+    if cfg.inputs is not None:  # several named inputs of one row (danlu/data/multimodal.py)
+        from danlu.data import multimodal
+
+        return multimodal.build(cfg, task_type, seed, model_cfg)
     if cfg.audio is not None or task_type == "speech_recognition":
         from danlu.data import speech
 

@@ -348,11 +348,27 @@ class ImagePreprocessor:
     def load(self, items: Sequence[Any], where: str = "input") -> torch.Tensor:
         """Paths, PIL images or arrays (H x W, H x W x C, C x H x W) -> stored images
         (N, C, H, W) at the decoded size: uint8 for 8-bit data, else float in [0, 1]."""
+        if self.workers and len(items) > 1024 and all(isinstance(p, str) for p in items):
+            return self._load_files(list(items))
         out = [self._one(item, where) for item in items]
         dtypes = {t.dtype for t in out}
         if len(dtypes) > 1:
             out = [t.float() / 255 if t.dtype == torch.uint8 else t for t in out]
         return torch.stack(out) if out else torch.zeros(0, self.channels, *self.resize, dtype=torch.uint8)
+
+    def _load_files(self, files: list[str]) -> torch.Tensor:
+        """Many files: decoded by `workers` DataLoader processes, in order."""
+        single = ImagePreprocessor(**{**self.__dict__, "workers": 0})
+        chunks = [list(range(i, min(i + 256, len(files)))) for i in range(0, len(files), 256)]
+        loader = torch.utils.data.DataLoader(
+            _Files(single, files), batch_sampler=chunks, num_workers=self.workers, collate_fn=_collate
+        )
+        out = []
+        for batch in loader:
+            if isinstance(batch, str):
+                raise DanluError(batch)
+            out.append(batch)
+        return torch.cat(out)
 
     def _one(self, item: Any, where: str) -> torch.Tensor:
         if isinstance(item, str | Path):
@@ -577,6 +593,19 @@ def _collate(items: list[torch.Tensor | str]) -> torch.Tensor | str:
     return errors[0] if errors else torch.stack(items)  # type: ignore[arg-type]
 
 
+class _Plan:
+    """The batch sampler of the on-disk loader: this epoch's batches, set before iterating."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[int]] = []
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
 class ImageBatches:
     """One epoch's batches from batch `start` on. The order is TensorBatches' (a permutation
     seeded by (seed, epoch), sharded rank::world), so in-memory and on-disk sets, and a
@@ -600,6 +629,7 @@ class ImageBatches:
             raise ValueError(f"{len(split)} rows cannot be shared by {world} processes")
         self.images = split.images.to(self.device) if split.images is not None else None
         self.y = split.y.to(self.device)
+        self._plan, self._loader = _Plan(), None
 
     def __len__(self) -> int:
         return -(-self.rows // self.batch_size)
@@ -627,14 +657,17 @@ class ImageBatches:
             for idx in index:
                 yield self.images[idx.to(self.images.device)]
             return
-        loader = torch.utils.data.DataLoader(
-            _Files(self.split.pre, self.split.files or []),
-            batch_sampler=[idx.tolist() for idx in index],
-            num_workers=self.split.workers,
-            collate_fn=_collate,
-            pin_memory=self.device.type == "cuda",
-        )
-        for raw in loader:
+        if self._loader is None:  # one loader, its workers kept from epoch to epoch
+            self._loader = torch.utils.data.DataLoader(
+                _Files(self.split.pre, self.split.files or []),
+                batch_sampler=self._plan,
+                num_workers=self.split.workers,
+                collate_fn=_collate,
+                pin_memory=self.device.type == "cuda",
+                persistent_workers=self.split.workers > 0,
+            )
+        self._plan.batches = [idx.tolist() for idx in index]
+        for raw in self._loader:
             if isinstance(raw, str):
                 raise DanluError(raw)
             yield raw

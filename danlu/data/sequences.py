@@ -280,15 +280,20 @@ class TextPreprocessor:
                     f" {limit} positions ({folder}); use at most {limit}"
                 )
             tok, kind = pretrained_tokenizer(folder), "pretrained"
-            pretrained = {"base": str(model_cfg.path), "folder": str(folder.resolve()),
-                          "config": config.to_dict()}
+            pretrained = {
+                "base": str(model_cfg.path),
+                "folder": str(folder.resolve()),
+                "config": config.to_dict(),
+            }
         elif tc.tokenizer in ("auto", *TOKENIZERS):
             kind = "word" if tc.tokenizer == "auto" else tc.tokenizer
             tok = fit_tokenizer(kind, texts, tc)
         else:
             tok, kind = _given_tokenizer(tc.tokenizer), "file"
         pad = _pad_id(tok)
-        pre = cls(tc.column, kind, tc.max_length, tc.truncation, tc.padding, pad or 0, target, pretrained, tok)
+        pre = cls(
+            tc.column, kind, tc.max_length, tc.truncation, tc.padding, pad or 0, target, pretrained, tok
+        )
         pre._configure()
         return pre
 
@@ -371,12 +376,17 @@ class TextPreprocessor:
 
     def state(self) -> dict[str, Any]:
         keep = ("column", "tokenizer", "max_length", "truncation", "padding", "pad_id", "pretrained", "kind")
-        return {**{k: getattr(self, k) for k in keep}, "target": self.target.state(), "file": "tokenizer.json"}
+        return {
+            **{k: getattr(self, k) for k in keep},
+            "target": self.target.state(),
+            "file": "tokenizer.json",
+        }
 
     def save_files(self, run_dir: Path) -> None:
         from danlu import fileio
+        from danlu.run import RunDir
 
-        fileio.write_text(Path(run_dir) / "tokenizer.json", self.tok.to_str())
+        fileio.write_text(RunDir(run_dir).tokenizer, self.tok.to_str())
 
     @classmethod
     def from_state(cls, state: dict[str, Any], run_dir: Path) -> TextPreprocessor:
@@ -441,8 +451,15 @@ class SequencePreprocessor:
         sc = cfg.sequence
         rows = _arrays(df, sc.column, where)
         n_features = rows[0].shape[1]
-        pre = cls(sc.column, sc.max_length, sc.truncation, n_features, [0.0] * n_features,
-                  [1.0] * n_features, target)
+        pre = cls(
+            sc.column,
+            sc.max_length,
+            sc.truncation,
+            n_features,
+            [0.0] * n_features,
+            [1.0] * n_features,
+            target,
+        )
         pre._check(rows, df, where)
         if sc.scale:
             flat = np.concatenate(rows)
@@ -592,9 +609,13 @@ def build(
     """Fit on frames["train"]; every split as SequenceData."""
     train = frames["train"]
     target = TabularPreprocessor.fit(train, cfg, task_type, targets, where("train"), [], [])
-    if getattr(model_cfg, "type", "") not in ("rnn", "transformer", "pretrained_encoder", "custom", None) and not (
-        ":" in str(getattr(model_cfg, "type", ""))
-    ):
+    if getattr(model_cfg, "type", "") not in (
+        "rnn",
+        "transformer",
+        "pretrained_encoder",
+        "custom",
+        None,
+    ) and ":" not in str(getattr(model_cfg, "type", "")):
         raise DanluError(
             f"model.type: '{model_cfg.type}' does not read {'text' if cfg.text else 'sequences'};"
             " use rnn, transformer" + (" or pretrained_encoder" if cfg.text else "")
@@ -604,7 +625,9 @@ def build(
         pre = TextPreprocessor.fit(train, cfg, target, where("train"), model_cfg)
     else:
         if getattr(model_cfg, "type", "") == "pretrained_encoder":
-            raise DanluError("model.type: pretrained_encoder reads text; numeric sequences take rnn or transformer")
+            raise DanluError(
+                "model.type: pretrained_encoder reads text; numeric sequences take rnn or transformer"
+            )
         pre = SequencePreprocessor.fit(train, cfg, target, where("train"))
     splits = {name: pre.dataset(df, where(name)) for name, df in frames.items()}
     return pre.schema(), pre, splits

@@ -165,13 +165,14 @@ class CTCModel(nn.Module):
 
 # --------------------------------------------------------------------------- audio classification
 class AudioCNN(nn.Module):
-    """Conv3x3-BatchNorm-ReLU-MaxPool blocks over (time, mel), mean over mel bins, then mean
-    and max over the real frames of each clip, and a linear classifier."""
+    """Conv3x3-BatchNorm-ReLU-MaxPool blocks over (time, mel); each remaining frame keeps its
+    channels x mel bins (the spectral shape), then mean and max over the clip's real frames
+    feed a linear classifier."""
 
     def __init__(self, cfg: Any, schema: Any, out_dim: int) -> None:
         super().__init__()
         blocks: list[nn.Module] = []
-        c = 1
+        c, f = 1, schema.feature_dim
         for width in cfg.channels:
             blocks.append(
                 nn.Sequential(
@@ -181,20 +182,20 @@ class AudioCNN(nn.Module):
                     nn.MaxPool2d(2, ceil_mode=True),
                 )
             )
-            c = width
+            c, f = width, (f + 1) // 2
         self.blocks = nn.ModuleList(blocks)
         self.drop = nn.Dropout(cfg.dropout)
-        self.head = nn.Linear(2 * c, out_dim)
+        self.head = nn.Linear(2 * c * f, out_dim)
 
     def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         x = features.unsqueeze(1)
         for block in self.blocks:
             x = block(x.masked_fill(~_mask(lengths, x.shape[2])[:, None, :, None], 0.0))
             lengths = (lengths + 1) // 2
-        x = x.mean(3)  # (B, C, T')
-        mask = _mask(lengths.clamp(min=1), x.shape[2])[:, None, :]
-        mean = x.masked_fill(~mask, 0.0).sum(2) / mask.sum(2)
-        peak = x.masked_fill(~mask, float("-inf")).amax(2)
+        x = x.permute(0, 2, 1, 3).flatten(2)  # (B, T', C * F')
+        mask = _mask(lengths.clamp(min=1), x.shape[1])[:, :, None]
+        mean = x.masked_fill(~mask, 0.0).sum(1) / mask.sum(1)
+        peak = x.masked_fill(~mask, float("-inf")).amax(1)
         return self.head(self.drop(torch.cat([mean, peak], dim=1)))
 
 
@@ -328,6 +329,10 @@ class Recognizer:
         logits = self._forward(waveform, sample_rate)
         proba = self.task.decode(logits.float())[0]
         return {name: float(p) for name, p in zip(self.schema.class_names, proba, strict=True)}
+
+    def predict(self, paths: Any) -> list[str]:
+        """Transcripts (or class names) of audio files, folders or a manifest's files."""
+        return self.predict_frame(paths)["prediction"].tolist()
 
     def predict_frame(self, paths: Any, proba: bool = False) -> Any:
         """Audio files (or folders, or a manifest with an `audio` column) -> a table of

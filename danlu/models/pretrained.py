@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -66,7 +67,9 @@ class PretrainedEncoder(nn.Module):
         super().__init__()
         info = getattr(schema, "pretrained", None)
         if getattr(schema, "input_kind", "") != "text" or not info:
-            raise DanluError("model.type pretrained_encoder reads a text column: add data.text: {column: ...}")
+            raise DanluError(
+                "model.type pretrained_encoder reads a text column: add data.text: {column: ...}"
+            )
         from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
 
         self.cfg, self.out_dim = cfg, out_dim
@@ -133,7 +136,9 @@ class PretrainedEncoder(nn.Module):
 
         lc = self.cfg.lora
         assert lc is not None
-        linear = sorted({n.rsplit(".", 1)[-1] for n, m in self.hf.named_modules() if isinstance(m, nn.Linear)})
+        linear = sorted(
+            {n.rsplit(".", 1)[-1] for n, m in self.hf.named_modules() if isinstance(m, nn.Linear)}
+        )
         for target in lc.target_modules:
             if target not in linear:
                 raise DanluError(
@@ -143,7 +148,9 @@ class PretrainedEncoder(nn.Module):
         config = LoraConfig(
             r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout, target_modules=list(lc.target_modules)
         )
-        self.hf = get_peft_model(self.hf, config)
+        with warnings.catch_warnings():  # peft calls a transformers API deprecated in v5
+            warnings.simplefilter("ignore", FutureWarning)
+            self.hf = get_peft_model(self.hf, config)
 
     def saved_keys(self) -> set[str] | None:
         """The weights the run folder keeps: all for full fine-tuning, else what trained."""
@@ -162,8 +169,11 @@ class PretrainedEncoder(nn.Module):
             wd = p.ndim >= 2 and weight_decay > 0
             g = groups.setdefault(
                 (d, wd),
-                {"params": [], "weight_decay": weight_decay if wd else 0.0,
-                 "lr": lr * decay ** (self.n_layers + 1 - d)},
+                {
+                    "params": [],
+                    "weight_decay": weight_decay if wd else 0.0,
+                    "lr": lr * decay ** (self.n_layers + 1 - d),
+                },
             )
             g["params"].append(p)
         return [groups[k] for k in sorted(groups, key=lambda k: (-k[0], not k[1]))]
@@ -197,8 +207,12 @@ class PretrainedEncoder(nn.Module):
             tok = AutoTokenizer.from_pretrained(str(tokenizer_dir), trust_remote_code=False)
         else:
             tok = PreTrainedTokenizerFast(
-                tokenizer_file=str(tokenizer_file), unk_token="[UNK]", pad_token="[PAD]",
-                cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]",
+                tokenizer_file=str(tokenizer_file),
+                unk_token="[UNK]",
+                pad_token="[PAD]",
+                cls_token="[CLS]",
+                sep_token="[SEP]",
+                mask_token="[MASK]",
             )
         tok.save_pretrained(str(out_dir))
 

@@ -25,7 +25,9 @@ class RNNEncoder(nn.Module):
         self.pooling = cfg.pooling
         if kind == "text":
             self.embed: nn.Module | None = nn.Embedding(
-                schema.vocab_size, cfg.embedding_dim, padding_idx=schema.pad_id  # type: ignore[attr-defined]
+                schema.vocab_size,
+                cfg.embedding_dim,
+                padding_idx=schema.pad_id,  # type: ignore[attr-defined]
             )
             n_in = cfg.embedding_dim
         else:

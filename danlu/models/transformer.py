@@ -86,6 +86,8 @@ class TransformerEncoder(nn.Module):
         self.norm = nn.LayerNorm(d) if cfg.pre_norm else nn.Identity()
         self.head = nn.Linear(d, out_dim)
         self.apply(_init)
+        if self.cls is not None:
+            nn.init.normal_(self.cls, std=0.02)
 
     def forward(
         self,

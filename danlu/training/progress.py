@@ -73,7 +73,7 @@ class Progress:
         if now >= self._next:
             self._next = now + REFRESH_SECONDS
             rate = _rate(self._items / max(now - self._since, 1e-9), self.unit)
-            self._bar.update(self._task, completed=i + 1, info=f"loss {float(loss):.4f}  {rate}")
+            self._bar.update(self._task, completed=i + 1, info=f"loss {float(loss.detach()):.4f}  {rate}")
 
     def end_epoch(self, row: dict[str, Any], improved: bool) -> None:
         if self._bar is not None:

@@ -203,18 +203,31 @@ def fit(
         )
         state = TrainerState(**saved)
 
-    def save(name: str) -> None:
-        if dist.is_main:
+    last_written = {"step": -1, "at": time.perf_counter()}
+
+    def save_last(force: bool = False) -> None:
+        """checkpoints/last (weights + optimizer, scheduler, RNG, position): every evaluation
+        at first, then at most every `checkpoint_every` seconds (pickling the whole state
+        each epoch of a tiny model costs more than the epoch), and always at the end and on
+        Ctrl-C. A crash loses at most that long; metrics.csv is written every evaluation."""
+        due = time.perf_counter() - last_written["at"] >= cfg.checkpoint_every
+        if dist.is_main and state.step != last_written["step"] and (force or due):
             checkpoint.save(
                 model,
                 run.checkpoints,
-                name,
+                "last",
                 optimizer=optimizer,
                 scheduler=scheduler,
                 scaler=scaler,
                 trainer=state.__dict__,
             )
-            run.write_history(state.history)
+            last_written.update(step=state.step, at=time.perf_counter())
+
+    def save_best() -> None:
+        # weights only: the best model is restored at the end, never resumed from
+        if dist.is_main:
+            tag = f"{state.step}:{state.epoch}:{state.batch}"
+            checkpoint.save_weights(model, run.checkpoints / "best.safetensors", {"tag": tag})
 
     max_steps = cfg.max_steps or math.inf
     # contexts entered every step: build them once (an autocast object costs microseconds)
@@ -265,8 +278,10 @@ def fit(
         loss_sum, count, started = torch.zeros((), device=device), 0, time.perf_counter()
         stopped_early = cfg.early_stopping is not None and state.bad_epochs >= cfg.early_stopping.patience
         if improved:
-            save("best")
-        save("last")
+            save_best()
+        if dist.is_main:
+            run.write_history(state.history)
+        save_last(force=last_written["step"] < 0)
         if writer is not None:
             for k, v in row.items():
                 writer.add_scalar(k, v, state.step)
@@ -315,7 +330,7 @@ def fit(
                 state.batch = i + 1
                 if stop.requested:
                     state.loss_sum, state.loss_count = float(loss_sum), count
-                    save("last")
+                    save_last(force=True)
                     raise Interrupted(run, state.epoch, state.step)
                 if (cfg.eval_every and state.step % cfg.eval_every == 0) or state.step >= max_steps:
                     evaluate_and_log(bar)
@@ -332,6 +347,8 @@ def fit(
                 f"early stopping: {cfg.monitor} has not improved for {state.bad_epochs}"
                 f" evaluations; best {state.best:.4g} at step {state.history[state.best_epoch]['step']:.0f}"
             )
+
+    save_last(force=True)  # no-op when the last evaluation already wrote it
 
     # ---- finish: the best weights (not the last) are the model, unless told otherwise
     if cfg.restore_best and state.best_epoch >= 0 and (run.checkpoints / "best.safetensors").is_file():

