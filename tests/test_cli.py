@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -200,3 +202,19 @@ def test_regression_diabetes_predictions_in_target_units(run_cli, write_config, 
     assert pred.std() > 0.1 * y.std()  # not a constant
     metrics = json.loads((run / "metrics.json").read_text())["metrics"]
     assert "rmse" in metrics or "mse" in metrics
+
+
+def test_help_and_a_tabular_run_import_no_heavy_packages(tmp_path: Path) -> None:
+    # DESIGN.md: `danlu --help` and a tabular run must not import transformers, optuna,
+    # faster-whisper and the like (seconds of start-up each)
+    code = (
+        "import sys, danlu, danlu.cli\n"
+        "danlu.train({'data': {'source': 'iris'}, 'train': {'epochs': 2},"
+        f" 'output': {{'dir': {str(tmp_path)!r}}}}}, progress='quiet')\n"
+        "heavy = ['transformers', 'optuna', 'faster_whisper', 'ctranslate2', 'peft',"
+        " 'soundfile', 'tokenizers', 'jiwer']\n"
+        "loaded = [m for m in heavy if m in sys.modules]\n"
+        "assert not loaded, loaded\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
