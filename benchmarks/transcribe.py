@@ -122,11 +122,13 @@ def long_file(path: Path, minutes: float, sentences: list[Path] | None) -> Path:
 def peak_rss_mb(args: list[str]) -> tuple[float, float]:
     """(peak RSS in MB, seconds) of `python -m danlu ARGS` in a fresh process."""
     code = (
-        "import resource, runpy, sys, time; sys.argv = ['danlu', *sys.argv[1:]]; t = time.perf_counter()\n"
+        "import runpy, sys, time; sys.argv = ['danlu', *sys.argv[1:]]; t = time.perf_counter()\n"
         "try:\n    runpy.run_module('danlu', run_name='__main__')\n"
         "except SystemExit as e:\n    assert not e.code, e.code\n"
-        "print('RESULT', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, time.perf_counter() - t,"
-        " file=sys.stderr)"
+        # VmHWM, not ru_maxrss: a child forked from this (large) process starts its ru_maxrss
+        # at the parent's size, which hid the transcription's own peak in the first run
+        "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1]\n"
+        "print('RESULT', int(hwm) / 1024, time.perf_counter() - t, file=sys.stderr)"
     )
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     r = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env)
