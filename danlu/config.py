@@ -538,13 +538,19 @@ ENCODER_CONFIGS = {
 }
 
 
-def _encoder_tag(v: Any) -> str | None:
+def _type_tag(v: Any, known: dict[str, Any]) -> str | None:
+    """The union member a model section belongs to: its `type` when known, "custom" for
+    "package.module:Class"."""
     t = v.get("type", "mlp") if isinstance(v, dict) else getattr(v, "type", None)
     if not isinstance(t, str):
         return None
-    if t in ENCODER_CONFIGS:
+    if t in known:
         return t
     return "custom" if ":" in t else None
+
+
+def _encoder_tag(v: Any) -> str | None:
+    return _type_tag(v, ENCODER_CONFIGS)
 
 
 EncoderConfig = Annotated[
@@ -609,12 +615,7 @@ MODEL_CONFIGS: dict[str, type[Section]] = {
 
 
 def _model_tag(v: Any) -> str | None:
-    t = v.get("type", "mlp") if isinstance(v, dict) else getattr(v, "type", None)
-    if not isinstance(t, str):
-        return None
-    if t in MODEL_CONFIGS:
-        return t
-    return "custom" if ":" in t else None
+    return _type_tag(v, MODEL_CONFIGS)
 
 
 ModelConfig = Annotated[

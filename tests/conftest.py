@@ -181,3 +181,39 @@ def mixed_run(tmp_path_factory: pytest.TempPathFactory) -> TrainedRun:
 
 def run_files(run: Path) -> list[str]:
     return sorted(str(p.relative_to(run)) for p in run.rglob("*") if p.is_file())
+
+
+TINY_SENTENCES = [
+    "The quick brown fox jumps over the lazy dog.",
+    "A furnace turns base metal into gold, or so the alchemists said.",
+    "Language models predict the next token from the tokens before it.",
+    "Once upon a time there was a tiny model that wrote tiny stories.",
+]
+EOS_TEXT = "<|endoftext|>"
+
+
+def make_tiny_gpt2(path: Path, **config: Any) -> Path:
+    """A tiny random GPT-2 folder (2 layers, 32-dim, 48 positions; `config` overrides) with a
+    byte-level BPE tokenizer trained on TINY_SENTENCES, written with save_pretrained."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=320,
+        special_tokens=[EOS_TEXT],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(TINY_SENTENCES, trainer)
+    hf_tok = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS_TEXT, bos_token=EOS_TEXT)
+    eos = hf_tok.convert_tokens_to_ids(EOS_TEXT)
+    torch.manual_seed(0)
+    settings = dict(n_positions=48, n_embd=32, n_layer=2, n_head=2, bos_token_id=eos, eos_token_id=eos)
+    GPT2LMHeadModel(GPT2Config(vocab_size=len(hf_tok), **{**settings, **config})).eval().save_pretrained(
+        path, safe_serialization=True
+    )
+    hf_tok.save_pretrained(path)
+    return path

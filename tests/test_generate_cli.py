@@ -15,28 +15,20 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import _env
+from conftest import TINY_SENTENCES as SENTENCES
+from conftest import _env, make_tiny_gpt2
 
 pytest.importorskip("transformers", reason="transformers is not installed (pip install 'danlu[hf]')")
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # noqa: E402
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers  # noqa: E402
 from transformers import (  # noqa: E402
     AutoTokenizer,
-    GPT2Config,
     GPT2LMHeadModel,
-    PreTrainedTokenizerFast,
 )
 
 import danlu  # noqa: E402
 from danlu.errors import DanluError  # noqa: E402
 from danlu.models.gpt import GPT, GPTConfig  # noqa: E402
 
-SENTENCES = [
-    "The quick brown fox jumps over the lazy dog.",
-    "A furnace turns base metal into gold, or so the alchemists said.",
-    "Language models predict the next token from the tokens before it.",
-    "Once upon a time there was a tiny model that wrote tiny stories.",
-]
-EOS_TEXT = "<|endoftext|>"
 HUB_OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 
 
@@ -68,33 +60,8 @@ def one_line_error(result: subprocess.CompletedProcess[str], *needles: str) -> s
 @pytest.fixture(scope="module")
 def hf_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny GPT-2 folder: config.json, model.safetensors, tokenizer files."""
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=320,
-        special_tokens=[EOS_TEXT],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(SENTENCES, trainer)
-    hf_tok = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS_TEXT, bos_token=EOS_TEXT)
-    eos = hf_tok.convert_tokens_to_ids(EOS_TEXT)
-    torch.manual_seed(0)
-    config = GPT2Config(
-        vocab_size=len(hf_tok),
-        n_positions=48,
-        n_embd=32,
-        n_layer=2,
-        n_head=2,
-        bos_token_id=eos,
-        eos_token_id=eos,
-        initializer_range=0.2,  # peaked logits: greedy choices are not decided by rounding
-    )
-    path = tmp_path_factory.mktemp("tiny-gpt2")
-    GPT2LMHeadModel(config).eval().save_pretrained(path, safe_serialization=True)
-    hf_tok.save_pretrained(path)
-    return path
+    # peaked logits: greedy choices are not decided by rounding
+    return make_tiny_gpt2(tmp_path_factory.mktemp("tiny-gpt2"), initializer_range=0.2)
 
 
 def hf_greedy(path: Path, prompt: str, max_new_tokens: int) -> str:

@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import cli
+from conftest import TINY_SENTENCES as SENTENCES
+from conftest import cli, make_tiny_gpt2
 
 pytest.importorskip("transformers", reason="transformers is not installed (pip install 'danlu[hf]')")
 from safetensors.torch import load_file  # noqa: E402
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # noqa: E402
-from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast  # noqa: E402
+from transformers import GPT2LMHeadModel, PreTrainedTokenizerFast  # noqa: E402
 
 import danlu  # noqa: E402
 from danlu.config import TrainConfig  # noqa: E402
@@ -28,39 +28,11 @@ from danlu.evaluation.perplexity import text_perplexity, windows  # noqa: E402
 from danlu.modelref import resolve_lm  # noqa: E402
 from danlu.training.optim import build_optimizer, build_scheduler  # noqa: E402
 
-SENTENCES = [
-    "The quick brown fox jumps over the lazy dog.",
-    "A furnace turns base metal into gold, or so the alchemists said.",
-    "Language models predict the next token from the tokens before it.",
-    "Once upon a time there was a tiny model that wrote tiny stories.",
-]
-EOS = "<|endoftext|>"
-
 
 @pytest.fixture(scope="module")
 def hf_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random GPT-2 folder with a byte-level BPE tokenizer (48 positions)."""
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=320,
-        special_tokens=[EOS],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(SENTENCES, trainer)
-    hf_tok = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, bos_token=EOS)
-    eos = hf_tok.convert_tokens_to_ids(EOS)
-    torch.manual_seed(0)
-    config = GPT2Config(
-        vocab_size=len(hf_tok), n_positions=48, n_embd=32, n_layer=2, n_head=2,
-        bos_token_id=eos, eos_token_id=eos,
-    )
-    path = tmp_path_factory.mktemp("tiny-gpt2")
-    GPT2LMHeadModel(config).eval().save_pretrained(path, safe_serialization=True)
-    hf_tok.save_pretrained(path)
-    return path
+    return make_tiny_gpt2(tmp_path_factory.mktemp("tiny-gpt2"))
 
 
 def write_yaml(path: Path, body: dict) -> Path:

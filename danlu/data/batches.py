@@ -25,6 +25,33 @@ class BatchSource(Protocol):
     def epoch(self, epoch: int, start: int = 0) -> Iterator[Batch]: ...
 
 
+def epoch_order(
+    n: int, rows: int, *, shuffle: bool, seed: int, epoch: int, rank: int = 0, world: int = 1
+) -> tuple[torch.Tensor, torch.Generator | None]:
+    """This rank's rows of one epoch: a permutation seeded by (seed, epoch), or file order
+    when not shuffling; every rank takes `rows` of them (rank::world) so DDP steps stay in
+    lockstep. The generator comes back for sources that shuffle further (length buckets)."""
+    generator = None
+    if shuffle:
+        generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+        order = torch.randperm(n, generator=generator)
+    else:
+        order = torch.arange(n)
+    return order[rank : rows * world : world], generator
+
+
+def length_buckets(
+    order: torch.Tensor, lengths: torch.Tensor, batch_size: int, generator: torch.Generator, bucket: int = 50
+) -> list[torch.Tensor]:
+    """Batches of rows of similar length: `order` sorted by `lengths` (per row of the split)
+    within windows of `bucket` batches, then the batches shuffled, so padding is small
+    while every epoch still differs."""
+    out: list[torch.Tensor] = []
+    for window in order.split(batch_size * bucket):
+        out.extend(window[torch.argsort(lengths[window], descending=True, stable=True)].split(batch_size))
+    return [out[i] for i in torch.randperm(len(out), generator=generator).tolist()]
+
+
 def batches(
     data: Any,
     batch_size: int,
@@ -72,13 +99,11 @@ class TensorBatches:
     def epoch(self, epoch: int, start: int = 0) -> Iterator[Batch]:
         """Batches of one epoch from batch `start` on; the order depends only on
         (seed, epoch), which is what makes resuming mid-epoch exact."""
-        n = len(self.y)
-        if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-            order = torch.randperm(n, generator=g)
-        else:
-            order = torch.arange(n)
-        order = order[self.rank : self.rows * self.world : self.world].to(self.y.device)
+        order, _ = epoch_order(
+            len(self.y), self.rows, shuffle=self.shuffle, seed=self.seed, epoch=epoch, rank=self.rank,
+            world=self.world,
+        )
+        order = order.to(self.y.device)
         bs = self.batch_size
         if self._bytes() > GATHER_ONCE_BYTES:
             # e.g. every offset of a text as a window (views of one tensor): gathering the

@@ -29,6 +29,7 @@ import torch
 
 from danlu.config import DataConfig, ImageDataConfig
 from danlu.data import transforms as T
+from danlu.data.batches import epoch_order
 from danlu.data.tabular import Schema, TabularPreprocessor, TensorData, infer_task, read_table
 from danlu.errors import DanluError, did_you_mean
 
@@ -635,13 +636,11 @@ class ImageBatches:
         return -(-self.rows // self.batch_size)
 
     def order(self, epoch: int) -> torch.Tensor:
-        n = len(self.split)
-        if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-            order = torch.randperm(n, generator=g)
-        else:
-            order = torch.arange(n)
-        return order[self.rank : self.rows * self.world : self.world]
+        order, _ = epoch_order(
+            len(self.split), self.rows, shuffle=self.shuffle, seed=self.seed, epoch=epoch, rank=self.rank,
+            world=self.world,
+        )
+        return order
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor]]:
         order, bs = self.order(epoch), self.batch_size

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from danlu.data.batches import epoch_order
 from danlu.data.tabular import Schema, TabularPreprocessor, TensorData, looks_numeric, read_table
 from danlu.errors import DanluError, did_you_mean
 
@@ -189,13 +190,11 @@ class MultimodalBatches:
         return -(-self.rows // self.batch_size)
 
     def order(self, epoch: int) -> torch.Tensor:
-        n = len(self.data)
-        if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-            order = torch.randperm(n, generator=g)
-        else:
-            order = torch.arange(n)
-        return order[self.rank : self.rows * self.world : self.world]
+        order, _ = epoch_order(
+            len(self.data), self.rows, shuffle=self.shuffle, seed=self.seed, epoch=epoch, rank=self.rank,
+            world=self.world,
+        )
+        return order
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor]]:
         order, bs = self.order(epoch), self.batch_size

@@ -25,7 +25,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from danlu.data.tabular import TabularPreprocessor, _row_numbers
+from danlu.data.batches import epoch_order, length_buckets
+from danlu.data.tabular import SchemaMethods, TabularPreprocessor, _row_numbers
 from danlu.errors import DanluError, did_you_mean
 
 PAD, UNK = "[PAD]", "[UNK]"
@@ -36,7 +37,7 @@ BUCKET = 50  # batches' worth of rows sorted by length together when shuffling
 
 # --------------------------------------------------------------------------- schema
 @dataclass
-class SequenceSchema:
+class SequenceSchema(SchemaMethods):
     """What a sequence model is sized from."""
 
     task: str  # classification | regression
@@ -55,20 +56,6 @@ class SequenceSchema:
     def features(self) -> list[str]:
         return [self.column]
 
-    @property
-    def n_classes(self) -> int:
-        return len(self.classes or [])
-
-    @property
-    def class_names(self) -> list[str]:
-        return [str(c) for c in self.classes or []]
-
-    def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> SequenceSchema:
-        return cls(**d)
 
 
 # --------------------------------------------------------------------------- split data
@@ -133,18 +120,13 @@ class SequenceBatches:
         return -(-self.rows // self.batch_size)
 
     def _order(self, epoch: int) -> list[torch.Tensor]:
-        n, bs = len(self.data), self.batch_size
-        if not self.shuffle:
-            order = torch.arange(n)[self.rank : self.rows * self.world : self.world]
-            return list(order.split(bs))
-        g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-        order = torch.randperm(n, generator=g)[self.rank : self.rows * self.world : self.world]
-        lengths = self.data.lengths[order]
-        chunks = []
-        for part, lens in zip(order.split(bs * BUCKET), lengths.split(bs * BUCKET), strict=True):
-            chunks.append(part[torch.argsort(lens, descending=True, stable=True)])
-        batches = list(torch.cat(chunks).split(bs))
-        return [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
+        order, g = epoch_order(
+            len(self.data), self.rows, shuffle=self.shuffle, seed=self.seed, epoch=epoch, rank=self.rank,
+            world=self.world,
+        )
+        if g is None:
+            return list(order.split(self.batch_size))
+        return length_buckets(order, self.data.lengths, self.batch_size, g, BUCKET)
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor]]:
         for rows in self._order(epoch)[start:]:

@@ -22,6 +22,8 @@ import pandas as pd
 import torch
 
 from danlu.config import AudioDataConfig, DataConfig
+from danlu.data.batches import epoch_order, length_buckets
+from danlu.data.tabular import SchemaMethods
 from danlu.errors import DanluError, did_you_mean
 
 SPEAKER_PATTERNS = {"fsdd": r"^\d+_([^_]+)_\d+"}  # digit_speaker_index.wav
@@ -31,7 +33,7 @@ EVAL_BATCH = 64  # evaluation batches are capped: utterances are padded to the l
 
 # --------------------------------------------------------------------------- schema
 @dataclass
-class SpeechSchema:
+class SpeechSchema(SchemaMethods):
     """What an audio run's model is sized from: feature width, and the character vocabulary
     (speech_recognition, id = index + 1, 0 is the blank) or the classes (classification)."""
 
@@ -44,20 +46,6 @@ class SpeechSchema:
     targets: list[str] = field(default_factory=lambda: ["text"])
     input_kind: str = "audio"
 
-    @property
-    def n_classes(self) -> int:
-        return len(self.classes or [])
-
-    @property
-    def class_names(self) -> list[str]:
-        return [str(c) for c in self.classes or []]
-
-    def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> SpeechSchema:
-        return cls(**d)
 
 
 # --------------------------------------------------------------------------- features
@@ -637,17 +625,13 @@ class SpeechBatches:
 
     def plan(self, epoch: int) -> list[torch.Tensor]:
         """The epoch's batches as index tensors, fixed by (seed, epoch)."""
-        n, bs = len(self.data), self.batch_size
-        if not self.shuffle:
-            order = torch.arange(n)[self.rank : self.rows * self.world : self.world]
-            return list(order.split(bs))
-        g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-        order = torch.randperm(n, generator=g)[self.rank : self.rows * self.world : self.world]
-        out: list[torch.Tensor] = []
-        for window in order.split(bs * 50):
-            by_length = window[torch.argsort(self.lengths[window], descending=True, stable=True)]
-            out.extend(by_length.split(bs))
-        return [out[i] for i in torch.randperm(len(out), generator=g).tolist()]
+        order, g = epoch_order(
+            len(self.data), self.rows, shuffle=self.shuffle, seed=self.seed, epoch=epoch, rank=self.rank,
+            world=self.world,
+        )
+        if g is None:
+            return list(order.split(self.batch_size))
+        return length_buckets(order, self.lengths, self.batch_size, g)
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor]]:
         plan = self.plan(epoch)

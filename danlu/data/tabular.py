@@ -123,20 +123,11 @@ def load_builtin(name: str, params: dict[str, Any]) -> tuple[pd.DataFrame, list[
 
 
 # --------------------------------------------------------------------------- schema
-@dataclass
-class Schema:
-    """What the data holds: the model and task are sized from this, never by hand."""
+class SchemaMethods:
+    """What every kind of Schema (tabular, sequence, speech) answers the same way; the
+    dataclass below each holds its own fields."""
 
-    task: str  # "classification" | "regression"
-    features: list[str]
-    numeric: list[str]
-    categorical: list[str]
-    n_inputs: int  # width of the float input `x` (numeric + one-hot)
-    cat_cardinalities: list[int]  # embedding encoding: rows per categorical column
-    targets: list[str]
-    classes: list[Any] | None = None  # classification: label values in index order
-    input_kind: str = "tabular"
-    image_shape: list[int] | None = None  # images: [channels, height, width]
+    classes: list[Any] | None
 
     @property
     def n_classes(self) -> int:
@@ -150,8 +141,24 @@ class Schema:
         return dict(self.__dict__)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Schema:
+    def from_dict(cls, d: dict[str, Any]) -> Any:
         return cls(**d)
+
+
+@dataclass
+class Schema(SchemaMethods):
+    """What the data holds: the model and task are sized from this, never by hand."""
+
+    task: str  # "classification" | "regression"
+    features: list[str]
+    numeric: list[str]
+    categorical: list[str]
+    n_inputs: int  # width of the float input `x` (numeric + one-hot)
+    cat_cardinalities: list[int]  # embedding encoding: rows per categorical column
+    targets: list[str]
+    classes: list[Any] | None = None  # classification: label values in index order
+    input_kind: str = "tabular"
+    image_shape: list[int] | None = None  # images: [channels, height, width]
 
 
 @dataclass
