@@ -130,7 +130,9 @@ class Options:
     """Decoding options shared by every model kind (None: the model's own default)."""
 
     language: str | None = None
-    beam_size: int | None = None  # CTC: 1 = greedy (default); Whisper: faster-whisper's 5, HF's config
+    # CTC: 1 = greedy (default; a danlu run: its task.decoder, a lexicon kept); Whisper: faster-whisper's
+    # 5, HF's config
+    beam_size: int | None = None
     timestamps: str = "segment"
     chunk_length: float | None = None  # CTC chunk seconds (default 30); Whisper: block seconds (300)
     batch_size: int | None = None  # CTC chunks per forward pass (default CTC_BATCH)
@@ -283,6 +285,12 @@ class SpeechModel:
         """chunks(chunk_seconds, overlap_seconds) streams the audio; returns text, segments, language."""
         raise NotImplementedError
 
+    def describe_decoder(self, opts: Options) -> str:
+        """The decoding `opts` select, in words (stated in evaluation outputs)."""
+        if opts.beam_size is None:
+            return "the model's own generation settings"
+        return "greedy" if opts.beam_size == 1 else f"beam search, beam {opts.beam_size}"
+
 
 # -- CTC
 
@@ -317,8 +325,9 @@ class CTCModel(SpeechModel):
     def transcribe_chunks(self, chunks, duration, opts, progress):  # type: ignore[no-untyped-def]
         import torch
 
-        beam = (opts.beam_size or 1) > 1 or opts.kenlm or opts.hotwords
-        decoder = self._beam_decoder(opts) if beam else None
+        own = self.own_decoder(opts)
+        beam = own is None and ((opts.beam_size or 1) > 1 or opts.kenlm or opts.hotwords)
+        decoder = self._beam_decoder(opts) if beam else own
         chunk, stride = self.chunk_lengths(opts.chunk_length)
         kept: list[Any] = []  # per chunk: argmax ids (greedy) or log-probs (beam), overlap dropped
         pending: list[tuple[np.ndarray, int, int]] = []
@@ -355,11 +364,37 @@ class CTCModel(SpeechModel):
         if not kept:
             return "", [], None
         want_words = opts.timestamps != "none"
-        if decoder is not None:
+        if own is not None:
+            text, words = self._own_decode(own, np.concatenate(kept, 0))
+        elif decoder is not None:
             text, words = self._beam_decode(decoder, np.concatenate(kept, 0), opts)
         else:
             text, words = self.decode_greedy(np.concatenate(kept, 0), want_words)
         return text, _segments_from_words(text, words, duration, opts.timestamps), None
+
+    def own_decoder(self, opts: Options) -> Any:
+        """A decoder of the model's own (danlu.ctc_decode.CTCDecoder) that replaces greedy and
+        pyctcdecode decoding; None: those."""
+        return None
+
+    def describe_decoder(self, opts: Options) -> str:
+        own = self.own_decoder(opts)
+        if own is not None:
+            return own.describe()
+        if (opts.beam_size or 1) > 1 or opts.kenlm or opts.hotwords:
+            extra = (", KenLM " + Path(opts.kenlm).name if opts.kenlm else "") + (
+                ", hotwords" if opts.hotwords else ""
+            )
+            return f"pyctcdecode beam search, beam {opts.beam_size or 1}{extra}"
+        return "greedy (best path)"
+
+    def _own_decode(self, decoder: Any, logprobs: np.ndarray) -> tuple[str, list[Word]]:
+        best = decoder.decode(logprobs)
+        fs = self.align_to / self.sample_rate
+        words = [
+            Word(_t(a * fs), _t(b * fs), w) for w, a, b in decoder.words_with_frames(best, len(logprobs))
+        ]
+        return decoder.text(best.ids), words
 
     def _beam_decoder(self, opts: Options) -> Any:
         import logging
@@ -506,13 +541,24 @@ class RunCTCModel(CTCModel):
             raise DanluError(f"this run folder is not a speech model: '{path}' has no speech recognizer")
         self.sample_rate = int(self.predictor.sample_rate)
         self.labels = ["", *self.predictor.task.vocab]  # blank first, " " separates words
-        probe = self.predictor.transcribe(np.zeros(10 * self.sample_rate, np.float32), self.sample_rate)
-        self.align_to = max(1, int(round(10 * self.sample_rate / max(len(probe.log_probs), 1))))
+        probe = self.predictor.log_probs(np.zeros(10 * self.sample_rate, np.float32), self.sample_rate)
+        self.align_to = max(1, int(round(10 * self.sample_rate / max(len(probe), 1))))
 
     def forward(self, batch: list[np.ndarray]) -> list[Any]:
-        import torch
+        return [self.predictor.log_probs(x, self.sample_rate) for x in batch]
 
-        return [torch.from_numpy(self.predictor.transcribe(x, self.sample_rate).log_probs) for x in batch]
+    def own_decoder(self, opts: Options) -> Any:
+        """The run's task.decoder (a lexicon keeps its words), its beam set by --beam-size; KenLM
+        or hotwords go through pyctcdecode instead."""
+        from danlu.ctc_decode import CTCDecoder
+
+        d = self.predictor.task.decoder
+        if opts.kenlm or opts.hotwords:
+            return None
+        if opts.beam_size is not None:
+            kind = "beam" if opts.beam_size > 1 or d.trie is not None else "greedy"
+            d = CTCDecoder(d.vocab, kind, opts.beam_size, d.words if d.trie is not None else None)
+        return None if d.kind == "greedy" else d
 
     def frames(self, n_samples: int, logits: Any) -> int:
         return int(logits.shape[0])  # the run's front end rounds its own way
@@ -598,6 +644,9 @@ class FasterWhisperModel(SpeechModel):
                 f"cannot load the CTranslate2 Whisper model in '{path}': {_one_line(e)}"
             ) from None
         self.sample_rate = int(self.model.feature_extractor.sampling_rate)
+
+    def describe_decoder(self, opts: Options) -> str:
+        return f"faster-whisper beam search, beam {opts.beam_size or 5}"
 
     def transcribe_chunks(self, chunks, duration, opts, progress):  # type: ignore[no-untyped-def]
         segments: list[Segment] = []
@@ -847,6 +896,26 @@ def transcribe(
 # ---------------------------------------------------------------------------- the command
 
 
+def limit_heap_growth() -> None:
+    """Keep the memory of a long transcription flat (glibc only; `danlu transcribe` calls this, the
+    Python API leaves the process's allocator alone).
+
+    After a large buffer is freed glibc raises its mmap threshold (up to 32 MB), so later model
+    activations come from the heap, which fragments: over a 30-minute file the resident size crept
+    from 600 to 700 MB and kept growing. A fixed 1 MB threshold keeps large buffers in mmap,
+    returned to the system when freed (peak 576 MB at 5 and at 30 minutes)."""
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD; setting it also stops the dynamic raise
+    except (OSError, AttributeError):  # musl and others: no mallopt, nothing to do
+        pass
+
+
 @dataclass
 class Job:
     source: Path | bytes
@@ -907,6 +976,7 @@ def run_command(
         raise choose_from(output_format, OUTPUT_FORMATS, "--output-format")
     opts = make_options(**options)
     jobs = expand_inputs(audio)
+    limit_heap_growth()
     failures: list[str] = []
     durations: dict[int, float] = {}
     for i, j in enumerate(jobs):  # headers first: unreadable files are reported before the model loads

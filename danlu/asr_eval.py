@@ -258,6 +258,7 @@ def evaluate_manifest(
         "manifest": str(manifest),
         "normalization": list(steps),
         "options": {k: v for k, v in vars(opts).items() if v is not None},
+        "decoder": model.describe_decoder(opts),
         "metrics": metrics,
         "worst": sorted(utterances, key=lambda u: (-u["wer"], u["row"]))[:WORST],
         "utterances": utterances,
@@ -276,6 +277,8 @@ def report(result: dict[str, Any]) -> str:
         "",
         f"Model `{result['model']}` ({result['model_kind']}) on manifest `{result['manifest']}`: "
         f"{m['utterances']} utterances, {m['audio_seconds'] / 60:.1f} min of audio.",
+        "",
+        f"Decoder: {result['decoder']}.",
         "",
         f"Normalization before scoring: {norm} (lower = lower-case, punct = punctuation removed, "
         "numbers = digits written as words).",
@@ -307,7 +310,10 @@ def print_summary(result: dict[str, Any], echo: Any) -> None:
 
     m = result["metrics"]
     norm = ", ".join(result["normalization"]) or "none"
-    echo(f"{m['utterances']} utterances, {m['audio_seconds']:.1f} s of audio; normalization: {norm}")
+    echo(
+        f"{m['utterances']} utterances, {m['audio_seconds']:.1f} s of audio; normalization: {norm}; "
+        f"decoder: {result['decoder']}"
+    )
     table = Table("metric", "value")
     for k in ("wer", "cer", "rtf"):
         table.add_row(k, f"{m[k]:.4f}")

@@ -40,6 +40,22 @@ class Section(BaseModel):
 
 
 # --------------------------------------------------------------------------- task
+class DecoderConfig(Section):
+    """How a speech_recognition run turns frame probabilities into text (danlu/ctc_decode.py):
+    `greedy` (best path) or `beam` (CTC prefix beam search); `lexicon: train` keeps the beam
+    to words seen in the training transcripts (saved with the model)."""
+
+    type: Literal["greedy", "beam"] = "greedy"
+    beam_size: int = Field(16, ge=1)
+    lexicon: Literal["train"] | None = None
+
+    @model_validator(mode="after")
+    def _lexicon_needs_beam(self) -> DecoderConfig:
+        if self.lexicon is not None and self.type != "beam":
+            raise ValueError("lexicon decoding is a beam search; set type: beam")
+        return self
+
+
 class TaskConfig(Section):
     """What is predicted and how it is scored. Loss `auto` picks from the data."""
 
@@ -53,6 +69,8 @@ class TaskConfig(Section):
     sample_tokens: int = Field(200, ge=0)
     sample_prompt: str = "\n"
     sample_temperature: float = Field(0.8, ge=0.0)
+    # speech recognition: greedy or (lexicon) beam search decoding
+    decoder: DecoderConfig = Field(default_factory=DecoderConfig)
 
     @field_validator("loss")
     @classmethod
@@ -347,7 +365,7 @@ class LoraConfig(Section):
 
 
 # the architecture of a checkpoint named by `from`; the config may not contradict it
-GPT_ARCHITECTURE = ("n_layer", "n_head", "n_embd", "bias", "tie_embeddings")
+GPT_ARCHITECTURE = ("n_layer", "n_head", "n_embd", "bias", "tie_embeddings", "activation")
 
 
 class GPTModelConfig(Section):
@@ -369,6 +387,8 @@ class GPTModelConfig(Section):
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     bias: bool = True  # GPT-2 has biases; keeps the export loadable by transformers
     tie_embeddings: bool = True
+    # exact GELU (nanoGPT's, and cheaper on CPU); GPT-2 checkpoints bring gelu_tanh
+    activation: Literal["gelu", "gelu_tanh"] = "gelu"
     lora: LoraConfig | None = None
 
     @model_validator(mode="after")
@@ -688,6 +708,9 @@ class TrainConfig(Section):
     checkpoint_every: float = Field(30.0, ge=0.0)  # seconds between `last` checkpoints (0: every eval)
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    # torch.compile the training step's model: pays on GPUs after a warm-up of about a
+    # minute; on CPU small models gain little (measured in BENCHMARKS.md)
+    compile: bool = False
     tensorboard: bool = False
 
     @field_validator("optimizer")

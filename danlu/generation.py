@@ -212,10 +212,12 @@ def _cast(model: GPT, dtype: str | None) -> GPT:
 
 
 def _left_pad(
-    model: GPT, input_ids: list[list[int]], opts: GenerationOptions, repeat: int, pad: int
+    model: GPT, input_ids: list[list[int]], opts: GenerationOptions, repeat: int, pad: int, slide: bool
 ) -> tuple[torch.Tensor, torch.Tensor | None, int]:
     """(token ids (rows, P), key mask (rows, P + max_new_tokens) or None, P) with each
-    prompt repeated `repeat` times; the mask is None when no prompt is padded."""
+    prompt repeated `repeat` times; the mask is None when no prompt is padded. With `slide`
+    the text may outgrow the context (each token then sees the last block_size tokens), so
+    only the prompt has to fit; without it, prompt and new tokens together."""
     if (
         not isinstance(input_ids, list | tuple)
         or not input_ids
@@ -223,11 +225,11 @@ def _left_pad(
     ):
         raise DanluError("input_ids must be a non-empty list of token-id lists")
     cfg = model.config
-    limit = cfg.block_size - opts.max_new_tokens
+    limit = cfg.block_size if slide else cfg.block_size - opts.max_new_tokens
     if limit < 1:
         raise DanluError(
             f"max_new_tokens {opts.max_new_tokens} leaves no room for a prompt in the model's "
-            f"block_size {cfg.block_size}; use at most {cfg.block_size - 1}"
+            f"block_size {cfg.block_size} with beam search; use at most {cfg.block_size - 1}"
         )
     prompts = []
     for i, p in enumerate(input_ids):
@@ -235,10 +237,12 @@ def _left_pad(
             raise DanluError(f"prompt {i} is empty; give at least one token")
         if len(p) > limit:
             if not opts.truncate_prompt:
+                room = f"block_size {cfg.block_size}" if slide else (
+                    f"block_size {cfg.block_size} - max_new_tokens {opts.max_new_tokens}"
+                )
                 raise DanluError(
-                    f"prompt {i} has {len(p)} tokens but block_size {cfg.block_size} - "
-                    f"max_new_tokens {opts.max_new_tokens} allows at most {limit}; shorten it, "
-                    "lower max_new_tokens or set truncate_prompt=True"
+                    f"prompt {i} has {len(p)} tokens but {room} allows at most {limit}; shorten it"
+                    " or set truncate_prompt=True"
                 )
             p = p[-limit:]  # keep the most recent context
         prompts.append(list(p))
@@ -333,7 +337,7 @@ class _Run:
         self.pad = _pad_id(model, opts, pad_token_id)
         self.model = _cast(model, opts.dtype)
         self.idx, self.mask, self.prompt_len = _left_pad(
-            self.model, input_ids, opts, opts.num_return_sequences, self.pad
+            self.model, input_ids, opts, opts.num_return_sequences, self.pad, slide=True
         )
         rows = self.idx.shape[0]
         self.model.optimize_for_decoding(rows)
@@ -371,8 +375,10 @@ class _Run:
             seen.scatter_(1, marks, True)
         stop_window = max((len(s) for s in opts.stop), default=0) + 8
 
+        block = model.config.block_size
         with torch.inference_mode():
-            cache = KVCache(model.config, rows, P + opts.max_new_tokens, param.dtype, param.device)
+            length = min(P + opts.max_new_tokens, block)
+            cache = KVCache(model.config, rows, length, param.dtype, param.device)
             logits = model(
                 self.idx,
                 attention_mask=None if mask is None else mask[:, :P],
@@ -406,7 +412,15 @@ class _Run:
             with torch.inference_mode():
                 if seen is not None:
                     seen.scatter_(1, tokens[:, None], True)
-                logits = _decode_step(model, tokens[:, None], mask, next_pos, cache)
+                if cache.length < block:
+                    logits = _decode_step(model, tokens[:, None], mask, next_pos, cache)
+                else:
+                    # past the context: as nanoGPT's sample.py, run the last block_size
+                    # tokens afresh (learned positions shift, so cached keys are stale)
+                    end = P + t + 1
+                    window = torch.cat([self.idx, self.out[:, : t + 1]], dim=1)[:, end - block : end]
+                    window_mask = None if mask is None else mask[:, end - block : end]
+                    logits = model(window, attention_mask=window_mask, last_only=True)
 
     def _check_stop(self, t: int, alive: list[bool], finished: torch.Tensor, window: int) -> None:
         assert self.decode is not None
@@ -463,7 +477,7 @@ def _beam_search(
     pad = _pad_id(model, opts, pad_token_id)
     model = _cast(model, opts.dtype)
     nb, max_new = opts.num_beams, opts.max_new_tokens
-    idx, mask, P = _left_pad(model, input_ids, opts, nb, pad)
+    idx, mask, P = _left_pad(model, input_ids, opts, nb, pad, slide=False)
     rows = idx.shape[0]
     model.optimize_for_decoding(rows)
     B = rows // nb

@@ -244,6 +244,7 @@ def _load_run(path: Path) -> LoadedLM:
     if not isinstance(vocab, int):
         raise DanluError(f"'{run.model_json}' lacks schema.vocab_size; cannot rebuild the model")
     fields = {f.name for f in dataclasses.fields(GPTConfig)} - {"vocab_size"}
+    model_cfg.setdefault("activation", "gelu_tanh")  # runs saved before the option existed
     config = GPTConfig(vocab_size=vocab, **{k: v for k, v in model_cfg.items() if k in fields})
     model = GPT(config)
     try:
@@ -433,7 +434,10 @@ def encode_prompts(lm: LoadedLM, prompts: list[str], opts: GenerationOptions) ->
     """Token ids of each prompt, checked against the model's context (truncated from the
     left with opts.truncate_prompt)."""
     out = []
-    limit = None if lm.block_size is None else lm.block_size - opts.max_new_tokens
+    # danlu's own GPT samples past its context (a sliding window); beam search and
+    # transformers' models need prompt and new tokens to fit
+    slide = lm.is_danlu and opts.num_beams == 1
+    limit = None if lm.block_size is None else lm.block_size - (0 if slide else opts.max_new_tokens)
     if limit is not None and limit < 1:
         raise DanluError(
             f"max_new_tokens {opts.max_new_tokens} leaves no room for a prompt in the model's context "
@@ -447,10 +451,13 @@ def encode_prompts(lm: LoadedLM, prompts: list[str], opts: GenerationOptions) ->
             raise DanluError(f"prompt {i} is empty; give at least one token of text")
         if limit is not None and len(ids) > limit:
             if not opts.truncate_prompt:
+                room = f"the model's context of {lm.block_size}"
+                if not slide:
+                    room += f" minus max_new_tokens {opts.max_new_tokens}"
                 raise DanluError(
-                    f"prompt {i} has {len(ids)} tokens but the model's context of {lm.block_size} minus "
-                    f"max_new_tokens {opts.max_new_tokens} allows {limit}; shorten it, lower "
-                    "max_new_tokens or truncate it from the left (--truncate-prompt, truncate_prompt=True)"
+                    f"prompt {i} has {len(ids)} tokens but {room} allows {limit}; shorten it"
+                    f"{'' if slide else ', lower max_new_tokens'} or truncate it from the left"
+                    " (--truncate-prompt, truncate_prompt=True)"
                 )
             ids = ids[-limit:]
         out.append(ids)

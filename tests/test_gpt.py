@@ -218,6 +218,21 @@ def test_sampling_matches_hf_with_the_same_seed(checkpoint):
     assert generate_tokens(model, prompt, opts) == out[:, len(prompt[0]) :].tolist()
 
 
+def test_generation_past_the_context_slides_like_nanogpt(checkpoint):
+    # 80 new tokens from a 64-position model: once the context is full every token is
+    # predicted from the last 64 tokens, as nanoGPT's sample.py crops them; left-padded
+    # rows match each prompt generated alone
+    _, model, _ = checkpoint
+    block = model.config.block_size
+    ours = generate_tokens(model, PROMPTS, GenerationOptions(max_new_tokens=80))
+    for prompt, got in zip(PROMPTS, ours, strict=True):
+        seq = list(prompt)
+        with torch.no_grad():
+            for _ in range(80):
+                seq.append(int(model(torch.tensor([seq[-block:]]))[0, -1].argmax()))
+        assert got == seq[len(prompt) :]
+
+
 def test_stream_yields_the_same_tokens(checkpoint):
     _, model, _ = checkpoint
     opts = GenerationOptions(max_new_tokens=10, eos_token_id=EOS)
@@ -270,20 +285,28 @@ def test_bfloat16_generation_keeps_the_callers_model(checkpoint):
 
 def test_truncate_prompt_keeps_the_latest_tokens(checkpoint):
     _, model, _ = checkpoint
-    long = list(range(1, 61))
+    long = list(range(1, 71))  # the context holds 64
     opts = GenerationOptions(max_new_tokens=8, truncate_prompt=True)
     assert generate_tokens(model, [long], opts) == generate_tokens(
-        model, [long[-56:]], GenerationOptions(max_new_tokens=8)
+        model, [long[-64:]], GenerationOptions(max_new_tokens=8)
+    )
+    beams = GenerationOptions(max_new_tokens=8, truncate_prompt=True, num_beams=2)
+    assert generate_tokens(model, [long], beams) == generate_tokens(
+        model, [long[-56:]], GenerationOptions(max_new_tokens=8, num_beams=2)
     )
 
 
 # ---------------------------------------------------------------------------- export
 
 
-def test_export_hf_round_trip(tmp_path):
+@pytest.mark.parametrize("activation", ["gelu_tanh", "gelu"])
+def test_export_hf_round_trip(tmp_path, activation):
     torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=97, block_size=32, n_layer=2, n_head=2, n_embd=32)).eval()
+    config = GPTConfig(vocab_size=97, block_size=32, n_layer=2, n_head=2, n_embd=32, activation=activation)
+    model = GPT(config).eval()
     out = export_hf(model, tmp_path / "export")
+    hf_act = json.loads((out / "config.json").read_text())["activation_function"]
+    assert hf_act == {"gelu_tanh": "gelu_new", "gelu": "gelu"}[activation]
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp left over
     hf = GPT2LMHeadModel.from_pretrained(out).eval()
@@ -291,6 +314,7 @@ def test_export_hf_round_trip(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(hf(ids).logits, model(ids), atol=1e-5, rtol=0)
     again = GPT.from_hf(out)
+    assert again.config.activation == activation
     for (name, a), b in zip(model.state_dict().items(), again.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
 
@@ -356,7 +380,10 @@ def test_bad_options(kwargs, message):
 
 def test_prompt_too_long(checkpoint):
     _, model, _ = checkpoint
+    with pytest.raises(DanluError, match=r"prompt 0 has 70 tokens .* at most 64"):
+        generate_tokens(model, [list(range(70))], GenerationOptions(max_new_tokens=8))
+    # beam search keeps every hypothesis in one context: prompt and new tokens must fit
     with pytest.raises(DanluError, match=r"prompt 0 has 60 tokens .* at most 56"):
-        generate_tokens(model, [list(range(60))], GenerationOptions(max_new_tokens=8))
+        generate_tokens(model, [list(range(60))], GenerationOptions(max_new_tokens=8, num_beams=2))
     with pytest.raises(DanluError, match="outside the vocabulary"):
         generate_tokens(model, [[VOCAB + 5]], GenerationOptions(max_new_tokens=2))

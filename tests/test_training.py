@@ -112,6 +112,20 @@ def test_gradient_accumulation_matches_larger_batch(tmp_path: Path) -> None:
         assert a["step"] == b["step"]
 
 
+def test_compiled_training_matches_eager(tmp_path: Path) -> None:
+    # train.compile runs the step through torch.compile (inductor on CPU): the same numbers
+    # as eager up to float rounding, and a run folder that loads like any other
+    over = {"model__dropout": 0.0, "train__epochs": 2}
+    eager = danlu.train(cfg(tmp_path, **over), progress="quiet")
+    compiled = danlu.train(cfg(tmp_path, **over, train__compile=True), progress="quiet")
+    for a, b in zip(history(eager.path), history(compiled.path), strict=True):
+        for key in ("train.loss", "val.loss", "val.accuracy"):
+            assert float(a[key]) == pytest.approx(float(b[key]), rel=1e-4, abs=1e-5), key
+    # the test metrics come from the weights reloaded from the run folder
+    assert compiled.metrics["metrics"]["accuracy"] == pytest.approx(eager.metrics["metrics"]["accuracy"])
+    assert not any(k.startswith("_orig_mod") for k in compiled.load().model.state_dict())
+
+
 def test_l1_l2_penalties_are_logged_and_shrink_weights(tmp_path: Path) -> None:
     plain = danlu.train(cfg(tmp_path), progress="quiet")
     reg = danlu.train(cfg(tmp_path, train__l1=1e-3, train__l2=1e-2), progress="quiet")

@@ -45,6 +45,8 @@ class SpeechSchema(SchemaMethods):
     classes: list[Any] | None = None
     targets: list[str] = field(default_factory=lambda: ["text"])
     input_kind: str = "audio"
+    # the words of the training transcripts: the lexicon of `task.decoder.lexicon: train`
+    words: list[str] | None = None
 
 
 
@@ -474,8 +476,15 @@ def build(cfg: DataConfig, task_type: str, seed: int, model_cfg: Any = None) -> 
         vocab=pre.vocab,
         classes=pre.classes,
         targets=[label_column],
+        words=None if classify else _words(splits["train"], pre),
     )
     return Prepared(schema, pre, splits, frames)  # type: ignore[arg-type]
+
+
+def _words(train: Any, pre: SpeechPreprocessor) -> list[str]:
+    """The distinct words of the training transcripts, as the model spells them."""
+    words = {w for ids in train.targets for w in pre.decode(ids).split()}
+    return sorted(words)
 
 
 def _label_sort_key(v: str) -> tuple[int, Any]:

@@ -308,21 +308,28 @@ class Recognizer:
         with torch.no_grad():
             return self.model(x[None], torch.tensor([len(x)]))
 
+    def log_probs(self, waveform: np.ndarray, sample_rate: int) -> torch.Tensor:
+        """(frames, vocab + 1) CTC log-probabilities of one utterance, blank at 0."""
+        log_probs, lengths = self._forward(waveform, sample_rate)
+        return log_probs[0, : int(lengths[0])].float()
+
     def transcribe(self, waveform: np.ndarray, sample_rate: int) -> Transcription:
-        """Greedy CTC transcript of float mono samples at `sample_rate` (resampled as needed)."""
+        """CTC transcript of float mono samples at `sample_rate` (resampled as needed), decoded
+        the way the run's task.decoder says (greedy unless configured)."""
         from danlu.errors import DanluError
-        from danlu.tasks.speech_recognition import greedy_ids
 
         if self.schema.task != "speech_recognition":
             raise DanluError(f"{self.run.path}: this run classifies audio; use classify()")
-        log_probs, lengths = self._forward(waveform, sample_rate)
-        lp = log_probs[0, : int(lengths[0])].float()
-        text = self.task.text(greedy_ids(lp, len(lp)))
+        lp = self.log_probs(waveform, sample_rate)
+        decoder = self.task.decoder
+        best = decoder.decode(lp)
         n_in = len(waveform) * self.sample_rate / sample_rate
         step = n_in / self.sample_rate / max(len(lp), 1)
-        return Transcription(
-            text, lp.numpy(), step, word_times(lp.argmax(-1).tolist(), self.task.vocab, step)
-        )
+        if decoder.kind == "greedy":
+            words = word_times(lp.argmax(-1).tolist(), self.task.vocab, step)
+        else:
+            words = [(w, a * step, b * step) for w, a, b in decoder.words_with_frames(best, len(lp))]
+        return Transcription(decoder.text(best.ids), lp.numpy(), step, words)
 
     def classify(self, waveform: np.ndarray, sample_rate: int) -> dict[str, float]:
         """Class probabilities of one clip."""

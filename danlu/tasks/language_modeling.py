@@ -58,9 +58,7 @@ class LanguageModelingTask:
             prompt = []
         start = cfg.sample_prompt if prompt else ""
         prompt = prompt or ([eos] if eos is not None else [0])
-        n = min(cfg.sample_tokens, gpt.config.block_size - len(prompt))
-        if n < 1:
-            return None
+        n = cfg.sample_tokens  # past the context the window slides, as in nanoGPT's sample.py
         t = cfg.sample_temperature or None
         opts = GenerationOptions(max_new_tokens=n, temperature=t, top_k=200 if t else None, seed=0,
                                  eos_token_id=eos)

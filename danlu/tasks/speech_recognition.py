@@ -62,6 +62,21 @@ def error_rates(refs: list[str], hyps: list[str]) -> dict[str, float]:
     }
 
 
+def make_decoder(cfg: Any, schema: Any) -> Any:
+    """The run's CTC decoder (danlu/ctc_decode.py) from task.decoder and the saved word list."""
+    from danlu.ctc_decode import CTCDecoder
+
+    words = None
+    if cfg.lexicon == "train":
+        if schema.words is None:
+            raise DanluError(
+                "task.decoder.lexicon: train needs the training transcripts' words, which this run "
+                "folder predates; retrain it, or set task.decoder.lexicon: null"
+            )
+        words = schema.words
+    return CTCDecoder(schema.vocab, cfg.type, cfg.beam_size, words)
+
+
 class SpeechRecognitionTask:
     kind = "speech_recognition"
     metric_names = ["loss", "wer", "cer"]
@@ -76,6 +91,7 @@ class SpeechRecognitionTask:
         self.out_dim = len(self.vocab) + 1  # + blank
         self.loss_name = loss
         self.criterion = make_loss(loss, cfg, torch.zeros(0), self.out_dim)
+        self.decoder = make_decoder(cfg.decoder, schema)
 
     def loss(self, output: Any, y: torch.Tensor) -> torch.Tensor:
         return self.criterion(output, y)
@@ -86,7 +102,8 @@ class SpeechRecognitionTask:
     def decode_batch(self, output: Any) -> list[str]:
         log_probs, lengths = output
         log_probs = log_probs.float().cpu()
-        return [self.text(greedy_ids(log_probs[b], int(lengths[b]))) for b in range(len(log_probs))]
+        d = self.decoder
+        return [d.text(d.decode(log_probs[b, : int(lengths[b])]).ids) for b in range(len(log_probs))]
 
     def target(self, y: torch.Tensor) -> list[str]:
         return [self.text([int(i) for i in row if i > 0]) for row in y]
@@ -120,9 +137,12 @@ def finish_audio(
 ) -> dict[str, Any]:
     """Evaluate an audio run on one split; write metrics.json, predictions.csv and report.md
     (and, for a fine-tuned Hugging Face model, the transformers folder hf/)."""
+    import copy
+
     import pandas as pd
 
     from danlu import fileio
+    from danlu.ctc_decode import CTCDecoder
     from danlu.training.trainer import evaluate_split
 
     if hasattr(model, "export") and not (run.path / "hf" / "config.json").is_file():
@@ -131,6 +151,13 @@ def finish_audio(
     model.eval()
     metrics, decoded = evaluate_split(model, task, data, torch.device("cpu"))
     summary = {"split": split, "rows": len(data), "task": task.kind, "metrics": metrics}
+    if task.kind == "speech_recognition":
+        summary["decoder"] = task.decoder.describe()
+        if task.decoder.kind != "greedy":  # what the decoder adds over the best path
+            greedy = copy.copy(task)
+            greedy.decoder = CTCDecoder(task.vocab)
+            best_path, _ = evaluate_split(model, greedy, data, torch.device("cpu"))
+            metrics.update(wer_greedy=best_path["wer"], cer_greedy=best_path["cer"])
     if task.kind == "classification":
         classes = np.asarray(schema.classes, dtype=object)
         preds = pd.DataFrame({"prediction": classes[decoded.argmax(axis=1)]})
@@ -163,7 +190,7 @@ def finish_audio(
             plots=plots,
         )
     else:
-        _write_asr_report(run, split, metrics, table, plots)
+        _write_asr_report(run, split, metrics, table, plots, summary["decoder"])
     return summary
 
 
@@ -178,11 +205,16 @@ def _word_errors(ref: str, hyp: str) -> int:
     return row[-1]
 
 
-def _write_asr_report(run: Any, split: str, metrics: dict[str, Any], table: Any, plots: bool) -> None:
+def _write_asr_report(
+    run: Any, split: str, metrics: dict[str, Any], table: Any, plots: bool, decoder: str
+) -> None:
     from danlu import fileio
 
     lines = [
         f"# danlu run {run.path.name}",
+        "",
+        f"Decoder: {decoder}"
+        + (" (`_greedy`: the best path, for comparison)." if "wer_greedy" in metrics else "."),
         "",
         f"| metric ({split} split, {len(table)} utterances) | value |",
         "| --- | ---: |",

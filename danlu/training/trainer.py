@@ -172,6 +172,9 @@ def fit(
     if hasattr(task, "criterion") and isinstance(task.criterion, nn.Module):
         task.criterion.to(device)  # class weights live on the model's device
     ddp = nn.parallel.DistributedDataParallel(model) if dist.enabled else model
+    # the training step runs the compiled wrapper; checkpoints and evaluation use `model`
+    # itself, so saved weights keep their names and evaluation never recompiles
+    step_model = torch.compile(ddp) if cfg.compile else ddp
     train = batches(
         splits["train"],
         cfg.batch_size,
@@ -308,7 +311,7 @@ def fit(
                 sync = ddp.no_sync() if dist.enabled and not last_micro else no_op
                 with sync:
                     with autocast():
-                        loss = task.loss(ddp(**x), y)
+                        loss = task.loss(step_model(**x), y)
                         total = loss + _penalty(penalized, cfg.l1, cfg.l2) if penalized else loss
                     total = total / cfg.accumulate
                     (scaler.scale(total) if scaler else total).backward()
