@@ -12,12 +12,21 @@ patience 20), `--trials` trials, with and without the median pruner, for:
   hand_tensor   the same script batching by slicing pre-shuffled tensors (as danlu does):
                 the same training work as danlu, so the difference is danlu's overhead
 
+The hand scripts run the configurations danlu's search drew, in the same order
+(`study.enqueue_trial`): an epoch of a [256, 128] MLP costs twice one of a [32] MLP, so
+searches that draw different configurations would compare different work. The figure
+that compares is the time per training epoch (wall time over all epochs trained), since
+early stopping and pruning end trials at different epochs.
+
 Each method runs in its own process; imports and the first-use imports of the training
 path (sklearn, the optimizer) are warmed before the clock starts, so the numbers are per
 search. Reported: wall time, trials per minute, training epochs, seconds per epoch (trials
 stop early at different points), the best validation loss and the test accuracy of the
 trial it selects. Then `danlu tune --jobs 2` against `--jobs 1`, each a whole CLI run
-(process start-up included), in trials per minute.
+(process start-up included), in trials per minute: once on the search above (TPE + median
+pruner: parallel trials see fewer finished ones, so they are pruned less and train more
+epochs, and the sampler draws other configurations) and once on a grid of 20 fixed
+configurations without pruning, where both run exactly the same training work.
 
     python benchmarks/tune.py              # 20 trials, prints markdown tables
     python benchmarks/tune.py --quick      # a small smoke run (4 trials, 4 epochs)
@@ -63,7 +72,10 @@ def run_danlu(trials: int, pruner: str, epochs: int, out: str) -> dict:
     )
     wall = time.perf_counter() - start
     best = next(r for r in result.trials if r["trial"] == result.best_trial)
+    keys = ("train.lr", "train.optimizer", "model.hidden", "model.dropout")
+    drawn = [{k: r[k] for k in keys} for r in sorted(result.trials, key=lambda r: r["trial"])]
     return {
+        "params": drawn,
         "wall": wall,
         "trials": len(result.trials),
         "pruned": sum(r["state"] == "PRUNED" for r in result.trials),
@@ -74,8 +86,9 @@ def run_danlu(trials: int, pruner: str, epochs: int, out: str) -> dict:
 
 
 # --------------------------------------------------------------------------- by hand
-def run_hand(trials: int, pruner: str, epochs: int, loader: str) -> dict:
-    """The plain Optuna script, written the way its tutorials show."""
+def run_hand(trials: int, pruner: str, epochs: int, loader: str, replay: list[dict] | None = None) -> dict:
+    """The plain Optuna script, written the way its tutorials show; `replay`: the
+    configurations to run, in order (else TPE draws them)."""
     import copy
 
     import numpy as np
@@ -153,6 +166,10 @@ def run_hand(trials: int, pruner: str, epochs: int, loader: str) -> dict:
     chosen = optuna.pruners.MedianPruner(5, 5) if pruner == "median" else optuna.pruners.NopPruner()
     start = time.perf_counter()
     study = optuna.create_study(direction="minimize", sampler=sampler, pruner=chosen)
+    for params in replay or []:
+        hidden = params["model.hidden"]
+        hidden = json.dumps(json.loads(hidden) if isinstance(hidden, str) else hidden)
+        study.enqueue_trial({**params, "model.hidden": hidden})
     study.optimize(objective, n_trials=trials)
     wall = time.perf_counter() - start
     epochs_run = sum(t.user_attrs.get("epochs") or len(t.intermediate_values) for t in study.trials)
@@ -167,15 +184,34 @@ def run_hand(trials: int, pruner: str, epochs: int, loader: str) -> dict:
 
 
 # --------------------------------------------------------------------------- --jobs
-def run_jobs(trials: int, jobs: int, epochs: int, out: str) -> dict:
+GRID = """tune:
+  sampler: grid
+  pruner: none
+  space:
+    train.lr: {choice: [0.0003, 0.001, 0.003, 0.01, 0.03]}
+    model.hidden: {choice: [[32], [64, 64], [128, 64], [256, 128]]}
+"""  # 20 configurations: --jobs 1 and --jobs 2 train exactly the same ones
+
+
+def run_jobs(trials: int, jobs: int, epochs: int, out: str, grid: bool = False) -> dict:
+    import csv
+
+    space = []
+    if grid:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        (Path(out) / "grid.yaml").write_text(GRID, encoding="utf-8")
+        space = ["--space", str(Path(out) / "grid.yaml")]
     cmd = [
         sys.executable, "-m", "danlu", "tune", str(TUTORIAL), "--trials", str(trials), "--jobs", str(jobs),
         "--study", f"jobs{jobs}", "--set", f"train.epochs={epochs}", "--set", "eval.plots=false",
-        "--set", f"output.dir={out}", "--quiet",
+        "--set", f"output.dir={out}", "--quiet", *space,
     ]  # fmt: skip
     start = time.perf_counter()
     subprocess.run(cmd, check=True, cwd=REPO, capture_output=True, env=dict(os.environ, PYTHONPATH=str(REPO)))
-    return {"wall": time.perf_counter() - start, "trials": trials}
+    wall = time.perf_counter() - start
+    with open(Path(out) / f"jobs{jobs}" / "trials.csv", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    return {"wall": wall, "trials": len(rows), "epochs": sum(int(r["epochs"] or 0) for r in rows)}
 
 
 # --------------------------------------------------------------------------- driver
@@ -183,17 +219,18 @@ def child(args: argparse.Namespace) -> None:
     if args.run == "danlu":
         result = run_danlu(args.trials, args.pruner, args.epochs, args.out)
     elif args.run.startswith("hand"):
-        result = run_hand(
-            args.trials, args.pruner, args.epochs, "tensor" if args.run == "hand_tensor" else "dataloader"
-        )
+        replay = json.loads(Path(args.replay).read_text()) if args.replay else None
+        loader = "tensor" if args.run == "hand_tensor" else "dataloader"
+        result = run_hand(args.trials, args.pruner, args.epochs, loader, replay)
     else:
-        result = run_jobs(args.trials, int(args.run.removeprefix("jobs")), args.epochs, args.out)
+        jobs, grid = args.run.removeprefix("jobs").split("-")[0], args.run.endswith("-grid")
+        result = run_jobs(args.trials, int(jobs), args.epochs, args.out, grid)
     print(json.dumps(result))
 
 
-def measure(method: str, trials: int, pruner: str, epochs: int, out: str) -> dict:
+def measure(method: str, trials: int, pruner: str, epochs: int, out: str, replay: str = "") -> dict:
     cmd = [sys.executable, __file__, "--run", method, "--trials", str(trials), "--pruner", pruner,
-           "--epochs", str(epochs), "--out", out]  # fmt: skip
+           "--epochs", str(epochs), "--out", out, "--replay", replay]  # fmt: skip
     done = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=REPO,
                           env=dict(os.environ, PYTHONPATH=str(REPO)))  # fmt: skip
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -209,6 +246,7 @@ def main() -> None:
     parser.add_argument("--run", help=argparse.SUPPRESS)
     parser.add_argument("--pruner", default="none", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
+    parser.add_argument("--replay", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.run:
         child(args)
@@ -219,14 +257,22 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as out:
         for pruner in ("none", "median"):
+            replay = str(Path(out) / f"params-{pruner}.json")
             for method in METHODS:
-                r = measure(method, args.trials, pruner, args.epochs, str(Path(out) / f"{method}-{pruner}"))
+                r = measure(
+                    method, args.trials, pruner, args.epochs, str(Path(out) / f"{method}-{pruner}"),
+                    replay if method != "danlu" else "",
+                )  # fmt: skip
+                if method == "danlu":  # the hand scripts run the same configurations
+                    Path(replay).write_text(json.dumps(r.pop("params")), encoding="utf-8")
                 rows.append((method, pruner, r))
                 print(f"  {method} pruner={pruner}: {r}", file=sys.stderr, flush=True)
-        jobs = {
-            j: measure(f"jobs{j}", args.trials, "median", args.epochs, str(Path(out) / f"jobs{j}"))
-            for j in (1, 2)
-        }
+        jobs = {}
+        for setting in ("", "-grid"):
+            for j in (1, 2):
+                name = f"jobs{j}{setting}"
+                jobs[name] = measure(name, args.trials, "median", args.epochs, str(Path(out) / name))
+                print(f"  {name}: {jobs[name]}", file=sys.stderr, flush=True)
 
     print("\n| method | pruner | wall (s) | trials/min | epochs | ms/epoch | best val.loss | test accuracy |")
     print("|---|---|---:|---:|---:|---:|---:|---:|")
@@ -247,12 +293,22 @@ def main() -> None:
             f"\npruner={pruner}: danlu's time per epoch is {same:+.0%} over the hand-written script with the"
             f" same batching, {loader:+.0%} over the DataLoader one (goal: at most +10%)"
         )
-    rate = {j: 60 * r["trials"] / r["wall"] for j, r in jobs.items()}
-    print("\n| danlu tune (whole command) | wall (s) | trials/min |")
-    print("|---|---:|---:|")
-    for j, r in jobs.items():
-        print(f"| --jobs {j} | {r['wall']:.1f} | {rate[j]:.1f} |")
-    print(f"\n--jobs 2 runs {rate[2] / rate[1]:.2f}x the trials per minute of --jobs 1 (goal: at least 1.6x)")
+    rate = {name: 60 * r["trials"] / r["wall"] for name, r in jobs.items()}
+    print("\n| danlu tune (whole command) | search | wall (s) | trials/min | epochs | epochs/s |")
+    print("|---|---|---:|---:|---:|---:|")
+    for name, r in jobs.items():
+        search = "grid of 20, no pruner" if name.endswith("-grid") else "TPE + median pruner"
+        print(
+            f"| --jobs {name[4]} | {search} | {r['wall']:.1f} | {rate[name]:.1f} | {r['epochs']}"
+            f" | {r['epochs'] / r['wall']:.1f} |"
+        )
+    for setting, what in (("", "TPE + median"), ("-grid", "the same 20 grid configurations")):
+        one, two = jobs[f"jobs1{setting}"], jobs[f"jobs2{setting}"]
+        epoch_rate = two["epochs"] * one["wall"] / (one["epochs"] * two["wall"])
+        print(
+            f"\n{what}: --jobs 2 runs {rate[f'jobs2{setting}'] / rate[f'jobs1{setting}']:.2f}x the trials per"
+            f" minute of --jobs 1 (goal: at least 1.6x), {epoch_rate:.2f}x the epochs per second"
+        )
 
 
 if __name__ == "__main__":

@@ -384,8 +384,8 @@ def test_cli_end_to_end_with_two_jobs(tmp_path):
     assert "![optimization history](plots/history.png)" in report and "## Trials" in report
     rows = read_trials(study)
     assert sorted(int(r["trial"]) for r in rows) == [0, 1, 2, 3]
-    assert len({r["train.lr"] for r in rows}) == 4  # two workers, no duplicated configuration
-    assert len(list((study / "workers").glob("worker-*.log"))) == 2
+    assert len({r["train.lr"] for r in rows}) == 4  # two processes, no duplicated configuration
+    assert len(list((study / "workers").glob("worker-*.log"))) == 1  # this process is the other one
     # best.yaml is a complete run config holding the best trial's values
     best = config_mod.load(study / "best.yaml")
     top = min(rows, key=lambda r: float(r["val.loss"]) if r["state"] == "COMPLETE" else 1e9)

@@ -17,9 +17,10 @@ SQLite: it is Optuna's recommended storage for several processes on one machine 
 under a file lock, no "database is locked" under concurrent writes) and needs no SQLAlchemy.
 `--storage` takes any URL Optuna accepts (sqlite:///..., postgresql://...) to share a study.
 
-`--jobs J` starts J worker processes once (`python -m danlu.tuning worker STUDY_DIR I`),
-each running trials until the study has its trial count; the parent only watches the
-storage, prints one line per finished trial and writes the summary at the end.
+`--jobs J` runs trials in this process and starts J-1 worker processes once (`python -m
+danlu.tuning worker STUDY_DIR I`), each running trials until the study has its trial count,
+with cores/J torch threads each. This process also prints one line per finished trial (its
+own and the workers', read from the storage) and writes the summary at the end.
 
   space.py    tune.space -> Params, checked against the run-config schema
   study.py    the search setup (sampler, pruner, trial count) and the storage

@@ -168,7 +168,11 @@ def work(
 def run_workers(
     search: Search, study: optuna.Study, jobs: int, reporter: Reporter, deadline: float | None
 ) -> None:
-    """J worker processes on this machine, each started once and running trials in a loop."""
+    """J processes on this machine: this one runs trials itself, and J-1 workers started once
+    each run trials in a loop. The workers import torch while this process already trains,
+    so the search does not wait for a start-up; every process gets its share of the cores."""
+    import torch
+
     threads = max(1, (os.cpu_count() or 1) // jobs)
     env = dict(
         os.environ,
@@ -181,7 +185,7 @@ def run_workers(
     logs = search.study_dir / "workers"
     logs.mkdir(exist_ok=True)
     procs = []
-    for i in range(jobs):
+    for i in range(1, jobs):
         cmd = [
             sys.executable,
             "-m",
@@ -196,23 +200,28 @@ def run_workers(
             procs.append(
                 subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
             )
-    seen: set[int] = set()
+    finished = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+    seen = {t.number for t in study.get_trials(deepcopy=False, states=finished)}  # --resume: shown already
+
+    def report() -> None:
+        """A line for every trial finished since the last call, in any process."""
+        for t in study.get_trials(deepcopy=False, states=finished):
+            if t.number not in seen:
+                seen.add(t.number)
+                if not t.user_attrs.get("surplus"):
+                    reporter.trial_done(t)
+        for i, p in enumerate(procs, start=1):
+            if p.poll() == 2:
+                raise SearchError(_worker_error(logs, i))
+
+    own_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
     try:
-        while True:
-            alive = [p for p in procs if p.poll() is None]
-            for t in study.get_trials(
-                deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-            ):
-                if t.number not in seen:
-                    seen.add(t.number)
-                    if not t.user_attrs.get("surplus"):
-                        reporter.trial_done(t)
-            if not alive:
-                break
-            failed = [p for p in procs if p.returncode == 2]
-            if failed:
-                raise SearchError(_worker_error(logs, procs.index(failed[0])))
-            time.sleep(0.3)
+        work(search, study, lambda _: report(), deadline)
+        while any(p.poll() is None for p in procs):
+            report()
+            time.sleep(0.2)
+        report()
     except BaseException:
         for p in procs:
             if p.poll() is None:
@@ -223,9 +232,9 @@ def run_workers(
             except subprocess.TimeoutExpired:
                 p.kill()
         raise
-    for i, p in enumerate(procs):
-        if p.returncode == 2:
-            raise SearchError(_worker_error(logs, i))
+    finally:
+        torch.set_num_threads(own_threads)
+    for i, p in enumerate(procs, start=1):
         if p.returncode == 130:
             raise SearchInterrupted()
         if p.returncode != 0:
@@ -242,9 +251,6 @@ def _worker_error(logs: Path, i: int) -> str:
 
 def worker_main(study_dir: str, index: str, deadline: str) -> int:
     """One worker process: the study's config from its folder, trials until the count is reached."""
-    import torch
-
-    torch.set_num_threads(int(os.environ.get("DANLU_TUNE_THREADS", "1")))
     d = Path(study_dir)
     meta = json.loads((d / "study.json").read_text(encoding="utf-8"))
     try:
@@ -255,6 +261,11 @@ def worker_main(study_dir: str, index: str, deadline: str) -> int:
         )
         search.study_dir = d
         study = search.load_study(int(index))
+        if counted(study.get_trials(deepcopy=False)) >= search.target:
+            return 0  # the other processes ran every trial while this one started: skip importing torch
+        import torch
+
+        torch.set_num_threads(int(os.environ.get("DANLU_TUNE_THREADS", "1")))
         work(search, study, deadline=float(deadline) or None)
     except DanluError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
