@@ -295,6 +295,11 @@ class SpeechModel:
 # -- CTC
 
 
+def _pyctcdecode_wanted(opts: Options) -> bool:
+    """A beam wider than 1, a KenLM model or hotwords: CTC decoding through pyctcdecode."""
+    return bool((opts.beam_size or 1) > 1 or opts.kenlm or opts.hotwords)
+
+
 class CTCModel(SpeechModel):
     """Shared CTC inference: chunked logits, frame stitching, greedy or beam decoding."""
 
@@ -326,7 +331,7 @@ class CTCModel(SpeechModel):
         import torch
 
         own = self.own_decoder(opts)
-        beam = own is None and ((opts.beam_size or 1) > 1 or opts.kenlm or opts.hotwords)
+        beam = own is None and _pyctcdecode_wanted(opts)
         decoder = self._beam_decoder(opts) if beam else own
         chunk, stride = self.chunk_lengths(opts.chunk_length)
         kept: list[Any] = []  # per chunk: argmax ids (greedy) or log-probs (beam), overlap dropped
@@ -381,7 +386,7 @@ class CTCModel(SpeechModel):
         own = self.own_decoder(opts)
         if own is not None:
             return own.describe()
-        if (opts.beam_size or 1) > 1 or opts.kenlm or opts.hotwords:
+        if _pyctcdecode_wanted(opts):
             extra = (", KenLM " + Path(opts.kenlm).name if opts.kenlm else "") + (
                 ", hotwords" if opts.hotwords else ""
             )

@@ -417,9 +417,9 @@ class _Run:
                 else:
                     # past the context: as nanoGPT's sample.py, run the last block_size
                     # tokens afresh (learned positions shift, so cached keys are stale)
-                    end = P + t + 1
-                    window = torch.cat([self.idx, self.out[:, : t + 1]], dim=1)[:, end - block : end]
-                    window_mask = None if mask is None else mask[:, end - block : end]
+                    end, first = P + t + 1, P + t + 1 - block
+                    window = torch.cat([self.idx[:, first:], self.out[:, max(0, first - P) : t + 1]], dim=1)
+                    window_mask = None if mask is None else mask[:, first:end]
                     logits = model(window, attention_mask=window_mask, last_only=True)
 
     def _check_stop(self, t: int, alive: list[bool], finished: torch.Tensor, window: int) -> None:

@@ -40,10 +40,9 @@ def ctc_loss(cfg: TaskConfig, y: torch.Tensor, n_classes: int) -> CTCLoss:
 
 def greedy_ids(log_probs: torch.Tensor, length: int) -> list[int]:
     """Best path: argmax per frame, merge repeats, drop blanks (0)."""
-    best = log_probs[:length].argmax(-1)
-    keep = torch.ones_like(best, dtype=torch.bool)
-    keep[1:] = best[1:] != best[:-1]
-    return [int(i) for i in best[keep & (best != 0)]]
+    from danlu.ctc_decode import greedy
+
+    return greedy(log_probs[:length].float().numpy()).ids
 
 
 def error_rates(refs: list[str], hyps: list[str]) -> dict[str, float]:
