@@ -26,6 +26,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from danlu import cpu_kernels
 from danlu.errors import DanluError
 
 
@@ -96,15 +97,20 @@ class KVCache:
 class Linear(nn.Linear):
     """nn.Linear that multiplies a few rows faster on CPU.
 
-    A decoding step pushes only batch-size rows through each weight matrix. For 2 to 64
-    float32 rows MKL is much quicker at (W @ x^T)^T than at x @ W^T: on two cores the
-    GPT-2 124M weights of a batch-8 step take ~35 ms instead of ~57 ms, and the 50257-word
-    head ~16 ms instead of ~30 ms. One row, or many, goes through F.linear as usual.
+    A decoding step pushes only batch-size rows through each weight matrix, so it runs at
+    the speed weights stream from memory. Up to 16 float32 or bfloat16 rows go through
+    danlu's own kernel (danlu/cpu_kernels.c) where it could be built: on two cores it reads
+    the GPT-2 124M float32 weights in ~16 ms where MKL's one-core matrix-vector product takes
+    ~24 ms, and bf16 weights at batch 8 in ~29 ms instead of ~98 ms. Without it, 2 to 64
+    float32 rows are quicker as (W @ x^T)^T than as x @ W^T (batch 8: ~35 ms instead of ~57
+    ms for the weights). Everything else goes through F.linear as usual.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // x.shape[-1]
         w = self.weight
+        if cpu_kernels.usable(x, w, self.bias, rows):
+            return cpu_kernels.linear(x, w, self.bias)
         if 1 < rows <= 64 and x.dtype == torch.float32 and x.device.type == "cpu" and (w.is_contiguous()):
             x2 = x.reshape(rows, x.shape[-1]).t()
             y = torch.mm(w, x2) if self.bias is None else torch.addmm(self.bias[:, None], w, x2)
@@ -288,21 +294,26 @@ class GPT(nn.Module):
         """Lay the Linear weights out in memory for one-token steps of `batch_size` rows;
         values are unchanged.
 
-        On CPU, float32 matrix-vector products (batch 1) stream a weight stored column-major
-        (an (in, out) matrix, like Hugging Face's Conv1D) fastest: the 50257 x 768 head takes
-        ~7 ms instead of ~12 ms. From two rows on, `Linear` is fastest with row-major weights,
-        and so are bfloat16 kernels at any size. Changing layout copies every weight once
-        (a fraction of a second for GPT-2 124M), so alternating batch 1 with larger batches
-        pays that each time. Shapes stay the same and only strides change, so state_dict
-        tensors may be non-contiguous (safetensors' save_model copes; save_file needs
-        .contiguous()).
+        danlu's CPU kernel (see `Linear`) reads row-major weights. Without it, MKL's float32
+        matrix-vector products (batch 1) stream a weight stored column-major (an (in, out)
+        matrix, like Hugging Face's Conv1D) fastest: the 50257 x 768 head takes ~7 ms instead
+        of ~12 ms; from two rows on, and for bfloat16, row-major is fastest again. Changing
+        layout copies every weight once (a fraction of a second for GPT-2 124M), so
+        alternating batch 1 with larger batches pays that each time. Shapes stay the same
+        and only strides change, so state_dict tensors may be non-contiguous (safetensors'
+        save_model copes; save_file needs .contiguous()).
         """
         with torch.no_grad():
             for module in self.modules():
                 if not isinstance(module, nn.Linear):
                     continue
                 w = module.weight
-                column_major = batch_size == 1 and w.device.type == "cpu" and w.dtype == torch.float32
+                column_major = (
+                    batch_size == 1
+                    and w.device.type == "cpu"
+                    and w.dtype == torch.float32
+                    and not cpu_kernels.available()
+                )
                 if column_major and w.stride() != (1, w.shape[0]):
                     w.data = w.data.t().contiguous().t()
                 elif not column_major and not w.is_contiguous():

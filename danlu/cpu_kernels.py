@@ -1,0 +1,134 @@
+"""danlu's own CPU kernel for the linear layers of a decoding step (danlu/cpu_kernels.c).
+
+Decoding one token reads every weight once, so its speed is memory bandwidth. torch's
+float32 matrix-vector product (MKL) streams weights on one core, and without AVX-512 bf16
+instructions its bfloat16 path is slower still; the C kernel streams on all of torch's
+threads and converts bf16 in registers. It is compiled with the system's C compiler the
+first time it is needed and cached by source and CPU; with no compiler, no AVX2/FMA, or
+DANLU_CPU_KERNELS=0, `linear` is never called and torch does the work (same results up to
+float32 rounding).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("cpu_kernels.c")
+MAX_ROWS = 16  # the kernel's tiles pay off for a few rows; larger batches go to MKL's gemm
+_lib: ctypes.CDLL | None = None
+_tried = False
+
+
+def _cpu_signature() -> str:
+    """-march=native code must not run on another CPU sharing the same cache folder."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return line
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(root) / "danlu" / "kernels"
+
+
+def _build() -> Path | None:
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if compiler is None or platform.system() != "Linux":
+        return None
+    source = SOURCE.read_bytes()
+    key = hashlib.sha256(source + compiler.encode() + _cpu_signature().encode() + torch.__version__.encode())
+    target = _cache_dir() / f"cpu_kernels-{key.hexdigest()[:16]}.so"
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # build beside the target and rename: concurrent processes never load half a file
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    os.close(fd)
+    cmd = [compiler, "-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", str(SOURCE), "-o", tmp]
+    try:
+        subprocess.run(cmd, check=True, capture_output=True, timeout=120)
+        os.replace(tmp, target)
+    except (OSError, subprocess.SubprocessError) as exc:
+        log.debug("danlu CPU kernels not built (%s): torch does the work", exc)
+        Path(tmp).unlink(missing_ok=True)
+        return None
+    return target
+
+
+def _load() -> ctypes.CDLL | None:
+    global _lib, _tried
+    if _tried:
+        return _lib
+    _tried = True
+    if os.environ.get("DANLU_CPU_KERNELS", "1") == "0":
+        return None
+    path = _build()
+    if path is None:
+        return None
+    try:
+        lib = ctypes.CDLL(str(path))
+    except OSError as exc:
+        log.debug("danlu CPU kernels not loaded (%s)", exc)
+        return None
+    if lib.danlu_simd() != 1:
+        return None
+    p, i64 = ctypes.c_void_p, ctypes.c_int64
+    lib.danlu_linear.argtypes = [p, p, p, p, i64, i64, i64, ctypes.c_int]
+    lib.danlu_linear.restype = ctypes.c_int
+    _lib = lib
+    return _lib
+
+
+def available() -> bool:
+    return _load() is not None
+
+
+def usable(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, rows: int) -> bool:
+    """Whether `linear` handles this call: few rows, CPU, float32 or bfloat16 throughout,
+    contiguous weights, and no autograd (the kernel has no backward)."""
+    if rows > MAX_ROWS or x.device.type != "cpu" or x.dtype not in (torch.float32, torch.bfloat16):
+        return False
+    if weight.dtype != x.dtype or not weight.is_contiguous() or weight.device.type != "cpu":
+        return False
+    if bias is not None and (bias.dtype != x.dtype or not bias.is_contiguous()):
+        return False
+    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
+        return False
+    return available()
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """F.linear for the calls `usable` accepts."""
+    lib = _load()
+    assert lib is not None
+    k = x.shape[-1]
+    x2 = x.reshape(-1, k).contiguous()
+    n = weight.shape[0]
+    y = torch.empty(x2.shape[0], n, dtype=x.dtype)
+    lib.danlu_linear(
+        x2.data_ptr(),
+        weight.data_ptr(),
+        None if bias is None else bias.data_ptr(),
+        y.data_ptr(),
+        x2.shape[0],
+        n,
+        k,
+        int(x.dtype == torch.bfloat16),
+    )
+    return y.reshape(*x.shape[:-1], n)

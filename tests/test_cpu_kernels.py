@@ -1,0 +1,77 @@
+"""danlu's C kernel for few-row linear layers against float64 references and torch."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from danlu import cpu_kernels
+
+needs_kernel = pytest.mark.skipif(
+    not cpu_kernels.available(),
+    reason="danlu's CPU kernel could not be built here (no C compiler, not Linux, or no AVX2/FMA)",
+)
+
+
+@needs_kernel
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("rows", [1, 2, 3, 8, 16])
+@pytest.mark.parametrize(("n", "k"), [(96, 64), (50, 37), (3, 5), (8, 3072)])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_linear_matches_float64(dtype, rows, n, k, with_bias):
+    g = torch.Generator().manual_seed(rows * 1000 + n + k)
+    x = torch.randn(rows, k, generator=g).to(dtype)
+    w = torch.randn(n, k, generator=g).to(dtype)
+    b = torch.randn(n, generator=g).to(dtype) if with_bias else None
+    assert cpu_kernels.usable(x, w, b, rows)
+    got = cpu_kernels.linear(x, w, b)
+    assert got.dtype == dtype and got.shape == (rows, n)
+    exact = F.linear(x.double(), w.double(), None if b is None else b.double())
+    if dtype == torch.float32:
+        torch.testing.assert_close(got.double(), exact, atol=1e-4 * k**0.5, rtol=1e-5)
+    else:
+        # float32 sums rounded once to bf16 (8 bits of mantissa): within one bf16 step of the exact
+        # value, as torch's own bf16 linear is
+        step = exact.abs().clamp(min=1e-3) * 2.0**-7
+        assert ((got.double() - exact).abs() <= step).all()
+        theirs = F.linear(x, w, b).double()
+        assert ((got.double() - theirs).abs() <= step).all()
+
+
+@needs_kernel
+def test_batched_leading_dims_and_strided_input():
+    w = torch.randn(24, 16)
+    x = torch.randn(2, 3, 32)[..., ::2]  # (2, 3, 16), not contiguous
+    got = cpu_kernels.linear(x, w, None)
+    torch.testing.assert_close(got, F.linear(x, w), atol=1e-5, rtol=0)
+
+
+def test_not_used_where_it_can_not_help_or_would_break_autograd():
+    w = torch.randn(8, 16, requires_grad=True)
+    x = torch.randn(1, 16)
+    assert not cpu_kernels.usable(x, w, None, 1)  # autograd needs torch's backward
+    with torch.no_grad():
+        assert cpu_kernels.usable(x, w, None, 1) == cpu_kernels.available()
+        assert not cpu_kernels.usable(torch.randn(17, 16), w, None, 17)  # many rows: MKL's gemm
+        assert not cpu_kernels.usable(x.double(), w.double(), None, 1)
+        assert not cpu_kernels.usable(x, w.t().contiguous().t(), None, 1)  # column-major weight
+        assert not cpu_kernels.usable(x, w.bfloat16(), None, 1)  # mixed dtypes
+
+
+def test_without_a_compiler_torch_does_the_work(tmp_path, monkeypatch):
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(cpu_kernels, "_lib", None)
+    monkeypatch.setattr(cpu_kernels, "_tried", False)
+    assert not cpu_kernels.available()
+    with torch.no_grad():
+        assert not cpu_kernels.usable(torch.randn(1, 4), torch.randn(3, 4), None, 1)
+    assert not list(tmp_path.rglob("*.so"))  # nothing half-built left behind
+
+
+def test_disabled_by_environment(monkeypatch):
+    monkeypatch.setenv("DANLU_CPU_KERNELS", "0")
+    monkeypatch.setattr(cpu_kernels, "_lib", None)
+    monkeypatch.setattr(cpu_kernels, "_tried", False)
+    assert not cpu_kernels.available()
