@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> None:
     hf.generation_config.pad_token_id = 0
     # cast once here, as a caller generating repeatedly would; GenerationOptions(dtype=...)
     # would cast a fresh copy on every call
-    model_bf16 = GPT(config).to(torch.bfloat16).eval()
+    model_bf16 = GPT(config).cast(torch.bfloat16).eval()
     model_bf16.load_state_dict(model.state_dict())
 
     rows: list[tuple[str, str, str, str, str]] = []

@@ -106,60 +106,66 @@ static inline __attribute__((always_inline)) void tile(const void *x, const void
  * so each dtype gets its own function (LINEAR below) and the inner loop has no dtype branch. */
 static inline __attribute__((always_inline)) void rows_block(const void *x, const void *w, const void *b,
                                                              void *y, int64_t M, int64_t N, int64_t K,
-                                                             int64_t q, int bf) {
+                                                             int64_t q, int xb, int wb) {
     const int64_t K8 = K - K % 8, n = q * 4;
     for (int64_t m = 0; m < M; m += 2) {
         const int mr = M - m >= 2 ? 2 : 1;
         float s[2][4];
         if (mr == 2) /* constant mr: the compiler drops the second row's work for M = 1 */
-            tile(x, w, n, m, 2, K, K8, bf, bf, s);
+            tile(x, w, n, m, 2, K, K8, xb, wb, s);
         else
-            tile(x, w, n, m, 1, K, K8, bf, bf, s);
+            tile(x, w, n, m, 1, K, K8, xb, wb, s);
         for (int i = 0; i < mr; i++)
             for (int j = 0; j < 4; j++) {
                 float v = s[i][j];
                 for (int64_t k = K8; k < K; k++)
-                    v += load_scalar(w, (n + j) * K + k, bf) * load_scalar(x, (m + i) * K + k, bf);
-                if (b) v += load_scalar(b, n + j, bf);
-                store_scalar(y, (m + i) * N + n + j, v, bf);
+                    v += load_scalar(w, (n + j) * K + k, wb) * load_scalar(x, (m + i) * K + k, xb);
+                if (b) v += load_scalar(b, n + j, xb);
+                store_scalar(y, (m + i) * N + n + j, v, xb);
             }
     }
 }
 
 static void rows_tail(const void *x, const void *w, const void *b, void *y, int64_t M, int64_t N, int64_t K,
-                      int bf) {
+                      int xb, int wb) {
     for (int64_t n = N - N % 4; n < N; n++)
         for (int64_t m = 0; m < M; m++) {
             float v = 0.f;
-            for (int64_t k = 0; k < K; k++) v += load_scalar(w, n * K + k, bf) * load_scalar(x, m * K + k, bf);
-            if (b) v += load_scalar(b, n, bf);
-            store_scalar(y, m * N + n, v, bf);
+            for (int64_t k = 0; k < K; k++) v += load_scalar(w, n * K + k, wb) * load_scalar(x, m * K + k, xb);
+            if (b) v += load_scalar(b, n, xb);
+            store_scalar(y, m * N + n, v, xb);
         }
 }
 
-#define LINEAR(NAME, BF)                                                                                  \
+#define LINEAR(NAME, XB, WB)                                                                              \
     static void NAME(const void *x, const void *w, const void *b, void *y, int64_t M, int64_t N, int64_t K) { \
         _Pragma("omp parallel for schedule(static)") for (int64_t q = 0; q < N / 4; q++)                  \
-            rows_block(x, w, b, y, M, N, K, q, BF);                                                        \
-        rows_tail(x, w, b, y, M, N, K, BF);                                                                \
+            rows_block(x, w, b, y, M, N, K, q, XB, WB);                                                    \
+        rows_tail(x, w, b, y, M, N, K, XB, WB);                                                            \
     }
-LINEAR(linear_f32, 0)
-LINEAR(linear_bf16, 1)
+LINEAR(linear_f32, 0, 0)
+LINEAR(linear_bf16, 1, 1)
+LINEAR(linear_f32_bf16w, 0, 1) /* bf16 weights, float32 activations */
 #endif
 
-/* x: (M, K), w: (N, K) row-major, b: (N,) or NULL, y: (M, N); all contiguous. x, y and the
- * bias share w's dtype: float32 (bf16 = 0) or bfloat16 (bf16 = 1). Returns 0, or -1 when this
- * build has no SIMD path (the caller then uses torch). */
+/* x: (M, K), w: (N, K) row-major, b: (N,) or NULL, y: (M, N); all contiguous. w is float32
+ * (w_bf16 = 0) or bfloat16; x, y and the bias are float32 (x_bf16 = 0) or, with bf16 weights
+ * only, bfloat16. Returns 0, or -1 when this build has no SIMD path or the dtypes are not
+ * one of those (the caller then uses torch). */
 int danlu_linear(const void *x, const void *w, const void *b, void *y, int64_t M, int64_t N, int64_t K,
-                 int bf16) {
+                 int x_bf16, int w_bf16) {
 #if DANLU_SIMD
-    if (bf16)
+    if (x_bf16 && w_bf16)
         linear_bf16(x, w, b, y, M, N, K);
-    else
+    else if (w_bf16)
+        linear_f32_bf16w(x, w, b, y, M, N, K);
+    else if (!x_bf16)
         linear_f32(x, w, b, y, M, N, K);
+    else
+        return -1;
     return 0;
 #else
-    (void)x, (void)w, (void)b, (void)y, (void)M, (void)N, (void)K, (void)bf16;
+    (void)x, (void)w, (void)b, (void)y, (void)M, (void)N, (void)K, (void)x_bf16, (void)w_bf16;
     return -1;
 #endif
 }

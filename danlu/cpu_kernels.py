@@ -89,7 +89,7 @@ def _load() -> ctypes.CDLL | None:
     if lib.danlu_simd() != 1:
         return None
     p, i64 = ctypes.c_void_p, ctypes.c_int64
-    lib.danlu_linear.argtypes = [p, p, p, p, i64, i64, i64, ctypes.c_int]
+    lib.danlu_linear.argtypes = [p, p, p, p, i64, i64, i64, ctypes.c_int, ctypes.c_int]
     lib.danlu_linear.restype = ctypes.c_int
     _lib = lib
     return _lib
@@ -99,29 +99,36 @@ def available() -> bool:
     return _load() is not None
 
 
+_FLAG = {torch.float32: 0, torch.bfloat16: 1}
+
+
 def usable(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, rows: int) -> bool:
-    """Whether `linear` handles this call: few rows, CPU, float32 or bfloat16 throughout,
-    contiguous weights, and no autograd (the kernel has no backward)."""
-    if rows > MAX_ROWS or x.device.type != "cpu" or x.dtype not in (torch.float32, torch.bfloat16):
+    """Whether `linear` handles this call: few rows on CPU, contiguous weights, no autograd
+    (the kernel has no backward), and float32 or bfloat16 throughout or bfloat16 weights
+    with float32 activations (the bias in the activations' dtype)."""
+    # called for every layer of every decoding step: cheap tests first, no device objects
+    if rows > MAX_ROWS or not x.is_cpu or not weight.is_cpu or x.dtype not in _FLAG:
         return False
-    if weight.dtype != x.dtype or not weight.is_contiguous() or weight.device.type != "cpu":
+    if weight.dtype is not x.dtype and weight.dtype is not torch.bfloat16:
         return False
-    if bias is not None and (bias.dtype != x.dtype or not bias.is_contiguous()):
+    if not weight.is_contiguous():
+        return False
+    if bias is not None and (bias.dtype is not x.dtype or not bias.is_contiguous()):
         return False
     if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
         return False
-    return available()
+    return _lib is not None or available()
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """F.linear for the calls `usable` accepts."""
-    lib = _load()
-    assert lib is not None
-    k = x.shape[-1]
-    x2 = x.reshape(-1, k).contiguous()
-    n = weight.shape[0]
+    """F.linear for the calls `usable` accepts, in the activations' dtype."""
+    assert _lib is not None
+    k, n = x.shape[-1], weight.shape[0]
+    x2 = x.reshape(-1, k)
+    if not x2.is_contiguous():
+        x2 = x2.contiguous()
     y = torch.empty(x2.shape[0], n, dtype=x.dtype)
-    lib.danlu_linear(
+    _lib.danlu_linear(
         x2.data_ptr(),
         weight.data_ptr(),
         None if bias is None else bias.data_ptr(),
@@ -129,6 +136,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> 
         x2.shape[0],
         n,
         k,
-        int(x.dtype == torch.bfloat16),
+        _FLAG[x.dtype],
+        _FLAG[weight.dtype],
     )
-    return y.reshape(*x.shape[:-1], n)
+    return y if x.dim() == 2 else y.view(*x.shape[:-1], n)

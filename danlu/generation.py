@@ -206,8 +206,8 @@ def generate_text(
 def _cast(model: GPT, dtype: str | None) -> GPT:
     """The model in `dtype`: a copy if that differs, so the caller's model keeps its
     weights."""
-    if dtype is not None and next(model.parameters()).dtype != DTYPES[dtype]:
-        model = copy.deepcopy(model).to(DTYPES[dtype])
+    if dtype is not None and model.lm_head.weight.dtype != DTYPES[dtype]:
+        model = copy.deepcopy(model).cast(DTYPES[dtype])
     return model
 
 
@@ -378,7 +378,7 @@ class _Run:
         block = model.config.block_size
         with torch.inference_mode():
             length = min(P + opts.max_new_tokens, block)
-            cache = KVCache(model.config, rows, length, param.dtype, param.device)
+            cache = KVCache(model.config, rows, length, model.compute_dtype, param.device)
             logits = model(
                 self.idx,
                 attention_mask=None if mask is None else mask[:, :P],
@@ -505,7 +505,7 @@ def _beam_search(
     next_pos = None if mask is None else mask[:, :P].sum(dim=1, keepdim=True)
 
     with _eval_mode(model), torch.inference_mode():
-        cache = KVCache(model.config, rows, P + max_new, param.dtype, param.device)
+        cache = KVCache(model.config, rows, P + max_new, model.compute_dtype, param.device)
         logits = model(
             idx,
             attention_mask=None if mask is None else mask[:, :P],

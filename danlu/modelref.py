@@ -176,9 +176,13 @@ def _place(lm: LoadedLM, dtype: str | None, device: str | None) -> LoadedLM:
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
-        if dtype is not None:
-            lm.model = lm.model.to(DTYPES[dtype])
         lm.model = lm.model.to(device)
+        if dtype is not None:
+            from danlu.models.gpt import GPT
+
+            # danlu's GPT keeps float32 activations beside bf16 weights on CPU (GPT.cast)
+            cast = lm.model.cast if isinstance(lm.model, GPT) else lm.model.to
+            lm.model = cast(DTYPES[dtype])
     except (RuntimeError, AssertionError) as e:
         raise DanluError(f"cannot move the model to {device}/{dtype}: {e}") from None
     lm.model.eval()

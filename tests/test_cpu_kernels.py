@@ -14,19 +14,23 @@ needs_kernel = pytest.mark.skipif(
 )
 
 
+F32, BF16 = torch.float32, torch.bfloat16
+
+
 @needs_kernel
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(("dtype", "w_dtype"), [(F32, F32), (BF16, BF16), (F32, BF16)])
 @pytest.mark.parametrize("rows", [1, 2, 3, 8, 16])
 @pytest.mark.parametrize(("n", "k"), [(96, 64), (50, 37), (3, 5), (8, 3072)])
 @pytest.mark.parametrize("with_bias", [True, False])
-def test_linear_matches_float64(dtype, rows, n, k, with_bias):
+def test_linear_matches_float64(dtype, w_dtype, rows, n, k, with_bias):
     g = torch.Generator().manual_seed(rows * 1000 + n + k)
     x = torch.randn(rows, k, generator=g).to(dtype)
-    w = torch.randn(n, k, generator=g).to(dtype)
+    w = torch.randn(n, k, generator=g).to(w_dtype)
     b = torch.randn(n, generator=g).to(dtype) if with_bias else None
     assert cpu_kernels.usable(x, w, b, rows)
     got = cpu_kernels.linear(x, w, b)
     assert got.dtype == dtype and got.shape == (rows, n)
+    # the reference multiplies the very same (bf16-rounded) numbers exactly
     exact = F.linear(x.double(), w.double(), None if b is None else b.double())
     if dtype == torch.float32:
         torch.testing.assert_close(got.double(), exact, atol=1e-4 * k**0.5, rtol=1e-5)
@@ -56,7 +60,8 @@ def test_not_used_where_it_can_not_help_or_would_break_autograd():
         assert not cpu_kernels.usable(torch.randn(17, 16), w, None, 17)  # many rows: MKL's gemm
         assert not cpu_kernels.usable(x.double(), w.double(), None, 1)
         assert not cpu_kernels.usable(x, w.t().contiguous().t(), None, 1)  # column-major weight
-        assert not cpu_kernels.usable(x, w.bfloat16(), None, 1)  # mixed dtypes
+        assert not cpu_kernels.usable(x.bfloat16(), w, None, 1)  # bf16 activations, float32 weights
+        assert not cpu_kernels.usable(x, w.bfloat16(), torch.randn(8).bfloat16(), 1)  # bias not in x's dtype
 
 
 def test_without_a_compiler_torch_does_the_work(tmp_path, monkeypatch):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -294,6 +295,28 @@ def test_bfloat16_generation_keeps_the_callers_model(checkpoint):
     tokens = generate_tokens(model, PROMPTS, opts)
     assert [len(t) for t in tokens] == [8, 8, 8]
     assert next(model.parameters()).dtype == torch.float32
+
+
+def test_bfloat16_on_cpu_rounds_only_the_weight_matrices(checkpoint, kernels):
+    _, model, _ = checkpoint
+    mixed = copy.deepcopy(model).cast(torch.bfloat16)
+    assert mixed.lm_head.weight.dtype == torch.bfloat16
+    assert mixed.transformer.h[0].attn.c_attn.weight.dtype == torch.bfloat16
+    assert mixed.transformer.h[0].attn.c_attn.bias.dtype == torch.float32
+    assert mixed.transformer.ln_f.weight.dtype == mixed.compute_dtype == torch.float32
+    # reference: the float32 model whose matrices hold the same bf16-rounded values
+    rounded = copy.deepcopy(model)
+    with torch.no_grad():
+        for module in rounded.modules():
+            if isinstance(module, torch.nn.Linear):
+                module.weight.copy_(module.weight.bfloat16().float())
+    ids = torch.randint(0, VOCAB, (3, 9), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        torch.testing.assert_close(mixed(ids), rounded(ids), atol=1e-4, rtol=0)
+    opts = GenerationOptions(max_new_tokens=12)
+    assert generate_tokens(mixed, PROMPTS, opts, pad_token_id=PAD) == generate_tokens(
+        rounded, PROMPTS, opts, pad_token_id=PAD
+    )
 
 
 def test_truncate_prompt_keeps_the_latest_tokens(checkpoint):

@@ -111,6 +111,8 @@ class Linear(nn.Linear):
         w = self.weight
         if cpu_kernels.usable(x, w, self.bias, rows):
             return cpu_kernels.linear(x, w, self.bias)
+        if w.dtype != x.dtype:  # bf16 weights under float32 activations (GPT.cast)
+            return F.linear(x, w.to(x.dtype), self.bias)
         if 1 < rows <= 64 and x.dtype == torch.float32 and x.device.type == "cpu" and (w.is_contiguous()):
             x2 = x.reshape(rows, x.shape[-1]).t()
             y = torch.mm(w, x2) if self.bias is None else torch.addmm(self.bias[:, None], w, x2)
@@ -253,7 +255,8 @@ class GPT(nn.Module):
             position_ids = (attention_mask.long().cumsum(-1) - 1).clamp_(min=0)[:, past:end]
         # without position ids a slice of the table does: no index tensor on every step
         pos = wpe.weight[past:end] if position_ids is None else wpe(position_ids)
-        x = wte(idx) + pos
+        dtype = self.compute_dtype
+        x = wte(idx).to(dtype) + pos.to(dtype)
         x = self.transformer.drop(x)
 
         mask, is_causal = self._attention_mask(attention_mask, past, T, idx.device)
@@ -289,6 +292,29 @@ class GPT(nn.Module):
         # a padding query still sees itself: a row with no visible key would make SDPA
         # return NaN, and those outputs are ignored anyway
         return (allowed & real) | (keys == queries), False
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """The activations' dtype, which `cast` may keep above the weights'."""
+        return self.transformer.ln_f.weight.dtype
+
+    def cast(self, dtype: torch.dtype) -> GPT:
+        """The model in `dtype` for inference, in place.
+
+        bfloat16 on CPU casts only the weight matrices (and the tied embedding) and keeps
+        activations, norms and biases in float32, as llama.cpp keeps activations in float32
+        beside 16-bit weights: decoding is bound by reading the weights, which this halves,
+        while CPUs without bf16 instructions run bf16 element-wise ops and attention slower
+        than float32 ones. Elsewhere (CUDA) the whole model is cast.
+        """
+        if dtype != torch.bfloat16 or self.lm_head.weight.device.type != "cpu":
+            return self.to(dtype)
+        self.float()
+        with torch.no_grad():
+            for module in self.modules():
+                if isinstance(module, nn.Linear | nn.Embedding) and module is not self.transformer.wpe:
+                    module.weight.data = module.weight.data.to(dtype)
+        return self
 
     def optimize_for_decoding(self, batch_size: int = 1) -> GPT:
         """Lay the Linear weights out in memory for one-token steps of `batch_size` rows;
