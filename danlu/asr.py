@@ -11,7 +11,8 @@ A speech model reference (see `resolve_speech`) is one of
 Long audio never sits in memory whole. CTC models see overlapping chunks streamed from the file;
 each chunk's logits lose the frames of the overlap's outer halves and the rest are concatenated,
 so every frame is decoded once (the stitching transformers' ASR pipeline does with
-chunk_length_s/stride_length_s, and with the same tiling, so results match it). Whisper models see
+chunk_length_s/stride_length_s, and with the same tiling, so results match it); on CPU two chunks
+run at once, each on a thread with one torch thread (see _map_batches). Whisper models see
 blocks of several minutes, each transcribed with the model's own 30-second long-form decoding;
 neighbouring blocks overlap and are cut at the overlap's middle, word by word where the model gives
 word times, segment by segment otherwise.
@@ -19,9 +20,12 @@ word times, segment by segment otherwise.
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
 import math
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -38,9 +42,14 @@ KINDS = ("hf-ctc", "hf-whisper", "ct2-whisper", "danlu-ctc")
 CTC_CHUNK_SECONDS = 30.0  # CTC default chunk; stride (each side) is chunk / 6 like transformers
 WHISPER_BLOCK_SECONDS = 300.0  # audio handed to Whisper at once: memory is bounded by this
 WHISPER_BLOCK_OVERLAP = 20.0
-# chunks per forward pass: on CPU, 4 x 30 s runs about twice as fast as 4 passes of one (the
-# convolutional front end's peak is about 200 MB per 30 s chunk for a base-size model)
+# chunks per forward pass on a GPU, where a larger batch fills the device (the convolutional
+# front end's peak is about 200 MB per 30 s chunk for a base-size model)
 CTC_BATCH = 4
+# on CPU: passes of one chunk, CTC_PARALLEL of them at once, each on one torch thread (see
+# _map_batches). Against passes of 4 chunks over two threads: as fast for a random base-size
+# Wav2Vec2 and 2-5 % faster for the benchmark's 4 x 256 one (ops this size use two threads well),
+# with half the activation memory; 1.75x faster for a danlu GRU run, whose small ops do not
+CTC_PARALLEL = 2
 _SEGMENT_GAP = 0.8  # CTC: a pause this long (seconds) between words starts a new segment
 _SEGMENT_MAX = 30.0
 
@@ -135,7 +144,7 @@ class Options:
     beam_size: int | None = None
     timestamps: str = "segment"
     chunk_length: float | None = None  # CTC chunk seconds (default 30); Whisper: block seconds (300)
-    batch_size: int | None = None  # CTC chunks per forward pass (default CTC_BATCH)
+    batch_size: int | None = None  # CTC chunks per forward pass (default: 1 on CPU, CTC_BATCH on GPU)
     kenlm: str | None = None  # CTC beam search: KenLM model (.arpa/.bin)
     hotwords: list[str] | None = None  # CTC beam search: words to favour
     hotword_weight: float = 10.0
@@ -300,6 +309,73 @@ def _pyctcdecode_wanted(opts: Options) -> bool:
     return bool((opts.beam_size or 1) > 1 or opts.kenlm or opts.hotwords)
 
 
+Batch = list[tuple[np.ndarray, int, int]]  # chunks of equal length: (samples, left, right overlap)
+
+
+def _chunk_batches(
+    chunks: Callable[[float, float], Iterator[AudioChunk]], chunk: int, stride: int, size: int, rate: int
+) -> Iterator[Batch]:
+    """The streamed chunks in batches of up to `size`, each with the overlap (samples) that its
+    left and right edges give up to the neighbours."""
+    pending: Batch = []
+    for c in chunks(chunk / rate, 2 * stride / rate):
+        left = 0 if c.start_sample == 0 else stride
+        right = 0 if c.is_last else stride
+        if len(c.samples) <= left:  # only overlap remains: already covered (as the pipeline does)
+            continue
+        # full-length chunks batch together; a shorter last chunk runs alone (no padding, so
+        # group-norm models see exactly what they would unbatched)
+        if pending and len(pending[0][0]) != len(c.samples):
+            yield pending
+            pending = []
+        pending.append((c.samples, left, right))
+        if len(pending) >= size:
+            yield pending
+            pending = []
+    if pending:
+        yield pending
+
+
+def _map_batches(
+    fn: Callable[[Batch], list[np.ndarray]], batches: Iterator[Batch], workers: int
+) -> Iterator[tuple[Batch, list[np.ndarray]]]:
+    """(batch, fn(batch)) in order. With workers > 1 (and torch allowed that many threads) up to
+    that many batches run at once, each on a thread with one torch thread; torch's kernels release
+    the GIL. Small ops (a danlu GRU run's) split poorly over threads, so this is 1.75x faster
+    there, and no slower for larger ones. At most workers + 1 batches are in flight, so memory
+    stays flat however long the file."""
+    import torch
+
+    workers = min(workers, torch.get_num_threads())
+    first = next(batches, None)
+    second = next(batches, None) if first is not None and workers > 1 else None
+    if second is None:  # one batch, or one thread: all in this thread, as torch is set up
+        for b in itertools.chain([first] if first is not None else [], batches):
+            yield b, fn(b)
+        return
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+    threads = torch.get_num_threads()
+    # set_num_threads(1) in a worker also becomes the default of every thread started later, so
+    # the caller's setting is put back at the end
+    pool = ThreadPoolExecutor(
+        workers, thread_name_prefix="danlu-ctc", initializer=torch.set_num_threads, initargs=(1,)
+    )
+    flight: deque[tuple[Batch, Future[list[np.ndarray]]]] = deque()
+    try:
+        for b in itertools.chain([first, second], batches):
+            flight.append((b, pool.submit(fn, b)))
+            if len(flight) > workers:  # one queued behind the running ones: no worker waits
+                b, f = flight.popleft()
+                yield b, f.result()
+        while flight:
+            b, f = flight.popleft()
+            yield b, f.result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        torch.set_num_threads(threads)
+
+
 class CTCModel(SpeechModel):
     """Shared CTC inference: chunked logits, frame stitching, greedy or beam decoding."""
 
@@ -327,6 +403,13 @@ class CTCModel(SpeechModel):
     def decode_greedy(self, ids: np.ndarray, want_words: bool) -> tuple[str, list[Word]]:
         raise NotImplementedError
 
+    def batching(self, opts: Options) -> tuple[int, int]:
+        """(chunks per forward pass, passes at once): on CPU several single-threaded passes side by
+        side, elsewhere one pass of a larger batch."""
+        if str(getattr(self, "device", "cpu")) == "cpu":
+            return opts.batch_size or 1, CTC_PARALLEL
+        return opts.batch_size or CTC_BATCH, 1
+
     def transcribe_chunks(self, chunks, duration, opts, progress):  # type: ignore[no-untyped-def]
         import torch
 
@@ -335,37 +418,26 @@ class CTCModel(SpeechModel):
         decoder = self._beam_decoder(opts) if beam else own
         chunk, stride = self.chunk_lengths(opts.chunk_length)
         kept: list[Any] = []  # per chunk: argmax ids (greedy) or log-probs (beam), overlap dropped
-        pending: list[tuple[np.ndarray, int, int]] = []
 
-        def run(items: list[tuple[np.ndarray, int, int]]) -> None:
+        def run(items: Batch) -> list[np.ndarray]:
             with torch.inference_mode():
                 logits = self.forward([x for x, _, _ in items])
-            for (x, left, right), lg in zip(items, logits, strict=True):
-                token_n = self.frames(len(x), lg)
-                lf = int(round(left / len(x) * token_n))
-                rf = int(round(right / len(x) * token_n))
-                lg = lg[lf : token_n - rf].float()
-                kept.append(
-                    torch.log_softmax(lg, -1).cpu().numpy() if decoder else lg.argmax(-1).cpu().numpy()
-                )
-                progress((len(x) - left - right) / self.sample_rate)
+                out = []
+                for (x, left, right), lg in zip(items, logits, strict=True):
+                    token_n = self.frames(len(x), lg)
+                    lf = int(round(left / len(x) * token_n))
+                    rf = int(round(right / len(x) * token_n))
+                    lg = lg[lf : token_n - rf].float()
+                    out.append(torch.log_softmax(lg, -1) if decoder else lg.argmax(-1))
+            return [o.cpu().numpy() for o in out]
 
-        for c in chunks(chunk / self.sample_rate, 2 * stride / self.sample_rate):
-            left = 0 if c.start_sample == 0 else stride
-            right = 0 if c.is_last else stride
-            if len(c.samples) <= left:  # only overlap remains: already covered (as the pipeline does)
-                continue
-            # full-length chunks batch together; a shorter last chunk runs alone (no padding, so
-            # group-norm models see exactly what they would unbatched)
-            if pending and len(pending[0][0]) != len(c.samples):
-                run(pending)
-                pending = []
-            pending.append((c.samples, left, right))
-            if len(pending) >= (opts.batch_size or CTC_BATCH):
-                run(pending)
-                pending = []
-        if pending:
-            run(pending)
+        size, workers = self.batching(opts)
+        batches = _chunk_batches(chunks, chunk, stride, size, self.sample_rate)
+        # closing: an error here (or Ctrl-C) stops the workers and restores torch's threads now
+        with contextlib.closing(_map_batches(run, batches, workers)) as results:
+            for items, out in results:
+                kept += out
+                progress(sum(len(x) - left - right for x, left, right in items) / self.sample_rate)
         if not kept:
             return "", [], None
         want_words = opts.timestamps != "none"
@@ -546,6 +618,7 @@ class RunCTCModel(CTCModel):
             raise DanluError(f"this run folder is not a speech model: '{path}' has no speech recognizer")
         self.sample_rate = int(self.predictor.sample_rate)
         self.labels = ["", *self.predictor.task.vocab]  # blank first, " " separates words
+        self._decoders: dict[int, Any] = {}  # --beam-size -> CTCDecoder (see own_decoder)
         probe = self.predictor.log_probs(np.zeros(10 * self.sample_rate, np.float32), self.sample_rate)
         self.align_to = max(1, int(round(10 * self.sample_rate / max(len(probe), 1))))
 
@@ -561,43 +634,22 @@ class RunCTCModel(CTCModel):
         if opts.kenlm or opts.hotwords:
             return None
         if opts.beam_size is not None:
-            kind = "beam" if opts.beam_size > 1 or d.trie is not None else "greedy"
-            d = CTCDecoder(d.vocab, kind, opts.beam_size, d.words if d.trie is not None else None)
+            if opts.beam_size not in self._decoders:  # built once per beam size: the lexicon trie
+                kind = "beam" if opts.beam_size > 1 or d.trie is not None else "greedy"
+                words = d.words if d.trie is not None else None
+                self._decoders[opts.beam_size] = CTCDecoder(d.vocab, kind, opts.beam_size, words)
+            d = self._decoders[opts.beam_size]
         return None if d.kind == "greedy" else d
 
     def frames(self, n_samples: int, logits: Any) -> int:
         return int(logits.shape[0])  # the run's front end rounds its own way
 
     def decode_greedy(self, ids: np.ndarray, want_words: bool) -> tuple[str, list[Word]]:
-        return greedy_ctc(ids, self.labels, self.align_to / self.sample_rate)
+        from danlu.models.ctc import word_times  # the best-path word times the run's recognizer gives
 
-
-def greedy_ctc(ids: np.ndarray, labels: list[str], frame_seconds: float) -> tuple[str, list[Word]]:
-    """Best-path CTC decoding: merge repeats, drop blanks (""), split words at " "; word times from frames."""
-    words: list[Word] = []
-    current: list[str] = []
-    start = end = 0
-    prev = -1
-    for t, i in enumerate(ids.tolist()):
-        if i != prev:
-            sym = labels[i] if i < len(labels) else ""
-            if sym == " ":
-                if current:
-                    words.append(
-                        Word(round(start * frame_seconds, 3), round(end * frame_seconds, 3), "".join(current))
-                    )
-                current = []
-            elif sym:
-                if not current:
-                    start = t
-                current.append(sym)
-                end = t + 1
-        elif current and labels[i] not in ("", " "):
-            end = t + 1
-        prev = i
-    if current:
-        words.append(Word(round(start * frame_seconds, 3), round(end * frame_seconds, 3), "".join(current)))
-    return " ".join(w.text for w in words), words
+        fs = self.align_to / self.sample_rate
+        words = [Word(_t(a), _t(b), w) for w, a, b in word_times(ids.tolist(), self.labels[1:], fs)]
+        return " ".join(w.text for w in words), words
 
 
 # -- Whisper

@@ -296,6 +296,43 @@ def test_cli_train_evaluate_predict_on_synthesized_speech(espeak_set: Path, tmp_
 
 
 @needs_espeak
+def test_lexicon_run_scores_the_best_path_from_the_same_forward_pass(
+    espeak_set: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The final evaluation of a beam-decoded run reports wer_greedy / cer_greedy beside its own
+    WER from one forward pass; they equal a separate best-path evaluation of the split."""
+    import copy
+
+    from danlu.ctc_decode import CTCDecoder
+    from danlu.data.speech import eval_split
+    from danlu.models.ctc import CTCModel, load_recognizer
+    from danlu.training.trainer import evaluate_split
+
+    decoder = {"type": "beam", "beam_size": 4, "lexicon": "train"}
+    cfg = _config(espeak_set, tmp_path / "runs", train__epochs=2, task__decoder=decoder)
+    run = danlu.train(cfg, progress="quiet")
+    calls: list[int] = []
+    forward = CTCModel.forward
+
+    def counted(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(CTCModel, "forward", counted)
+    summary = danlu.evaluate(run.path, split="test", plots=False)
+    metrics = summary["metrics"]
+    assert summary["decoder"].startswith("lexicon beam search") and "wer_greedy" in metrics
+    rec = load_recognizer(run.path)
+    data, _, _ = eval_split(run.config, rec.preprocessor, rec.schema, "test", None)
+    passes = len(calls)
+    greedy = copy.copy(rec.task)
+    greedy.decoder = CTCDecoder(rec.task.vocab)
+    reference, _ = evaluate_split(rec.model, greedy, data, torch.device("cpu"))
+    assert passes == len(calls) // 2  # the evaluation above: one pass over the split, not two
+    assert (metrics["wer_greedy"], metrics["cer_greedy"]) == (reference["wer"], reference["cer"])
+
+
+@needs_espeak
 @pytest.mark.parametrize("encoder", ["transformer", "conformer", "lstm"])
 def test_other_encoders_learn(espeak_set: Path, tmp_path: Path, encoder: str) -> None:
     cfg = _config(

@@ -133,6 +133,64 @@ def test_ctc_long_file_chunked_like_the_pipeline(w2v: Path, pipe, tmp_path: Path
     assert got.text == ref
 
 
+def test_ctc_parallel_batches_match_one_pass_at_a_time(w2v: Path, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """On CPU, chunk batches run two at a time on threads of one torch thread each: the text and
+    word times equal one batch at a time on the caller's threads, chunks stream with a bounded
+    lead, and the caller's torch thread setting survives (also as the default of new threads)."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    import danlu.asr as asr
+
+    audio = noise_speech(60.0, seed=5)
+    sf.write(tmp_path / "long.wav", audio, 16000, subtype="FLOAT")
+    model = asr.load_cached(w2v, device="cpu")
+    seen: list[tuple[str, int]] = []
+    forward = model.forward
+
+    def recorded(batch):  # type: ignore[no-untyped-def]
+        seen.append((threading.current_thread().name, torch.get_num_threads()))
+        return forward(batch)
+
+    monkeypatch.setattr(model, "forward", recorded)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+
+        def words(batch_size: int | None, parallel: int) -> tuple[str, list]:  # type: ignore[type-arg]
+            monkeypatch.setattr(asr, "CTC_PARALLEL", parallel)
+            t = danlu.transcribe(
+                model, tmp_path / "long.wav", chunk_length=4.0, batch_size=batch_size, timestamps="word"
+            )
+            return t.text, [(w.start, w.end, w.text) for s in t.segments for w in s.words]
+
+        one_at_a_time = words(4, 1)  # danlu's CPU path before passes ran side by side
+        assert set(seen) == {(threading.current_thread().name, 2)}
+        seen.clear()
+        assert words(None, 2) == one_at_a_time  # the default: passes of one chunk, two at once
+        assert len(seen) > 10 and {n for _, n in seen} == {1}
+        assert all(name.startswith("danlu-ctc") for name, _ in seen)
+        assert words(3, 2) == one_at_a_time
+        assert torch.get_num_threads() == 2
+        with ThreadPoolExecutor(1) as pool:
+            assert pool.submit(torch.get_num_threads).result() == 2
+
+        # memory stays flat: chunks are read at most a few passes ahead of the finished ones
+        read, lead = [0], []
+        stream = asr._array_chunks(audio, 16000)
+
+        def counted(chunk_s: float, overlap_s: float):  # type: ignore[no-untyped-def]
+            for c in stream(chunk_s, overlap_s):
+                read[0] += 1
+                yield c
+
+        opts = asr.make_options(chunk_length=4.0, timestamps="none")  # one chunk per pass
+        text, _, _ = model.transcribe_chunks(counted, 60.0, opts, lambda _s: lead.append(read[0] - len(lead)))
+        assert text == one_at_a_time[0] and read[0] > 20 and max(lead) <= 4
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_ctc_cli_json_and_beam_search(w2v: Path, pipe, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     audio = noise_speech(4.0, seed=3)
     sf.write(tmp_path / "a.wav", audio, 16000, subtype="PCM_16")
@@ -373,7 +431,7 @@ def test_normalization_and_number_words() -> None:
         danlu.transcribe("/nonexistent/model/folder", "a.wav")
 
 
-def test_danlu_speech_run_folder_transcribes_like_its_recognizer(tmp_path: Path) -> None:
+def test_danlu_speech_run_folder_transcribes_like_its_recognizer(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     espeak = shutil.which("espeak-ng")
     if espeak is None:
         pytest.skip("espeak-ng is not installed (apt-get install espeak-ng; scripts/system_deps.sh)")
@@ -413,6 +471,24 @@ def test_danlu_speech_run_folder_transcribes_like_its_recognizer(tmp_path: Path)
     assert json.loads(r.stdout)["duration"] == pytest.approx(
         sf.info(tmp_path / "one130.wav").duration, abs=1e-3
     )
+    # a long recording: chunk passes side by side (the default on CPU) give what one at a time gives
+    import danlu.asr as asr
+
+    clips = [load_audio(tmp_path / f"{w}{s}.wav", 16000) for w in ("one", "two", "three") for s in (130, 190)]
+    long = np.concatenate([np.concatenate([c, np.zeros(4000, np.float32)]) for c in clips * 4])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        got = []
+        for parallel, batch_size in ((1, 4), (2, None)):
+            monkeypatch.setattr(asr, "CTC_PARALLEL", parallel)
+            t = danlu.transcribe(
+                run.path, long, sample_rate=16000, chunk_length=2.0, batch_size=batch_size, timestamps="word"
+            )
+            got.append((t.text, [(w.start, w.end, w.text) for s in t.segments for w in s.words]))
+        assert got[0] == got[1] and len(got[0][1]) > 0
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("arch", ["hubert", "wavlm"])

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from danlu.config import TaskConfig
+from danlu.ctc_decode import CTCDecoder
 from danlu.errors import DanluError
 from danlu.tasks import make_loss
 
@@ -91,6 +92,9 @@ class SpeechRecognitionTask:
         self.loss_name = loss
         self.criterion = make_loss(loss, cfg, torch.zeros(0), self.out_dim)
         self.decoder = make_decoder(cfg.decoder, schema)
+        # set to a list, decode_batch also appends each utterance's best-path text there
+        self.best_paths: list[str] | None = None
+        self.best_path = CTCDecoder(self.vocab)
 
     def loss(self, output: Any, y: torch.Tensor) -> torch.Tensor:
         return self.criterion(output, y)
@@ -101,8 +105,12 @@ class SpeechRecognitionTask:
     def decode_batch(self, output: Any) -> list[str]:
         log_probs, lengths = output
         log_probs = log_probs.float().cpu()
+        rows = [log_probs[b, : int(lengths[b])] for b in range(len(log_probs))]
+        if self.best_paths is not None:  # the final evaluation's greedy figures, same forward pass
+            g = self.best_path
+            self.best_paths += [g.text(g.decode(r).ids) for r in rows]
         d = self.decoder
-        return [d.text(d.decode(log_probs[b, : int(lengths[b])]).ids) for b in range(len(log_probs))]
+        return [d.text(d.decode(r).ids) for r in rows]
 
     def target(self, y: torch.Tensor) -> list[str]:
         return [self.text([int(i) for i in row if i > 0]) for row in y]
@@ -141,21 +149,22 @@ def finish_audio(
     import pandas as pd
 
     from danlu import fileio
-    from danlu.ctc_decode import CTCDecoder
     from danlu.training.trainer import evaluate_split
 
     if hasattr(model, "export") and not (run.path / "hf" / "config.json").is_file():
         model.export(run.path / "hf", schema.vocab, schema.sample_rate)
     frame = frame.reset_index(drop=True)
     model.eval()
+    compare = task.kind == "speech_recognition" and task.decoder.kind != "greedy"
+    if compare:  # what the decoder adds over the best path, decoded from the same log-probabilities
+        task = copy.copy(task)
+        task.best_paths = []
     metrics, decoded = evaluate_split(model, task, data, torch.device("cpu"))
     summary = {"split": split, "rows": len(data), "task": task.kind, "metrics": metrics}
     if task.kind == "speech_recognition":
         summary["decoder"] = task.decoder.describe()
-        if task.decoder.kind != "greedy":  # what the decoder adds over the best path
-            greedy = copy.copy(task)
-            greedy.decoder = CTCDecoder(task.vocab)
-            best_path, _ = evaluate_split(model, greedy, data, torch.device("cpu"))
+        if compare:
+            best_path = task.metrics(task.target(data.y), task.best_paths)
             metrics.update(wer_greedy=best_path["wer"], cer_greedy=best_path["cer"])
     if task.kind == "classification":
         classes = np.asarray(schema.classes, dtype=object)
