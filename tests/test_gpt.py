@@ -142,6 +142,38 @@ def test_weight_layouts_give_the_same_logits(checkpoint, kernels):
             torch.testing.assert_close(layer(x), expected, atol=1e-5, rtol=0)
 
 
+def test_decoding_layout_moves_weights_once_and_keeps_their_values(checkpoint):
+    _, model, _ = checkpoint
+    fresh = copy.deepcopy(model)
+    before = {n: p.detach().clone() for n, p in fresh.named_parameters()}
+    ids = torch.randint(0, VOCAB, (2, 7), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        expected = fresh(ids)
+        fresh.optimize_for_decoding(batch_size=1)
+        ptrs = [p.data_ptr() for p in fresh.parameters()]
+        fresh.optimize_for_decoding(batch_size=1)
+        assert [p.data_ptr() for p in fresh.parameters()] == ptrs  # placed once, not per call
+        for n, p in fresh.named_parameters():
+            assert torch.equal(p, before[n]), n
+        assert fresh.lm_head.weight is fresh.transformer.wte.weight
+        torch.testing.assert_close(fresh(ids), expected, atol=1e-5, rtol=0)
+        if cpu_kernels.available() and cpu_kernels.huge_page_copies([torch.zeros(1)]) is not None:
+            # the streamed matrices start on 2 MB boundaries of one mapping
+            assert fresh.transformer.h[0].attn.c_attn.weight.data_ptr() % (2 << 20) == 0
+
+
+def test_huge_page_copies_are_equal_and_aligned():
+    tensors = [torch.randn(3, 5), torch.randn(7).bfloat16(), torch.arange(10)]
+    copies = cpu_kernels.huge_page_copies(tensors)
+    if copies is None:
+        pytest.skip("this platform has no madvise(MADV_HUGEPAGE)")
+    for t, c in zip(tensors, copies, strict=True):
+        assert torch.equal(t, c) and c.dtype == t.dtype and c.data_ptr() % 64 == 0
+    assert copies[0].data_ptr() % (2 << 20) == 0
+    del tensors
+    assert copies[2].sum().item() == 45  # the mapping lives as long as its tensors
+
+
 def test_training_forward_backward():
     model = GPT(GPTConfig(vocab_size=50, block_size=16, n_layer=2, n_head=2, n_embd=16))
     ids = torch.randint(0, 50, (2, 16))
