@@ -23,19 +23,23 @@ path (sklearn, the optimizer) are warmed before the clock starts, so the numbers
 search. Reported: wall time, trials per minute, training epochs, seconds per epoch (trials
 stop early at different points), the best validation loss and the test accuracy of the
 trial it selects. Then `danlu tune --jobs 2` against `--jobs 1`, each a whole CLI run
-(process start-up included), in trials per minute: once on the search above (TPE + median
-pruner: parallel trials see fewer finished ones, so they are pruned less and train more
-epochs, and the sampler draws other configurations) and once on a grid of 20 fixed
-configurations without pruning, where both run exactly the same training work.
+(process start-up included), in trials per minute: on the search above with several
+sampler seeds (`tune.seed`; TPE + median pruner: in parallel the sampler draws other
+configurations and the pruner sees other trials, so the epochs trained differ from run to
+run, and one seed is one draw), and once on a grid of 20 fixed configurations without
+pruning, where both run exactly the same training work.
 
-    python benchmarks/tune.py              # 20 trials, prints markdown tables
-    python benchmarks/tune.py --quick      # a small smoke run (4 trials, 4 epochs)
+    python benchmarks/tune.py                          # 20 trials, prints markdown tables
+    python benchmarks/tune.py --only-jobs --seeds 0,1,2,3,4,5,6,7
+    python benchmarks/tune.py --quick                  # a small smoke run (4 trials, 4 epochs)
+    python benchmarks/tune.py --parallel-pruning 40    # the median pruner in parallel, simulated
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -193,7 +197,7 @@ GRID = """tune:
 """  # 20 configurations: --jobs 1 and --jobs 2 train exactly the same ones
 
 
-def run_jobs(trials: int, jobs: int, epochs: int, out: str, grid: bool = False) -> dict:
+def run_jobs(trials: int, jobs: int, epochs: int, out: str, grid: bool = False, seed: int = 0) -> dict:
     import csv
 
     space = []
@@ -201,17 +205,76 @@ def run_jobs(trials: int, jobs: int, epochs: int, out: str, grid: bool = False) 
         Path(out).mkdir(parents=True, exist_ok=True)
         (Path(out) / "grid.yaml").write_text(GRID, encoding="utf-8")
         space = ["--space", str(Path(out) / "grid.yaml")]
+    study = f"jobs{jobs}-seed{seed}"
     cmd = [
         sys.executable, "-m", "danlu", "tune", str(TUTORIAL), "--trials", str(trials), "--jobs", str(jobs),
-        "--study", f"jobs{jobs}", "--set", f"train.epochs={epochs}", "--set", "eval.plots=false",
-        "--set", f"output.dir={out}", "--quiet", *space,
+        "--study", study, "--set", f"train.epochs={epochs}", "--set", "eval.plots=false",
+        "--set", f"output.dir={out}", "--set", f"tune.seed={seed}", "--quiet", *space,
     ]  # fmt: skip
     start = time.perf_counter()
     subprocess.run(cmd, check=True, cwd=REPO, capture_output=True, env=dict(os.environ, PYTHONPATH=str(REPO)))
     wall = time.perf_counter() - start
-    with open(Path(out) / f"jobs{jobs}" / "trials.csv", encoding="utf-8") as f:
+    with open(Path(out) / study / "trials.csv", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
-    return {"wall": wall, "trials": len(rows), "epochs": sum(int(r["epochs"] or 0) for r in rows)}
+    best = min((r for r in rows if r["state"] == "COMPLETE"), key=lambda r: float(r["val.loss"]))
+    return {
+        "wall": wall,
+        "trials": len(rows),
+        "pruned": sum(r["state"] == "PRUNED" for r in rows),
+        "epochs": sum(int(r["epochs"] or 0) for r in rows),
+        "best_val_loss": float(best["val.loss"]),
+        "test_accuracy": float(best["test.accuracy"]),
+    }
+
+
+# --------------------------------------------------------------------------- pruning in parallel
+def parallel_pruning(seeds: int) -> None:
+    """The median pruner with J trials at a time against one at a time, on synthetic learning
+    curves (2 ms a step, so the trials' interleaving is real but the CPU is idle): Optuna's
+    MedianPruner, which judges against completed trials only, and danlu's, which adds the
+    other running trials. Steps trained, trials pruned and the best value, over many seeds."""
+    import statistics
+
+    import optuna
+
+    from danlu.tuning.pruners import MedianPruner
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+
+    def objective(trial: optuna.Trial) -> float:
+        x, y = trial.suggest_float("x", 0.0, 1.0), trial.suggest_float("y", 0.0, 1.0)
+        length, value = int(20 + 100 * (1 - x) * y), 0.0  # early stopping: some trials run long
+        for step in range(length):
+            value = (x - 0.3) ** 2 + y * math.exp(-step / (2 + 10 * x)) + 0.01 * math.sin(7 * step * y)
+            trial.report(value, step)
+            if trial.should_prune():
+                trial.set_user_attr("steps", step + 1)
+                raise optuna.TrialPruned()
+            time.sleep(0.002)
+        trial.set_user_attr("steps", length)
+        return value
+
+    settings = [("one at a time (both pruners decide the same)", 1, "optuna")] + [
+        (f"{jobs} at a time, {who}'s MedianPruner", jobs, who.lower())
+        for jobs in (2, 4)
+        for who in ("Optuna", "danlu")
+    ]
+    print(f"\n| median pruner, 20 trials, {seeds} seeds | steps trained | pruned | best value |")
+    print("|---|---:|---:|---:|")
+    for name, n_jobs, which in settings:
+        runs = []
+        for seed in range(seeds):
+            cls = optuna.pruners.MedianPruner if which == "optuna" else MedianPruner
+            study = optuna.create_study(
+                sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=5),
+                pruner=cls(n_startup_trials=5, n_warmup_steps=5),
+            )
+            study.optimize(objective, n_trials=20, n_jobs=n_jobs)
+            trials = study.trials
+            pruned = sum(t.state == optuna.trial.TrialState.PRUNED for t in trials)
+            runs.append((sum(t.user_attrs["steps"] for t in trials), pruned, study.best_value))
+        steps, pruned, best = (statistics.mean(r[i] for r in runs) for i in range(3))
+        print(f"| {name} | {steps:.0f} | {pruned:.2f} | {best:.4f} |", flush=True)
 
 
 # --------------------------------------------------------------------------- driver
@@ -224,13 +287,15 @@ def child(args: argparse.Namespace) -> None:
         result = run_hand(args.trials, args.pruner, args.epochs, loader, replay)
     else:
         jobs, grid = args.run.removeprefix("jobs").split("-")[0], args.run.endswith("-grid")
-        result = run_jobs(args.trials, int(jobs), args.epochs, args.out, grid)
+        result = run_jobs(args.trials, int(jobs), args.epochs, args.out, grid, args.seed)
     print(json.dumps(result))
 
 
-def measure(method: str, trials: int, pruner: str, epochs: int, out: str, replay: str = "") -> dict:
+def measure(
+    method: str, trials: int, pruner: str, epochs: int, out: str, replay: str = "", seed: int = 0
+) -> dict:
     cmd = [sys.executable, __file__, "--run", method, "--trials", str(trials), "--pruner", pruner,
-           "--epochs", str(epochs), "--out", out, "--replay", replay]  # fmt: skip
+           "--epochs", str(epochs), "--out", out, "--replay", replay, "--seed", str(seed)]  # fmt: skip
     done = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=REPO,
                           env=dict(os.environ, PYTHONPATH=str(REPO)))  # fmt: skip
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -243,7 +308,18 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="4 trials of at most 4 epochs: a smoke run")
     parser.add_argument("--trials", type=int, default=20)
     parser.add_argument("--epochs", type=int, default=200, help="at most, per trial (early stopping on)")
+    parser.add_argument(
+        "--seeds", default="0,1,2,3,4", help="tune.seed of the --jobs 1/2 TPE searches (comma-separated)"
+    )
+    parser.add_argument("--only-jobs", action="store_true", help="only the --jobs 1/2 comparison")
+    parser.add_argument(
+        "--parallel-pruning",
+        type=int,
+        metavar="SEEDS",
+        help="only the median pruner one, 2 and 4 trials at a time on synthetic curves, SEEDS seeds",
+    )
     parser.add_argument("--run", help=argparse.SUPPRESS)
+    parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--pruner", default="none", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     parser.add_argument("--replay", help=argparse.SUPPRESS)
@@ -251,12 +327,16 @@ def main() -> None:
     if args.run:
         child(args)
         return
+    if args.parallel_pruning:
+        parallel_pruning(args.parallel_pruning)
+        return
     if args.quick:
         args.trials, args.epochs = 4, 4
     print(f"{args.trials} trials, at most {args.epochs} epochs each, {os.cpu_count()} CPU cores", flush=True)
-    rows = []
+    seeds = [int(x) for x in args.seeds.split(",")]
+    rows, jobs = [], {}
     with tempfile.TemporaryDirectory() as out:
-        for pruner in ("none", "median"):
+        for pruner in () if args.only_jobs else ("none", "median"):
             replay = str(Path(out) / f"params-{pruner}.json")
             for method in METHODS:
                 r = measure(
@@ -267,15 +347,24 @@ def main() -> None:
                     Path(replay).write_text(json.dumps(r.pop("params")), encoding="utf-8")
                 rows.append((method, pruner, r))
                 print(f"  {method} pruner={pruner}: {r}", file=sys.stderr, flush=True)
-        jobs = {}
-        for setting in ("", "-grid"):
-            for j in (1, 2):
-                name = f"jobs{j}{setting}"
-                jobs[name] = measure(name, args.trials, "median", args.epochs, str(Path(out) / name))
-                print(f"  {name}: {jobs[name]}", file=sys.stderr, flush=True)
+        # the TPE + median search on each seed, --jobs 1 and 2 taking turns (first one, then the
+        # other), then the fixed grid once each
+        runs = [
+            (f"jobs{j}", seed) for i, seed in enumerate(seeds) for j in ((1, 2) if i % 2 == 0 else (2, 1))
+        ]
+        for name, seed in [*runs, ("jobs1-grid", 0), ("jobs2-grid", 0)]:
+            r = measure(
+                name, args.trials, "median", args.epochs, str(Path(out) / f"{name}-{seed}"), seed=seed
+            )
+            jobs[(name, seed)] = r
+            print(f"  {name} seed={seed}: {r}", file=sys.stderr, flush=True)
 
-    print("\n| method | pruner | wall (s) | trials/min | epochs | ms/epoch | best val.loss | test accuracy |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    if rows:
+        print(
+            "\n| method | pruner | wall (s) | trials/min | epochs | ms/epoch | best val.loss"
+            " | test accuracy |"
+        )
+        print("|---|---|---:|---:|---:|---:|---:|---:|")
     for method, pruner, r in rows:
         per_min, ms = 60 * r["trials"] / r["wall"], 1000 * r["wall"] / max(r["epochs"], 1)
         print(
@@ -283,7 +372,7 @@ def main() -> None:
             f" | {ms:.1f} | {r['best_val_loss']:.4f} | {r['test_accuracy']:.4f} |"
         )
     by = {(m, p): r for m, p, r in rows}
-    for pruner in ("none", "median"):
+    for pruner in ("none", "median") if rows else ():
         per_epoch = {m: by[(m, pruner)]["wall"] / max(by[(m, pruner)]["epochs"], 1) for m in METHODS}
         same, loader = (
             per_epoch["danlu"] / per_epoch["hand_tensor"] - 1,
@@ -293,22 +382,48 @@ def main() -> None:
             f"\npruner={pruner}: danlu's time per epoch is {same:+.0%} over the hand-written script with the"
             f" same batching, {loader:+.0%} over the DataLoader one (goal: at most +10%)"
         )
-    rate = {name: 60 * r["trials"] / r["wall"] for name, r in jobs.items()}
-    print("\n| danlu tune (whole command) | search | wall (s) | trials/min | epochs | epochs/s |")
-    print("|---|---|---:|---:|---:|---:|")
-    for name, r in jobs.items():
-        search = "grid of 20, no pruner" if name.endswith("-grid") else "TPE + median pruner"
+
+    def rate(r: dict) -> float:
+        return 60 * r["trials"] / r["wall"]
+
+    print(
+        "\n| `danlu tune` (whole command) | search | wall (s) | trials/min | epochs (pruned) | epochs/s"
+        " | best val.loss | its test accuracy |"
+    )
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    for (name, seed), r in sorted(
+        jobs.items(), key=lambda kv: (kv[0][0].endswith("grid"), kv[0][1], kv[0][0])
+    ):
+        search = "grid of 20, no pruner" if name.endswith("-grid") else f"TPE + median, seed {seed}"
         print(
-            f"| --jobs {name[4]} | {search} | {r['wall']:.1f} | {rate[name]:.1f} | {r['epochs']}"
-            f" | {r['epochs'] / r['wall']:.1f} |"
+            f"| --jobs {name[4]} | {search} | {r['wall']:.1f} | {rate(r):.1f} | {r['epochs']} ({r['pruned']})"
+            f" | {r['epochs'] / r['wall']:.1f} | {r['best_val_loss']:.4f} | {r['test_accuracy']:.3f} |"
         )
-    for setting, what in (("", "TPE + median"), ("-grid", "the same 20 grid configurations")):
-        one, two = jobs[f"jobs1{setting}"], jobs[f"jobs2{setting}"]
-        epoch_rate = two["epochs"] * one["wall"] / (one["epochs"] * two["wall"])
-        print(
-            f"\n{what}: --jobs 2 runs {rate[f'jobs2{setting}'] / rate[f'jobs1{setting}']:.2f}x the trials per"
-            f" minute of --jobs 1 (goal: at least 1.6x), {epoch_rate:.2f}x the epochs per second"
-        )
+    print()
+    ratios = []
+    for seed in seeds:
+        one, two = jobs[("jobs1", seed)], jobs[("jobs2", seed)]
+        ratios.append(rate(two) / rate(one))
+        print(f"TPE + median, seed {seed}: --jobs 2 runs {ratios[-1]:.2f}x the trials per minute of --jobs 1")
+    total = {j: [jobs[(f"jobs{j}", s)] for s in seeds] for j in (1, 2)}
+    pooled = {j: 60 * sum(r["trials"] for r in rs) / sum(r["wall"] for r in rs) for j, rs in total.items()}
+    mean = {
+        j: (sum(r["epochs"] for r in rs) / len(rs), sum(r["pruned"] for r in rs) / len(rs))
+        for j, rs in total.items()
+    }
+    geo = math.prod(ratios) ** (1 / len(ratios))
+    print(
+        f"TPE + median, {len(seeds)} seeds pooled: --jobs 2 runs {pooled[2] / pooled[1]:.2f}x the trials"
+        f" per minute of --jobs 1 (geometric mean of the seeds {geo:.2f}x; goal: at least 1.6x);"
+        f" epochs per search {mean[1][0]:.0f} against {mean[2][0]:.0f},"
+        f" pruned {mean[1][1]:.1f} against {mean[2][1]:.1f}"
+    )
+    one, two = jobs[("jobs1-grid", 0)], jobs[("jobs2-grid", 0)]
+    print(
+        f"the same 20 grid configurations: --jobs 2 runs {rate(two) / rate(one):.2f}x the trials per"
+        f" minute of --jobs 1, {two['epochs'] * one['wall'] / (one['epochs'] * two['wall']):.2f}x the"
+        " epochs per second"
+    )
 
 
 if __name__ == "__main__":

@@ -32,10 +32,14 @@ Debug = Annotated[bool, typer.Option("--debug", help="Show the full traceback on
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")]
 
 
-@contextlib.contextmanager
-def _errors(debug: bool) -> Iterator[None]:
+def _interrupted() -> type[Exception]:
     from danlu.training.trainer import Interrupted
 
+    return Interrupted
+
+
+@contextlib.contextmanager
+def _errors(debug: bool) -> Iterator[None]:
     try:
         yield
     except DanluError as e:
@@ -43,11 +47,11 @@ def _errors(debug: bool) -> Iterator[None]:
             raise
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
-    except Interrupted as e:
-        typer.echo(str(e), err=True)
-        raise typer.Exit(130) from None
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
+        raise typer.Exit(130) from None
+    except _interrupted() as e:  # evaluated only when an exception gets here: no torch import before
+        typer.echo(str(e), err=True)
         raise typer.Exit(130) from None
 
 
@@ -432,7 +436,10 @@ def transcribe(
         typer.Option(help="Seconds per chunk (CTC, default 30, stride chunk/6) or Whisper block (300)."),
     ] = None,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, ... (default: cuda if available).")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="CTC: chunks per forward pass (default 4).")] = None,
+    batch_size: Annotated[
+        int | None,
+        typer.Option(help="CTC: chunks per forward pass (default: 1 on CPU, two passes at once; 4 on GPU)."),
+    ] = None,
     kenlm: Annotated[Path | None, typer.Option(help="CTC beam search: KenLM n-gram model.")] = None,
     hotword: Annotated[
         list[str] | None, typer.Option("--hotword", help="CTC beam search: favour this word (repeatable).")

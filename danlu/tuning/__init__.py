@@ -19,11 +19,13 @@ under a file lock, no "database is locked" under concurrent writes) and needs no
 
 `--jobs J` runs trials in this process and starts J-1 worker processes once (`python -m
 danlu.tuning worker STUDY_DIR I`), each running trials until the study has its trial count,
-with cores/J torch threads each. This process also prints one line per finished trial (its
+with cores/J torch threads each. The workers start before this process imports torch, so
+their start-up overlaps its own. This process also prints one line per finished trial (its
 own and the workers', read from the storage) and writes the summary at the end.
 
   space.py    tune.space -> Params, checked against the run-config schema
   study.py    the search setup (sampler, pruner, trial count) and the storage
+  pruners.py  the median pruner that also judges against trials running in other processes
   trials.py   one trial as a danlu run, the ask/tell loop, the --jobs workers
   report.py   progress, leaderboard, trials.csv, best.yaml, report.md + plots, `tune show`
   here        tune(): open or resume the study, run, summarize, --refit

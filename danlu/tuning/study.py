@@ -18,6 +18,7 @@ from danlu import config as config_mod
 from danlu.config import RunConfig
 from danlu.errors import DanluError
 from danlu.evaluation.metrics import direction as metric_direction
+from danlu.tuning.pruners import MedianPruner
 from danlu.tuning.space import Param, parse_space
 
 DEFAULT_TRIALS = 20
@@ -74,12 +75,20 @@ class Search:
             return optuna.samplers.CmaEsSampler(
                 seed=seed, n_startup_trials=max(t.startup_trials, 1), warn_independent_sampling=False
             )
-        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=t.startup_trials)
+        # constant_liar: trials running in other processes count as bad results, so that
+        # parallel processes do not all sample next to the current best (Optuna's advice for
+        # parallel search; the default in Optuna 5, experimental in older releases)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.TPESampler(
+                seed=seed, n_startup_trials=t.startup_trials, constant_liar=True
+            )
 
     def pruner(self) -> optuna.pruners.BasePruner:
         t = self.tune
         if t.pruner == "median":
-            return optuna.pruners.MedianPruner(n_startup_trials=t.startup_trials, n_warmup_steps=t.warmup)
+            # Optuna's median rule, also judging against trials running in other processes
+            return MedianPruner(n_startup_trials=t.startup_trials, n_warmup_steps=t.warmup)
         if t.pruner == "hyperband":
             return optuna.pruners.HyperbandPruner(min_resource=max(t.warmup, 1))
         if t.pruner == "successive_halving":

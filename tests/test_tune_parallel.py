@@ -1,0 +1,143 @@
+"""Parallel search (`danlu tune --jobs`): danlu's median pruner (danlu/tuning/pruners.py)
+against a hand computation and, one trial at a time, against Optuna's MedianPruner; the TPE
+sampler's constant liar; and no torch import before the workers start."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+
+import pytest
+
+optuna = pytest.importorskip("optuna", reason="optuna is not installed (pip install 'danlu[tune]')")
+
+from optuna.trial import TrialState  # noqa: E402
+
+from danlu.tuning.pruners import MedianPruner  # noqa: E402
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def add_trial(study: optuna.Study, curve: list[float], state: TrialState | None = None) -> optuna.Trial:
+    """A trial that reported `curve` at steps 0, 1, ...; told `state` (None: left running)."""
+    trial = study.ask()
+    for step, value in enumerate(curve):
+        trial.report(value, step)
+    if state == TrialState.COMPLETE:
+        study.tell(trial, curve[-1])
+    elif state is not None:
+        study.tell(trial, state=state)
+    return trial
+
+
+@pytest.mark.parametrize("sign", [1.0, -1.0], ids=["minimize", "maximize"])
+def test_running_trials_join_the_median_by_hand(sign):
+    """Step 3: completed 1, 2, 3, 4, 5 and a running trial at 0.5 -> median (2 + 3) / 2 = 2.5;
+    Optuna's rule, completed trials only, has median 3. A trial whose best is 2.8 is pruned
+    by danlu's pruner and kept by Optuna's. (maximize: every value negated.)"""
+    direction = "minimize" if sign > 0 else "maximize"
+    study = optuna.create_study(direction=direction, pruner=MedianPruner(n_startup_trials=5))
+    for last in (1.0, 2.0, 3.0, 4.0, 5.0):
+        add_trial(study, [sign * v for v in (9.0, 8.0, 7.0, last)], TrialState.COMPLETE)
+    add_trial(study, [sign * v for v in (9.0, 8.0, 7.0, 0.1)], TrialState.PRUNED)  # pruned: not a peer
+    add_trial(study, [sign * v for v in (9.0, 8.0, 7.0, 0.5)])  # running, reached step 3: a peer
+    add_trial(study, [sign * v for v in (0.2, 0.2)])  # running, not at step 3 yet: no value to compare
+
+    def judged(best: float) -> tuple[bool, bool]:
+        trial = add_trial(study, [sign * v for v in (9.0, best, 7.0, 6.0)])  # best of its curve: step 1
+        frozen = study._storage.get_trial(trial._trial_id)
+        ours = trial.should_prune()
+        optunas = optuna.pruners.MedianPruner(n_startup_trials=5).prune(study, frozen)
+        study.tell(trial, state=TrialState.FAIL)  # not a running peer of the next judged trial
+        return ours, optunas
+
+    assert judged(2.8) == (True, False)  # 2.8 worse than 2.5, better than 3
+    assert judged(2.4) == (False, False)  # better than both medians
+    assert judged(3.2) == (True, True)  # worse than both
+
+
+def test_startup_counts_completed_trials_only():
+    """4 completed trials and 2 running ones: pruning waits for the 5th to finish."""
+    study = optuna.create_study(pruner=MedianPruner(n_startup_trials=5))
+    for last in (1.0, 2.0, 3.0, 4.0):
+        add_trial(study, [last], TrialState.COMPLETE)
+    add_trial(study, [0.5])
+    add_trial(study, [0.6])
+    trial = add_trial(study, [100.0])
+    assert not trial.should_prune()
+    study.tell(trial, state=TrialState.FAIL)
+    add_trial(study, [5.0], TrialState.COMPLETE)
+    # now 5 completed: peers 1..5 plus the running 0.5 and 0.6 -> median 2.5
+    trial = add_trial(study, [2.6])
+    assert trial.should_prune()
+
+
+def test_warmup_steps_are_kept():
+    study = optuna.create_study(pruner=MedianPruner(n_startup_trials=1, n_warmup_steps=2))
+    add_trial(study, [1.0, 1.0, 1.0], TrialState.COMPLETE)
+    trial = study.ask()
+    trial.report(50.0, 0)
+    assert not trial.should_prune()  # step 0 < 2 warm-up steps
+    trial.report(50.0, 1)
+    assert not trial.should_prune()
+    trial.report(50.0, 2)
+    assert trial.should_prune()
+
+
+def test_one_trial_at_a_time_decides_as_optunas_median_pruner():
+    """Serially the only running trial is the judged one: the same trials are pruned at the
+    same steps as with optuna.pruners.MedianPruner."""
+
+    def objective(trial: optuna.Trial) -> float:
+        x, y = trial.suggest_float("x", 0.0, 1.0), trial.suggest_float("y", 0.0, 1.0)
+        value = 0.0
+        for step in range(30):
+            # learning curves that cross: a slow start can still end well
+            value = (x - 0.3) ** 2 + y * math.exp(-step / (2 + 10 * x)) + 0.01 * math.sin(7 * step * y)
+            trial.report(value, step)
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+        return value
+
+    runs = {}
+    for name, pruner in (
+        ("optuna", optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=3)),
+        ("danlu", MedianPruner(n_startup_trials=5, n_warmup_steps=3)),
+    ):
+        study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3), pruner=pruner)
+        study.optimize(objective, n_trials=40)
+        runs[name] = [(t.state, t.last_step) for t in study.trials]
+    assert runs["danlu"] == runs["optuna"]
+    pruned = sum(state == TrialState.PRUNED for state, _ in runs["danlu"])
+    assert 5 <= pruned < 35  # a test that prunes some trials, not none or all
+
+
+def test_median_search_uses_it(tmp_path):
+    from danlu.tuning import prepare
+
+    body = {
+        "data": {"source": "iris"},
+        "output": {"dir": str(tmp_path)},
+        "tune": {"pruner": "median", "startup_trials": 3, "space": {"train.lr": {"log_float": [1e-3, 0.1]}}},
+    }
+    search = prepare(body)
+    pruner = search.pruner()
+    assert isinstance(pruner, MedianPruner) and pruner.startup_trials == 3
+    assert search.sampler()._constant_liar  # TPE spreads parallel trials apart
+
+
+def test_cli_starts_tune_workers_before_importing_torch():
+    """The workers start once the study exists; the CLI importing torch first (about 1.5 s)
+    would delay them by that much."""
+    code = (
+        "import sys\n"
+        "from danlu import cli\n"
+        "with cli._errors(False):\n"
+        "    from danlu import tuning\n"
+        "    tuning.prepare({'data': {'source': 'iris'}, 'tune': {'space': {'train.lr': [0.1, 0.01]}}})\n"
+        "print('torch' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
