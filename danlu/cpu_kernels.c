@@ -137,9 +137,11 @@ static void rows_tail(const void *x, const void *w, const void *b, void *y, int6
         }
 }
 
+/* dynamic: a thread the OS pauses mid-call (a busy machine) leaves its rows to the others
+ * instead of making every call wait for it; as fast as static on an idle machine */
 #define LINEAR(NAME, XB, WB)                                                                              \
     static void NAME(const void *x, const void *w, const void *b, void *y, int64_t M, int64_t N, int64_t K) { \
-        _Pragma("omp parallel for schedule(static)") for (int64_t q = 0; q < N / 4; q++)                  \
+        _Pragma("omp parallel for schedule(dynamic, 8)") for (int64_t q = 0; q < N / 4; q++)              \
             rows_block(x, w, b, y, M, N, K, q, XB, WB);                                                    \
         rows_tail(x, w, b, y, M, N, K, XB, WB);                                                            \
     }
