@@ -57,10 +57,14 @@ def _build() -> Path | None:
     target = _cache_dir() / f"cpu_kernels-{key.hexdigest()[:16]}.so"
     if target.exists():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # build beside the target and rename: concurrent processes never load half a file
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
-    os.close(fd)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # build beside the target and rename: concurrent processes never load half a file
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+        os.close(fd)
+    except OSError as exc:  # e.g. a read-only home: torch does the work
+        log.debug("danlu CPU kernels not built (%s): torch does the work", exc)
+        return None
     cmd = [compiler, "-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", str(SOURCE), "-o", tmp]
     try:
         subprocess.run(cmd, check=True, capture_output=True, timeout=120)

@@ -75,6 +75,15 @@ def test_without_a_compiler_torch_does_the_work(tmp_path, monkeypatch):
     assert not list(tmp_path.rglob("*.so"))  # nothing half-built left behind
 
 
+def test_unwritable_cache_means_torch_does_the_work(tmp_path, monkeypatch):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocker))
+    monkeypatch.setattr(cpu_kernels, "_lib", None)
+    monkeypatch.setattr(cpu_kernels, "_tried", False)
+    assert not cpu_kernels.available()
+
+
 def test_disabled_by_environment(monkeypatch):
     monkeypatch.setenv("DANLU_CPU_KERNELS", "0")
     monkeypatch.setattr(cpu_kernels, "_lib", None)
