@@ -19,10 +19,11 @@ import os
 import platform
 import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 
 import torch
+
+from danlu import fileio
 
 log = logging.getLogger(__name__)
 
@@ -57,21 +58,13 @@ def _build() -> Path | None:
     target = _cache_dir() / f"cpu_kernels-{key.hexdigest()[:16]}.so"
     if target.exists():
         return target
+    cmd = [compiler, "-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", str(SOURCE), "-o"]
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        # build beside the target and rename: concurrent processes never load half a file
-        fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
-        os.close(fd)
-    except OSError as exc:  # e.g. a read-only home: torch does the work
+        # built beside the target and renamed: concurrent processes never load half a file
+        with fileio.atomic_path(target) as tmp:
+            subprocess.run([*cmd, str(tmp)], check=True, capture_output=True, timeout=120)
+    except (OSError, subprocess.SubprocessError) as exc:  # no compiler, a read-only cache, ...
         log.debug("danlu CPU kernels not built (%s): torch does the work", exc)
-        return None
-    cmd = [compiler, "-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", str(SOURCE), "-o", tmp]
-    try:
-        subprocess.run(cmd, check=True, capture_output=True, timeout=120)
-        os.replace(tmp, target)
-    except (OSError, subprocess.SubprocessError) as exc:
-        log.debug("danlu CPU kernels not built (%s): torch does the work", exc)
-        Path(tmp).unlink(missing_ok=True)
         return None
     return target
 

@@ -350,15 +350,14 @@ class GPT(nn.Module):
     def _huge_pages_for_kernel(self) -> None:
         """Move the weight matrices the CPU kernel streams into 2 MB pages, once."""
         weights = list({id(m.weight): m.weight for m in self.modules() if isinstance(m, nn.Linear)}.values())
-        if getattr(self, "_huge_page_ptrs", None) == [w.data_ptr() for w in weights]:
-            return
+        if len({w.untyped_storage().data_ptr() for w in weights}) == 1:
+            return  # already views of the one mapping huge_page_copies makes
         if not cpu_kernels.available() or not all(w.is_contiguous() for w in weights):
             return
         copies = cpu_kernels.huge_page_copies([w.data for w in weights])
         if copies is not None:
             for w, c in zip(weights, copies, strict=True):
                 w.data = c
-            self._huge_page_ptrs = [w.data_ptr() for w in weights]
 
     def crop_block_size(self, block_size: int) -> None:
         """Shorten the context to `block_size` positions (nanoGPT's model surgery), e.g. to
