@@ -10,6 +10,8 @@
  * runtime is the one torch already loaded, so the thread count is torch.get_num_threads().
  * Sums run in float32; bf16 outputs are rounded to nearest even, as torch rounds them.
  */
+#include <math.h>
+#include <omp.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -149,6 +151,266 @@ LINEAR(linear_f32, 0, 0)
 LINEAR(linear_bf16, 1, 1)
 LINEAR(linear_f32_bf16w, 0, 1) /* bf16 weights, float32 activations */
 #endif
+
+/* ---------------------------------------------------------------- one decoding step of a block
+ *
+ * A GPT block at batch <= 16 and one new token per row, done in one call and one OpenMP
+ * region: the Python version spends ~25 torch ops and 4 kernel calls per block, which at a
+ * few microseconds each is a fifth of a bf16 step on two cores. It mirrors Block.forward
+ * (danlu/models/gpt.py) for float32 activations, with float32 or bf16 weights:
+ *   x += c_proj(attention(ln_1(x)));  x += mlp_proj(gelu(c_fc(ln_2(x))))
+ * writing this step's keys and values into the (M, H, L, D) cache at `pos`.
+ */
+#if DANLU_SIMD
+/* exp for 8 floats: Cephes' expf (range reduction by ln 2, degree-5 polynomial), ~1 ulp */
+static inline __m256 exp8(__m256 x) {
+    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.3f)), _mm256_set1_ps(88.3f));
+    __m256 fx = _mm256_floor_ps(_mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), _mm256_set1_ps(0.5f)));
+    x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(0.693359375f), x);
+    x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(-2.12194440e-4f), x);
+    __m256 y = _mm256_set1_ps(1.9875691500e-4f);
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.3981999507e-3f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(8.3334519073e-3f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(4.1665795894e-2f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.6666665459e-1f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(5.0000001201e-1f));
+    y = _mm256_fmadd_ps(y, _mm256_mul_ps(x, x), _mm256_add_ps(x, _mm256_set1_ps(1.0f)));
+    __m256i n = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(fx), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(y, _mm256_castsi256_ps(n));
+}
+
+/* GELU of 8 floats: tanh form (GPT-2's gelu_new, F.gelu(approximate="tanh")), or the erf
+ * form with Abramowitz & Stegun 7.1.26 for erf (error < 1.5e-7, below float32's step near 1) */
+static inline __m256 gelu8(__m256 x, int tanh_form) {
+    const __m256 one = _mm256_set1_ps(1.0f), half = _mm256_set1_ps(0.5f);
+    const __m256 sign_bit = _mm256_set1_ps(-0.0f);
+    __m256 u, t;
+    if (tanh_form) {
+        /* tanh(u) = sign(u) (1 - e) / (1 + e), e = exp(-2|u|) */
+        __m256 x3 = _mm256_mul_ps(_mm256_mul_ps(x, x), x);
+        u = _mm256_mul_ps(_mm256_set1_ps(0.7978845608028654f), _mm256_fmadd_ps(_mm256_set1_ps(0.044715f), x3, x));
+        __m256 a = _mm256_andnot_ps(sign_bit, u);
+        __m256 e = exp8(_mm256_mul_ps(_mm256_set1_ps(-2.0f), a));
+        t = _mm256_div_ps(_mm256_sub_ps(one, e), _mm256_add_ps(one, e));
+    } else {
+        /* erf(u) = sign(u) (1 - poly(s) exp(-u^2)), s = 1 / (1 + p |u|) */
+        u = _mm256_mul_ps(x, _mm256_set1_ps(0.7071067811865476f));
+        __m256 a = _mm256_andnot_ps(sign_bit, u);
+        __m256 s = _mm256_div_ps(one, _mm256_fmadd_ps(_mm256_set1_ps(0.3275911f), a, one));
+        __m256 p = _mm256_set1_ps(1.061405429f);
+        p = _mm256_fmadd_ps(p, s, _mm256_set1_ps(-1.453152027f));
+        p = _mm256_fmadd_ps(p, s, _mm256_set1_ps(1.421413741f));
+        p = _mm256_fmadd_ps(p, s, _mm256_set1_ps(-0.284496736f));
+        p = _mm256_fmadd_ps(p, s, _mm256_set1_ps(0.254829592f));
+        p = _mm256_mul_ps(p, s);
+        __m256 e = exp8(_mm256_sub_ps(_mm256_setzero_ps(), _mm256_mul_ps(a, a)));
+        t = _mm256_fnmadd_ps(p, e, one);
+    }
+    t = _mm256_or_ps(t, _mm256_and_ps(sign_bit, u)); /* t >= 0 here, so this copies u's sign */
+    return _mm256_mul_ps(_mm256_mul_ps(half, x), _mm256_add_ps(one, t));
+}
+
+static float gelu1(float x, int tanh_form) {
+    float in[8] = {x}, out[8];
+    _mm256_storeu_ps(out, gelu8(_mm256_loadu_ps(in), tanh_form));
+    return out[0];
+}
+
+/* y = layer_norm(x) over C, for M rows; b may be NULL. Two passes in float, as torch's. */
+static void layer_norm(const float *x, const float *g, const float *b, float *y, int64_t M, int64_t C,
+                       float eps) {
+    for (int64_t m = 0; m < M; m++) {
+        const float *xr = x + m * C;
+        float *yr = y + m * C;
+        float mean = 0.f, var = 0.f;
+        for (int64_t c = 0; c < C; c++) mean += xr[c];
+        mean /= (float)C;
+        for (int64_t c = 0; c < C; c++) var += (xr[c] - mean) * (xr[c] - mean);
+        const float rstd = 1.0f / sqrtf(var / (float)C + eps);
+        for (int64_t c = 0; c < C; c++) yr[c] = (xr[c] - mean) * rstd * g[c] + (b ? b[c] : 0.f);
+    }
+}
+
+enum { OUT_SET, OUT_ADD, OUT_GELU_TANH, OUT_GELU_ERF };
+
+/* y = x @ w.T + b (out = OUT_SET), y += that (OUT_ADD, the residual), or y = gelu(that), with
+ * the weight rows split over the threads of the enclosing parallel region; ends with the
+ * loop's barrier */
+static inline __attribute__((always_inline)) void linear_for(const float *x, const void *w, const float *b,
+                                                             float *y, int64_t M, int64_t N, int64_t K,
+                                                             int wb, int out) {
+    const int64_t K8 = K - K % 8;
+#pragma omp for schedule(dynamic, 8)
+    for (int64_t q = 0; q < (N + 3) / 4; q++) {
+        const int64_t n = q * 4;
+        for (int64_t m = 0; m < M; m += 2) {
+            const int mr = M - m >= 2 ? 2 : 1;
+            float s[2][4] = {{0}};
+            if (n + 4 <= N) {
+                if (mr == 2)
+                    tile(x, w, n, m, 2, K, K8, 0, wb, s);
+                else
+                    tile(x, w, n, m, 1, K, K8, 0, wb, s);
+            }
+            for (int i = 0; i < mr; i++)
+                for (int j = 0; j < 4; j++) {
+                    if (n + j >= N) {
+                        s[i][j] = 0.f;
+                        continue;
+                    }
+                    for (int64_t k = n + 4 <= N ? K8 : 0; k < K; k++)
+                        s[i][j] += load_scalar(w, (n + j) * K + k, wb) * x[(m + i) * K + k];
+                    if (b) s[i][j] += b[n + j];
+                }
+            if (out >= OUT_GELU_TANH) /* the tile's eight sums through one vector GELU */
+                _mm256_storeu_ps(&s[0][0], gelu8(_mm256_loadu_ps(&s[0][0]), out == OUT_GELU_TANH));
+            for (int i = 0; i < mr; i++)
+                for (int j = 0; j < 4 && n + j < N; j++) {
+                    float *o = y + (m + i) * N + n + j;
+                    *o = out == OUT_ADD ? *o + s[i][j] : s[i][j];
+                }
+        }
+    }
+}
+
+/* One query per row against the `pos + 1` cached keys of each head; writes this step's key
+ * and value into the cache first. key_mask (M, mask_stride), 1 where a key may be seen, or
+ * NULL for every key. */
+static inline __attribute__((always_inline)) void attention_for(const float *qkv, float *kc, float *vc,
+                                                                const uint8_t *key_mask, int64_t mask_stride,
+                                                                float *out, float *scores, int64_t M,
+                                                                int64_t C, int64_t H, int64_t L, int64_t pos) {
+    const int64_t D = C / H;
+    const float scale = 1.0f / sqrtf((float)D);
+#pragma omp for schedule(static)
+    for (int64_t mh = 0; mh < M * H; mh++) {
+        const int64_t m = mh / H, h = mh % H;
+        const float *q = qkv + m * 3 * C + h * D;
+        float *K = kc + mh * L * D, *V = vc + mh * L * D;
+        memcpy(K + pos * D, q + C, D * sizeof(float));
+        memcpy(V + pos * D, q + 2 * C, D * sizeof(float));
+        const uint8_t *mask = key_mask ? key_mask + m * mask_stride : NULL;
+        float *p = scores + mh * (pos + 1);
+        float top = -INFINITY;
+        for (int64_t t = 0; t <= pos; t++) {
+            if (mask && !mask[t]) {
+                p[t] = -INFINITY;
+                continue;
+            }
+            __m256 acc = _mm256_setzero_ps();
+            int64_t d = 0;
+            for (; d + 8 <= D; d += 8)
+                acc = _mm256_fmadd_ps(_mm256_loadu_ps(q + d), _mm256_loadu_ps(K + t * D + d), acc);
+            float dot = hsum(acc);
+            for (; d < D; d++) dot += q[d] * K[t * D + d];
+            p[t] = dot * scale;
+            top = p[t] > top ? p[t] : top;
+        }
+        float total = 0.f;
+        for (int64_t t = 0; t <= pos; t++) {
+            p[t] = p[t] == -INFINITY ? 0.f : expf(p[t] - top);
+            total += p[t];
+        }
+        float *o = out + m * C + h * D;
+        for (int64_t d = 0; d < D; d++) o[d] = 0.f;
+        for (int64_t t = 0; t <= pos; t++) {
+            const float w = p[t] / total;
+            if (w == 0.f) continue;
+            for (int64_t d = 0; d < D; d++) o[d] += w * V[t * D + d];
+        }
+    }
+}
+
+typedef struct {
+    const float *ln1_w, *ln1_b, *ln2_w, *ln2_b;
+    const void *attn_w, *proj_w, *fc_w, *mlp_proj_w; /* (3C, C), (C, C), (4C, C), (C, 4C) */
+    const float *attn_b, *proj_b, *fc_b, *mlp_proj_b; /* NULL without biases */
+} danlu_block;
+
+/* Scratch layout: qkv (M, 3C), attention output (M, C), MLP hidden (M, 4C), attention
+ * scores (M, H, pos + 1), then one (M, C) layer-norm output per thread: every thread
+ * normalises x itself, which costs less than the barrier sharing one copy would on a busy
+ * machine, where each barrier may wait out a paused thread. */
+static int64_t shared_floats(int64_t M, int64_t C, int64_t H, int64_t pos) { return 8 * M * C + M * H * (pos + 1); }
+
+/* The body of the parallel region: four barriers besides the linear layers' */
+static inline __attribute__((always_inline)) void block_body(const danlu_block *p, float *x, float *kc, float *vc,
+                                                             const uint8_t *key_mask, int64_t mask_stride,
+                                                             float *scratch, int64_t M, int64_t C, int64_t H,
+                                                             int64_t L, int64_t pos, float eps, int tanh_form,
+                                                             int wb) {
+    float *qkv = scratch, *att = qkv + 3 * M * C, *f = att + M * C, *scores = f + 4 * M * C;
+    float *h = scratch + shared_floats(M, C, H, pos) + omp_get_thread_num() * M * C;
+    layer_norm(x, p->ln1_w, p->ln1_b, h, M, C, eps);
+    linear_for(h, p->attn_w, p->attn_b, qkv, M, 3 * C, C, wb, OUT_SET);
+    attention_for(qkv, kc, vc, key_mask, mask_stride, att, scores, M, C, H, L, pos);
+    linear_for(att, p->proj_w, p->proj_b, x, M, C, C, wb, OUT_ADD);
+    layer_norm(x, p->ln2_w, p->ln2_b, h, M, C, eps);
+    linear_for(h, p->fc_w, p->fc_b, f, M, 4 * C, C, wb, tanh_form ? OUT_GELU_TANH : OUT_GELU_ERF);
+    linear_for(f, p->mlp_proj_w, p->mlp_proj_b, x, M, C, 4 * C, wb, OUT_ADD);
+}
+
+/* constant wb inside each region, so the inner loops carry no dtype test */
+static void block_f32w(int threads, const danlu_block *p, float *x, float *kc, float *vc, const uint8_t *km,
+                       int64_t ms, float *s, int64_t M, int64_t C, int64_t H, int64_t L, int64_t pos, float eps,
+                       int tf) {
+#pragma omp parallel num_threads(threads)
+    block_body(p, x, kc, vc, km, ms, s, M, C, H, L, pos, eps, tf, 0);
+}
+
+static void block_bf16w(int threads, const danlu_block *p, float *x, float *kc, float *vc, const uint8_t *km,
+                        int64_t ms, float *s, int64_t M, int64_t C, int64_t H, int64_t L, int64_t pos, float eps,
+                        int tf) {
+#pragma omp parallel num_threads(threads)
+    block_body(p, x, kc, vc, km, ms, s, M, C, H, L, pos, eps, tf, 1);
+}
+#endif
+
+/* GELU of n floats, as danlu_block_step computes it (for tests). Returns -1 without SIMD. */
+int danlu_gelu(const float *x, float *y, int64_t n, int tanh_form) {
+#if DANLU_SIMD
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, gelu8(_mm256_loadu_ps(x + i), tanh_form));
+    for (; i < n; i++) y[i] = gelu1(x[i], tanh_form);
+    return 0;
+#else
+    (void)x, (void)y, (void)n, (void)tanh_form;
+    return -1;
+#endif
+}
+
+/* Scratch size, in floats, that danlu_block_step needs with the current thread count. */
+int64_t danlu_block_scratch(int64_t M, int64_t C, int64_t H, int64_t pos) {
+#if DANLU_SIMD
+    return shared_floats(M, C, H, pos) + omp_get_max_threads() * M * C;
+#else
+    (void)H, (void)pos;
+    return M * C;
+#endif
+}
+
+/* One decoding step of a block, in place on x (M, C) float32; the weights in p are all
+ * float32 (w_bf16 = 0) or all bfloat16, row-major; k_cache/v_cache (M, H, L, C / H) float32;
+ * scratch holds scratch_len floats (danlu_block_scratch). Returns 0, or -1 without a SIMD path. */
+int danlu_block_step(const danlu_block *p, float *x, float *k_cache, float *v_cache, const uint8_t *key_mask,
+                     int64_t mask_stride, float *scratch, int64_t scratch_len, int64_t M, int64_t C, int64_t H,
+                     int64_t L, int64_t pos, float eps, int tanh_form, int w_bf16) {
+#if DANLU_SIMD
+    /* no more threads than the scratch has layer-norm rows for */
+    int64_t fit = (scratch_len - shared_floats(M, C, H, pos)) / (M * C);
+    int threads = omp_get_max_threads() < fit ? omp_get_max_threads() : (int)fit;
+    if (threads < 1) return -1;
+    if (w_bf16)
+        block_bf16w(threads, p, x, k_cache, v_cache, key_mask, mask_stride, scratch, M, C, H, L, pos, eps, tanh_form);
+    else
+        block_f32w(threads, p, x, k_cache, v_cache, key_mask, mask_stride, scratch, M, C, H, L, pos, eps, tanh_form);
+    return 0;
+#else
+    (void)p, (void)x, (void)k_cache, (void)v_cache, (void)key_mask, (void)mask_stride, (void)scratch;
+    (void)scratch_len, (void)M, (void)C, (void)H, (void)L, (void)pos, (void)eps, (void)tanh_form, (void)w_bf16;
+    return -1;
+#endif
+}
 
 /* x: (M, K), w: (N, K) row-major, b: (N,) or NULL, y: (M, N); all contiguous. w is float32
  * (w_bf16 = 0) or bfloat16; x, y and the bias are float32 (x_bf16 = 0) or, with bf16 weights

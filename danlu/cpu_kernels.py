@@ -1,12 +1,14 @@
-"""danlu's own CPU kernel for the linear layers of a decoding step (danlu/cpu_kernels.c).
+"""danlu's own CPU kernels for decoding steps (danlu/cpu_kernels.c).
 
 Decoding one token reads every weight once, so its speed is memory bandwidth. torch's
 float32 matrix-vector product (MKL) streams weights on one core, and without AVX-512 bf16
-instructions its bfloat16 path is slower still; the C kernel streams on all of torch's
-threads and converts bf16 in registers. It is compiled with the system's C compiler the
-first time it is needed and cached by source and CPU; with no compiler, no AVX2/FMA, or
-DANLU_CPU_KERNELS=0, `linear` is never called and torch does the work (same results up to
-float32 rounding).
+instructions its bfloat16 path is slower still; the C `linear` streams on all of torch's
+threads and converts bf16 in registers. `block_step` runs a whole GPT block for one new
+token per row in one call, since at these sizes the ~25 torch ops of a block cost as much
+time as their arithmetic. The C file is compiled with the system's C compiler the first
+time it is needed and cached by source and CPU; with no compiler, no AVX2/FMA, or
+DANLU_CPU_KERNELS=0, neither is called and torch does the work (same results up to float32
+rounding).
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ def _build() -> Path | None:
     target = _cache_dir() / f"cpu_kernels-{key.hexdigest()[:16]}.so"
     if target.exists():
         return target
-    cmd = [compiler, "-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", str(SOURCE), "-o"]
+    cmd = [compiler, "-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", str(SOURCE), "-lm", "-o"]
     try:
         # built beside the target and renamed: concurrent processes never load half a file
         with fileio.atomic_path(target) as tmp:
@@ -89,6 +91,13 @@ def _load() -> ctypes.CDLL | None:
     p, i64 = ctypes.c_void_p, ctypes.c_int64
     lib.danlu_linear.argtypes = [p, p, p, p, i64, i64, i64, ctypes.c_int, ctypes.c_int]
     lib.danlu_linear.restype = ctypes.c_int
+    lib.danlu_gelu.argtypes = [p, p, i64, ctypes.c_int]
+    lib.danlu_gelu.restype = ctypes.c_int
+    lib.danlu_block_scratch.argtypes = [i64, i64, i64, i64]
+    lib.danlu_block_scratch.restype = i64
+    ints = [i64] * 6  # scratch length, rows, n_embd, heads, cache length, position
+    lib.danlu_block_step.argtypes = [p, p, p, p, p, i64, p, *ints, ctypes.c_float, ctypes.c_int, ctypes.c_int]
+    lib.danlu_block_step.restype = ctypes.c_int
     _lib = lib
     return _lib
 
@@ -168,3 +177,93 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> 
         _FLAG[weight.dtype],
     )
     return y if x.dim() == 2 else y.view(*x.shape[:-1], n)
+
+
+class BlockWeights(ctypes.Structure):
+    """Pointers to one GPT block's parameters, in the order of `danlu_block` in the C file."""
+
+    _fields_ = [
+        (name, ctypes.c_void_p)
+        for name in (
+            "ln1_w", "ln1_b", "ln2_w", "ln2_b",
+            "attn_w", "proj_w", "fc_w", "mlp_proj_w",
+            "attn_b", "proj_b", "fc_b", "mlp_proj_b",
+        )
+    ]  # fmt: skip
+
+
+def block_weights(
+    norms: list[torch.Tensor | None], weights: list[torch.Tensor], biases: list[torch.Tensor | None]
+) -> BlockWeights | None:
+    """The pointers `block_step` takes, or None where the C step cannot use these tensors:
+    norms (ln_1 weight, ln_1 bias, ln_2 weight, ln_2 bias) and biases (c_attn, attn c_proj,
+    c_fc, mlp c_proj; None without) in float32, weights (same order) all float32 or all
+    bfloat16, every tensor contiguous on the CPU."""
+    if _lib is None and not available():
+        return None
+    dtype = weights[0].dtype
+    if (
+        norms[0] is None
+        or norms[2] is None
+        or dtype not in _FLAG
+        or any(w.dtype is not dtype or not w.is_contiguous() or not w.is_cpu for w in weights)
+    ):
+        return None
+    small = [t for t in (*norms, *biases) if t is not None]
+    if any(t.dtype is not torch.float32 or not t.is_contiguous() or not t.is_cpu for t in small):
+        return None
+    return BlockWeights(*(None if t is None else t.data_ptr() for t in (*norms, *weights, *biases)))
+
+
+def gelu(x: torch.Tensor, tanh_form: bool) -> torch.Tensor:
+    """The C step's GELU of a float32 tensor (to test it against F.gelu)."""
+    assert _lib is not None
+    x = x.contiguous()
+    y = torch.empty_like(x)
+    _lib.danlu_gelu(x.data_ptr(), y.data_ptr(), x.numel(), int(tanh_form))
+    return y
+
+
+def block_scratch(rows: int, n_embd: int, n_head: int, pos: int) -> torch.Tensor:
+    """Work memory for `block_step` at key position `pos`; one serves every block of a step."""
+    assert _lib is not None
+    return torch.empty(_lib.danlu_block_scratch(rows, n_embd, n_head, pos), dtype=torch.float32)
+
+
+def block_step(
+    p: BlockWeights,
+    x: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    pos: int,
+    key_mask: torch.Tensor | None,
+    scratch: torch.Tensor,
+    eps: float,
+    tanh_gelu: bool,
+    bf16_weights: bool,
+) -> bool:
+    """Block.forward for one new token per row, in place on `x` (rows, 1, C) float32 and
+    contiguous, with the step's keys and values written into the (rows, heads, length, C /
+    heads) float32 caches at `pos`. key_mask: (rows, >= pos + 1) uint8, 1 where a key may be
+    seen, or None for every key. False, with nothing done, where the C step declined."""
+    assert _lib is not None
+    rows, _, c = x.shape
+    status = _lib.danlu_block_step(
+        ctypes.byref(p),
+        x.data_ptr(),
+        k_cache.data_ptr(),
+        v_cache.data_ptr(),
+        None if key_mask is None else key_mask.data_ptr(),
+        0 if key_mask is None else key_mask.stride(0),
+        scratch.data_ptr(),
+        scratch.numel(),
+        rows,
+        c,
+        k_cache.shape[1],
+        k_cache.shape[2],
+        pos,
+        eps,
+        int(tanh_gelu),
+        int(bf16_weights),
+    )
+    return status == 0

@@ -64,6 +64,87 @@ def test_not_used_where_it_can_not_help_or_would_break_autograd():
         assert not cpu_kernels.usable(x, w.bfloat16(), torch.randn(8).bfloat16(), 1)  # bias not in x's dtype
 
 
+@needs_kernel
+@pytest.mark.parametrize("tanh_form", [True, False])
+def test_gelu_matches_float64(tanh_form):
+    special = torch.tensor([0.0, -0.0, 1e-30, -1e-8, 3e38, float("inf")])
+    x = torch.cat([torch.linspace(-40, 40, 20001), special])
+    got = cpu_kernels.gelu(x, tanh_form).double()
+    exact = F.gelu(x.double(), approximate="tanh" if tanh_form else "none")
+    # torch's own float32 GELU is up to ~4.3e-7 from the exact value on this range
+    torch.testing.assert_close(got, exact, atol=1e-6, rtol=0)
+
+
+def _gpt(activation: str, bias: bool, w_dtype: torch.dtype):
+    from danlu.models.gpt import GPT, GPTConfig
+
+    config = GPTConfig(
+        vocab_size=97, block_size=32, n_layer=2, n_head=3, n_embd=30, activation=activation, bias=bias
+    )
+    torch.manual_seed(0)
+    model = GPT(config).eval()
+    # larger weights than GPT-2's initialisation, so activations reach GELU's curved range;
+    # n_embd 30 leaves remainders in every vector loop (rows of 30, 90 outputs, heads of 10)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(8.0)
+    return model.cast(w_dtype) if w_dtype == BF16 else model
+
+
+def _decode_two_steps(model, rows: int, c_step: bool, monkeypatch) -> list[torch.Tensor]:
+    from danlu.models.gpt import Block, KVCache
+
+    calls = []
+    real = Block.decode_step
+
+    def counted(self, *args):
+        calls.append(1)
+        return real(self, *args) if c_step else False
+
+    monkeypatch.setattr(Block, "decode_step", counted)
+    g = torch.Generator().manual_seed(rows)
+    idx = torch.randint(0, 97, (rows, 7), generator=g)
+    mask = torch.ones(rows, 9, dtype=torch.long)
+    mask[0, :3] = 0  # a left-padded row: its first keys must stay unseen
+    cache = KVCache(model.config, rows, 12)
+    with torch.inference_mode():
+        model(idx, attention_mask=mask[:, :7], kv_cache=cache)
+        out = [model(idx[:, i : i + 1], attention_mask=mask[:, : 8 + i], kv_cache=cache) for i in range(2)]
+    assert len(calls) == 2 * model.config.n_layer
+    return [*out, *(k[:, :, :9] for k in cache.k), *(v[:, :, :9] for v in cache.v)]
+
+
+@needs_kernel
+@pytest.mark.parametrize("activation", ["gelu_tanh", "gelu"])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("w_dtype", [F32, BF16])
+@pytest.mark.parametrize("rows", [1, 3])
+def test_block_step_matches_the_torch_block(activation, bias, w_dtype, rows, monkeypatch):
+    model = _gpt(activation, bias, w_dtype)
+    ours = _decode_two_steps(model, rows, True, monkeypatch)
+    theirs = _decode_two_steps(model, rows, False, monkeypatch)
+    for a, b in zip(ours, theirs, strict=True):
+        torch.testing.assert_close(a, b, atol=2e-5 * b.abs().max().item(), rtol=1e-5)
+
+
+@needs_kernel
+def test_block_step_not_used_for_training_or_autograd(monkeypatch):
+    from danlu.models.gpt import Block, KVCache
+
+    used = []
+    monkeypatch.setattr(Block, "decode_step", lambda self, *a: used.append(1) or False)
+    model = _gpt("gelu", True, F32)
+    idx = torch.randint(0, 97, (1, 1))
+    model(idx, kv_cache=KVCache(model.config, 1, 4))  # autograd on: the C step writes in place
+    model.train()
+    with torch.no_grad():
+        model(idx, kv_cache=KVCache(model.config, 1, 4))  # dropout lives in torch's modules
+        assert not used
+        model.eval()
+        model(idx, kv_cache=KVCache(model.config, 1, 4))
+        assert used
+
+
 def test_without_a_compiler_torch_does_the_work(tmp_path, monkeypatch):
     monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))

@@ -7,7 +7,9 @@ c_attn/c_proj/c_fc weights as Conv1D (in, out) matrices while nn.Linear keeps (o
 Inference uses a preallocated key/value cache (`KVCache`): the prompt is run once (prefill)
 and every later step feeds one token per sequence. Left-padded batches carry an attention
 mask over keys; positions then come from the mask so a padded prompt sees the same positions
-as it would alone, as Hugging Face's generate does.
+as it would alone, as Hugging Face's generate does. On CPU those one-token steps run each
+block through danlu's C step (`Block.decode_step`, danlu/cpu_kernels.c) where it was built;
+`Block.forward` is the reference it is tested against.
 """
 
 from __future__ import annotations
@@ -188,6 +190,31 @@ class Block(nn.Module):
         x = x + self.attn(self.ln_1(x), mask, is_causal, cache)
         return x + self.mlp(self.ln_2(x))
 
+    def decode_step(
+        self,
+        x: torch.Tensor,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+        pos: int,
+        key_mask: torch.Tensor | None,
+        scratch: torch.Tensor,
+    ) -> bool:
+        """`forward` for one new token per row through danlu's C step (cpu_kernels.c), in place
+        on `x`; False, with nothing done, where these weights cannot go through it."""
+        attn, mlp = self.attn, self.mlp
+        linears = (attn.c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj)
+        p = cpu_kernels.block_weights(
+            [self.ln_1.weight, self.ln_1.bias, self.ln_2.weight, self.ln_2.bias],
+            [m.weight for m in linears],
+            [m.bias for m in linears],
+        )
+        if p is None:
+            return False
+        bf16 = attn.c_attn.weight.dtype == torch.bfloat16
+        tanh = mlp.approximate == "tanh"
+        eps = self.ln_1.eps
+        return cpu_kernels.block_step(p, x, k_cache, v_cache, pos, key_mask, scratch, eps, tanh, bf16)
+
 
 class GPT(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
@@ -260,7 +287,15 @@ class GPT(nn.Module):
         x = self.transformer.drop(x)
 
         mask, is_causal = self._attention_mask(attention_mask, past, T, idx.device)
+        step = kv_cache is not None and T == 1 and self._c_step_usable(x, kv_cache)
+        if step:
+            key_mask = None
+            if attention_mask is not None:
+                key_mask = attention_mask[:, :end].to(torch.uint8).contiguous()
+            scratch = cpu_kernels.block_scratch(B, self.config.n_embd, self.config.n_head, past)
         for i, block in enumerate(self.transformer.h):
+            if step and block.decode_step(x, kv_cache.k[i], kv_cache.v[i], past, key_mask, scratch):
+                continue
             cache = (kv_cache.k[i], kv_cache.v[i], past) if kv_cache is not None else None
             x = block(x, mask, is_causal, cache)
         if kv_cache is not None:
@@ -269,6 +304,19 @@ class GPT(nn.Module):
         if last_only:
             x = x[:, -1:]
         return self.lm_head(self.transformer.ln_f(x))
+
+    def _c_step_usable(self, x: torch.Tensor, kv_cache: KVCache) -> bool:
+        """Whether a one-token step may run its blocks through `Block.decode_step`: float32
+        activations and caches on the CPU, at most cpu_kernels.MAX_ROWS rows, no dropout and
+        no autograd (the C step has no backward and writes into `x`)."""
+        if x.dtype is not torch.float32 or not x.is_cpu or x.shape[0] > cpu_kernels.MAX_ROWS:
+            return False
+        if self.training or (torch.is_grad_enabled() and self.lm_head.weight.requires_grad):
+            return False
+        k = kv_cache.k[0]
+        if k.dtype is not torch.float32 or not k.is_cpu or not x.is_contiguous():
+            return False
+        return all(t.is_contiguous() for t in (*kv_cache.k, *kv_cache.v))
 
     @staticmethod
     def _attention_mask(
