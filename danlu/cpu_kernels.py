@@ -21,6 +21,7 @@ import os
 import platform
 import shutil
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -192,13 +193,30 @@ class BlockWeights(ctypes.Structure):
     ]  # fmt: skip
 
 
-def block_weights(
-    norms: list[torch.Tensor | None], weights: list[torch.Tensor], biases: list[torch.Tensor | None]
-) -> BlockWeights | None:
-    """The pointers `block_step` takes, or None where the C step cannot use these tensors:
-    norms (ln_1 weight, ln_1 bias, ln_2 weight, ln_2 bias) and biases (c_attn, attn c_proj,
-    c_fc, mlp c_proj; None without) in float32, weights (same order) all float32 or all
-    bfloat16, every tensor contiguous on the CPU."""
+@dataclass(frozen=True)
+class BlockStep:
+    """What `block_step` needs of one GPT block, gathered once per generation: looking up
+    the block's 12 parameters through torch modules costs more than the C step of a small
+    model. `tensors` keeps the memory behind the pointers alive."""
+
+    weights: BlockWeights
+    tensors: tuple[torch.Tensor, ...]
+    eps: float
+    tanh_gelu: bool
+    bf16_weights: bool
+
+
+def prepare_block(
+    norms: list[torch.Tensor | None],
+    weights: list[torch.Tensor],
+    biases: list[torch.Tensor | None],
+    eps: float,
+    tanh_gelu: bool,
+) -> BlockStep | None:
+    """The `BlockStep` of a block, or None where the C step cannot use its tensors: norms
+    (ln_1 weight, ln_1 bias, ln_2 weight, ln_2 bias) and biases (c_attn, attn c_proj, c_fc,
+    mlp c_proj; None without) in float32, weights (same order) all float32 or all bfloat16,
+    every tensor contiguous on the CPU."""
     if _lib is None and not available():
         return None
     dtype = weights[0].dtype
@@ -212,7 +230,10 @@ def block_weights(
     small = [t for t in (*norms, *biases) if t is not None]
     if any(t.dtype is not torch.float32 or not t.is_contiguous() or not t.is_cpu for t in small):
         return None
-    return BlockWeights(*(None if t is None else t.data_ptr() for t in (*norms, *weights, *biases)))
+    tensors = (*norms, *weights, *biases)
+    pointers = BlockWeights(*(None if t is None else t.data_ptr() for t in tensors))
+    kept = tuple(t for t in tensors if t is not None)
+    return BlockStep(pointers, kept, eps, tanh_gelu, dtype == torch.bfloat16)
 
 
 def gelu(x: torch.Tensor, tanh_form: bool) -> torch.Tensor:
@@ -231,16 +252,13 @@ def block_scratch(rows: int, n_embd: int, n_head: int, pos: int) -> torch.Tensor
 
 
 def block_step(
-    p: BlockWeights,
+    block: BlockStep,
     x: torch.Tensor,
     k_cache: torch.Tensor,
     v_cache: torch.Tensor,
     pos: int,
     key_mask: torch.Tensor | None,
     scratch: torch.Tensor,
-    eps: float,
-    tanh_gelu: bool,
-    bf16_weights: bool,
 ) -> bool:
     """Block.forward for one new token per row, in place on `x` (rows, 1, C) float32 and
     contiguous, with the step's keys and values written into the (rows, heads, length, C /
@@ -249,7 +267,7 @@ def block_step(
     assert _lib is not None
     rows, _, c = x.shape
     status = _lib.danlu_block_step(
-        ctypes.byref(p),
+        ctypes.byref(block.weights),
         x.data_ptr(),
         k_cache.data_ptr(),
         v_cache.data_ptr(),
@@ -262,8 +280,8 @@ def block_step(
         k_cache.shape[1],
         k_cache.shape[2],
         pos,
-        eps,
-        int(tanh_gelu),
-        int(bf16_weights),
+        block.eps,
+        int(block.tanh_gelu),
+        int(block.bf16_weights),
     )
     return status == 0

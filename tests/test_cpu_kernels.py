@@ -95,13 +95,10 @@ def _decode_two_steps(model, rows: int, c_step: bool, monkeypatch) -> list[torch
     from danlu.models.gpt import Block, KVCache
 
     calls = []
-    real = Block.decode_step
-
-    def counted(self, *args):
-        calls.append(1)
-        return real(self, *args) if c_step else False
-
-    monkeypatch.setattr(Block, "decode_step", counted)
+    real = cpu_kernels.block_step
+    monkeypatch.setattr(cpu_kernels, "block_step", lambda *a: calls.append(1) or real(*a))
+    if not c_step:
+        monkeypatch.setattr(Block, "c_step", lambda self: None)
     g = torch.Generator().manual_seed(rows)
     idx = torch.randint(0, 97, (rows, 7), generator=g)
     mask = torch.ones(rows, 9, dtype=torch.long)
@@ -110,7 +107,7 @@ def _decode_two_steps(model, rows: int, c_step: bool, monkeypatch) -> list[torch
     with torch.inference_mode():
         model(idx, attention_mask=mask[:, :7], kv_cache=cache)
         out = [model(idx[:, i : i + 1], attention_mask=mask[:, : 8 + i], kv_cache=cache) for i in range(2)]
-    assert len(calls) == 2 * model.config.n_layer
+    assert len(calls) == (2 * model.config.n_layer if c_step else 0)
     return [*out, *(k[:, :, :9] for k in cache.k), *(v[:, :, :9] for v in cache.v)]
 
 
@@ -129,10 +126,10 @@ def test_block_step_matches_the_torch_block(activation, bias, w_dtype, rows, mon
 
 @needs_kernel
 def test_block_step_not_used_for_training_or_autograd(monkeypatch):
-    from danlu.models.gpt import Block, KVCache
+    from danlu.models.gpt import KVCache
 
     used = []
-    monkeypatch.setattr(Block, "decode_step", lambda self, *a: used.append(1) or False)
+    monkeypatch.setattr(cpu_kernels, "block_step", lambda *a: used.append(1) or False)
     model = _gpt("gelu", True, F32)
     idx = torch.randint(0, 97, (1, 1))
     model(idx, kv_cache=KVCache(model.config, 1, 4))  # autograd on: the C step writes in place
@@ -142,7 +139,26 @@ def test_block_step_not_used_for_training_or_autograd(monkeypatch):
         assert not used
         model.eval()
         model(idx, kv_cache=KVCache(model.config, 1, 4))
-        assert used
+        assert len(used) == model.config.n_layer
+
+
+@needs_kernel
+def test_block_step_skips_blocks_it_cannot_take(monkeypatch):
+    model = _gpt("gelu_tanh", True, F32)
+    model.transformer.h[1].mlp.c_fc.weight.data = model.transformer.h[1].mlp.c_fc.weight.double()
+    assert model.transformer.h[0].c_step() is not None
+    assert model.transformer.h[1].c_step() is None  # float64: torch runs this block
+
+    from danlu.models.gpt import KVCache
+
+    idx = torch.randint(0, 97, (2, 6), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        mixed = model(idx, kv_cache=KVCache(model.config, 2, 8))[:, -1]
+        cache = KVCache(model.config, 2, 8)
+        model(idx[:, :5], kv_cache=cache)
+        stepped = model(idx[:, 5:], kv_cache=cache)[:, -1]
+    assert cache.c_steps is not None and cache.c_steps[1] is None
+    torch.testing.assert_close(stepped, mixed, atol=1e-4, rtol=1e-5)
 
 
 def test_without_a_compiler_torch_does_the_work(tmp_path, monkeypatch):

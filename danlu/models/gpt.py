@@ -8,7 +8,7 @@ Inference uses a preallocated key/value cache (`KVCache`): the prompt is run onc
 and every later step feeds one token per sequence. Left-padded batches carry an attention
 mask over keys; positions then come from the mask so a padded prompt sees the same positions
 as it would alone, as Hugging Face's generate does. On CPU those one-token steps run each
-block through danlu's C step (`Block.decode_step`, danlu/cpu_kernels.c) where it was built;
+block through danlu's C step (`Block.c_step`, danlu/cpu_kernels.c) where it was built;
 `Block.forward` is the reference it is tested against.
 """
 
@@ -89,6 +89,9 @@ class KVCache:
         self.v = [torch.empty(shape, dtype=dtype, device=device) for _ in range(config.n_layer)]
         self.max_len = max_len
         self.length = 0  # filled positions; a Python int so no step has to read a tensor
+        # the blocks prepared for danlu's C step, by the first one-token step; a cache serves
+        # one generation, during which the weights do not change
+        self.c_steps: list[cpu_kernels.BlockStep | None] | None = None
 
     def reorder(self, index: torch.Tensor) -> None:
         """Keep the rows `index` (beam search picks which hypotheses continue)."""
@@ -190,30 +193,18 @@ class Block(nn.Module):
         x = x + self.attn(self.ln_1(x), mask, is_causal, cache)
         return x + self.mlp(self.ln_2(x))
 
-    def decode_step(
-        self,
-        x: torch.Tensor,
-        k_cache: torch.Tensor,
-        v_cache: torch.Tensor,
-        pos: int,
-        key_mask: torch.Tensor | None,
-        scratch: torch.Tensor,
-    ) -> bool:
-        """`forward` for one new token per row through danlu's C step (cpu_kernels.c), in place
-        on `x`; False, with nothing done, where these weights cannot go through it."""
+    def c_step(self) -> cpu_kernels.BlockStep | None:
+        """This block prepared for danlu's C decoding step (cpu_kernels.c), which does what
+        `forward` does for one new token per row; None where its weights cannot go through it."""
         attn, mlp = self.attn, self.mlp
         linears = (attn.c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj)
-        p = cpu_kernels.block_weights(
+        return cpu_kernels.prepare_block(
             [self.ln_1.weight, self.ln_1.bias, self.ln_2.weight, self.ln_2.bias],
             [m.weight for m in linears],
             [m.bias for m in linears],
+            self.ln_1.eps,
+            tanh_gelu=mlp.approximate == "tanh",
         )
-        if p is None:
-            return False
-        bf16 = attn.c_attn.weight.dtype == torch.bfloat16
-        tanh = mlp.approximate == "tanh"
-        eps = self.ln_1.eps
-        return cpu_kernels.block_step(p, x, k_cache, v_cache, pos, key_mask, scratch, eps, tanh, bf16)
 
 
 class GPT(nn.Module):
@@ -287,14 +278,20 @@ class GPT(nn.Module):
         x = self.transformer.drop(x)
 
         mask, is_causal = self._attention_mask(attention_mask, past, T, idx.device)
-        step = kv_cache is not None and T == 1 and self._c_step_usable(x, kv_cache)
-        if step:
+        c_steps = None
+        if kv_cache is not None and T == 1 and self._c_step_usable(x, kv_cache):
+            if kv_cache.c_steps is None:
+                kv_cache.c_steps = [block.c_step() for block in self.transformer.h]
+            c_steps = kv_cache.c_steps
             key_mask = None
             if attention_mask is not None:
                 key_mask = attention_mask[:, :end].to(torch.uint8).contiguous()
             scratch = cpu_kernels.block_scratch(B, self.config.n_embd, self.config.n_head, past)
         for i, block in enumerate(self.transformer.h):
-            if step and block.decode_step(x, kv_cache.k[i], kv_cache.v[i], past, key_mask, scratch):
+            c_step = c_steps[i] if c_steps else None
+            if c_step is not None and cpu_kernels.block_step(
+                c_step, x, kv_cache.k[i], kv_cache.v[i], past, key_mask, scratch
+            ):
                 continue
             cache = (kv_cache.k[i], kv_cache.v[i], past) if kv_cache is not None else None
             x = block(x, mask, is_causal, cache)
@@ -306,7 +303,7 @@ class GPT(nn.Module):
         return self.lm_head(self.transformer.ln_f(x))
 
     def _c_step_usable(self, x: torch.Tensor, kv_cache: KVCache) -> bool:
-        """Whether a one-token step may run its blocks through `Block.decode_step`: float32
+        """Whether a one-token step may run its blocks through `Block.c_step`: float32
         activations and caches on the CPU, at most cpu_kernels.MAX_ROWS rows, no dropout and
         no autograd (the C step has no backward and writes into `x`)."""
         if x.dtype is not torch.float32 or not x.is_cpu or x.shape[0] > cpu_kernels.MAX_ROWS:
