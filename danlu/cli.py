@@ -6,7 +6,9 @@ A DanluError becomes one line on stderr and exit code 2 (the traceback only with
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import gc
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -608,6 +610,10 @@ def _print_metrics(summary: dict[str, Any]) -> None:
 
 
 def main() -> None:
+    # The interpreter's last garbage collection walks every object torch, pandas and the run
+    # created: about 1 s after a training run. Everything a command writes is closed when it
+    # returns, so freeze those objects instead (as the tune workers do, danlu/tuning/trials.py).
+    atexit.register(gc.freeze)
     app()
 
 

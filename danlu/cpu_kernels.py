@@ -47,18 +47,13 @@ def _cpu_signature() -> str:
     return platform.processor() or platform.machine()
 
 
-def _cache_dir() -> Path:
-    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(root) / "danlu" / "kernels"
-
-
 def _build() -> Path | None:
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if compiler is None or platform.system() != "Linux":
         return None
     source = SOURCE.read_bytes()
     key = hashlib.sha256(source + compiler.encode() + _cpu_signature().encode() + torch.__version__.encode())
-    target = _cache_dir() / f"cpu_kernels-{key.hexdigest()[:16]}.so"
+    target = fileio.user_cache("kernels") / f"cpu_kernels-{key.hexdigest()[:16]}.so"
     if target.exists():
         return target
     cmd = [compiler, "-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", str(SOURCE), "-lm", "-o"]

@@ -1,7 +1,8 @@
 """Atomic file writes: a reader never sees a half-written file.
 
 Everything danlu writes goes to a temporary file in the target folder first and is
-renamed into place (rename is atomic on POSIX within one filesystem).
+renamed into place (rename is atomic on POSIX within one filesystem). Also where danlu
+keeps what it can rebuild (`user_cache`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,13 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+
+def user_cache(name: str) -> Path:
+    """danlu's cache folder `name` for this user: $XDG_CACHE_HOME/danlu/NAME, by default
+    ~/.cache/danlu/NAME (not created here)."""
+    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(root) / "danlu" / name
 
 
 @contextlib.contextmanager

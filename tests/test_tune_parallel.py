@@ -141,3 +141,25 @@ def test_cli_starts_tune_workers_before_importing_torch():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "False"
+
+
+def test_parallel_and_resumed_grid_runs_every_point_once(tmp_path):
+    """Processes asking for grid trials at once (the search and a worker, each with its own
+    sampler), and a resumed search, draw every grid point once: none twice, none skipped."""
+    from danlu.tuning import prepare
+
+    space = {"train.lr": [0.1, 0.01, 0.001], "model.hidden": [[8], [16], [32], [8, 8]]}
+    search = prepare({"data": {"source": "iris"}, "tune": {"sampler": "grid", "space": space}})
+    storage = optuna.storages.InMemoryStorage()
+    optuna.create_study(storage=storage, study_name="grid")
+    main, worker = (optuna.load_study(study_name="grid", storage=storage) for _ in range(2))
+    main.sampler, worker.sampler = search.sampler(None, 0), search.sampler(1, 0)
+    distributions = {p.key: p.distribution() for p in search.params}
+    running = [study.ask(distributions) for study in (main, worker, worker, main, worker)]
+    for trial in running[:3]:
+        main.tell(trial, 1.0)
+    resumed = optuna.load_study(study_name="grid", storage=storage)
+    resumed.sampler = search.sampler(None, len(resumed.trials))  # --resume: another TPE seed, one grid
+    running += [resumed.ask(distributions) for _ in range(7)]
+    drawn = [tuple(str(v) for v in t.params.values()) for t in running]
+    assert len(drawn) == search.target == 12 and len(set(drawn)) == 12

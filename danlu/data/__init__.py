@@ -186,8 +186,9 @@ def _categorical(cfg: DataConfig, df: pd.DataFrame, features: list[str], where: 
 def _split(
     df: pd.DataFrame, cfg: DataConfig, task_type: str, targets: list[str], seed: int, where: str
 ) -> dict[str, pd.DataFrame]:
-    """Test first, then validation from the rest, like two calls to train_test_split."""
-    from sklearn.model_selection import train_test_split
+    """Test first, then validation from the rest, like two calls to scikit-learn's
+    train_test_split (the same rows for the same seed)."""
+    from danlu.data.splitting import train_test_split
 
     s = cfg.split
     seed = s.seed if s.seed is not None else seed
@@ -206,7 +207,7 @@ def _split(
             )
         strat = stratify_on.iloc[index].to_numpy() if stratify_on is not None else None
         try:
-            index, parts[name] = train_test_split(index, test_size=frac, random_state=seed, stratify=strat)
+            index, parts[name] = train_test_split(index, frac, seed, stratify=strat)
         except ValueError as e:
             raise DanluError(
                 f"{where}: cannot make a stratified {name} split ({e});"

@@ -82,28 +82,11 @@ def load_builtin(name: str, params: dict[str, Any]) -> tuple[pd.DataFrame, list[
     """A scikit-learn dataset or generator -> (frame, target columns)."""
     if name not in BUILTIN_DATASETS:
         raise choose_from(name, BUILTIN_DATASETS, "built-in dataset (data.source)")
-    from sklearn import datasets as skd
+    from danlu.data import dataset_cache
 
-    fn = getattr(skd, name if name.startswith("make_") else f"load_{name}")
-    try:
-        if name.startswith("make_"):
-            out = fn(**params)
-            x, y = out[0], out[1]
-        else:
-            bunch = fn(**params)
-            x, y = bunch.data, bunch.target
-    except TypeError as e:
-        raise DanluError(f"data.params for '{name}': {e}") from None
-    except ValueError as e:
-        raise DanluError(f"data.params for '{name}': {e}") from None
-    x = np.asarray(x)
-    y = np.asarray(y)
-    if not name.startswith("make_"):
-        feature_names = [str(f) for f in bunch.feature_names]
-        target_names = list(getattr(bunch, "target_names", []))
-    else:
-        feature_names = [f"x{i}" for i in range(x.shape[1])]
-        target_names = []
+    x, y, columns, classes = dataset_cache.load(name, params, lambda: _from_sklearn(name, params))
+    feature_names = [str(f) for f in columns]
+    target_names = list(classes)
     df = pd.DataFrame(x, columns=feature_names)
     if y.ndim == 2:
         names = (
@@ -120,6 +103,24 @@ def load_builtin(name: str, params: dict[str, Any]) -> tuple[pd.DataFrame, list[
     else:
         df["target"] = y
     return df, ["target"]
+
+
+def _from_sklearn(name: str, params: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """x, y, feature names and target names from scikit-learn's loader or generator."""
+    from sklearn import datasets as skd
+
+    fn = getattr(skd, name if name.startswith("make_") else f"load_{name}")
+    try:
+        if name.startswith("make_"):
+            out = fn(**params)
+            x, y = np.asarray(out[0]), np.asarray(out[1])
+            return x, y, np.asarray([f"x{i}" for i in range(x.shape[1])]), np.asarray([])
+        bunch = fn(**params)
+    except (TypeError, ValueError) as e:
+        raise DanluError(f"data.params for '{name}': {e}") from None
+    names = np.asarray([str(f) for f in bunch.feature_names])
+    classes = np.asarray(getattr(bunch, "target_names", []))
+    return np.asarray(bunch.data), np.asarray(bunch.target), names, classes
 
 
 # --------------------------------------------------------------------------- schema

@@ -68,7 +68,10 @@ class Search:
         elif worker is not None:
             seed += 1000 * (worker + 1)
         if t.sampler == "grid":
-            return _GridSampler({p.key: p.grid() for p in self.params}, seed=seed)
+            # Optuna gives trial number k the k-th point of the grid shuffled by the seed: one
+            # seed in every process and on --resume, or they run some points twice and skip others
+            fixed = t.seed if t.seed is not None else self.cfg.seed
+            return _GridSampler({p.key: p.grid() for p in self.params}, seed=fixed)
         if t.sampler == "random":
             return optuna.samplers.RandomSampler(seed=seed)
         if t.sampler == "cmaes":
