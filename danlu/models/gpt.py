@@ -310,10 +310,9 @@ class GPT(nn.Module):
             return False
         if self.training or (torch.is_grad_enabled() and self.lm_head.weight.requires_grad):
             return False
+        # KVCache makes its tensors contiguous (torch.empty, index_select) in one dtype
         k = kv_cache.k[0]
-        if k.dtype is not torch.float32 or not k.is_cpu or not x.is_contiguous():
-            return False
-        return all(t.is_contiguous() for t in (*kv_cache.k, *kv_cache.v))
+        return k.dtype is torch.float32 and k.is_cpu and x.is_contiguous()
 
     @staticmethod
     def _attention_mask(
