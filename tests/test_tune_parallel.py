@@ -1,6 +1,6 @@
 """Parallel search (`danlu tune --jobs`): danlu's median pruner (danlu/tuning/pruners.py)
 against a hand computation and, one trial at a time, against Optuna's MedianPruner; the TPE
-sampler's constant liar; and no torch import before the workers start."""
+sampler's constant liar and queued start-up trials; and no torch import before the workers start."""
 
 from __future__ import annotations
 
@@ -163,3 +163,56 @@ def test_parallel_and_resumed_grid_runs_every_point_once(tmp_path):
     running += [resumed.ask(distributions) for _ in range(7)]
     drawn = [tuple(str(v) for v in t.params.values()) for t in running]
     assert len(drawn) == search.target == 12 and len(set(drawn)) == 12
+
+
+def test_tpe_startup_trials_are_queued_alike_for_any_jobs():
+    """TPE's random start-up trials are drawn once from the seed and queued: trial k is the
+    same configuration whether one process asks for them or two take turns (each with its
+    own sampler seed), and a search resumed with more trials gets the rest of them."""
+    from danlu.tuning import prepare
+    from danlu.tuning.report import leaderboard
+    from danlu.tuning.trials import counted
+
+    space = {"train.lr": {"log_float": [1e-4, 0.1]}, "model.hidden": {"choice": [[8], [16], [16, 8]]}}
+    body = {"data": {"source": "iris"}, "tune": {"sampler": "tpe", "startup_trials": 4, "space": space}}
+    search = prepare({**body, "seed": 7})
+    distributions = {p.key: p.distribution() for p in search.params}
+
+    def new_study() -> tuple[optuna.Study, optuna.Study]:
+        storage = optuna.storages.InMemoryStorage()
+        main = optuna.create_study(storage=storage, study_name="s")
+        search.queue_startup(main)
+        search.set_sampler(main)
+        worker = optuna.load_study(study_name="s", storage=storage)
+        search.set_sampler(worker, 1)
+        return main, worker
+
+    serial, _ = new_study()
+    assert counted(serial.trials) == 0 and len(serial.trials) == 4  # queued, not yet run
+    assert leaderboard(serial.trials, "minimize") == []  # queued trials are not results
+    alone = [serial.ask(distributions) for _ in range(4)]
+    main, worker = new_study()
+    turns = [main.ask(distributions), worker.ask(distributions), worker.ask(distributions)]
+    turns.append(main.ask(distributions))
+    assert [t.number for t in turns] == [0, 1, 2, 3]
+    assert [t.params for t in turns] == [t.params for t in alone]
+    assert len({t.params["train.lr"] for t in alone}) == 4
+    # the other seed draws other start-up trials; the queue is what makes the two agree
+    other = prepare({**body, "seed": 8})
+    study = optuna.create_study()
+    other.queue_startup(study)
+    assert study.ask(distributions).params != alone[0].params
+
+    # a search shorter than the start-up phase queues only its trials; resumed with more, the rest
+    short = prepare({**body, "seed": 7, "tune": {**body["tune"], "trials": 2}})
+    study = optuna.create_study()
+    short.queue_startup(study)
+    first = [study.ask(distributions) for _ in range(2)]
+    for t in first:
+        study.tell(t, 1.0)
+    search.queue_startup(study)  # --resume --trials 20
+    search.set_sampler(study)
+    rest = [study.ask(distributions) for _ in range(2)]
+    assert [t.params for t in first + rest] == [t.params for t in alone]
+    search.queue_startup(study)  # nothing more to queue once TPE has been asked
+    assert not [t for t in study.trials if t.state == TrialState.WAITING]

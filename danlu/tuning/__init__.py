@@ -153,12 +153,13 @@ def _open_study(search: Search, resume: bool, reporter: Reporter) -> optuna.Stud
         direction=search.direction,
         load_if_exists=True,
     )
-    study.sampler = search.sampler(None, len(study.trials))
     if study.direction.name.lower() != search.direction:
         raise DanluError(
             f"study '{search.study_name}' {study.direction.name.lower()}s its objective but tune.metric"
             f" {search.metric} is to {search.direction}; set tune.direction or start another --study"
         )
+    search.queue_startup(study)
+    search.set_sampler(study)
     if search.study_name in known and not resume:
         reporter.print(f"joining study '{search.study_name}' ({len(study.trials)} trials so far)")
     if resume and search.storage is None:

@@ -139,7 +139,7 @@ def leaderboard(trials: list[FrozenTrial], direction: str) -> list[FrozenTrial]:
     sign = 1 if direction == "minimize" else -1
     done = sorted((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: sign * t.value)
     pruned = sorted((t for t in trials if t.state == TrialState.PRUNED), key=lambda t: sign * _last(t))
-    other = [t for t in trials if t.state not in (TrialState.COMPLETE, TrialState.PRUNED)]
+    other = [t for t in trials if t.state not in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.WAITING)]
     return done + pruned + [t for t in other if not t.user_attrs.get("surplus")]
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.trial import TrialState
 
 from danlu import config as config_mod
 from danlu.config import RunConfig
@@ -22,6 +23,7 @@ from danlu.tuning.pruners import MedianPruner
 from danlu.tuning.space import Param, parse_space
 
 DEFAULT_TRIALS = 20
+STARTUP_ATTR = "danlu_startup_queued"  # study user attribute: TPE's start-up trials were queued
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
@@ -54,19 +56,52 @@ class Search:
     def load_study(self, worker: int | None = None) -> optuna.Study:
         """The study with this process's sampler and pruner (workers differ in sampler seed)."""
         study = optuna.load_study(study_name=self.study_name, storage=self.open_storage())
-        study.sampler = self.sampler(worker, len(study.trials))
+        self.set_sampler(study, worker)
         study.pruner = self.pruner()
         return study
 
-    def sampler(self, worker: int | None = None, done: int = 0) -> optuna.samplers.BaseSampler:
+    def set_sampler(self, study: optuna.Study, worker: int | None = None) -> None:
+        done = sum(t.state != TrialState.WAITING for t in study.get_trials(deepcopy=False))
+        study.sampler = self.sampler(worker, done, startup_queued=STARTUP_ATTR in study.user_attrs)
+
+    @property
+    def seed(self) -> int | None:
+        """The search's seed; None on a shared storage, where processes on other machines each
+        draw from fresh entropy rather than all the same configurations."""
+        if self.storage is not None:
+            return None
+        return self.tune.seed if self.tune.seed is not None else self.cfg.seed
+
+    def queue_startup(self, study: optuna.Study) -> None:
+        """Draw TPE's random start-up trials from the seed and queue them in the study.
+
+        Drawn by each process as it asks (Optuna's way), the start-up trials would depend on
+        --jobs and timing: a worker draws them from its own seed, and a sixth random trial
+        starts while the fifth still runs. Queued, trial k is the same configuration with any
+        --jobs, and TPE models the space from trial `startup_trials` on (with the trials
+        finished by then; running ones count as bad results, constant_liar). A study that
+        asked TPE already is left as it is; one resumed with more trials gets the rest."""
+        queued = study.user_attrs.get(STARTUP_ATTR, 0)
+        n = min(self.tune.startup_trials, self.target)
+        if self.tune.sampler != "tpe" or n <= queued or len(study.trials) > queued:
+            return
+        draw = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=self.seed))
+        distributions = {p.key: p.distribution() for p in self.params}
+        for k in range(n):
+            params = draw.ask(distributions).params
+            if k >= queued:
+                study.enqueue_trial(params)
+        study.set_user_attr(STARTUP_ATTR, n)
+
+    def sampler(
+        self, worker: int | None = None, done: int = 0, startup_queued: bool = False
+    ) -> optuna.samplers.BaseSampler:
         """The sampler, seeded from the config; a resumed study or a second worker gets other
         seeds, so that it does not draw the same configurations again."""
         t = self.tune
-        seed: int | None = (t.seed if t.seed is not None else self.cfg.seed) + done
-        if self.storage is not None:
-            seed = None  # processes on other machines share the study: fresh entropy each
-        elif worker is not None:
-            seed += 1000 * (worker + 1)
+        seed = self.seed
+        if seed is not None:
+            seed += done + (1000 * (worker + 1) if worker is not None else 0)
         if t.sampler == "grid":
             # Optuna gives trial number k the k-th point of the grid shuffled by the seed: one
             # seed in every process and on --resume, or they run some points twice and skip others
@@ -84,7 +119,7 @@ class Search:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return optuna.samplers.TPESampler(
-                seed=seed, n_startup_trials=t.startup_trials, constant_liar=True
+                seed=seed, n_startup_trials=0 if startup_queued else t.startup_trials, constant_liar=True
             )
 
     def pruner(self) -> optuna.pruners.BasePruner:

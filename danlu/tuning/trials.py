@@ -133,9 +133,12 @@ def _one_line(e: BaseException) -> str:
 
 # --------------------------------------------------------------------------- the trial loop
 def counted(trials: list[FrozenTrial]) -> int:
-    """Trials toward the study's count: interrupted and surplus ones are run again."""
+    """Trials toward the study's count: interrupted and surplus ones are run again, and queued
+    ones are still to run."""
     skip = ("interrupted", "surplus", "aborted")
-    return sum(1 for t in trials if not any(t.user_attrs.get(k) for k in skip))
+    return sum(
+        1 for t in trials if t.state != TrialState.WAITING and not any(t.user_attrs.get(k) for k in skip)
+    )
 
 
 def work(
