@@ -57,20 +57,27 @@ def test_running_trials_join_the_median_by_hand(sign):
     assert judged(3.2) == (True, True)  # worse than both
 
 
-def test_startup_counts_completed_trials_only():
-    """4 completed trials and 2 running ones: pruning waits for the 5th to finish."""
+def test_startup_counts_completed_trials_and_earlier_running_ones():
+    """Pruning waits for 5 start-up trials: completed ones, and ones started before the judged
+    trial that still run (in parallel the 5th start-up trial runs beside the 6th; Optuna's
+    rule, completed trials only, would let the 6th train unpruned until the 5th finishes).
+    Trials started after the judged one do not count."""
     study = optuna.create_study(pruner=MedianPruner(n_startup_trials=5))
-    for last in (1.0, 2.0, 3.0, 4.0):
+    for last in (1.0, 2.0, 3.0):
         add_trial(study, [last], TrialState.COMPLETE)
-    add_trial(study, [0.5])
-    add_trial(study, [0.6])
-    trial = add_trial(study, [100.0])
+    add_trial(study, [0.5])  # trial 3, running
+    trial = add_trial(study, [100.0])  # trial 4: 3 completed + 1 earlier running = 4 < 5
+    add_trial(study, [0.6])  # trial 5, running, started after trial 4: not one of its start-up trials
     assert not trial.should_prune()
-    study.tell(trial, state=TrialState.FAIL)
-    add_trial(study, [5.0], TrialState.COMPLETE)
-    # now 5 completed: peers 1..5 plus the running 0.5 and 0.6 -> median 2.5
+    study.tell(trial, state=TrialState.FAIL)  # failed: not a start-up trial either
+    add_trial(study, [4.0], TrialState.COMPLETE)  # trial 6
+    # trial 7: completed 1, 2, 3, 4 and the earlier trials 3 and 5 running: 6 >= 5
     trial = add_trial(study, [2.6])
+    frozen = study._storage.get_trial(trial._trial_id)
+    assert not optuna.pruners.MedianPruner(n_startup_trials=5).prune(study, frozen)  # 4 completed
+    # peers 1, 2, 3, 4, 0.5, 0.6 -> median 1.5
     assert trial.should_prune()
+    assert not add_trial(study, [1.4]).should_prune()
 
 
 def test_warmup_steps_are_kept():
