@@ -24,10 +24,11 @@ search. Reported: wall time, trials per minute, training epochs, seconds per epo
 stop early at different points), the best validation loss and the test accuracy of the
 trial it selects. Then `danlu tune --jobs 2` against `--jobs 1`, each a whole CLI run
 (process start-up included), in trials per minute: on the search above with several
-sampler seeds (`tune.seed`; TPE + median pruner: in parallel the sampler draws other
-configurations and the pruner sees other trials, so the epochs trained differ from run to
-run, and one seed is one draw), and once on a grid of 20 fixed configurations without
-pruning, where both run exactly the same training work.
+sampler seeds (`tune.seed`; TPE + median pruner: the random start-up trials are the same
+with any --jobs, but after them TPE in parallel draws other configurations and the pruner
+sees other trials, so the epochs trained differ from run to run, and one seed is one
+draw), and once on a grid of 20 fixed configurations without pruning, where both run
+exactly the same training work.
 
     python benchmarks/tune.py                          # 20 trials, prints markdown tables
     python benchmarks/tune.py --only-jobs --seeds 0,1,2,3,4,5,6,7
@@ -232,7 +233,8 @@ def parallel_pruning(seeds: int) -> None:
     """The median pruner with J trials at a time against one at a time, on synthetic learning
     curves (2 ms a step, so the trials' interleaving is real but the CPU is idle): Optuna's
     MedianPruner, which judges against completed trials only, and danlu's, which adds the
-    other running trials. Steps trained, trials pruned and the best value, over many seeds."""
+    other running trials (and counts the earlier ones toward its start-up trials). Steps
+    trained, trials pruned and the best value, over many seeds."""
     import statistics
 
     import optuna
