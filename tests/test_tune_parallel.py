@@ -223,3 +223,9 @@ def test_tpe_startup_trials_are_queued_alike_for_any_jobs():
     assert [t.params for t in first + rest] == [t.params for t in alone]
     search.queue_startup(study)  # nothing more to queue once TPE has been asked
     assert not [t for t in study.trials if t.state == TrialState.WAITING]
+    # a shared storage: processes on several machines may create the study at once, each
+    # would queue a set (they draw from fresh entropy there anyway): nothing is queued
+    shared = prepare({**body, "seed": 7}, storage="postgresql://host/db")
+    study = optuna.create_study()
+    shared.queue_startup(study)
+    assert study.trials == []

@@ -80,10 +80,14 @@ class Search:
         starts while the fifth still runs. Queued, trial k is the same configuration with any
         --jobs, and TPE models the space from trial `startup_trials` on (with the trials
         finished by then; running ones count as bad results, constant_liar). A study that
-        asked TPE already is left as it is; one resumed with more trials gets the rest."""
+        asked TPE already is left as it is; one resumed with more trials gets the rest.
+        Not on a shared --storage: processes on several machines starting at once would each
+        queue a set, and there every process draws from fresh entropy anyway."""
         queued = study.user_attrs.get(STARTUP_ATTR, 0)
         n = min(self.tune.startup_trials, self.target)
-        if self.tune.sampler != "tpe" or n <= queued or len(study.trials) > queued:
+        if self.tune.sampler != "tpe" or self.storage is not None:
+            return
+        if n <= queued or len(study.trials) > queued:
             return
         draw = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=self.seed))
         distributions = {p.key: p.distribution() for p in self.params}
