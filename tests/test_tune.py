@@ -503,3 +503,42 @@ def test_two_processes_share_a_postgresql_study(tmp_path, postgres_url):
     shown = tuning.show(postgres_url, "shared")
     assert len(shown.rows) == 6 and shown.rows[0]["rank"] == 1
     assert shown.best_config is not None
+
+
+def test_report_plots_lay_out_without_overlap(tmp_path):
+    """The slice plot's colour bar stays beside its last panel (tight_layout used to draw it
+    over that panel, with a warning), and no plot warns."""
+    import warnings
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from optuna.visualization import matplotlib as vis
+
+    from danlu.tuning.report import _fit, _plots
+
+    space = {"train.lr": {"log_float": [1e-4, 0.1]}, "model.hidden": {"choice": [[8], [16], [16, 8]]}}
+    search = tuning.prepare({"data": {"source": "iris"}, "tune": {"space": space}})
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    distributions = {p.key: p.distribution() for p in search.params}
+    for k in range(6):
+        trial = study.ask(distributions)
+        trial.report(1.0 / (k + 1), 0)
+        study.tell(trial, 1.0 / (k + 1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        made = _plots(study, search, tmp_path)
+    assert {name for name, _ in made} == {"history.png", "importances.png", "parallel.png", "slice.png"}
+    assert all((tmp_path / name).stat().st_size > 5000 for name, _ in made)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        axes = vis.plot_slice(study)
+    fig = axes.flat[0].figure
+    _fit(fig, panels=len(axes.flat))
+    fig.canvas.draw()
+    bar = next(ax for ax in fig.axes if ax.get_label() == "<colorbar>")
+    last = max((ax for ax in fig.axes if ax is not bar), key=lambda ax: ax.get_position().x1)
+    assert bar.get_position().x0 > last.get_position().x1
+    plt.close("all")

@@ -258,6 +258,25 @@ def _write_report(
     fileio.write_text(search.study_dir / "report.md", "\n".join(lines) + "\n")
 
 
+def _fit(fig: Any, panels: int) -> None:
+    """Room for every panel, and readable axes: log axes label their decades only (the
+    2x, 3x ... minor labels run into each other), long category names are slanted. A
+    figure with a colour bar (the slice plot) keeps its own layout: tight_layout cannot
+    place one beside several panels and draws it over the last."""
+    from matplotlib.ticker import NullFormatter
+
+    width, height = fig.get_size_inches()
+    fig.set_size_inches(max(width, 8, 3.5 * panels + 1.5), max(height, 5))
+    for ax in fig.axes:
+        if ax.get_xscale() == "log":
+            ax.xaxis.set_minor_formatter(NullFormatter())
+        labels = ax.get_xticklabels()
+        if any(len(label.get_text()) > 6 for label in labels):
+            ax.tick_params(axis="x", labelrotation=25)
+    if panels == 1 or not any(ax.get_label() == "<colorbar>" for ax in fig.axes):
+        fig.tight_layout()
+
+
 def _plots(study: optuna.Study, search: Search, folder: Path) -> list[tuple[str, str]]:
     """Optuna's matplotlib plots as PNGs; a plot that does not apply (too few trials) is skipped."""
     import matplotlib
@@ -289,10 +308,8 @@ def _plots(study: optuna.Study, search: Search, folder: Path) -> list[tuple[str,
                 warnings.simplefilter("ignore")  # optuna.visualization.matplotlib is "experimental"
                 ax = draw()
             fig = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
-            width, height = fig.get_size_inches()
-            fig.set_size_inches(max(width, 8), max(height, 5))
-            fig.tight_layout()
-            fig.savefig(folder / name, dpi=100)
+            _fit(fig, panels=len(ax.flat) if hasattr(ax, "flat") else 1)
+            fig.savefig(folder / name, dpi=100, bbox_inches="tight")
             made.append((name, title))
         except Exception:  # e.g. importances when no parameter varies: no plot, not a failed search
             pass
