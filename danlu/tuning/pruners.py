@@ -4,22 +4,25 @@ Optuna's MedianPruner judges a trial at step s against the completed trials only
 at a time, those are all the other trials there are (pruned ones are left out by design).
 Run J at a time (`--jobs`, or processes on several machines sharing a storage), the J-1
 trials running beside it are left out too, though they reported step s already, so a
-parallel search prunes less than a serial one (simulated with `benchmarks/tune.py
---parallel-pruning 40`: 2 trials at a time train 3% more steps than one at a time, 4 at a
-time 9% more; with this pruner 3% and 1% fewer, with similar best values). Optuna's own
-asynchronous pruner (SuccessiveHalvingPruner) compares against every trial that reached a
-rung, running or not; this does the same for the median: the other RUNNING trials' values
-at step s join the completed ones'.
+parallel search prunes less than a serial one. Optuna's own asynchronous pruner
+(SuccessiveHalvingPruner) compares against every trial that reached a rung, running or
+not; this does the same for the median: the other RUNNING trials' values at step s join
+the completed ones'.
 
 The start-up rule ("pruning is disabled until the given number of trials finish") counts
-the completed trials and, likewise, the trials started before the judged one that are still
-running. Otherwise, with two at a time, the trial started beside the last start-up trial
-trains unpruned until that one finishes (41 epochs instead of 5 in one tutorial search);
-trials started after it do not count, so with many at a time the first `n_startup_trials`
-are still never pruned. Everything else is Optuna's PercentilePruner, unchanged: warm-up,
-interval, NaN handling, n_min_trials and the percentile itself. With one trial at a time,
-the only running trial is the one judged, so the decisions are those of Optuna's
-MedianPruner (tests/test_tune_parallel.py checks both).
+the completed trials and, likewise, the trials started before the judged one that are
+still running. Otherwise, with two at a time, the trial started beside the last start-up
+trial trains unpruned until that one finishes (41 epochs instead of 5 in one tutorial
+search). Trials started after the judged one do not count, so with many at a time the
+first trials are not judged against one another's partial curves; as with Optuna's rule,
+a long start-up trial can still be pruned once `n_startup_trials` others have completed.
+
+`benchmarks/tune.py --parallel-pruning 40` simulates both rules (see BENCHMARKS.md):
+Optuna's trains 4% (2 at a time) and 8% (4 at a time) more steps than one at a time, this
+one between 3% more and 8% fewer, with similar best values. Everything else is Optuna's
+PercentilePruner, unchanged: warm-up, interval, NaN handling, n_min_trials and the
+percentile itself. With one trial at a time, the only running trial is the one judged, so
+the decisions are those of Optuna's MedianPruner (tests/test_tune_parallel.py checks both).
 """
 
 from __future__ import annotations
