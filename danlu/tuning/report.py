@@ -307,8 +307,9 @@ def _plots(study: optuna.Study, search: Search, folder: Path) -> list[tuple[str,
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # optuna.visualization.matplotlib is "experimental"
                 ax = draw()
-            fig = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
-            _fit(fig, panels=len(ax.flat) if hasattr(ax, "flat") else 1)
+            panels = list(ax.flat) if hasattr(ax, "flat") else [ax]
+            fig = panels[0].figure
+            _fit(fig, len(panels))
             fig.savefig(folder / name, dpi=100, bbox_inches="tight")
             made.append((name, title))
         except Exception:  # e.g. importances when no parameter varies: no plot, not a failed search

@@ -65,11 +65,8 @@ class Search:
         study.sampler = self.sampler(worker, done, startup_queued=STARTUP_ATTR in study.user_attrs)
 
     @property
-    def seed(self) -> int | None:
-        """The search's seed; None on a shared storage, where processes on other machines each
-        draw from fresh entropy rather than all the same configurations."""
-        if self.storage is not None:
-            return None
+    def seed(self) -> int:
+        """The search's seed: tune.seed, else the run's."""
         return self.tune.seed if self.tune.seed is not None else self.cfg.seed
 
     def queue_startup(self, study: optuna.Study) -> None:
@@ -83,10 +80,10 @@ class Search:
         asked TPE already is left as it is; one resumed with more trials gets the rest.
         Not on a shared --storage: processes on several machines starting at once would each
         queue a set, and there every process draws from fresh entropy anyway."""
-        queued = study.user_attrs.get(STARTUP_ATTR, 0)
-        n = min(self.tune.startup_trials, self.target)
         if self.tune.sampler != "tpe" or self.storage is not None:
             return
+        queued = study.user_attrs.get(STARTUP_ATTR, 0)
+        n = min(self.tune.startup_trials, self.target)
         if n <= queued or len(study.trials) > queued:
             return
         draw = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=self.seed))
@@ -101,16 +98,16 @@ class Search:
         self, worker: int | None = None, done: int = 0, startup_queued: bool = False
     ) -> optuna.samplers.BaseSampler:
         """The sampler, seeded from the config; a resumed study or a second worker gets other
-        seeds, so that it does not draw the same configurations again."""
+        seeds, so that it does not draw the same configurations again. On a shared storage,
+        processes on other machines each draw from fresh entropy instead."""
         t = self.tune
-        seed = self.seed
-        if seed is not None:
-            seed += done + (1000 * (worker + 1) if worker is not None else 0)
+        seed: int | None = None
+        if self.storage is None:
+            seed = self.seed + done + (1000 * (worker + 1) if worker is not None else 0)
         if t.sampler == "grid":
             # Optuna gives trial number k the k-th point of the grid shuffled by the seed: one
             # seed in every process and on --resume, or they run some points twice and skip others
-            fixed = t.seed if t.seed is not None else self.cfg.seed
-            return _GridSampler({p.key: p.grid() for p in self.params}, seed=fixed)
+            return _GridSampler({p.key: p.grid() for p in self.params}, seed=self.seed)
         if t.sampler == "random":
             return optuna.samplers.RandomSampler(seed=seed)
         if t.sampler == "cmaes":
