@@ -571,6 +571,76 @@ def tune(
         typer.echo(f"study folder: {result.study_dir}")
 
 
+# --------------------------------------------------------------------------- danlu data
+data_app = typer.Typer(
+    no_args_is_help=True,
+    help="The public datasets the examples name (dataset://NAME): list, download, locate."
+    " They live in $DANLU_DATA (default: the user cache, ~/.cache/danlu/data).",
+)
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("list", epilog="Example:\n\n  DANLU_DATA=~/data danlu data list")
+def data_list(debug: Debug = False) -> None:
+    """Each dataset: its size, licence, and whether it is in the data directory (and where)."""
+    with _errors(debug):
+        from rich.console import Console
+        from rich.table import Table
+
+        from danlu import datasets
+
+        directory = datasets.data_dir()
+        table = Table(title=f"data directory: {directory}")
+        table.add_column("dataset", no_wrap=True)
+        for name in ("size", "license", "present", "path"):
+            table.add_column(name, overflow="fold")
+        for ds in datasets.DATASETS.values():
+            where, n = datasets.status(ds, directory)
+            present = "yes" if n == ds.files else f"partial: {n} of {ds.files} files" if n else "no"
+            table.add_row(ds.name, f"{ds.size / 1e6:.1f} MB", ds.license, present, str(where) if n else "")
+        Console().print(table)
+
+
+@data_app.command(
+    "get",
+    epilog="Examples:\n\n  danlu data get fsdd\n\n  danlu data get fsdd --file ~/Downloads/fsdd.zip",
+)
+def data_get(
+    name: Annotated[str, typer.Argument(help="Dataset name (danlu data list).")],
+    file: Annotated[
+        Path | None, typer.Option("--file", help="Prepare from this already downloaded file instead.")
+    ] = None,
+    debug: Debug = False,
+) -> None:
+    """Download a dataset into the data directory (checked against its pinned SHA-256)."""
+    with _errors(debug):
+        from danlu import datasets
+
+        ds = datasets.get(name)
+        where, n = datasets.status(ds)
+        if n == ds.files:
+            typer.echo(f"{name} is already present: {where}")
+            return
+        where = datasets.fetch(ds, file=file) if file is not None else datasets.ensure(ds)
+        typer.echo(f"{name}: {where} ({ds.license})")
+
+
+@data_app.command("path", epilog="Example:\n\n  ls $(danlu data path fsdd)/recordings | head")
+def data_path(
+    name: Annotated[str, typer.Argument(help="Dataset name (danlu data list).")],
+    debug: Debug = False,
+) -> None:
+    """Print where a dataset is (exit 2 when it is not there yet)."""
+    with _errors(debug):
+        from danlu import datasets
+
+        ds = datasets.get(name)
+        where, n = datasets.status(ds)
+        if n != ds.files:
+            raise DanluError(f"dataset {name} is not in {where.parent}; run `danlu data get {name}`")
+        typer.echo(str(where))
+
+
 def _write_table(df: Any, path: Path) -> None:
     from danlu import fileio
 

@@ -318,6 +318,41 @@ class DataConfig(Section):
                     )
         return self
 
+    @model_validator(mode="before")
+    @classmethod
+    def _public_dataset_source(cls, v: Any) -> Any:
+        # data.source NAME of a public dataset (danlu/datasets.py) stands for its usual files
+        from danlu import datasets
+
+        name = v.get("source") if isinstance(v, dict) else None
+        if not isinstance(name, str) or name not in datasets.DATASETS:
+            return v
+        given = [k for k in ("path", "train", "val", "test") if v.get(k)]
+        if given:
+            raise ValueError(
+                f"source: {name} already names the dataset's files; drop data.{given[0]}, or drop"
+                f" data.source and write data.{given[0]}: {datasets.SCHEME}{name}/FILE"
+            )
+        files = {
+            k: f"{datasets.SCHEME}{name}/{rel}".rstrip("/")
+            for k, rel in datasets.DATASETS[name].default.items()
+        }
+        return {**v, "source": None, **files}
+
+    @field_validator("path", "train", "val", "test")
+    @classmethod
+    def _public_dataset_path(cls, v: str | None) -> str | None:
+        # dataset://NAME/file: a file of a public dataset in the data directory, downloaded
+        # on first use (danlu/datasets.py); the run's config keeps the resolved path
+        if v is None or not v.startswith("dataset://"):
+            return v
+        from danlu import datasets
+
+        try:
+            return str(datasets.resolve(v))
+        except DanluError as e:
+            raise ValueError(str(e)) from None
+
     @model_validator(mode="after")
     def _one_source(self) -> DataConfig:
         given = [k for k in ("source", "path", "train") if getattr(self, k)]
