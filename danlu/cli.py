@@ -621,7 +621,7 @@ def data_get(
         if n == ds.files:
             typer.echo(f"{name} is already present: {where}")
             return
-        where = datasets.fetch(ds, file=file) if file is not None else datasets.ensure(ds)
+        where = datasets.ensure(ds, file=file)
         typer.echo(f"{name}: {where} ({ds.license})")
 
 

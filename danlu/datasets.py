@@ -102,16 +102,22 @@ def _prepare_fsdd(download: Path, dest: Path) -> None:
         if "metadata.py" not in members:
             raise DanluError(f"{download}: the archive has no metadata.py")
         source = z.read(members["metadata.py"]).decode("utf-8")
-    speakers = None
-    for node in ast.parse(source).body:
-        if isinstance(node, ast.Assign) and [getattr(t, "id", None) for t in node.targets] == ["metadata"]:
-            speakers = ast.literal_eval(node.value)
-    if not isinstance(speakers, dict):
-        raise DanluError(f"{download}: metadata.py holds no `metadata = {{...}}` mapping")
+    try:
+        speakers = None
+        for node in ast.parse(source).body:
+            if isinstance(node, ast.Assign) and [getattr(t, "id", None) for t in node.targets] == [
+                "metadata"
+            ]:
+                speakers = ast.literal_eval(node.value)
+        rows = [[name, m["gender"], m["accent"]] for name, m in speakers.items()]  # type: ignore[union-attr]
+    except (SyntaxError, ValueError, AttributeError, KeyError, TypeError) as e:
+        raise DanluError(
+            f"{download}: metadata.py holds no `metadata = {{speaker: {{gender, accent}}}}` literal ({e!r})"
+        ) from None
     with (dest / "speakers.csv").open("w", encoding="utf-8", newline="") as f:
         w = csv.writer(f, lineterminator="\n")
         w.writerow(["speaker", "gender", "accent"])
-        w.writerows([name, m["gender"], m["accent"]] for name, m in speakers.items())
+        w.writerows(rows)
 
 
 def _prepare_text(download: Path, dest: Path) -> None:
@@ -257,7 +263,7 @@ def get(name: str) -> Dataset:
 def data_dir() -> Path:
     """$DANLU_DATA, else the user cache's data folder (~/.cache/danlu/data)."""
     env = os.environ.get("DANLU_DATA")
-    return Path(env).expanduser() if env else fileio.user_cache("data")
+    return (Path(env).expanduser() if env else fileio.user_cache("data")).absolute()
 
 
 def _files(root: Path) -> list[Path]:
@@ -312,8 +318,10 @@ def resolve(ref: str) -> Path:
     return path
 
 
-def ensure(ds: Dataset, directory: Path | None = None, url: str | None = None) -> Path:
-    """The dataset's path, downloaded and prepared first when it is absent."""
+def ensure(
+    ds: Dataset, directory: Path | None = None, url: str | None = None, file: Path | None = None
+) -> Path:
+    """The dataset's path, downloaded (or prepared from `file`) first when it is absent."""
     directory = directory or data_dir()
     where, n = status(ds, directory)
     if n == ds.files:
@@ -323,7 +331,7 @@ def ensure(ds: Dataset, directory: Path | None = None, url: str | None = None) -
             f"{where} holds {n} of the {ds.files} files of dataset {ds.name}; complete it ({ds.layout})"
             f" or remove it so that danlu downloads it"
         )
-    return fetch(ds, directory, url=url)
+    return fetch(ds, directory, url=url, file=file)
 
 
 # --------------------------------------------------------------------------- download
@@ -347,7 +355,7 @@ def fetch(
         directory.mkdir(parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(prefix=f".{ds.root}.", suffix=".tmp", dir=directory))
     except OSError as e:
-        raise DanluError(f"cannot create the data directory {directory} ({e}); set DANLU_DATA") from None
+        raise DanluError(f"cannot write into the data directory {directory} ({e}); set DANLU_DATA") from None
     target = directory / ds.root
     try:
         if file is None:
@@ -428,7 +436,7 @@ def _download(url: str, dest: Path, ds: Dataset, directory: Path) -> None:
         )
 
     console = Console(stderr=True)
-    console.print(f"downloading dataset {ds.name} ({ds.license}) from {url}", highlight=False)
+    console.print(f"downloading dataset {ds.name} ({ds.license}) from {url}", highlight=False, soft_wrap=True)
     limit = 4 * ds.size + (1 << 20)  # a zip is no larger than its files plus headers
     request = urllib.request.Request(url, headers={"User-Agent": f"danlu/{__version__}"})
     try:

@@ -19,6 +19,10 @@ import yaml
 torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
+# named datasets (dataset://NAME in the examples) resolve to the copies beside the repository
+# (danlu/datasets.py); tests that need them skip when ../shared/data is absent
+SHARED_DATA = REPO.parent / "shared" / "data"
+os.environ["DANLU_DATA"] = str(SHARED_DATA)
 
 
 def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
