@@ -36,6 +36,7 @@ import re
 import shutil
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -279,12 +280,8 @@ def files_sha256(root: Path) -> tuple[str, int, int]:
     """(SHA-256 of the sha256sum listing, number of files, bytes) of a file or folder."""
     listing, size = [], 0
     for p in _files(root):
-        h = hashlib.sha256()
-        with p.open("rb") as f:
-            while chunk := f.read(1 << 20):
-                h.update(chunk)
         rel = p.name if p == root else p.relative_to(root).as_posix()
-        listing.append(f"{h.hexdigest()}  {rel}\n")
+        listing.append(f"{_sha256(p)}  {rel}\n")
         size += p.stat().st_size
     return hashlib.sha256("".join(listing).encode()).hexdigest(), len(listing), size
 
@@ -357,13 +354,13 @@ def fetch(
     except OSError as e:
         raise DanluError(f"cannot write into the data directory {directory} ({e}); set DANLU_DATA") from None
     target = directory / ds.root
+    origin = url if file is None else str(file)
     try:
         if file is None:
             download = work / "download"
             _download(url, download, ds, directory)
-            origin = url
         else:
-            download, origin = Path(file), str(file)
+            download = Path(file)
             if not download.is_file():
                 raise DanluError(f"{file}: no such file")
         if ds.download_sha256 is not None:
@@ -406,6 +403,10 @@ def fetch(
             fileio.write_json(record_path(ds, target), record)
     except OSError as e:
         raise DanluError(f"cannot write dataset {ds.name} into {directory} ({e}); nothing was kept") from None
+    except (ValueError, EOFError, zlib.error) as e:  # undecodable text, a damaged zip member
+        raise DanluError(
+            f"{origin}: cannot prepare dataset {ds.name} ({e}); nothing was kept in {directory}"
+        ) from None
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return target
@@ -438,8 +439,8 @@ def _download(url: str, dest: Path, ds: Dataset, directory: Path) -> None:
     console = Console(stderr=True)
     console.print(f"downloading dataset {ds.name} ({ds.license}) from {url}", highlight=False, soft_wrap=True)
     limit = 4 * ds.size + (1 << 20)  # a zip is no larger than its files plus headers
-    request = urllib.request.Request(url, headers={"User-Agent": f"danlu/{__version__}"})
     try:
+        request = urllib.request.Request(url, headers={"User-Agent": f"danlu/{__version__}"})
         with urllib.request.urlopen(request, timeout=30) as resp, dest.open("wb") as out:
             length = resp.headers.get("Content-Length")
             total = int(length) if length and length.isdigit() else None
@@ -457,5 +458,5 @@ def _download(url: str, dest: Path, ds: Dataset, directory: Path) -> None:
                 raise failed(f"the connection closed after {done:,} of {total:,} bytes")
     except http.client.IncompleteRead as e:
         raise failed(f"the connection closed after {len(e.partial):,} bytes of a chunk") from None
-    except (OSError, http.client.HTTPException) as e:  # URLError, HTTPError, timeouts, resets
+    except (OSError, ValueError, http.client.HTTPException) as e:  # no route, 404, timeout, bad URL
         raise failed(str(getattr(e, "reason", None) or e)) from None
