@@ -167,9 +167,12 @@ def evaluate(
             title = f"{text.name} ({metrics.pop('windows')} windows)"
             _print_metrics({"title": title, "metrics": metrics})
             return
+        from danlu.run import RunDir
+
         result = api.evaluate(run_dir, split=split, data=data)
         _print_metrics(result)
-        typer.echo(f"report: {Path(run_dir) / 'report.md'}")
+        run = RunDir(run_dir).for_data(data) if data is not None else RunDir(run_dir)
+        typer.echo(f"report: {run.report}" + (f" (results of {data.name} in {run.folder})" if data else ""))
 
 
 @app.command(
