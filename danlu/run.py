@@ -272,10 +272,14 @@ def list_runs(root: str | Path) -> list[dict[str, Any]]:
     stopped before its first checkpoint) or damaged (a run file that cannot be read; the
     reason is in `error`)."""
     rows = []
-    for cfg_path in sorted(Path(root).glob("*/config.yaml")):
-        run = RunDir(cfg_path.parent)
+    root = Path(root)
+    # a run folder has config.yaml; one killed before writing it has only checkpoints/
+    folders = {p.parent for p in root.glob("*/config.yaml")} | {p.parent for p in root.glob("*/checkpoints")}
+    for folder in sorted(folders):
+        run = RunDir(folder)
         try:
-            when = datetime.fromtimestamp(cfg_path.stat().st_mtime).strftime("%Y-%m-%d %H:%M")
+            stamp = run.config if run.config.is_file() else run.path
+            when = datetime.fromtimestamp(stamp.stat().st_mtime).strftime("%Y-%m-%d %H:%M")
         except OSError:
             continue  # removed while listing
         row: dict[str, Any] = {
@@ -306,6 +310,8 @@ def _read_config_mapping(path: Path) -> dict[str, Any]:
 def _summary(run: RunDir) -> dict[str, Any]:
     from danlu.evaluation.metrics import direction
 
+    if not run.config.is_file():
+        return {"status": "incomplete" if run.has_checkpoint() else "failed"}
     cfg = _read_config_mapping(run.config)
     section = lambda key: cfg.get(key) if isinstance(cfg.get(key), dict) else {}  # noqa: E731
     metrics = run.read_metrics()
