@@ -17,7 +17,6 @@ import sys
 from pathlib import Path
 
 import yaml
-
 from conftest import _env
 
 # SIGKILL at the N-th rename onto a file or folder whose name matches PATTERN (fnmatch),
