@@ -173,7 +173,7 @@ DAMAGES = {
     "truncated model weights": (lambda r: _truncate(r / "model.safetensors"), "predict", "model.safetensors"),
     "config.yaml garbage": (lambda r: (r / "config.yaml").write_text("name: [unclosed\n"), "evaluate",
                             "config.yaml"),
-    "config.yaml a list": (lambda r: (r / "config.yaml").write_text("- 1\n- 2\n"), "resume", "config.yaml"),
+    "config.yaml a list": (lambda r: (r / "config.yaml").write_text("- 1\n- 2\n"), "runs", "config.yaml"),
     "metrics.json garbage": (lambda r: (r / "metrics.json").write_text('{"split": "te'), "runs",
                              "metrics.json"),
     "metrics.json a list": (lambda r: (r / "metrics.json").write_text("[]"), "runs", "metrics.json"),

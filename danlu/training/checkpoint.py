@@ -137,7 +137,10 @@ def save(
 
 
 def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # a folder cannot be opened on Windows
+        return
     try:
         os.fsync(fd)
     except OSError:  # some filesystems cannot sync a folder; the files themselves are synced
@@ -154,9 +157,10 @@ def load(
     scheduler: Any,
     scaler: Any,
     say: Callable[[str], None] | None = None,
+    main: bool = True,
 ) -> dict[str, Any]:
-    """Restore the newest checkpoint that loads; a damaged newer one is set aside, saying so
-    in one line. Returns the trainer state."""
+    """Restore the newest checkpoint that loads; a damaged newer one is set aside (by the
+    main process), saying so in one line. Returns the trainer state."""
     say = say or (lambda line: print(line, file=sys.stderr, flush=True))
     candidates = run.checkpoint_files()
     if not candidates:
@@ -169,7 +173,7 @@ def load(
             problems.append(str(e))
             continue
         if i:
-            for _, bad_state in candidates[:i]:  # kept for inspection, out of the way of the next save
+            for _, bad_state in candidates[:i] if main else []:  # kept for inspection, out of the way
                 run.set_aside(bad_state)
             say(f"note: {problems[0]}; resuming from the older checkpoint {state_path.parent.name}"
                 f" (step {trainer['step']})")

@@ -204,7 +204,9 @@ def fit(
         if dist.is_main:
             run.clean_partial()  # temporary files and unfinished checkpoints of a killed run
         distributed.barrier(dist)
-        saved = checkpoint.load(model, run, optimizer=optimizer, scheduler=scheduler, scaler=scaler)
+        saved = checkpoint.load(
+            model, run, optimizer=optimizer, scheduler=scheduler, scaler=scaler, main=dist.is_main
+        )
         state = TrainerState(**saved)
 
     last_written = {"step": -1, "at": time.perf_counter()}
