@@ -91,18 +91,23 @@ def train(
     evaluation's metrics row is logged (n counts evaluations from 1); `danlu tune` prunes there."""
     overrides = _merge_overrides(overrides, kw_overrides)
     if name is not None:
+        config_mod.check_run_name(name, "--name")
         overrides["name"] = name
     run = RunDir.open(resume, need_model=False) if resume else None
     if run is not None:
-        saved = config_mod.load(run.config)
-        cfg = config_mod.load(config if config is not None else saved, overrides)
+        saved = _absolute_paths(config_mod.load(run.config))
+        cfg = _absolute_paths(config_mod.load(config if config is not None else saved, overrides))
         _check_resumable(saved, cfg, run)
-        if not run.has_checkpoint("last"):
-            raise DanluError(f"{run.path}: no checkpoint to resume from (checkpoints/last.state.pt)")
+        if not run.has_checkpoint():
+            raise DanluError(
+                f"{run.path}: no checkpoint to resume from in {run.checkpoints} (the run stopped before"
+                " its first checkpoint); start a new run"
+            )
     elif config is None:
         raise DanluError("give a config file to train, or --resume RUN_DIR")
     else:
-        cfg = config_mod.load(config, overrides)
+        # data paths as absolute paths: the run's config.yaml then works from any folder
+        cfg = _absolute_paths(config_mod.load(config, overrides))
 
     # everything that can fail on bad input happens before the run folder exists
     seed_everything(cfg.seed)
@@ -200,9 +205,12 @@ def evaluate(
     run_dir: str | Path, split: str = "test", data: str | Path | None = None, plots: bool = True
 ) -> dict[str, Any]:
     """Metrics of a saved run on one of its splits or on a file with the same columns;
-    writes metrics.json, predictions.csv and the report into the run folder."""
+    writes metrics.json, predictions.csv and the report into the run folder (for a file:
+    under evaluations/<file stem>/, keeping the run's own results)."""
     run = RunDir.open(run_dir)
     cfg = config_mod.load(run.config)
+    if data is None:
+        _check_data_paths(run, cfg)
     if run.read_model_json().get("schema", {}).get("input_kind") == "audio":
         from danlu.tasks.speech_recognition import evaluate_audio_run
 
@@ -226,7 +234,7 @@ def evaluate(
         tensors = pre.dataset(frame, where)
     else:
         tensors = TensorData(pre.transform(frame, where), pre.transform_target(frame, where))
-    return _finish(run, cfg, predictor, tensors, frame, split, plots=plots)
+    return _finish(run, cfg, predictor, tensors, frame, split, plots=plots, data=data)
 
 
 def _finish(
@@ -237,12 +245,17 @@ def _finish(
     frame: pd.DataFrame,
     split: str,
     plots: bool,
+    data: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Evaluate the saved model on one split and write metrics.json, predictions, report."""
+    """Evaluate the saved model on one split (or the file `data`) and write metrics.json,
+    predictions, report."""
     task = predictor.task
     metrics, decoded = evaluate_split(predictor.model, task, tensors, torch.device("cpu"))
     metrics = _extra_metrics(cfg, task, tensors, decoded, metrics)
     summary = {"split": split, "rows": len(tensors), "task": task.kind, "metrics": metrics}
+    if data is not None:  # another file: its results beside the run's own, not over them
+        run = run.for_data(data)
+        summary["data"] = str(Path(data).resolve())
     run.write_metrics(summary)
 
     preds = prediction_frame(predictor, decoded, proba=True)
@@ -269,7 +282,7 @@ def _finish(
     write_report(
         run.report,
         run.plots,
-        title=f"danlu run {run.path.name}",
+        title=f"danlu run {run.path.name}" + (f" on {Path(data).name}" if data is not None else ""),
         task=task.kind,
         split=split,
         metrics=metrics,
@@ -345,6 +358,40 @@ def _merge_overrides(overrides: list[str] | dict[str, Any] | None, kw: dict[str,
         merged.update(config_mod._parse_overrides(overrides))
     merged.update({k.replace("__", "."): v for k, v in kw.items()})
     return merged
+
+
+DATA_FILES = ("path", "train", "val", "test")  # data.* keys naming files or folders
+
+
+def _absolute_paths(cfg: RunConfig) -> RunConfig:
+    """cfg with data.path/train/val/test (and a tokenizer.json path) made absolute against the
+    current folder, so the run's saved config reads the same files from anywhere."""
+    import os
+
+    def absolute(value: str | None) -> str | None:
+        if not value or "://" in value or Path(value).is_absolute():
+            return value
+        return os.path.abspath(value)
+
+    update = {k: absolute(getattr(cfg.data, k)) for k in DATA_FILES}
+    if cfg.data.tokenizer.endswith(".json"):
+        update["tokenizer"] = absolute(cfg.data.tokenizer)
+    if all(update[k] == getattr(cfg.data, k) for k in update):
+        return cfg
+    return cfg.model_copy(update={"data": cfg.data.model_copy(update=update)})
+
+
+def _check_data_paths(run: RunDir, cfg: RunConfig) -> None:
+    """A run trained before data paths were saved absolute names them relative to the
+    folder training ran in: say so, rather than 'file not found' from deep in the reader."""
+    for key in DATA_FILES:
+        value = getattr(cfg.data, key)
+        if value and "://" not in value and not Path(value).exists():
+            raise DanluError(
+                f"{run.config}: data.{key} '{value}' not found from {Path.cwd()} (a relative path is"
+                f" read from the current folder); run from the folder training ran in, or make data.{key}"
+                " in that file absolute"
+            )
 
 
 def _check_resumable(saved: RunConfig, new: RunConfig, run: RunDir) -> None:

@@ -167,9 +167,12 @@ def evaluate(
             title = f"{text.name} ({metrics.pop('windows')} windows)"
             _print_metrics({"title": title, "metrics": metrics})
             return
+        from danlu.run import RunDir
+
         result = api.evaluate(run_dir, split=split, data=data)
         _print_metrics(result)
-        typer.echo(f"report: {Path(run_dir) / 'report.md'}")
+        run = RunDir(run_dir).for_data(data) if data is not None else RunDir(run_dir)
+        typer.echo(f"report: {run.report}" + (f" (results of {data.name} in {run.folder})" if data else ""))
 
 
 @app.command(
@@ -220,29 +223,56 @@ def predict(
             typer.echo(f"wrote {len(result)} predictions to {output}", err=True)
 
 
-@app.command(epilog="Example:\n\n  danlu runs runs/")
+@app.command(epilog="Examples:\n\n  danlu runs runs/\n\n  danlu runs runs/ --json")
 def runs(
     directory: Annotated[Path, typer.Argument(help="Folder holding run folders.")] = Path("runs"),
+    json_: Annotated[bool, typer.Option("--json", help="A JSON list of objects, one per run.")] = False,
     debug: Debug = False,
 ) -> None:
-    """List runs: name, task, model, best monitored metric, when."""
+    """List runs: name, status (done, incomplete: resumable, failed, damaged), task, model,
+    test metric, best monitored metric, epochs, when."""
     with _errors(debug):
-        from rich.console import Console
-        from rich.table import Table
+        import json
 
         from danlu.run import list_runs
 
         rows = list_runs(directory)
+        if json_:
+            typer.echo(json.dumps(rows, indent=2))
+            return
         if not rows:
             typer.echo(f"no runs in {directory}")
             return
-        table = Table("run", "task", "model", "monitor", "best", "epochs", "status", "when")
+        header = ["run", "status", "task", "model", "test metric", "monitor", "best", "epochs", "when"]
+        table = [header]
         for r in rows:
+            metric = f"{r['metric']} {r['value']:.4g}" if r["metric"] else ""
             best = "" if r["best"] is None else f"{r['best']:.4g}"
-            table.add_row(
-                r["run"], r["task"], r["model"], r["monitor"], best, str(r["epochs"]), r["status"], r["when"]
+            table.append(
+                [r["run"], r["status"], r["task"], r["model"], metric, r["monitor"], best, str(r["epochs"]),
+                 r["when"]]
             )
-        Console().print(table)
+        _print_table(table)
+        for r in rows:
+            if r["error"]:
+                typer.echo(f"{r['run']}: {r['error']}", err=True)
+
+
+def _print_table(rows: list[list[str]]) -> None:
+    """Plain aligned columns: names are never cut, in a pipe or a narrow terminal (the
+    columns that do not fit the terminal's width are dropped from the right, the run
+    name and status always stay)."""
+    import shutil
+
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    room = shutil.get_terminal_size((10_000, 24)).columns if sys.stdout.isatty() else 10_000
+    keep, used = 0, 0
+    for i, w in enumerate(widths):
+        if i >= 2 and used + w > room:
+            break
+        keep, used = i + 1, used + w + 2
+    for row in rows:
+        typer.echo("  ".join(cell.ljust(w) for cell, w in zip(row[:keep], widths, strict=False)).rstrip())
 
 
 @app.command(epilog="Examples:\n\n  danlu init > my.yaml\n\n  danlu init csv --output my.yaml")

@@ -821,6 +821,21 @@ class TuneConfig(Section):
         return v
 
 
+RUN_NAME = r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}"  # one path component: never '..', '/x' or ''
+
+
+def check_run_name(value: Any, key: str = "name") -> str:
+    """A run name becomes a folder under output.dir: one path component of safe characters."""
+    import re
+
+    if not isinstance(value, str) or not re.fullmatch(RUN_NAME, value):
+        raise DanluError(
+            f"{key}: {value!r} is not a valid run name: use 1 to 100 letters, digits, '-', '_' or '.',"
+            " not starting with '.' (it names a folder under output.dir)"
+        )
+    return value
+
+
 class RunConfig(Section):
     name: str = "run"
     seed: int = 0
@@ -831,6 +846,14 @@ class RunConfig(Section):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
     tune: TuneConfig | None = None  # for `danlu tune`; training ignores it
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, v: str) -> str:
+        try:
+            return check_run_name(v)
+        except DanluError as e:  # a ValueError, so pydantic attaches the key path
+            raise ValueError(str(e).removeprefix("name: ")) from None
 
     @field_validator("model", mode="before")
     @classmethod

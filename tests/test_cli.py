@@ -134,7 +134,8 @@ def test_evaluate_other_data(run_cli, mixed_run, tmp_path):
     make_mixed_frame(n=30, seed=7).to_csv(tmp_path / "other.csv", index=False)
     out = _ok(run_cli("evaluate", mixed_run.run, "--data", "other.csv"))
     assert "accuracy" in out
-    metrics = json.loads((mixed_run.run / "metrics.json").read_text())
+    # beside the run's own test-split results, which stay (tests/test_run_folder.py)
+    metrics = json.loads((mixed_run.run / "evaluations" / "other" / "metrics.json").read_text())
     assert metrics["rows"] == 30
     assert "other.csv" in metrics["split"]
 

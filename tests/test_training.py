@@ -196,8 +196,9 @@ def test_checkpoints_are_safetensors_and_weights_only(tmp_path: Path) -> None:
     run = danlu.train(cfg(tmp_path, train__epochs=2), progress="quiet")
     ck = run.path / "checkpoints"
     assert (ck / "best.safetensors").is_file()  # the best weights, restored at the end
-    assert (ck / "last.safetensors").is_file()
-    state = torch.load(ck / "last.state.pt", weights_only=True)  # resuming continues from last
+    (last,) = ck.glob("last-*")  # one checkpoint folder, named for its step
+    assert (last / "model.safetensors").is_file()
+    state = torch.load(last / "state.pt", weights_only=True)  # resuming continues from last
     assert {"optimizer", "rng", "trainer"} <= set(state)
     assert state["trainer"]["step"] == run.history[-1]["step"]
     assert not list(run.path.rglob("*.tmp"))

@@ -128,7 +128,8 @@ def evaluate_audio_run(run: Any, cfg: Any, split: str, data: Any, plots: bool) -
 
     rec = load_recognizer(run.path)
     split_data, frame, name = eval_split(cfg, rec.preprocessor, rec.schema, split, data)
-    return finish_audio(run, cfg, rec.model, rec.task, rec.schema, split_data, frame, name, plots)
+    out = run.for_data(data) if data is not None else run  # another file: beside the run's results
+    return finish_audio(out, cfg, rec.model, rec.task, rec.schema, split_data, frame, name, plots)
 
 
 def finish_audio(

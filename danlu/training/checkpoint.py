@@ -1,10 +1,19 @@
 """Checkpoints: model weights in safetensors, and beside them everything else needed to
 continue exactly (optimizer, scheduler, RNG states, position, early-stopping state).
-Loading uses torch.load(weights_only=True): a checkpoint cannot run code."""
+Loading uses torch.load(weights_only=True): a checkpoint cannot run code.
+
+A checkpoint is one unit: both files are written and flushed to disk in a temporary
+folder, which one rename publishes (the layout is danlu.run's). The previous checkpoint is
+deleted only after that, so a kill at any moment leaves at least one complete checkpoint
+once the first exists; resuming takes the newest that loads."""
 
 from __future__ import annotations
 
+import os
 import random
+import shutil
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,20 +24,25 @@ from torch import nn
 
 from danlu.errors import DanluError
 from danlu.fileio import atomic_path
+from danlu.run import RunDir
 
 
 def save_weights(model: nn.Module, path: Path, metadata: dict[str, str] | None = None) -> None:
     """All weights, or only those the model names in `saved_keys()` (e.g. LoRA adapters and
     a head over a frozen pretrained encoder that is loaded from its own folder)."""
-    keys = _saved_keys(model)
     with atomic_path(path) as tmp:
-        if keys is None:
-            save_model(model, str(tmp), metadata=metadata)
-        else:
-            from safetensors.torch import save_file
+        _write_weights(model, tmp, metadata)
 
-            state = {k: v.detach().contiguous() for k, v in model.state_dict().items() if k in keys}
-            save_file(state, str(tmp), metadata=metadata)
+
+def _write_weights(model: nn.Module, path: Path, metadata: dict[str, str] | None) -> None:
+    keys = _saved_keys(model)
+    if keys is None:
+        save_model(model, str(path), metadata=metadata)
+    else:
+        from safetensors.torch import save_file
+
+        state = {k: v.detach().contiguous() for k, v in model.state_dict().items() if k in keys}
+        save_file(state, str(path), metadata=metadata)
 
 
 def _saved_keys(model: nn.Module) -> set[str] | None:
@@ -84,18 +98,20 @@ def _tuples(x: Any) -> Any:
 
 def save(
     model: nn.Module,
-    directory: Path,
-    name: str,
+    run: RunDir,
     *,
     optimizer: Any,
     scheduler: Any,
     scaler: Any,
     trainer: dict[str, Any],
-) -> None:
-    """checkpoints/<name>.safetensors + checkpoints/<name>.state.pt, tagged with the step
-    so a pair written by two different saves is detected."""
+) -> Path:
+    """checkpoints/last-<step>/ (model.safetensors + state.pt, tagged with the step), written
+    whole in a temporary folder, flushed, renamed into place; then the older ones go."""
     tag = f"{trainer['step']}:{trainer['epoch']}:{trainer['batch']}"
-    save_weights(model, directory / f"{name}.safetensors", {"tag": tag})
+    tmp, final = run.checkpoint_folder(trainer["step"])
+    shutil.rmtree(tmp, ignore_errors=True)  # a kill's leftover
+    tmp.mkdir(parents=True)
+    _write_weights(model, tmp / "model.safetensors", {"tag": tag})
     state = {
         "tag": tag,
         "optimizer": optimizer.state_dict(),
@@ -104,27 +120,100 @@ def save(
         "rng": rng_state(),
         "trainer": trainer,
     }
-    with atomic_path(directory / f"{name}.state.pt") as tmp:
-        torch.save(state, tmp)
+    torch.save(state, tmp / "state.pt")
+    for f in (tmp / "model.safetensors", tmp / "state.pt", tmp):
+        _fsync(f)  # on disk before the rename publishes them
+    if final.exists():  # the same step saved again (a resumed run's end): replace it
+        old = final.with_name(f".{final.name}.old.tmp")
+        shutil.rmtree(old, ignore_errors=True)
+        os.rename(final, old)
+        os.rename(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(tmp, final)
+    _fsync(final.parent)
+    run.drop_checkpoints_except(final)
+    return final
+
+
+def _fsync(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # a folder cannot be opened on Windows
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some filesystems cannot sync a folder; the files themselves are synced
+        pass
+    finally:
+        os.close(fd)
 
 
 def load(
-    model: nn.Module, directory: Path, name: str, *, optimizer: Any, scheduler: Any, scaler: Any
+    model: nn.Module,
+    run: RunDir,
+    *,
+    optimizer: Any,
+    scheduler: Any,
+    scaler: Any,
+    say: Callable[[str], None] | None = None,
+    main: bool = True,
 ) -> dict[str, Any]:
-    weights, state_path = directory / f"{name}.safetensors", directory / f"{name}.state.pt"
-    if not state_path.is_file():
-        raise DanluError(f"{state_path}: no checkpoint to resume from")
-    state = torch.load(state_path, weights_only=True)
+    """Restore the newest checkpoint that loads; a damaged newer one is set aside (by the
+    main process), saying so in one line. Returns the trainer state."""
+    say = say or (lambda line: print(line, file=sys.stderr, flush=True))
+    candidates = run.checkpoint_files()
+    if not candidates:
+        raise DanluError(f"{run.checkpoints}: no checkpoint to resume from")
+    problems = []
+    for i, (weights, state_path) in enumerate(candidates):
+        try:
+            trainer = _load_one(model, weights, state_path, optimizer, scheduler, scaler)
+        except DanluError as e:
+            problems.append(str(e))
+            continue
+        if i:
+            for _, bad_state in candidates[:i] if main else []:  # kept for inspection, out of the way
+                run.set_aside(bad_state)
+            say(f"note: {problems[0]}; resuming from the older checkpoint {state_path.parent.name}"
+                f" (step {trainer['step']})")
+        return trainer
+    raise DanluError(f"{problems[0]}; no older complete checkpoint: start a new run")
+
+
+def _load_one(
+    model: nn.Module, weights: Path, state_path: Path, optimizer: Any, scheduler: Any, scaler: Any
+) -> dict[str, Any]:
+    try:
+        state = torch.load(state_path, weights_only=True)
+        if not isinstance(state, dict) or not {"tag", "optimizer", "rng", "trainer"} <= set(state):
+            raise ValueError("not a danlu checkpoint state")
+    except Exception as e:  # torch raises EOFError, RuntimeError, UnpicklingError... for damage
+        raise DanluError(f"{state_path}: damaged checkpoint, cannot be read ({_first_line(e)})") from None
     from safetensors import safe_open
 
-    with safe_open(str(weights), "pt") as f:
-        if (f.metadata() or {}).get("tag") != state["tag"]:
-            raise DanluError(f"{directory}: checkpoint '{name}' is incomplete (weights and state differ)")
+    try:
+        with safe_open(str(weights), "pt") as f:
+            tag = (f.metadata() or {}).get("tag")
+    except Exception as e:
+        raise DanluError(f"{weights}: damaged checkpoint, cannot be read ({_first_line(e)})") from None
+    if tag != state["tag"]:
+        raise DanluError(
+            f"{weights.parent}: checkpoint is incomplete (weights and state are from different steps)"
+        )
     load_weights(model, weights)
-    optimizer.load_state_dict(state["optimizer"])
-    if scheduler is not None and state["scheduler"] is not None:
-        scheduler.load_state_dict(state["scheduler"])
-    if scaler is not None and state["scaler"] is not None:
-        scaler.load_state_dict(state["scaler"])
-    set_rng_state(state["rng"])
-    return state["trainer"]
+    try:
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None and state["scheduler"] is not None:
+            scheduler.load_state_dict(state["scheduler"])
+        if scaler is not None and state["scaler"] is not None:
+            scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"])
+        return dict(state["trainer"])
+    except Exception as e:
+        raise DanluError(f"{state_path}: damaged checkpoint, cannot be restored ({_first_line(e)})") from None
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__

@@ -201,8 +201,11 @@ def fit(
     # ---- resume: weights, optimizer, scheduler, RNG and position from checkpoints/last
     state = TrainerState()
     if resume:
+        if dist.is_main:
+            run.clean_partial()  # temporary files and unfinished checkpoints of a killed run
+        distributed.barrier(dist)
         saved = checkpoint.load(
-            model, run.checkpoints, "last", optimizer=optimizer, scheduler=scheduler, scaler=scaler
+            model, run, optimizer=optimizer, scheduler=scheduler, scaler=scaler, main=dist.is_main
         )
         state = TrainerState(**saved)
 
@@ -217,8 +220,7 @@ def fit(
         if dist.is_main and state.step != last_written["step"] and (force or due):
             checkpoint.save(
                 model,
-                run.checkpoints,
-                "last",
+                run,
                 optimizer=optimizer,
                 scheduler=scheduler,
                 scaler=scaler,
@@ -230,7 +232,7 @@ def fit(
         # weights only: the best model is restored at the end, never resumed from
         if dist.is_main:
             tag = f"{state.step}:{state.epoch}:{state.batch}"
-            checkpoint.save_weights(model, run.checkpoints / "best.safetensors", {"tag": tag})
+            checkpoint.save_weights(model, run.best_weights, {"tag": tag})
 
     max_steps = cfg.max_steps or math.inf
     # contexts entered every step: build them once (an autocast object costs microseconds)
@@ -354,9 +356,9 @@ def fit(
     save_last(force=True)  # no-op when the last evaluation already wrote it
 
     # ---- finish: the best weights (not the last) are the model, unless told otherwise
-    if cfg.restore_best and state.best_epoch >= 0 and (run.checkpoints / "best.safetensors").is_file():
+    if cfg.restore_best and state.best_epoch >= 0 and run.best_weights.is_file():
         distributed.barrier(dist)
-        checkpoint.load_weights(model, run.checkpoints / "best.safetensors")
+        checkpoint.load_weights(model, run.best_weights)
     if writer is not None:
         writer.close()
     model.to("cpu")
