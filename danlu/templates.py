@@ -277,9 +277,10 @@ def _multimodal(df: pd.DataFrame, tabular: list[str], categorical: list[str], te
         encoders.append(f"    {name}: {{type: mlp, hidden: [32]}}")
     for c in text:
         name = _input_name(c, taken)
-        # the word tokenizer's pieces: words and runs of punctuation; room for most rows
+        # the word tokenizer's pieces (words and runs of punctuation): room for most rows, plus
+        # the special tokens
         pieces = df[c].dropna().astype(str).str.count(r"\w+|[^\w\s]+")
-        max_length = int(min(512, max(16, 8 * math.ceil(1.2 * float(np.percentile(pieces, 95)) / 8))))
+        max_length = int(min(512, max(16, 8 * math.ceil((1.2 * float(np.percentile(pieces, 95)) + 2) / 8))))
         spec = f"{{kind: text, column: {_yaml(c)}, tokenizer: word, max_length: {max_length}}}"
         inputs.append(f"    {name}: {spec}")
         transformer = "{type: transformer, d_model: 32, layers: 1, heads: 2, ff: 64, pooling: mean}"
@@ -288,7 +289,7 @@ def _multimodal(df: pd.DataFrame, tabular: list[str], categorical: list[str], te
             allow_missing.append(name)
     return [
         _line("inputs:", "name -> kind (tabular | text | image) and its columns; text: a word"),
-        "                            # vocabulary fitted on the training split, max_length tokens",
+        "                            # vocabulary fitted on the training split, rows cut at max_length",
         *inputs,
         _line(
             f"allow_missing: {_yaml(allow_missing) if allow_missing else 'false'}",

@@ -167,6 +167,8 @@ def test_init_reads_only_a_sample(tmp_path, monkeypatch):
         (["red", "green", "blue", "red"] * 25, "color", "categorical"),
         (["2024-03-01 10:00", "2024/03/02", "Mar 3 2024", "2024-03-04"] * 25, "when", "date"),
         (["May", "June", "July"] * 30, "month", "categorical"),  # no digits: not dates
+        (["18-25", "26-35", "36-50", "1-2"] * 25, "band", "categorical"),  # no year: not dates
+        (["2024-01-01", "2024-01-02T00:00+05:00", "1/2/2024"] * 30, "t", "date"),  # mixed zones too
         ([f"the {w} one number {i}" for i, w in enumerate(WORDS * 7)], "review", "text"),
         ([np.nan] * 30, "blank", "empty"),
         ([1.5, 2.0, 2.5] * 30, "x", "numeric"),

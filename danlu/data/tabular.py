@@ -450,6 +450,7 @@ def infer_task(y: pd.Series) -> str:
 # and what training checks before one-hot encoding a column (an identifier or free text
 # one-hot encoded is one input per row: the model memorises rows and learns nothing).
 ROLES = ("numeric", "categorical", "text", "identifier", "date", "empty")
+_DATE_SHAPE = r"(?<!\d)[12]\d{3}(?!\d)|\d{1,2}[-/.]\d{1,2}[-/.]\d{2,4}"
 _ID_NAME = re.compile(r"(^|[^a-z])(id|ids|key|uuid|guid)$|^(id|uuid|guid|index)([^a-z]|$)", re.IGNORECASE)
 
 
@@ -459,7 +460,8 @@ def column_role(s: pd.Series, name: str = "") -> tuple[str, str]:
     identifier: unique per row (or nearly: at least 20 distinct values in at least half
     the rows), strings, or integers whose name says id or that count up (1, 2, 3, ...);
     text: as many distinct values, 3 or more words on average; date: 90% of the values
-    parse as dates and hold a digit; categorical: the other non-numeric columns."""
+    parse as dates and hold a year or a day/month/year; categorical: the other non-numeric
+    columns."""
     present = s.dropna()
     n = len(present)
     if n == 0:
@@ -467,7 +469,7 @@ def column_role(s: pd.Series, name: str = "") -> tuple[str, str]:
     distinct = int(present.astype(str).nunique())
     many = distinct >= 20 and distinct >= 0.5 * n  # too many distinct values to be categories
     if distinct == len(s):
-        unique = f"unique per row ({distinct} of {len(s)})"
+        unique = f"unique per row, {distinct} of {len(s)}"
     else:
         unique = f"{distinct} distinct values in {len(s)} rows"
     if pd.api.types.is_bool_dtype(s):
@@ -483,17 +485,21 @@ def column_role(s: pd.Series, name: str = "") -> tuple[str, str]:
         return "numeric", "numbers"
     strings = present.astype(str)
     sample = strings.iloc[:: max(1, n // 200)]  # enough to tell dates without parsing them all
-    has_digit = sample.str.contains(r"\d", regex=True)
-    if has_digit.mean() >= 0.9:
-        parsed = pd.to_datetime(sample[has_digit], errors="coerce", format="mixed")
+    # a year, or day/month/year: so that "1-2" (a score) or "18-25" (an age band) is not a date
+    datelike = sample.str.contains(_DATE_SHAPE, regex=True)
+    if datelike.mean() >= 0.9:
+        try:
+            parsed = pd.to_datetime(sample[datelike], errors="coerce", format="mixed", utc=True)
+        except (ValueError, OverflowError):  # what errors="coerce" still lets through: not dates
+            parsed = pd.Series([pd.NaT])
         if parsed.notna().sum() >= 0.9 * len(sample):
             return "date", f"parses as dates (e.g. {sample.iloc[0]!r})"
+    if not many:
+        return "categorical", f"{distinct} distinct values"
     words = float(strings.str.split().str.len().mean())
-    if many and words >= 3:
+    if words >= 3:
         return "text", f"{distinct} distinct values, {words:.1f} words on average"
-    if many:
-        return "identifier", unique
-    return "categorical", f"{distinct} distinct values"
+    return "identifier", unique
 
 
 def _check_categorical(col: pd.Series, name: str, where: str) -> None:
