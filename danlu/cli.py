@@ -275,11 +275,24 @@ def _print_table(rows: list[list[str]]) -> None:
         typer.echo("  ".join(cell.ljust(w) for cell, w in zip(row[:keep], widths, strict=False)).rstrip())
 
 
-@app.command(epilog="Examples:\n\n  danlu init > my.yaml\n\n  danlu init csv --output my.yaml")
+@app.command(
+    epilog="Examples:\n\n  danlu init > my.yaml\n\n  danlu init csv --output my.yaml\n\n"
+    "  danlu init csv reviews.csv --target label -o reviews.yaml"
+)
 def init(
     template: Annotated[
         str, typer.Argument(help="tabular (a built-in dataset), csv (your own file) or images.")
     ] = "tabular",
+    data: Annotated[
+        str | None,
+        typer.Argument(
+            help="csv: your data file; the config is made for it from the roles of its columns"
+            " (numeric, categorical, text, identifier, date), inferred from its first rows."
+        ),
+    ] = None,
+    target: Annotated[
+        str | None, typer.Option(help="With a data file: the column to predict (default: a guess).")
+    ] = None,
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="Write to this file instead of stdout.")
     ] = None,
@@ -291,6 +304,14 @@ def init(
         from danlu.config import template as get_template
 
         text = get_template(template)
+        if data is not None or target is not None:
+            from danlu.templates import csv_config
+
+            if template != "csv" or data is None:
+                raise DanluError("a data file (and --target) go with the csv template: danlu init csv FILE")
+            text, warnings = csv_config(data, target)
+            for line in warnings:  # identifiers and free text: the columns a user should look at
+                typer.echo(line, err=True)
         if output is None:
             typer.echo(text, nl=False)
         else:

@@ -270,6 +270,7 @@ class DataConfig(Section):
     features: list[str] | None = None
     target: str | list[str] | None = None
     categorical: list[str] | None = None
+    exclude: list[str] = Field(default_factory=list)  # columns that are not inputs (ids, dates, ...)
     encoding: Literal["onehot", "embedding"] = "onehot"
     missing: Literal["error", "impute"] = "error"
     impute_numeric: Literal["mean", "median"] = "mean"
@@ -303,7 +304,10 @@ class DataConfig(Section):
 
         if not self.inputs:
             raise ValueError("data.inputs is empty; name at least one input")
-        others = [k for k in ("text", "sequence", "images", "audio", "features") if getattr(self, k)]
+        # with inputs, a column no input names is simply not read: nothing to exclude
+        others = [
+            k for k in ("text", "sequence", "images", "audio", "features", "exclude") if getattr(self, k)
+        ]
         if others:
             raise ValueError(f"data.inputs replaces data.{others[0]}; declare every input under data.inputs")
         for name in self.inputs:

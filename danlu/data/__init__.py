@@ -167,6 +167,15 @@ def _features(cfg: DataConfig, df: pd.DataFrame, targets: list[str], where: str)
         overlap = [f for f in features if f in targets]
         if overlap:
             raise DanluError(f"data.features: '{overlap[0]}' is also the target")
+    for c in cfg.exclude:  # a misspelt name would otherwise leave the column in, silently
+        if c not in df.columns:
+            raise DanluError(
+                f"{where}: data.exclude names column '{c}', which is not in the file"
+                f"{did_you_mean(c, df.columns)}; columns are: {', '.join(df.columns)}"
+            )
+        if c in targets:
+            raise DanluError(f"data.exclude: '{c}' is the target; remove it from data.exclude")
+    features = [f for f in features if f not in cfg.exclude]
     if not features:
         raise DanluError(f"{where}: no feature columns left besides the target")
     return features

@@ -5,6 +5,8 @@ with the model so that `predict` sees exactly what training saw.
 
 from __future__ import annotations
 
+import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,8 +44,9 @@ FORMATS = {
 
 
 # --------------------------------------------------------------------------- reading
-def read_table(path: str | Path, fmt: str = "auto") -> pd.DataFrame:
-    """CSV/TSV/Parquet/JSONL -> DataFrame, with one-line errors for the usual failures."""
+def read_table(path: str | Path, fmt: str = "auto", nrows: int | None = None) -> pd.DataFrame:
+    """CSV/TSV/Parquet/JSONL -> DataFrame, with one-line errors for the usual failures.
+    nrows: read only the first rows (CSV, TSV, JSONL; Parquet is read whole)."""
     path = Path(path)
     if not path.exists():
         raise DanluError(f"{path}: data file not found")
@@ -60,13 +63,13 @@ def read_table(path: str | Path, fmt: str = "auto") -> pd.DataFrame:
         raise DanluError(f"{path}: file is empty")
     try:
         if fmt == "csv":
-            df = pd.read_csv(path)
+            df = pd.read_csv(path, nrows=nrows)
         elif fmt == "tsv":
-            df = pd.read_csv(path, sep="\t")
+            df = pd.read_csv(path, sep="\t", nrows=nrows)
         elif fmt == "parquet":
             df = pd.read_parquet(path)
         else:
-            df = pd.read_json(path, lines=True)
+            df = pd.read_json(path, lines=True, nrows=nrows)
     except pd.errors.EmptyDataError:
         raise DanluError(f"{path}: file is empty") from None
     except (ValueError, OSError, pd.errors.ParserError, UnicodeDecodeError) as e:
@@ -231,6 +234,7 @@ class TabularPreprocessor:
             if cfg.missing == "impute":  # also for columns whose gaps only show up later
                 pre.fill[c] = col.mode(dropna=True).iloc[0]
             pre.categories[c] = sorted(col.dropna().unique().tolist())
+            _check_categorical(col, c, where)
         pre._fit_target(df, where, cfg.scale_target)
         return pre
 
@@ -280,7 +284,7 @@ class TabularPreprocessor:
                     raise _missing_error(where, c, col.isna().to_numpy(), df.index)
                 col = col.fillna(self.fill[c])
             cats = self.categories[c]
-            index = pd.Categorical(col, categories=cats).codes  # unseen -> -1
+            index = pd.Index(cats).get_indexer(col)  # unseen -> -1
             if self.encoding == "onehot":
                 onehot = np.zeros((len(df), len(cats)))
                 seen = index >= 0  # an unseen category is all zeros
@@ -439,3 +443,83 @@ def infer_task(y: pd.Series) -> str:
     integral = np.all(np.equal(np.mod(values, 1), 0))
     n_unique = len(np.unique(values))
     return "classification" if integral and n_unique <= max(2, min(20, len(values) // 5)) else "regression"
+
+
+# --------------------------------------------------------------------------- column roles
+# What a column is, from its values: what `danlu init csv` writes into the config it makes,
+# and what training checks before one-hot encoding a column (an identifier or free text
+# one-hot encoded is one input per row: the model memorises rows and learns nothing).
+ROLES = ("numeric", "categorical", "text", "identifier", "date", "empty")
+_DATE_SHAPE = r"(?<!\d)[12]\d{3}(?!\d)|\d{1,2}[-/.]\d{1,2}[-/.]\d{2,4}"
+_ID_NAME = re.compile(r"(^|[^a-z])(id|ids|key|uuid|guid)$|^(id|uuid|guid|index)([^a-z]|$)", re.IGNORECASE)
+
+
+def column_role(s: pd.Series, name: str = "") -> tuple[str, str]:
+    """-> (role, why): one of ROLES and the evidence, for a comment or a warning.
+
+    identifier: unique per row (or nearly: at least 20 distinct values in at least half
+    the rows), strings, or integers whose name says id or that count up (1, 2, 3, ...);
+    text: as many distinct values, 3 or more words on average; date: 90% of the values
+    parse as dates and hold a year or a day/month/year; categorical: the other non-numeric
+    columns."""
+    present = s.dropna()
+    n = len(present)
+    if n == 0:
+        return "empty", "no values"
+    distinct = int(present.astype(str).nunique())
+    many = distinct >= 20 and distinct >= 0.5 * n  # too many distinct values to be categories
+    if distinct == len(s):
+        unique = f"unique per row, {distinct} of {len(s)}"
+    else:
+        unique = f"{distinct} distinct values in {len(s)} rows"
+    if pd.api.types.is_bool_dtype(s):
+        return "numeric", "true/false"
+    if looks_numeric(s):
+        values = pd.to_numeric(present, errors="coerce").dropna().to_numpy(dtype=float)
+        if distinct == len(s) >= 20 and np.all(np.mod(values, 1) == 0):
+            by_name = bool(_ID_NAME.search(name))
+            counts_up = bool(np.all(np.diff(values) > 0)) or values.max() - values.min() == len(values) - 1
+            if by_name or counts_up:
+                why = "its name says id" if by_name else "consecutive or increasing integers"
+                return "identifier", f"{unique}, {why}"
+        return "numeric", "numbers"
+    strings = present.astype(str)
+    sample = strings.iloc[:: max(1, n // 200)]  # enough to tell dates without parsing them all
+    # a year, or day/month/year: so that "1-2" (a score) or "18-25" (an age band) is not a date
+    datelike = sample.str.contains(_DATE_SHAPE, regex=True)
+    if datelike.mean() >= 0.9:
+        try:
+            parsed = pd.to_datetime(sample[datelike], errors="coerce", format="mixed", utc=True)
+        except (ValueError, OverflowError):  # what errors="coerce" still lets through: not dates
+            parsed = pd.Series([pd.NaT])
+        if parsed.notna().sum() >= 0.9 * len(sample):
+            return "date", f"parses as dates (e.g. {sample.iloc[0]!r})"
+    if not many:
+        return "categorical", f"{distinct} distinct values"
+    words = float(strings.str.split().str.len().mean())
+    if words >= 3:
+        return "text", f"{distinct} distinct values, {words:.1f} words on average"
+    return "identifier", unique
+
+
+def _check_categorical(col: pd.Series, name: str, where: str) -> None:
+    """Free text is never one-hot encoded (an error naming the fix); an identifier or a
+    column of dates with a value per row is, with a warning, since it may be meant."""
+    role, why = column_role(col, name)
+    if role == "text":
+        raise DanluError(
+            f"{where}: column '{name}' looks like free text ({why}), which one-hot encoding would"
+            f" make one input per row; read it with a text encoder (data.text: {{column: {name}}},"
+            f" or a text input of data.inputs: `danlu init csv FILE` writes such a config)"
+            f" or list it in data.exclude"
+        )
+    distinct = col.dropna().nunique()
+    if role == "identifier" or (role == "date" and distinct >= 20 and distinct >= 0.5 * len(col)):
+        what = "an identifier" if role == "identifier" else "dates"
+        print(
+            f"warning: {where}: categorical column '{name}' looks like {what} ({why}); one-hot encoding"
+            " it gives one input per value, which the model can only memorise: list it in data.exclude"
+            " unless it is meant",
+            file=sys.stderr,
+            flush=True,
+        )
