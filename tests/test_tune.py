@@ -318,7 +318,8 @@ class Hold(nn.Module):
             self.started = True
             trained += 1
             worker = "worker" in sys.argv  # python -m danlu.tuning worker ...
-            if "HOLD_DIR" in os.environ and trained == self.hold_trial + 1 and (worker or not self.worker_only):
+            asked = "HOLD_DIR" in os.environ and (worker or not self.worker_only)
+            if asked and trained == self.hold_trial + 1:
                 self._hold(Path(os.environ["HOLD_DIR"]))
         return self.lin(x)
 
@@ -359,17 +360,19 @@ def start_tune(tmp_path: Path, *args: Any) -> subprocess.Popen[str]:
     )
 
 
-def wait_until(condition: Any, proc: subprocess.Popen[str], what: str) -> None:
-    """Poll `condition` while `proc` runs. The 600 s bound only keeps a broken search from
-    hanging the suite; the outcome never depends on how long anything takes."""
+def wait_until(condition: Any, proc: subprocess.Popen[str] | list[subprocess.Popen[str]], what: str) -> None:
+    """Poll `condition` while `proc` (any of them) runs. The 600 s bound only keeps a broken
+    search from hanging the suite; the outcome never depends on how long anything takes."""
+    procs = proc if isinstance(proc, list) else [proc]
     give_up = time.monotonic() + 600
     while not condition():
-        if proc.poll() is not None:
-            out, err = proc.communicate()
-            pytest.fail(f"danlu tune ended (exit {proc.returncode}) before {what}:\n{out}\n{err}")
+        if all(p.poll() is not None for p in procs):
+            errs = "\n".join(p.communicate()[1] for p in procs)
+            pytest.fail(f"danlu tune ended (exit {[p.returncode for p in procs]}) before {what}:\n{errs}")
         if time.monotonic() > give_up:
-            proc.kill()
-            pytest.fail(f"no {what} after 600 s:\n{proc.communicate()[1]}")
+            for p in procs:
+                p.kill()
+            pytest.fail(f"no {what} after 600 s:\n" + "\n".join(p.communicate()[1] for p in procs))
         time.sleep(0.02)
 
 
@@ -458,6 +461,7 @@ def test_killed_worker_trial_fails_and_runs_again(tmp_path):
         os.kill(pid, signal.SIGKILL)
         out, err = proc.communicate(timeout=300)
     finally:
+        (hold / "go").touch()  # a worker left holding by a failure here ends
         proc.kill()
     assert proc.returncode == 0, err
     assert "tune worker 1 stopped (killed by SIGKILL)" in err and "Traceback" not in err
@@ -507,6 +511,9 @@ def test_resume_keeps_a_running_orphaned_worker_trial(tmp_path):
         wait_until((hold / "held").exists, proc, "the worker's trial started training")
         proc.kill()
         proc.communicate()
+    except BaseException:
+        (hold / "go").touch()  # a worker left holding by a failure here ends
+        raise
     finally:
         proc.kill()
     pid = int((hold / "held").read_text())
@@ -524,6 +531,7 @@ def test_resume_keeps_a_running_orphaned_worker_trial(tmp_path):
         (hold / "go").touch()
         _, err = resumed.communicate(timeout=300)
     finally:
+        (hold / "go").touch()
         resumed.kill()
     assert resumed.returncode == 0, err
     trials = {t.number: t for t in study_trials(tmp_path)}
@@ -555,9 +563,24 @@ def test_resume_continues_to_the_trial_count(tmp_path):
 
 
 def test_timeout_stops_starting_trials(tmp_path):
-    cfg = small_tune_config(tmp_path, {"space": {"train.lr": {"log_float": [1e-3, 0.1]}}, "trials": 500})
-    result = danlu.tune(cfg, timeout="1s", progress="quiet")
-    assert 1 <= len(result.trials) < 500
+    """No trial starts after --timeout: trial 0 is held (Hold model) until the search's
+    deadline, set before trial 0 started, has passed, so the search ends after that one
+    trial on any machine (before: 1 s of trials, none on a machine slow to start one)."""
+    cfg = hold_config(tmp_path, {"space": {"train.lr": {"log_float": [1e-3, 0.1]}}, "trials": 500}, {})
+    hold = tmp_path / "hold"
+    proc = start_tune(tmp_path, cfg, "--timeout", "1s")
+    try:
+        wait_until((hold / "held").exists, proc, "trial 0 started training")
+        past = time.time() + 1.0  # the deadline is 1 s after a moment before this one
+        while time.time() <= past:
+            time.sleep(0.05)
+        (hold / "go").touch()
+        _, err = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    rows = read_trials(tmp_path / "runs" / "t-tune")
+    assert [(r["trial"], r["state"]) for r in rows] == [("0", "COMPLETE")]
     assert (
         config_mod.TuneConfig(timeout="1h30m").timeout == 5400
         and config_mod.TuneConfig(timeout=90).timeout == 90
@@ -667,19 +690,27 @@ def postgres_url() -> Iterator[str]:
 
 
 def test_two_processes_share_a_postgresql_study(tmp_path, postgres_url):
-    cfg = small_tune_config(tmp_path, {"space": {"train.lr": {"log_float": [1e-3, 0.1]}}, "sampler": "tpe"})
-    args = ["tune", str(cfg), "--storage", postgres_url, "--study", "shared", "--trials", "6"]
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "danlu", *args],
-            cwd=tmp_path,
-            env=_env(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(2)
-    ]
+    """Two searches on one study: the first trial to start holds (Hold model) until the other
+    process has started one too, so that both take part on any machine, however fast either
+    one starts."""
+    tune = {"space": {"train.lr": {"log_float": [1e-3, 0.1]}}, "sampler": "tpe"}
+    cfg = hold_config(tmp_path, tune, {})
+    hold = tmp_path / "hold"
+    procs = [start_tune(tmp_path, cfg, "--storage", postgres_url, "--study", "shared", "--trials", "6")]
+    procs.append(start_tune(tmp_path, cfg, "--storage", postgres_url, "--study", "shared", "--trials", "6"))
+    try:
+        wait_until((hold / "held").exists, procs, "a trial started")
+        pid = int((hold / "held").read_text())
+        other = next(p for p in procs if p.pid != pid)
+        storage = tuning.open_storage(postgres_url, tmp_path)
+
+        def other_started() -> bool:
+            trials = optuna.load_study(study_name="shared", storage=storage).get_trials()
+            return any(t.system_attrs.get("danlu_heartbeat", [None, pid])[1] != pid for t in trials)
+
+        wait_until(other_started, other, "the other process started a trial")
+    finally:
+        (hold / "go").touch()
     outputs = [p.communicate(timeout=240) for p in procs]
     for p, (_, err) in zip(procs, outputs, strict=True):
         assert p.returncode == 0, err

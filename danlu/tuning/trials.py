@@ -25,7 +25,7 @@ from optuna.trial import FrozenTrial, TrialState
 from danlu import config as config_mod
 from danlu import fileio
 from danlu.errors import DanluError
-from danlu.tuning.heartbeat import HEARTBEAT, Heartbeat, Watch, retried
+from danlu.tuning.heartbeat import HEARTBEAT, HOST, Heartbeat, Watch, retried
 from danlu.tuning.study import Search, SearchError, SearchInterrupted, prepare
 
 if TYPE_CHECKING:
@@ -267,18 +267,24 @@ def search_loop(
     """Trials in this process until the study has its count, and until this search's workers
     and the other trials running in the study folder ended, each finished or failed as dead
     (its configuration then runs again, here if no other process takes it). A line for every
-    trial finished, in any process; trials.csv and best.yaml are rewritten after each."""
+    trial of this search finished, in any of its processes (on a shared storage, not those of
+    searches on other machines); trials.csv and best.yaml are rewritten after each."""
     watch = Watch(search.tune.grace_period)
     finished = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
     seen = {t.number for t in study.get_trials(deepcopy=False, states=finished)}  # --resume: shown already
     stopped: set[int] = set()
     waiting: set[int] = set()  # trials of other processes, said to be waited for
+    pids = {os.getpid(), *(p.pid for p in procs)}
+
+    def ours(t: FrozenTrial) -> bool:
+        beat = t.system_attrs.get(HEARTBEAT)
+        return search.storage is None or (beat is not None and beat[0] == HOST and beat[1] in pids)
 
     def report() -> None:
         for t in study.get_trials(deepcopy=False, states=finished):
             if t.number not in seen:
                 seen.add(t.number)
-                if not t.user_attrs.get("surplus"):
+                if not t.user_attrs.get("surplus") and ours(t):
                     reporter.trial_done(t)
         for i, p in enumerate(procs, start=1):
             code = p.poll()
