@@ -802,6 +802,10 @@ class TuneConfig(Section):
     seed: int | None = None  # the sampler's seed (default: the run's seed)
     startup_trials: int = Field(5, ge=0)  # random trials before TPE models, and before pruning
     warmup: int = Field(0, ge=0)  # evaluations of a trial before the pruner may stop it
+    # every process running a trial records it alive this often (seconds); a trial not heard of
+    # for grace_period seconds, or whose process on this machine is gone, is failed and run again
+    heartbeat: float = Field(10, gt=0)
+    grace_period: float = Field(60, gt=0)
     space: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("timeout", mode="before")
@@ -823,6 +827,15 @@ class TuneConfig(Section):
         if v is not None and not v.startswith(("val.", "train.")):
             raise ValueError(f"'{v}' must name a split and a metric, e.g. val.loss or val.accuracy")
         return v
+
+    @model_validator(mode="after")
+    def _grace_above_heartbeat(self) -> TuneConfig:
+        if self.grace_period <= self.heartbeat:
+            raise ValueError(
+                f"grace_period ({self.grace_period}) must be longer than heartbeat ({self.heartbeat}),"
+                " or a live trial would be failed between two heartbeats"
+            )
+        return self
 
 
 RUN_NAME = r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}"  # one path component: never '..', '/x' or ''

@@ -477,9 +477,6 @@ def test_init_images_template_is_a_valid_config() -> None:
 
 
 def test_digits_cnn_example(tmp_path: Path) -> None:
-    import time
-
-    start = time.perf_counter()
     run = danlu.train(
         EXAMPLES / "digits_cnn.yaml",
         {"output.dir": str(tmp_path / "runs"), "eval.plots": False},
@@ -487,8 +484,7 @@ def test_digits_cnn_example(tmp_path: Path) -> None:
     )
     m = run.metrics
     assert m["split"] == "test" and m["rows"] == 360  # stratified 80/20 of 1797
-    assert m["metrics"]["accuracy"] >= 0.98
-    assert time.perf_counter() - start < 120  # under a minute on an idle core; slack for shared CI
+    assert m["metrics"]["accuracy"] >= 0.98  # (its speed is a benchmark's business: no timing here)
 
 
 def test_image_folder_example(tmp_path: Path, run_cli) -> None:

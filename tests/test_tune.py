@@ -290,47 +290,256 @@ def test_failed_trial_is_recorded_and_the_search_goes_on(tmp_path, monkeypatch):
     assert yaml.safe_load((run / "trial.json").read_text())["state"] == "FAIL"
 
 
-def test_ctrl_c_stops_cleanly_and_resume_continues(tmp_path):
-    cfg = small_tune_config(
-        tmp_path, {"space": {"train.lr": {"log_float": [1e-3, 0.1]}}, "trials": 50}, train={"epochs": 30}
-    )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "danlu", "tune", str(cfg)],
+HOLD = """
+import os
+import sys
+import time
+from pathlib import Path
+
+from torch import nn
+
+trained = 0  # models that trained in this process: one per trial
+
+
+class Hold(nn.Module):
+    \"\"\"A user model that holds one trial mid-training when a test asks (HOLD_DIR): the
+    `hold_trial`-th model this process trains (in a tune worker only, if `worker_only`) writes
+    HOLD_DIR/held with its process id at its first batch and waits until HOLD_DIR/go exists.
+    One hold per search (HOLD_DIR/claimed): a trial run again does not hold.\"\"\"
+
+    def __init__(self, schema, out_dim, hold_trial=0, worker_only=False):
+        super().__init__()
+        self.lin = nn.Linear(schema.n_inputs, out_dim)
+        self.hold_trial, self.worker_only, self.started = hold_trial, worker_only, False
+
+    def forward(self, x, x_cat=None):
+        global trained
+        if self.training and not self.started:  # the first batch of a trial's training
+            self.started = True
+            trained += 1
+            worker = "worker" in sys.argv  # python -m danlu.tuning worker ...
+            asked = "HOLD_DIR" in os.environ and (worker or not self.worker_only)
+            if asked and trained == self.hold_trial + 1:
+                self._hold(Path(os.environ["HOLD_DIR"]))
+        return self.lin(x)
+
+    def _hold(self, d):
+        try:
+            os.close(os.open(d / "claimed", os.O_CREAT | os.O_EXCL))
+        except FileExistsError:
+            return
+        (d / "held.tmp").write_text(str(os.getpid()))
+        (d / "held.tmp").rename(d / "held")
+        while not (d / "go").exists():
+            time.sleep(0.01)
+"""
+
+
+def hold_config(tmp_path: Path, tune: dict[str, Any], params: dict[str, Any], **sections: Any) -> Path:
+    """small_tune_config with the Hold model (hold_model.py in tmp_path)."""
+    (tmp_path / "hold_model.py").write_text(HOLD, encoding="utf-8")
+    (tmp_path / "hold").mkdir()
+    cfg = small_tune_config(tmp_path, tune, **sections)
+    raw = yaml.safe_load(cfg.read_text())
+    raw["model"] = {"type": "hold_model:Hold", "params": params}
+    cfg.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+    return cfg
+
+
+def start_tune(tmp_path: Path, *args: Any) -> subprocess.Popen[str]:
+    """`danlu tune ARGS` in tmp_path, finding hold_model there, holding when the model says."""
+    env = _env({"HOLD_DIR": str(tmp_path / "hold")})
+    env["PYTHONPATH"] += os.pathsep + str(tmp_path)
+    return subprocess.Popen(
+        [sys.executable, "-m", "danlu", "tune", *map(str, args)],
         cwd=tmp_path,
-        env=_env(),
+        env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+def wait_until(condition: Any, proc: subprocess.Popen[str] | list[subprocess.Popen[str]], what: str) -> None:
+    """Poll `condition` while `proc` (any of them) runs. The 600 s bound only keeps a broken
+    search from hanging the suite; the outcome never depends on how long anything takes."""
+    procs = proc if isinstance(proc, list) else [proc]
+    give_up = time.monotonic() + 600
+    while not condition():
+        if all(p.poll() is not None for p in procs):
+            errs = "\n".join(p.communicate()[1] for p in procs)
+            pytest.fail(f"danlu tune ended (exit {[p.returncode for p in procs]}) before {what}:\n{errs}")
+        if time.monotonic() > give_up:
+            for p in procs:
+                p.kill()
+            pytest.fail(f"no {what} after 600 s:\n" + "\n".join(p.communicate()[1] for p in procs))
+        time.sleep(0.02)
+
+
+def test_ctrl_c_stops_cleanly_and_resume_continues(tmp_path, monkeypatch):
+    """Ctrl-C while trial 2 trains (held by the model until the signal was sent, so that
+    exactly trials 0 and 1 finished before it, on any machine)."""
+    tune = {"space": {"train.lr": {"log_float": [1e-3, 0.1]}}, "trials": 50}
+    cfg = hold_config(tmp_path, tune, {"hold_trial": 2}, train={"epochs": 30})
+    hold = tmp_path / "hold"
+    proc = start_tune(tmp_path, cfg)
     try:
-        lines = []
-        for line in proc.stderr:  # one line per finished trial
-            lines.append(line)
-            if line.startswith("trial 1:"):
-                break
-        time.sleep(0.5)  # into the next trial's training
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=120)
+        wait_until((hold / "held").exists, proc, "trial 2 started training")
+        proc.send_signal(signal.SIGINT)  # the first Ctrl-C: the trial stops after its batch
+        (hold / "go").touch()
+        _, err = proc.communicate(timeout=300)
     finally:
         proc.kill()
-    assert proc.returncode == 130, "".join(lines) + err
+    assert proc.returncode == 130, err
     assert "interrupted" in err and "--resume" in err and "Traceback" not in err
     study = tmp_path / "runs" / "t-tune"
     before = read_trials(study)
-    assert sum(r["state"] == "COMPLETE" for r in before) >= 2
+    assert sorted((r["trial"], r["state"]) for r in before) == [
+        ("0", "COMPLETE"), ("1", "COMPLETE"), ("2", "INTERRUPTED")
+    ]  # fmt: skip
     # without --resume the study is not silently mixed with a new one
     assert_one_line_error(invoke("tune", cfg), "a study is already there", "--resume")
+    monkeypatch.syspath_prepend(str(tmp_path))  # hold_model for the trials run here (no HOLD_DIR)
     result = danlu.tune(cfg, resume=True, trials=4, progress="quiet")
     counted = [r for r in result.trials if r["state"] != "INTERRUPTED"]
-    assert len(counted) == 4
+    assert len(counted) == 4 and all(r["state"] == "COMPLETE" for r in counted)
     numbers = [r["trial"] for r in result.trials]
-    assert len(numbers) == len(set(numbers))
+    assert sorted(numbers) == [0, 1, 2, 3, 4]
     runs = [r["run"] for r in result.trials]
     assert len(runs) == len(set(runs)) and all((study / r).is_dir() for r in runs)
     assert len({r["train.lr"] for r in counted}) == 4
     # the trials that were done before Ctrl-C were kept, not re-run
-    done_before = {int(r["trial"]) for r in before if r["state"] == "COMPLETE"}
-    assert done_before <= {r["trial"] for r in counted}
+    assert {0, 1} <= {r["trial"] for r in counted}
+
+
+# ------------------------------------------------------------------ a worker killed or stopped mid-trial
+FAULT_TUNE = {
+    "space": {"train.lr": {"log_float": [1e-3, 0.1]}},
+    "trials": 4,
+    "heartbeat": 1,
+    "grace_period": 3,
+}
+
+
+def study_trials(tmp_path: Path) -> list[Any]:
+    study = optuna.load_study(
+        study_name="t-tune", storage=tuning.open_storage(None, tmp_path / "runs" / "t-tune")
+    )
+    return study.get_trials()
+
+
+def assert_dead_trial_ran_again(tmp_path: Path, pid: int, reason: str) -> None:
+    """The held trial is FAIL with why, its configuration ran again as another trial, and the
+    search has its 4 trials: trials.csv, best.yaml and report.md written without --resume."""
+    trials = study_trials(tmp_path)
+    dead = [t for t in trials if t.state.name == "FAIL" and not t.user_attrs.get("surplus")]
+    assert len(dead) == 1, [(t.number, t.state.name, t.user_attrs) for t in trials]
+    assert dead[0].system_attrs["danlu_heartbeat"][1] == pid
+    assert dead[0].user_attrs["error"].startswith(f"abandoned: {reason}")
+    again = [t for t in trials if t.user_attrs.get("retry_of") == dead[0].number]
+    assert len(again) == 1 and again[0].state.name == "COMPLETE" and again[0].params == dead[0].params
+    study = tmp_path / "runs" / "t-tune"
+    rows = read_trials(study)
+    assert sorted(r["state"] for r in rows) == ["COMPLETE"] * 4 + ["FAIL"], rows
+    assert next(r for r in rows if r["state"] == "FAIL")["error"].startswith("abandoned: ")
+    assert (study / "best.yaml").is_file() and (study / "report.md").is_file()
+
+
+def test_killed_worker_trial_fails_and_runs_again(tmp_path):
+    """kill -9 of a --jobs worker mid-trial: its trial is failed (its process is gone) and run
+    again, the search finishes without --resume, and its results were written as trials
+    finished, while the worker's trial still ran."""
+    cfg = hold_config(tmp_path, FAULT_TUNE, {"worker_only": True})
+    hold, study = tmp_path / "hold", tmp_path / "runs" / "t-tune"
+    proc = start_tune(tmp_path, cfg, "--jobs", "2")
+    try:
+        wait_until((hold / "held").exists, proc, "the worker's trial started training")
+        # the other trials finish while the worker's trial is held: results are there already
+        wait_until(lambda: (study / "best.yaml").is_file(), proc, "best.yaml while a trial runs")
+        assert any(r["state"] == "COMPLETE" for r in read_trials(study))
+        pid = int((hold / "held").read_text())
+        os.kill(pid, signal.SIGKILL)
+        out, err = proc.communicate(timeout=300)
+    finally:
+        (hold / "go").touch()  # a worker left holding by a failure here ends
+        proc.kill()
+    assert proc.returncode == 0, err
+    assert "tune worker 1 stopped (killed by SIGKILL)" in err and "Traceback" not in err
+    assert "abandoned: its process" in err  # the trial's line
+    assert "best config:" in out
+    assert_dead_trial_ran_again(tmp_path, pid, f"its process {pid} stopped")
+
+
+def test_stopped_worker_trial_fails_and_the_worker_goes_on(tmp_path):
+    """A worker stopped (SIGSTOP) past the grace period: its trial has no heartbeat, is failed
+    and run again; the worker, continued, finds its trial failed, says so in one line and
+    ends cleanly (exit 0, no traceback)."""
+    cfg = hold_config(tmp_path, FAULT_TUNE, {"worker_only": True})
+    hold = tmp_path / "hold"
+    proc = start_tune(tmp_path, cfg, "--jobs", "2")
+    try:
+        wait_until((hold / "held").exists, proc, "the worker's trial started training")
+        pid = int((hold / "held").read_text())
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            (hold / "go").touch()  # it trains on once continued
+
+            def failed() -> bool:
+                return any(t.state.name == "FAIL" for t in study_trials(tmp_path))
+
+            wait_until(failed, proc, "the stopped worker's trial failed")
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        out, err = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    assert "tune worker" not in err and "Traceback" not in err  # the worker ended well
+    log = (tmp_path / "runs" / "t-tune" / "workers" / "worker-1.log").read_text()
+    assert "Traceback" not in log and "abandoned: another process failed it" in log, log
+    assert_dead_trial_ran_again(tmp_path, pid, "no heartbeat for 3s")
+
+
+def test_resume_keeps_a_running_orphaned_worker_trial(tmp_path):
+    """The search is killed (kill -9) while its worker trains a trial; --resume, started while
+    that orphaned worker still runs, runs the dead search's own trial again but leaves the
+    worker's trial to it, and waits for it; the worker finishes it without a traceback."""
+    cfg = hold_config(tmp_path, FAULT_TUNE, {"worker_only": True})
+    hold, study = tmp_path / "hold", tmp_path / "runs" / "t-tune"
+    proc = start_tune(tmp_path, cfg, "--jobs", "2")
+    try:
+        wait_until((hold / "held").exists, proc, "the worker's trial started training")
+        proc.kill()
+        proc.communicate()
+    except BaseException:
+        (hold / "go").touch()  # a worker left holding by a failure here ends
+        raise
+    finally:
+        proc.kill()
+    pid = int((hold / "held").read_text())
+    held = next(t.number for t in study_trials(tmp_path) if t.system_attrs["danlu_heartbeat"][1] == pid)
+    resumed = start_tune(tmp_path, cfg, "--resume")
+    try:
+        # the resumed search runs the rest, then waits for the orphan's trial: release it
+        lines = []
+        for line in resumed.stderr:
+            lines.append(line)
+            if line.startswith(f"waiting for trial {held}, running in another process ({pid})"):
+                break
+        assert lines and lines[-1].startswith("waiting for trial"), "".join(lines)
+        assert next(t for t in study_trials(tmp_path) if t.number == held).state.name == "RUNNING"
+        (hold / "go").touch()
+        _, err = resumed.communicate(timeout=300)
+    finally:
+        (hold / "go").touch()
+        resumed.kill()
+    assert resumed.returncode == 0, err
+    trials = {t.number: t for t in study_trials(tmp_path)}
+    assert trials[held].state.name == "COMPLETE"  # the orphan's trial was kept, and it finished it
+    rows = read_trials(study)
+    assert sum(r["state"] == "COMPLETE" for r in rows) == 4, rows
+    log = (study / "workers" / "worker-1.log").read_text()
+    assert "Traceback" not in log, log
 
 
 def test_resume_continues_to_the_trial_count(tmp_path):
@@ -354,9 +563,24 @@ def test_resume_continues_to_the_trial_count(tmp_path):
 
 
 def test_timeout_stops_starting_trials(tmp_path):
-    cfg = small_tune_config(tmp_path, {"space": {"train.lr": {"log_float": [1e-3, 0.1]}}, "trials": 500})
-    result = danlu.tune(cfg, timeout="1s", progress="quiet")
-    assert 1 <= len(result.trials) < 500
+    """No trial starts after --timeout: trial 0 is held (Hold model) until the search's
+    deadline, set before trial 0 started, has passed, so the search ends after that one
+    trial on any machine (before: 1 s of trials, none on a machine slow to start one)."""
+    cfg = hold_config(tmp_path, {"space": {"train.lr": {"log_float": [1e-3, 0.1]}}, "trials": 500}, {})
+    hold = tmp_path / "hold"
+    proc = start_tune(tmp_path, cfg, "--timeout", "1s")
+    try:
+        wait_until((hold / "held").exists, proc, "trial 0 started training")
+        past = time.time() + 1.0  # the deadline is 1 s after a moment before this one
+        while time.time() <= past:
+            time.sleep(0.05)
+        (hold / "go").touch()
+        _, err = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    rows = read_trials(tmp_path / "runs" / "t-tune")
+    assert [(r["trial"], r["state"]) for r in rows] == [("0", "COMPLETE")]
     assert (
         config_mod.TuneConfig(timeout="1h30m").timeout == 5400
         and config_mod.TuneConfig(timeout=90).timeout == 90
@@ -466,19 +690,27 @@ def postgres_url() -> Iterator[str]:
 
 
 def test_two_processes_share_a_postgresql_study(tmp_path, postgres_url):
-    cfg = small_tune_config(tmp_path, {"space": {"train.lr": {"log_float": [1e-3, 0.1]}}, "sampler": "tpe"})
-    args = ["tune", str(cfg), "--storage", postgres_url, "--study", "shared", "--trials", "6"]
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "danlu", *args],
-            cwd=tmp_path,
-            env=_env(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(2)
-    ]
+    """Two searches on one study: the first trial to start holds (Hold model) until the other
+    process has started one too, so that both take part on any machine, however fast either
+    one starts."""
+    tune = {"space": {"train.lr": {"log_float": [1e-3, 0.1]}}, "sampler": "tpe"}
+    cfg = hold_config(tmp_path, tune, {})
+    hold = tmp_path / "hold"
+    procs = [start_tune(tmp_path, cfg, "--storage", postgres_url, "--study", "shared", "--trials", "6")]
+    procs.append(start_tune(tmp_path, cfg, "--storage", postgres_url, "--study", "shared", "--trials", "6"))
+    try:
+        wait_until((hold / "held").exists, procs, "a trial started")
+        pid = int((hold / "held").read_text())
+        other = next(p for p in procs if p.pid != pid)
+        storage = tuning.open_storage(postgres_url, tmp_path)
+
+        def other_started() -> bool:
+            trials = optuna.load_study(study_name="shared", storage=storage).get_trials()
+            return any(t.system_attrs.get("danlu_heartbeat", [None, pid])[1] != pid for t in trials)
+
+        wait_until(other_started, other, "the other process started a trial")
+    finally:
+        (hold / "go").touch()
     outputs = [p.communicate(timeout=240) for p in procs]
     for p, (_, err) in zip(procs, outputs, strict=True):
         assert p.returncode == 0, err

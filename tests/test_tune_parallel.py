@@ -229,3 +229,49 @@ def test_tpe_startup_trials_are_queued_alike_for_any_jobs():
     study = optuna.create_study()
     shared.queue_startup(study)
     assert study.trials == []
+
+
+def test_watch_fails_dead_trials_and_queues_them_once():
+    """heartbeat.Watch: a trial whose process on this machine is gone is failed at once; one
+    whose heartbeat stops changing for the grace period (0 here: two looks) is failed then;
+    a live one is left alone; each dead configuration is queued again once, and the failed
+    trials no longer count toward the study's trials."""
+    import os
+
+    from danlu.tuning.heartbeat import HEARTBEAT, HOST, Watch
+    from danlu.tuning.trials import counted
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # reaped: its pid names no process
+    study = optuna.create_study()
+    distributions = {"x": optuna.distributions.FloatDistribution(0.0, 1.0)}
+    dead, silent, alive, mine = (study.ask(distributions) for _ in range(4))
+    study._storage.set_trial_system_attr(dead._trial_id, HEARTBEAT, [HOST, gone.pid, 1.0])
+    study._storage.set_trial_system_attr(silent._trial_id, HEARTBEAT, ["elsewhere", 1, 1.0])
+    study._storage.set_trial_system_attr(alive._trial_id, HEARTBEAT, ["elsewhere", 2, 1.0])
+    study._storage.set_trial_system_attr(mine._trial_id, HEARTBEAT, [HOST, os.getpid(), 1.0])
+    watch = Watch(grace_period=0.0)
+    assert watch.fail_dead(study) == [dead.number]  # the others: first seen now
+    study._storage.set_trial_system_attr(alive._trial_id, HEARTBEAT, ["elsewhere", 2, 2.0])  # a beat
+    assert watch.fail_dead(study) == [silent.number]
+    trials = study.get_trials()
+    assert [t.state for t in trials[:4]] == [TrialState.FAIL] * 2 + [TrialState.RUNNING] * 2
+    assert (
+        trials[0].user_attrs["error"]
+        == f"abandoned: its process {gone.pid} stopped; its configuration runs again"
+    )
+    assert trials[1].user_attrs["error"].startswith("abandoned: no heartbeat for 0s (process 1 on elsewhere)")
+    queued = trials[4:]
+    assert [(t.state, t.user_attrs["retry_of"], t.system_attrs["fixed_params"]) for t in queued] == [
+        (TrialState.WAITING, dead.number, dead.params),
+        (TrialState.WAITING, silent.number, silent.params),
+    ]
+    assert counted(trials) == 2  # the two running ones; the failed ones run again
+    # a retried configuration whose process dies too stays failed: it is not queued a third time
+    again = study.ask(distributions)
+    assert again.number == queued[0].number and again.params == dead.params
+    study._storage.set_trial_system_attr(again._trial_id, HEARTBEAT, [HOST, gone.pid, 3.0])
+    study._storage.set_trial_system_attr(alive._trial_id, HEARTBEAT, ["elsewhere", 2, 3.0])  # alive still
+    assert watch.fail_dead(study) == [again.number]
+    assert len(study.get_trials()) == 6
+    assert study.get_trials()[again.number].user_attrs["error"].endswith("it had run once before, not again")

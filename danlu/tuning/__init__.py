@@ -21,12 +21,15 @@ under a file lock, no "database is locked" under concurrent writes) and needs no
 danlu.tuning worker STUDY_DIR I`), each running trials until the study has its trial count,
 with cores/J torch threads each. The workers start before this process imports torch, so
 their start-up overlaps its own. This process also prints one line per finished trial (its
-own and the workers', read from the storage) and writes the summary at the end.
+own and the workers', read from the storage) and rewrites the summary after each. A worker
+that dies (kill -9, out of memory) does not stop the search: its trial is failed and run
+again (heartbeat.py).
 
   space.py    tune.space -> Params, checked against the run-config schema
   study.py    the search setup (sampler, pruner, trial count) and the storage
   pruners.py  the median pruner that also judges against trials running in other processes
   trials.py   one trial as a danlu run, the ask/tell loop, the --jobs workers
+  heartbeat.py  running trials recorded alive; a dead process's trials failed and run again
   report.py   progress, leaderboard, trials.csv, best.yaml, report.md + plots, `tune show`
   here        tune(): open or resume the study, run, summarize, --refit
 """
@@ -44,10 +47,11 @@ from optuna.trial import TrialState
 from danlu import fileio
 from danlu.config import RunConfig
 from danlu.errors import DanluError
+from danlu.tuning.heartbeat import Watch
 from danlu.tuning.report import Reporter, StudySummary, TuneResult, print_leaderboard, show, summarize
 from danlu.tuning.space import Param, parse_space
 from danlu.tuning.study import Search, SearchError, SearchInterrupted, mask_url, open_storage, prepare
-from danlu.tuning.trials import run_trial, run_workers, trial_config, work
+from danlu.tuning.trials import run_trial, run_workers, search_loop, trial_config, work
 
 __all__ = [
     "Param",
@@ -101,7 +105,7 @@ def tune(
         reporter.start(optuna_study)
         try:
             if jobs == 1:
-                work(search, optuna_study, reporter.trial_done, deadline)
+                search_loop(search, optuna_study, reporter, deadline)
             else:
                 run_workers(search, optuna_study, jobs, reporter, deadline)
         except (SearchInterrupted, KeyboardInterrupt):
@@ -162,8 +166,10 @@ def _open_study(search: Search, resume: bool, reporter: Reporter) -> optuna.Stud
     search.set_sampler(study)
     if search.study_name in known and not resume:
         reporter.print(f"joining study '{search.study_name}' ({len(study.trials)} trials so far)")
-    if resume and search.storage is None:
-        _abandon_stale(study)
+    if resume:
+        # trials left RUNNING by a process that died run again; an orphaned worker of a killed
+        # search that still runs its trial keeps it (heartbeat.py)
+        Watch(search.tune.grace_period).fail_dead(study)
     study.set_user_attr(
         "danlu", {"metric": search.metric, "config": yaml.safe_dump(search.raw, sort_keys=False)}
     )
@@ -178,15 +184,6 @@ def _open_study(search: Search, resume: bool, reporter: Reporter) -> optuna.Stud
         },
     )
     return study
-
-
-def _abandon_stale(study: optuna.Study) -> None:
-    """Trials left RUNNING by a process that died: record them as interrupted."""
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        trial = optuna.Trial(study, t._trial_id)
-        trial.set_user_attr("interrupted", True)
-        trial.set_user_attr("error", "abandoned: the process running it stopped")
-        study.tell(t.number, state=TrialState.FAIL)
 
 
 def refit_best(search: Search, result: TuneResult, progress: str = "auto") -> Any:

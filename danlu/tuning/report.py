@@ -51,7 +51,9 @@ class TuneResult:
 
 
 class Reporter:
-    """One line per finished trial (stderr) and an overall bar on a terminal."""
+    """One line per finished trial (stderr) and an overall bar on a terminal; trials.csv,
+    best.yaml and report.md rewritten as each trial finishes (a search that is killed, or
+    waits for a dead worker's trial to run again, has its results so far)."""
 
     def __init__(self, search: Search, progress: str = "auto") -> None:
         self.search = search
@@ -79,6 +81,7 @@ class Reporter:
             self._bar.__exit__(*exc)
 
     def start(self, study: optuna.Study) -> None:
+        self._study = study
         trials = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
         for t in trials:
             self._track_best(t)
@@ -99,6 +102,7 @@ class Reporter:
             best = f"best {self.best[0]:.4g} (#{self.best[1]})" if self.best else ""
             self._bar.update(self._task, advance=1, info=best)
         self.print(trial_line(t, self.search.metric, self.best))
+        summarize(self.search, self._study, plots=False)
 
     def print(self, line: str) -> None:
         if self.mode == "quiet":

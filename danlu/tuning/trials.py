@@ -14,16 +14,18 @@ import sys
 import time
 import traceback
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import optuna
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
 from danlu import config as config_mod
 from danlu import fileio
 from danlu.errors import DanluError
+from danlu.tuning.heartbeat import HEARTBEAT, HOST, Heartbeat, Watch, retried
 from danlu.tuning.study import Search, SearchError, SearchInterrupted, prepare
 
 if TYPE_CHECKING:
@@ -41,8 +43,22 @@ def trial_config(search: Search, values: dict[str, Any], name: str, out_dir: Pat
     return raw
 
 
-def run_trial(search: Search, study: optuna.Study, trial: optuna.Trial) -> FrozenTrial:
-    """Train one configuration and tell the study how it went."""
+def run_trial(search: Search, study: optuna.Study, trial: optuna.Trial) -> FrozenTrial | None:
+    """Train one configuration and tell the study how it went; None when another process
+    failed the trial meanwhile, taking this one for dead (see heartbeat.py)."""
+    try:
+        return _run_trial(search, study, trial)
+    except UpdateFinishedTrialError:
+        error = "abandoned: another process failed it, taking this one for dead (stopped too long?)"
+        print(f"trial {trial.number}: {error}; its configuration runs again", file=sys.stderr, flush=True)
+        values = {p.key: p.decode(trial.params[p.key]) for p in search.params}
+        _write_trial_json(
+            search.trials_dir / f"trial-{trial.number:04d}", trial.number, values, "FAIL", None, error
+        )
+        return None
+
+
+def _run_trial(search: Search, study: optuna.Study, trial: optuna.Trial) -> FrozenTrial:
     from danlu import api
     from danlu.run import RunDir
     from danlu.training.trainer import Interrupted
@@ -77,6 +93,8 @@ def run_trial(search: Search, study: optuna.Study, trial: optuna.Trial) -> Froze
         trial.set_user_attr("epochs", len(history))
         test = {k: v for k, v in (run.metrics.get("metrics") or {}).items() if isinstance(v, int | float)}
         trial.set_user_attr("eval", {"split": run.metrics.get("split"), **test})
+    except UpdateFinishedTrialError:
+        raise  # the trial is no longer this process's (run_trial)
     except optuna.TrialPruned:
         state = TrialState.PRUNED
         trial.set_user_attr("epochs", len(RunDir(run_path).read_history()))
@@ -132,12 +150,19 @@ def _one_line(e: BaseException) -> str:
 
 
 # --------------------------------------------------------------------------- the trial loop
-def counted(trials: list[FrozenTrial]) -> int:
-    """Trials toward the study's count: interrupted and surplus ones are run again, and queued
-    ones are still to run."""
+def counted(trials: list[FrozenTrial], below: int | None = None) -> int:
+    """Trials toward the study's count (numbered below `below`, if given): interrupted and
+    surplus ones are run again, so are the ones whose process died (their configuration is
+    queued again, maybe as a trial numbered above), and queued ones are still to run."""
     skip = ("interrupted", "surplus", "aborted")
+    again = retried(trials)
     return sum(
-        1 for t in trials if t.state != TrialState.WAITING and not any(t.user_attrs.get(k) for k in skip)
+        1
+        for t in trials
+        if t.state != TrialState.WAITING
+        and (below is None or t.number < below)
+        and t.number not in again
+        and not any(t.user_attrs.get(k) for k in skip)
     )
 
 
@@ -146,23 +171,30 @@ def work(
     study: optuna.Study,
     on_trial: Callable[[FrozenTrial], None] | None = None,
     deadline: float | None = None,
+    watch: Watch | None = None,
 ) -> int:
-    """Run trials until the study has `search.target` of them (or the deadline passes)."""
+    """Run trials until the study has `search.target` of them (or the deadline passes); the
+    trials of processes that died are failed and run again on the way."""
     done = 0
     grid = study.sampler if isinstance(study.sampler, optuna.samplers.GridSampler) else None
     distributions = {p.key: p.distribution() for p in search.params}
+    watch = watch or Watch(search.tune.grace_period)
     while deadline is None or time.time() < deadline:
+        watch.fail_dead(study)
         trials = study.get_trials(deepcopy=False)
-        if counted(trials) >= search.target or (grid is not None and grid.is_exhausted(study)):
+        queued = any(t.state == TrialState.WAITING for t in trials)  # a dead trial's point is visited
+        if counted(trials) >= search.target or (grid is not None and grid.is_exhausted(study) and not queued):
             break
         trial = study.ask(distributions)
         # another process may have asked between the count and ours: the trial numbers decide
-        before = [t for t in study.get_trials(deepcopy=False) if t.number < trial.number]
-        if counted(before) >= search.target:
+        if counted(study.get_trials(deepcopy=False), below=trial.number) >= search.target:
             trial.set_user_attr("surplus", True)
             study.tell(trial, state=TrialState.FAIL)
             break
-        frozen = run_trial(search, study, trial)
+        with Heartbeat(study, trial, search.tune.heartbeat):
+            frozen = run_trial(search, study, trial)
+        if frozen is None:
+            continue
         done += 1
         if on_trial is not None:
             on_trial(frozen)
@@ -202,30 +234,12 @@ def run_workers(
             procs.append(
                 subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
             )
-    finished = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-    seen = {t.number for t in study.get_trials(deepcopy=False, states=finished)}  # --resume: shown already
-
-    def report() -> None:
-        """A line for every trial finished since the last call, in any process."""
-        for t in study.get_trials(deepcopy=False, states=finished):
-            if t.number not in seen:
-                seen.add(t.number)
-                if not t.user_attrs.get("surplus"):
-                    reporter.trial_done(t)
-        for i, p in enumerate(procs, start=1):
-            if p.poll() == 2:
-                raise SearchError(_worker_error(logs, i))
-
     import torch  # after starting the workers: they start up while this process imports it
 
     own_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        work(search, study, lambda _: report(), deadline)
-        while any(p.poll() is None for p in procs):
-            report()
-            time.sleep(0.05)  # the workers' last trials: notice their end soon, reading is cheap
-        report()
+        search_loop(search, study, reporter, deadline, procs, logs)
     except BaseException:
         for p in procs:
             if p.poll() is None:
@@ -238,13 +252,66 @@ def run_workers(
         raise
     finally:
         torch.set_num_threads(own_threads)
-    for i, p in enumerate(procs, start=1):
-        if p.returncode == 130:
-            raise SearchInterrupted()
-        if p.returncode != 0:
-            raise DanluError(
-                f"tune worker {i} stopped with exit code {p.returncode}; see {logs / f'worker-{i}.log'}"
-            )
+    if any(p.returncode == 130 for p in procs):
+        raise SearchInterrupted()
+
+
+def search_loop(
+    search: Search,
+    study: optuna.Study,
+    reporter: Reporter,
+    deadline: float | None,
+    procs: Sequence[subprocess.Popen[bytes]] = (),
+    logs: Path | None = None,
+) -> None:
+    """Trials in this process until the study has its count, and until this search's workers
+    and the other trials running in the study folder ended, each finished or failed as dead
+    (its configuration then runs again, here if no other process takes it). A line for every
+    trial of this search finished, in any of its processes (on a shared storage, not those of
+    searches on other machines); trials.csv and best.yaml are rewritten after each."""
+    watch = Watch(search.tune.grace_period)
+    finished = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+    seen = {t.number for t in study.get_trials(deepcopy=False, states=finished)}  # --resume: shown already
+    stopped: set[int] = set()
+    waiting: set[int] = set()  # trials of other processes, said to be waited for
+    pids = {os.getpid(), *(p.pid for p in procs)}
+
+    def ours(t: FrozenTrial) -> bool:
+        beat = t.system_attrs.get(HEARTBEAT)
+        return search.storage is None or (beat is not None and beat[0] == HOST and beat[1] in pids)
+
+    def report() -> None:
+        for t in study.get_trials(deepcopy=False, states=finished):
+            if t.number not in seen:
+                seen.add(t.number)
+                if not t.user_attrs.get("surplus") and ours(t):
+                    reporter.trial_done(t)
+        for i, p in enumerate(procs, start=1):
+            code = p.poll()
+            if code == 2 and logs is not None:
+                raise SearchError(_worker_error(logs, i))
+            if code not in (None, 0, 2, 130) and i not in stopped:
+                # killed (or a bug): the trial it ran is failed as dead and runs again
+                stopped.add(i)
+                how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+                where = f"; see {logs / f'worker-{i}.log'}" if logs is not None else ""
+                reporter.print(f"tune worker {i} stopped ({how}); the search goes on without it{where}")
+
+    while True:
+        alive = any(p.poll() is None for p in procs)
+        work(search, study, lambda _: report(), deadline, watch)
+        report()
+        # in the study folder every process is on this machine: wait for them all (an orphaned
+        # worker of a killed search); on a shared storage, for this search's own workers
+        running = search.storage is None and study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        if not alive and not running:
+            return
+        for t in running if not alive else []:
+            if t.number not in waiting:
+                waiting.add(t.number)
+                pid = (t.system_attrs.get(HEARTBEAT) or [None, "unknown"])[1]
+                reporter.print(f"waiting for trial {t.number}, running in another process ({pid})")
+        time.sleep(0.05)  # the other processes' last trials: notice their end soon, reading is cheap
 
 
 def _worker_error(logs: Path, i: int) -> str:
