@@ -250,7 +250,7 @@ class TabularPreprocessor:
                     f" ({self.classes[0]!r}); classification needs at least two"
                 )
             return
-        arr = _to_float(y, where, self.targets)
+        arr = _finite_target(_to_float(y, where, self.targets), where, self.targets, df.index)
         if scale_target:
             std = arr.std(axis=0)
             self.target_center = arr.mean(axis=0).tolist()
@@ -309,7 +309,7 @@ class TabularPreprocessor:
                     f" saw; known labels: {', '.join(map(str, self.classes or []))}"
                 )
             return torch.tensor(index.to_numpy(dtype=np.int64))
-        arr = _to_float(df[self.targets], where, self.targets)
+        arr = _finite_target(_to_float(df[self.targets], where, self.targets), where, self.targets, df.index)
         arr = (arr - np.asarray(self.target_center)) / np.asarray(self.target_scale)
         return torch.as_tensor(arr, dtype=torch.float32)
 
@@ -378,6 +378,19 @@ def _numeric_column(s: pd.Series, where: str, name: str) -> np.ndarray:
             f" fix the value or list '{name}' in data.categorical"
         )
     return parsed.to_numpy(dtype=float, na_value=np.nan)
+
+
+def _finite_target(arr: np.ndarray, where: str, names: list[str], index: pd.Index) -> np.ndarray:
+    # NaN is caught as missing above; an inf (read from 'inf' in a CSV) made the scaled targets
+    # NaN and failed only at the first evaluation, after the run folder existed
+    for j, t in enumerate(names):
+        bad = np.isinf(arr[:, j])
+        if bad.any():
+            raise DanluError(
+                f"{where}: target column '{t}' has infinite values (rows {_row_numbers(bad, index)});"
+                " a regression target must be a finite number"
+            )
+    return arr
 
 
 def _to_float(df: pd.DataFrame, where: str, names: list[str]) -> np.ndarray:
