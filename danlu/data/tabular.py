@@ -449,6 +449,7 @@ def infer_task(y: pd.Series) -> str:
     if not looks_numeric(y) or pd.api.types.is_bool_dtype(y):
         return "classification"
     values = pd.to_numeric(y, errors="coerce").dropna().to_numpy()
+    values = values[np.isfinite(values)]  # an inf is reported by the target check, not warned about here
     integral = np.all(np.equal(np.mod(values, 1), 0))
     n_unique = len(np.unique(values))
     return "classification" if integral and n_unique <= max(2, min(20, len(values) // 5)) else "regression"
