@@ -258,7 +258,8 @@ def fit(
         # can turn them NaN after a finite loss (one device sync, small beside the evaluation)
         if not math.isfinite(row["train.loss"]):
             raise _diverged(f"the training loss is {row['train.loss']}", state.step, cfg)
-        if not bool(torch.stack([p.detach().isfinite().all() for p in model.parameters()]).all()):
+        finite = [p.detach().isfinite().all() for p in model.parameters()]
+        if finite and not bool(torch.stack(finite).all()):
             raise _diverged("the model's weights are no longer finite numbers", state.step, cfg)
         if penalized:
             with torch.no_grad():
