@@ -6,6 +6,7 @@ then the final evaluation (metrics.json, predictions.csv, report.md, plots).
 
 from __future__ import annotations
 
+import errno
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from danlu import models, tasks
 from danlu.config import RunConfig
 from danlu.data import text as text_mod
 from danlu.data.tabular import TensorData, read_table
-from danlu.errors import DanluError
+from danlu.errors import DanluError, did_you_mean
 from danlu.predict import Predictor, prediction_frame
 from danlu.run import RunDir
 from danlu.training import distributed
@@ -119,29 +120,38 @@ def train(
         cfg = cfg.model_copy(update={"model": pretrained.config})
     prepared = data_mod.build(cfg.data, cfg.task.type, cfg.seed, cfg.model, pretrained=pretrained)
     task = tasks.build(cfg.task, prepared.schema, prepared.splits["train"].y, prepared.preprocessor)
-    model = pretrained.model if pretrained else models.build(cfg.model, prepared.schema, task.out_dim)
+    _check_before_training(cfg, task, prepared.splits)
+    model = pretrained.model if pretrained else _build_model(cfg, prepared.schema, task.out_dim)
     device = pick_device(cfg.train.device)
     dist = distributed.init(device.type)
 
     if run is None:
         path = None
         if dist.is_main:
-            run = RunDir.create(cfg.output.dir, cfg.name, cfg.output.timestamp)
+            run = _create_run_dir(cfg)
             path = str(run.path)
         run = RunDir(distributed.broadcast(path, dist))
     if dist.is_main:
         run.write_config(cfg.to_yaml())
-    result = fit(
-        model,
-        task,
-        prepared.splits,
-        cfg.train,
-        run,
-        seed=cfg.seed,
-        resume=resume is not None,
-        progress=progress,
-        on_eval=on_eval,
-    )
+        run.failed.unlink(missing_ok=True)  # a resumed run is no longer the failed one
+    try:
+        result = fit(
+            model,
+            task,
+            prepared.splits,
+            cfg.train,
+            run,
+            seed=cfg.seed,
+            resume=resume is not None,
+            progress=progress,
+            on_eval=on_eval,
+        )
+    except (DanluError, RuntimeError, MemoryError) as e:
+        # a divergence, a full disk, a crash: the folder says so instead of looking unfinished
+        # (Ctrl-C leaves a resumable run and a tuning pruner's stop is not a failure: not marked)
+        if dist.is_main:
+            run.mark_failed(str(e))
+        raise
 
     metrics: dict[str, Any] = {}
     if dist.is_main:
@@ -348,6 +358,94 @@ def _extra_metrics(
         fn = METRICS.get(name)
         metrics[name.rpartition(":")[2]] = float(fn(task.target(data.y), decoded))
     return metrics
+
+
+def _check_before_training(cfg: RunConfig, task: Any, splits: dict[str, Any]) -> None:
+    """What the trainer or the final evaluation would otherwise find only after the run folder
+    exists (at the first evaluation, or at the end): checked before anything is written."""
+    monitor = cfg.train.monitor
+    if monitor.startswith("val.") and "val" not in splits:
+        raise DanluError(
+            f"train.monitor is {monitor} but there is no validation split (data.split.val is"
+            f" {cfg.data.split.val}); set data.split.val > 0 or monitor a train.* metric"
+        )
+    names = getattr(task, "metric_names", None)
+    if names is not None:  # the names of the trainer's metrics.csv row (training/trainer.py)
+        logged = ["train.loss"]
+        logged += ["train.l1_penalty"] if cfg.train.l1 else []
+        logged += ["train.l2_penalty"] if cfg.train.l2 else []
+        logged += [f"val.{m}" for m in names] if "val" in splits else []
+        if monitor not in logged:
+            raise DanluError(
+                f"train.monitor: '{monitor}' is not logged by this {task.kind} task"
+                f"{did_you_mean(monitor, logged)}; valid: {', '.join(logged)}"
+            )
+    from danlu.registry import METRICS
+
+    for name in cfg.eval.metrics:  # imported now, not after training
+        try:
+            fn = METRICS.get(name)
+        except DanluError as e:
+            raise DanluError(f"eval.metrics: {e}") from None
+        if not callable(fn):
+            raise DanluError(f"eval.metrics: '{name}' is a {type(fn).__name__}, not a function")
+
+
+def _build_model(cfg: RunConfig, schema: Any, out_dim: int) -> torch.nn.Module:
+    """models.build, with a model too large to allocate reported as its size and the keys
+    that made it large instead of the allocator's traceback."""
+    try:
+        return models.build(cfg.model, schema, out_dim)
+    except (RuntimeError, MemoryError, TypeError, OverflowError) as e:
+        text = str(e).lower()
+        if not isinstance(e, MemoryError) and not any(w in text for w in ("alloc", "of memory", "overflow")):
+            raise
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    # the same model on the meta device: shapes without memory, to say what is large
+    largest, total = None, None
+    try:
+        with torch.device("meta"):
+            meta = models.build(cfg.model, schema, out_dim)
+        params = list(meta.named_parameters())
+        total = sum(p.numel() for _, p in params)
+        largest = max(params, key=lambda kv: kv[1].numel(), default=None)
+    except Exception:  # noqa: BLE001 (too large even to describe: the keys below still tell)
+        pass
+    if total is not None:
+        size = f"{total:,} parameters ({total * 4 / 1e9:,.1f} GB as float32)"
+    else:
+        size = f"too large to describe ({reason})"
+    biggest = f"; the largest weight is {largest[0]} {list(largest[1].shape)}" if largest else ""
+    dims = [d for d in largest[1].shape if d > 16] if largest else []
+    keys = _large_keys(cfg.model.model_dump(mode="json", by_alias=True), dims)
+    raise DanluError(f"model: cannot allocate the model: {size}{biggest}; it comes from {keys}") from None
+
+
+def _large_keys(section: dict[str, Any], dims: list[int]) -> str:
+    """'model.hidden=[100000]': the model keys holding a dimension of the largest weight,
+    else the largest numbers of the section."""
+    flat = {f"model.{k}": v for k, v in _flatten(section).items()}
+    numbers = {
+        k: [v] if isinstance(v, int) else v
+        for k, v in flat.items()
+        if (isinstance(v, int) and not isinstance(v, bool))
+        or (isinstance(v, list) and v and all(isinstance(x, int) and not isinstance(x, bool) for x in v))
+    }
+    keys = [k for k, vs in numbers.items() if any(x in dims for x in vs)]
+    if not keys:
+        keys = sorted(numbers, key=lambda k: max(numbers[k]), reverse=True)[:2]
+    return ", ".join(f"{k}={flat[k]}" for k in keys) or "the model section"
+
+
+def _create_run_dir(cfg: RunConfig) -> RunDir:
+    try:
+        return RunDir.create(cfg.output.dir, cfg.name, cfg.output.timestamp)
+    except OSError as e:  # e.g. a name too long for the file system, output.dir not writable
+        where = Path(e.filename) if e.filename else Path(cfg.output.dir)
+        raise DanluError(
+            f"name / output.dir: cannot create the run folder {where}: {e.strerror or e}"
+            + ("; use a shorter name" if e.errno == errno.ENAMETOOLONG else "")
+        ) from None
 
 
 def _merge_overrides(overrides: list[str] | dict[str, Any] | None, kw: dict[str, Any]) -> dict[str, Any]:

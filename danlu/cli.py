@@ -206,6 +206,8 @@ def predict(
         from danlu.data.tabular import read_table
         from danlu.predict import load, prediction_frame
 
+        if output is not None:
+            _check_output(output, "--output", example="predictions.csv")
         predictor = load(run_dir)
         if hasattr(predictor, "predict_frame"):  # audio runs: files, folders or a manifest
             result = predictor.predict_frame(input, proba)
@@ -315,8 +317,9 @@ def init(
         if output is None:
             typer.echo(text, nl=False)
         else:
-            if output.exists():
+            if output.exists() and not output.is_dir():
                 raise DanluError(f"{output}: already exists; choose another --output")
+            _check_output(output, "--output", example="config.yaml")
             fileio.write_text(output, text)
             typer.echo(f"wrote {output}", err=True)
 
@@ -461,7 +464,13 @@ def export(
     with _errors(debug):
         from danlu.modelref import export_run
 
-        path = export_run(run_dir, out_dir, format=format)
+        if out_dir.exists() and not out_dir.is_dir():
+            raise DanluError(f"OUT_DIR {out_dir}: is a file; give a new folder to write the export to")
+        _check_output(out_dir, "OUT_DIR", folder=True)
+        try:
+            path = export_run(run_dir, out_dir, format=format)
+        except OSError as e:  # e.g. the disk filled up: the folder is written beside OUT_DIR first
+            raise DanluError(f"OUT_DIR {out_dir}: cannot write the export: {e.strerror or e}") from None
         typer.echo(f"wrote {path}")
 
 
@@ -690,6 +699,20 @@ def data_path(
         if n != ds.files:
             raise DanluError(f"dataset {name} is not in {where.parent}; run `danlu data get {name}`")
         typer.echo(str(where))
+def _check_output(path: Path, option: str, folder: bool = False, example: str = "out.csv") -> None:
+    """Before the work: the output must be a file (or, `folder`, a folder) in a folder that
+    exists or can be made, rather than a traceback when the result is written."""
+    import os
+
+    if path.is_dir() and not folder:
+        raise DanluError(f"{option} {path}: is a directory; give a file name, e.g. {path / example}")
+    parent = path.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise DanluError(f"{option} {path}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK):
+        raise DanluError(f"{option} {path}: cannot write in {parent} (permission denied)")
 
 
 def _write_table(df: Any, path: Path) -> None:

@@ -7,6 +7,7 @@ applied to the raw mapping before validation, so they are type-checked like the 
 
 from __future__ import annotations
 
+import stat
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -35,8 +36,20 @@ def _registered(registry: Any, name: str) -> str:
         raise ValueError(str(e)) from None
 
 
+# numpy's generators and the data splitter take 32-bit seeds; a larger or negative one failed
+# deep in the split ("cannot make a stratified test split") or overflowed in torch
+SEED_MAX = 2**32 - 1
+
+
+def _seed_range(v: int | None) -> int | None:
+    if v is not None and not 0 <= v <= SEED_MAX:
+        raise ValueError(f"must be an integer from 0 to {SEED_MAX} (2**32 - 1), got {v}")
+    return v
+
+
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # no float setting means anything as inf or nan (`lr: .inf` trained into NaN weights)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 # --------------------------------------------------------------------------- task
@@ -86,6 +99,8 @@ class SplitConfig(Section):
     test: float = Field(0.2, ge=0.0, lt=1.0)
     stratify: bool = True
     seed: int | None = None  # defaults to the run's seed
+
+    _seed = field_validator("seed")(_seed_range)
 
     @model_validator(mode="after")
     def _fractions(self) -> SplitConfig:
@@ -808,6 +823,8 @@ class TuneConfig(Section):
     grace_period: float = Field(60, gt=0)
     space: dict[str, Any] = Field(default_factory=dict)
 
+    _seed = field_validator("seed")(_seed_range)
+
     @field_validator("timeout", mode="before")
     @classmethod
     def _duration(cls, v: Any) -> Any:
@@ -871,10 +888,13 @@ class RunConfig(Section):
             return check_run_name(v)
         except DanluError as e:  # a ValueError, so pydantic attaches the key path
             raise ValueError(str(e).removeprefix("name: ")) from None
+    _seed = field_validator("seed")(_seed_range)
 
     @field_validator("model", mode="before")
     @classmethod
     def _model_type_known(cls, v: Any) -> Any:
+        if isinstance(v, str):  # `model: mlp` was reported as "unknown model 'mlp' (did you mean 'mlp'?)"
+            raise ValueError(f"expected a mapping like {{type: {v}, ...}}, got the string '{v}'")
         if isinstance(v, dict) and isinstance(v.get("type"), str):
             _registered(MODELS, v["type"])
         return v
@@ -905,26 +925,72 @@ def load(
     return validate(raw, where)
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that rejects a key given twice in one mapping: plain YAML keeps the
+    last value silently, and a second `train:` section is almost always a mistake."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *defaults` may be overridden
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.get(key)
+            except TypeError:  # an unhashable key: SafeLoader's own error says so
+                continue
+            if first is not None:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key '{key}' (first given at line {first}); keep one",
+                    key_node.start_mark,
+                )
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
+def yaml_load(text: str) -> Any:
+    """yaml.safe_load, but a key given twice in a mapping is an error."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise DanluError(f"{path}: config file not found")
+    if path.is_dir():
+        run_config = path / "config.yaml"
+        hint = f"; a run folder? its config is {run_config}" if run_config.is_file() else ""
+        raise DanluError(f"{path}: is a directory, not a config file{hint}")
+    if not path.is_file() and not stat.S_ISFIFO(path.stat().st_mode):  # a pipe, as from <(...), is read
+        raise DanluError(f"{path}: is {_file_kind(path)}, not a config file; give a YAML file")
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise DanluError(f"{path}: cannot read config file: {e}") from e
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise DanluError(f"{path}: YAML syntax error{at}: {problem}") from e
+        what = "YAML error" if isinstance(e, yaml.constructor.ConstructorError) else "YAML syntax error"
+        raise DanluError(f"{path}: {what}{at}: {problem}") from e
     if raw is None:
         raise DanluError(f"{path}: config file is empty")
     if not isinstance(raw, dict):
         raise DanluError(f"{path}: a config must be a mapping of sections, got {type(raw).__name__}")
     return raw
+
+
+def _file_kind(path: Path) -> str:
+    mode = path.stat().st_mode
+    if stat.S_ISCHR(mode):
+        return "a character device"
+    if stat.S_ISBLK(mode):
+        return "a block device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a regular file"
 
 
 def validate(raw: dict[str, Any], where: str = "config") -> RunConfig:
@@ -948,7 +1014,9 @@ def _parse_overrides(overrides: list[str] | dict[str, Any] | None) -> dict[str, 
             raise DanluError(f"--set '{item}': write it as key.path=value, e.g. train.lr=0.01")
         # YAML parsing gives numbers, booleans, lists and null their types
         try:
-            parsed[key.strip()] = yaml.safe_load(value) if value.strip() else ""
+            parsed[key.strip()] = yaml_load(value) if value.strip() else ""
+        except yaml.constructor.ConstructorError as e:  # a duplicate key in a {...} value
+            raise DanluError(f"--set '{item}': {e.problem}") from None
         except yaml.YAMLError:
             parsed[key.strip()] = value
     return parsed
@@ -1040,10 +1108,36 @@ def _describe(err: dict[str, Any], raw: dict[str, Any]) -> str:
             f"{path}.type: '{t}' cannot encode an input{did_you_mean(str(t), ENCODER_CONFIGS)};"
             f" valid: {', '.join(ENCODER_CONFIGS)} or 'package.module:Class'"
         )
+    if kind == "finite_number":
+        return f"{path}: must be a finite {_number_rule(loc, raw)}, got {value}"
+    if kind == "greater_than" and err.get("ctx", {}).get("gt") == 0:
+        return f"{path}: must be a positive number, got {value}"
     msg = err["msg"].removeprefix("Value error, ")
     if isinstance(value, dict | list) or value is None or repr(value) in msg or f"'{value}'" in msg:
         return f"{path}: {msg}"
     return f"{path}: {msg} (got {value!r})"
+
+
+def _number_rule(loc: list[str], raw: dict[str, Any]) -> str:
+    """'positive number', 'number >= 0', ... from the bounds of the field at loc."""
+    schema: type[BaseModel] | None = RunConfig
+    node: Any = raw
+    try:
+        for part in loc[:-1]:
+            node = node.get(part, {}) if isinstance(node, dict) else {}
+            schema = _child_schema(schema, part, node if isinstance(node, dict) else {})
+    except StopIteration:  # a union member's name in the location: no bounds to tell
+        return "number"
+    fields = schema.model_fields if schema else {}
+    info = next((f for n, f in fields.items() if (f.alias or n) == loc[-1]), None)
+    bounds = []
+    for m in info.metadata if info else []:
+        for attr, sign in (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<=")):
+            if getattr(m, attr, None) is not None:
+                bounds.append((sign, getattr(m, attr)))
+    if bounds == [(">", 0)] or bounds == [(">", 0.0)]:
+        return "positive number"
+    return "number" + "".join(f" {sign} {v}" for sign, v in bounds)
 
 
 def _valid_fields(parent: list[str], raw: dict[str, Any]) -> set[str]:

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import errno
 import json
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from danlu.errors import DanluError
 
 
 def user_cache(name: str) -> Path:
@@ -28,8 +31,13 @@ def user_cache(name: str) -> Path:
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success it replaces `path`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    if path.is_dir():
+        raise DanluError(f"{path}: is a directory; give the path of a file to write")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:  # a parent that is a file, a read-only or missing mount, no permission
+        raise _cannot_write(path, e) from None
     os.close(fd)
     try:
         yield Path(tmp)
@@ -37,9 +45,11 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         # colleague the umask lets read a shared run folder can read it
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+            os.unlink(tmp)  # the old file, if any, is untouched: nothing half-written is left
+        if isinstance(e, OSError) and e.errno in DISK_FULL:
+            raise _cannot_write(path, e) from None
         raise
 
 
@@ -54,6 +64,12 @@ def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def _cannot_write(path: Path, e: OSError) -> DanluError:
+    hint = "; free some space and run again" if e.errno in DISK_FULL else ""
+    return DanluError(f"{path}: cannot write: {e.strerror or e}{hint}")
 
 
 def write_text(path: str | Path, text: str) -> None:

@@ -17,10 +17,13 @@ runs/<name>-<YYYYmmdd-HHMMSS>/
   tensorboard/         event files when train.tensorboard is on
   tokenizer.json       language models and text inputs: the tokenizer (Hugging Face tokenizers format)
   samples.md           language models: a sample of generated text at each evaluation
+  failed.json          only when training stopped on an error (a divergence, a full disk):
+                       {"reason": ..., "when": ...}; removed when the run is resumed
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -57,6 +60,7 @@ class RunDir:
     tensorboard = property(lambda self: self.path / "tensorboard")
     tokenizer = property(lambda self: self.path / "tokenizer.json")  # language models, text inputs
     samples = property(lambda self: self.path / "samples.md")  # language models: text at each evaluation
+    failed = property(lambda self: self.path / "failed.json")  # why training stopped, when it failed
 
     # ---- creating and opening
     @classmethod
@@ -121,6 +125,12 @@ class RunDir:
                 f" {meta.get('format')}); this danlu reads format {FORMAT}: upgrade danlu"
             )
         return meta
+
+    def mark_failed(self, reason: str) -> None:
+        """Say in the folder that training stopped on an error, and why. Best effort: on a
+        full disk this write can fail too, and the original error is the one to report."""
+        with contextlib.suppress(OSError, DanluError):
+            fileio.write_json(self.failed, {"reason": reason, "when": f"{datetime.now():%Y-%m-%d %H:%M:%S}"})
 
     # ---- metrics
     def write_history(self, rows: list[dict[str, Any]]) -> None:

@@ -254,7 +254,7 @@ class TabularPreprocessor:
                     f" ({self.classes[0]!r}); classification needs at least two"
                 )
             return
-        arr = _to_float(y, where, self.targets)
+        arr = _finite_target(_to_float(y, where, self.targets), where, self.targets, df.index)
         if scale_target:
             std = arr.std(axis=0)
             self.target_center = arr.mean(axis=0).tolist()
@@ -313,7 +313,7 @@ class TabularPreprocessor:
                     f" saw; known labels: {', '.join(map(str, self.classes or []))}"
                 )
             return torch.tensor(index.to_numpy(dtype=np.int64))
-        arr = _to_float(df[self.targets], where, self.targets)
+        arr = _finite_target(_to_float(df[self.targets], where, self.targets), where, self.targets, df.index)
         arr = (arr - np.asarray(self.target_center)) / np.asarray(self.target_scale)
         return torch.as_tensor(arr, dtype=torch.float32)
 
@@ -384,6 +384,19 @@ def _numeric_column(s: pd.Series, where: str, name: str) -> np.ndarray:
     return parsed.to_numpy(dtype=float, na_value=np.nan)
 
 
+def _finite_target(arr: np.ndarray, where: str, names: list[str], index: pd.Index) -> np.ndarray:
+    # NaN is caught as missing above; an inf (read from 'inf' in a CSV) made the scaled targets
+    # NaN and failed only at the first evaluation, after the run folder existed
+    for j, t in enumerate(names):
+        bad = np.isinf(arr[:, j])
+        if bad.any():
+            raise DanluError(
+                f"{where}: target column '{t}' has infinite values (rows {_row_numbers(bad, index)});"
+                " a regression target must be a finite number"
+            )
+    return arr
+
+
 def _to_float(df: pd.DataFrame, where: str, names: list[str]) -> np.ndarray:
     return np.stack([_numeric_column(df[n], where, n) for n in names], axis=1)
 
@@ -440,6 +453,7 @@ def infer_task(y: pd.Series) -> str:
     if not looks_numeric(y) or pd.api.types.is_bool_dtype(y):
         return "classification"
     values = pd.to_numeric(y, errors="coerce").dropna().to_numpy()
+    values = values[np.isfinite(values)]  # an inf is reported by the target check, not warned about here
     integral = np.all(np.equal(np.mod(values, 1), 0))
     n_unique = len(np.unique(values))
     return "classification" if integral and n_unique <= max(2, min(20, len(values) // 5)) else "regression"

@@ -39,6 +39,9 @@ class Interrupted(Exception):
         )
 
 
+DIVERGENCE_CHECK = 100  # optimizer steps between looks at the training loss between evaluations
+
+
 @dataclass
 class FitResult:
     history: list[dict[str, float]]
@@ -253,6 +256,13 @@ def fit(
             "step": state.step,
             "train.loss": float(sums[0] / sums[1]),
         }
+        # before anything (a NaN "best" model) is written; the weights too, as the last step
+        # can turn them NaN after a finite loss (one device sync, small beside the evaluation)
+        if not math.isfinite(row["train.loss"]):
+            raise _diverged(f"the training loss is {row['train.loss']}", state.step, cfg)
+        finite = [p.detach().isfinite().all() for p in model.parameters()]
+        if finite and not bool(torch.stack(finite).all()):
+            raise _diverged("the model's weights are no longer finite numbers", state.step, cfg)
         if penalized:
             with torch.no_grad():
                 if cfg.l1:
@@ -333,6 +343,10 @@ def fit(
                 if scheduler is not None and interval == "step":
                     scheduler.step()
                 state.batch = i + 1
+                # a long epoch without eval_every would train NaN weights to its end: look at
+                # the summed loss now and then (one device sync per DIVERGENCE_CHECK steps)
+                if state.step % DIVERGENCE_CHECK == 0 and not dist.enabled and not torch.isfinite(loss_sum):
+                    raise _diverged(f"the training loss is {float(loss_sum)}", state.step, cfg)
                 if stop.requested:
                     state.loss_sum, state.loss_count = float(loss_sum), count
                     save_last(force=True)
@@ -363,6 +377,14 @@ def fit(
         writer.close()
     model.to("cpu")
     return FitResult(state.history, state.best_epoch, state.best, stopped_early, state.step)
+
+
+def _diverged(what: str, step: int, cfg: TrainConfig) -> DanluError:
+    hints = "lower train.lr" + ("" if cfg.grad_clip else ", or set train.grad_clip (e.g. 1.0)")
+    return DanluError(
+        f"training diverged: {what} at step {step}; the learning rate is the likely cause"
+        f" (train.lr is {cfg.lr:g}): {hints}"
+    )
 
 
 def _penalty(params: list[torch.Tensor], l1: float, l2: float) -> torch.Tensor:
