@@ -5,7 +5,8 @@ runs/<name>-<YYYYmmdd-HHMMSS>/
   model.safetensors    final weights
   model.json           architecture, Schema, preprocessing, label names, danlu version
   checkpoints/         last.* and best.*: weights + optimizer/scheduler/RNG/trainer state
-  metrics.csv          one row per epoch
+  metrics.csv          one row per evaluation (every epoch, or every train.eval_every steps)
+  steps.csv            training loss every train.log_every steps, between evaluations too
   metrics.json         final evaluation
   predictions.csv      the evaluated split's predictions
   report.md, plots/    tables and PNG plots
@@ -27,6 +28,7 @@ from typing import Any
 from danlu import fileio
 from danlu.errors import DanluError
 
+STEP_COLUMNS = ["step", "epoch", "train.loss", "lr"]
 FORMAT = 1  # bump when model.json changes in a way older danlu cannot read
 
 
@@ -41,6 +43,7 @@ class RunDir:
     checkpoints = property(lambda self: self.path / "checkpoints")
     metrics_csv = property(lambda self: self.path / "metrics.csv")
     metrics_json = property(lambda self: self.path / "metrics.json")
+    steps_csv = property(lambda self: self.path / "steps.csv")
     predictions = property(lambda self: self.path / "predictions.csv")
     report = property(lambda self: self.path / "report.md")
     plots = property(lambda self: self.path / "plots")
@@ -127,6 +130,27 @@ class RunDir:
         if not self.metrics_csv.is_file():
             return []
         with self.metrics_csv.open(encoding="utf-8") as f:
+            return [
+                {k: float(v) if v != "" else math.nan for k, v in row.items()} for row in csv.DictReader(f)
+            ]
+
+    def write_steps(self, rows: list[dict[str, Any]]) -> None:
+        """steps.csv as `rows` (a resumed run drops the steps logged after its checkpoint)."""
+        if rows:
+            fileio.write_text(self.steps_csv, _csv_rows(STEP_COLUMNS, rows, header=True))
+        else:
+            self.steps_csv.unlink(missing_ok=True)
+
+    def append_steps(self, row: dict[str, Any]) -> None:
+        # one short line per logged step: appended, as samples.md is
+        header = not self.steps_csv.is_file() or self.steps_csv.stat().st_size == 0
+        with open(self.steps_csv, "a", encoding="utf-8", newline="") as f:
+            f.write(_csv_rows(STEP_COLUMNS, [row], header=header))
+
+    def read_steps(self) -> list[dict[str, float]]:
+        if not self.steps_csv.is_file():
+            return []
+        with self.steps_csv.open(encoding="utf-8") as f:
             return [
                 {k: float(v) if v != "" else math.nan for k, v in row.items()} for row in csv.DictReader(f)
             ]
