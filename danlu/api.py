@@ -42,6 +42,7 @@ RESUMABLE_CHANGES = (
     "train.tensorboard",
     "train.restore_best",
     "train.checkpoint_every",
+    "train.log_every",
     "eval",
     "output",
     "tune",
@@ -297,6 +298,7 @@ def _finish(
         split=split,
         metrics=metrics,
         history=run.read_history(),
+        steps=run.read_steps(),
         y_true=task.target(tensors.y),
         output=decoded,
         names=names,
@@ -340,7 +342,7 @@ def _finish_lm(
     summary = {"split": "val", "rows": len(val), "tokens": int(val.y.numel()), "task": task.kind,
                "metrics": metrics}
     run.write_metrics(summary)
-    curve = plot_history(run.read_history(), run.plots / "history.png") if plots else None
+    curve = plot_history(run.read_history(), run.plots / "history.png", run.read_steps()) if plots else None
     lines = [f"# danlu run {run.path.name}", "", "| metric (validation, all tokens) | value |",
              "| --- | ---: |", *(f"| {k} | {v:.4f} |" for k, v in metrics.items())]
     if curve:

@@ -1,7 +1,9 @@
 """The `danlu` command: thin Typer commands over danlu.api.
 
 A DanluError becomes one line on stderr and exit code 2 (the traceback only with
---debug); Ctrl-C during training saves a checkpoint and exits with 130.
+--debug); Ctrl-C during training saves a checkpoint and exits with 130. Any other exception
+is a bug: one line saying so and where its traceback was written, exit code 1 (the
+traceback on the terminal with --debug).
 """
 
 from __future__ import annotations
@@ -9,11 +11,13 @@ from __future__ import annotations
 import atexit
 import contextlib
 import gc
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
+import click
 import typer
 
 from danlu import __version__
@@ -55,6 +59,48 @@ def _errors(debug: bool) -> Iterator[None]:
     except _interrupted() as e:  # evaluated only when an exception gets here: no torch import before
         typer.echo(str(e), err=True)
         raise typer.Exit(130) from None
+    except (typer.Exit, typer.Abort, click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+        raise  # the command's own exit, or a usage error click reports itself
+    except Exception as e:
+        if debug:
+            raise
+        _report_bug(e)
+
+
+def _report_bug(exc: BaseException) -> NoReturn:
+    """An exception danlu did not expect: its traceback goes to a log file (the user's
+    cache, else the temp folder), the terminal gets one line, and the exit code is 1."""
+    import datetime
+    import platform
+    import tempfile
+    import traceback
+
+    from danlu import fileio
+
+    text = (
+        f"danlu {__version__}, Python {platform.python_version()}, {platform.platform()}\n"
+        f"command: {' '.join(sys.argv)}\n\n" + "".join(traceback.format_exception(exc))
+    )
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    where = None
+    for folder in (fileio.user_cache("logs"), Path(tempfile.gettempdir())):
+        try:
+            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd, name = tempfile.mkstemp(prefix=f"danlu-crash-{stamp}-", suffix=".log", dir=folder)
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(text)
+            where = name
+            break
+        except OSError:
+            continue
+    what = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
+    log = f"the traceback is in {where}" if where else "no log could be written"
+    typer.echo(
+        f"error: internal error ({what}). This is a bug in danlu, not in your input; {log}"
+        " (rerun with --debug to see it here). Please report it with that file.",
+        err=True,
+    )
+    raise typer.Exit(1) from None
 
 
 def _version(value: bool) -> None:
@@ -758,7 +804,12 @@ def main() -> None:
     # created: about 1 s after a training run. Everything a command writes is closed when it
     # returns, so freeze those objects instead (as the tune workers do, danlu/tuning/trials.py).
     atexit.register(gc.freeze)
-    app()
+    try:
+        app()
+    except Exception as e:  # outside a command's _errors (option parsing, start-up)
+        if "--debug" in sys.argv:
+            raise
+        _report_bug(e)
 
 
 if __name__ == "__main__":

@@ -743,6 +743,9 @@ class TrainConfig(Section):
     epochs: int = Field(100, ge=1)
     max_steps: int | None = Field(None, ge=1)  # stop after this many optimizer steps
     eval_every: int | None = Field(None, ge=1)  # evaluate/checkpoint every N steps, not per epoch
+    # a training-loss point (steps.csv, and a line without a terminal) every N steps; by
+    # default a twentieth of a max_steps run or a tenth of eval_every, none for epoch runs
+    log_every: int | None = Field(None, ge=1)
     batch_size: int = Field(32, ge=1)
     optimizer: str = "adam"
     lr: float = Field(1e-3, gt=0.0)

@@ -8,8 +8,8 @@ keeps what it can rebuild (`user_cache`).
 from __future__ import annotations
 
 import contextlib
-import functools
 import errno
+import functools
 import json
 import os
 import tempfile

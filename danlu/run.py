@@ -9,7 +9,8 @@ runs/<name>-<YYYYmmdd-HHMMSS>/
                        written in .last-<step>.tmp/ and renamed into place whole, so a kill
                        leaves the previous checkpoint or the new one, never half of each
     best.safetensors   the best weights so far (restored at the end)
-  metrics.csv          one row per epoch
+  metrics.csv          one row per evaluation (every epoch, or every train.eval_every steps)
+  steps.csv            training loss every train.log_every steps, between evaluations too
   metrics.json         final evaluation
   predictions.csv      the evaluated split's predictions
   report.md, plots/    tables and PNG plots
@@ -38,6 +39,7 @@ from typing import Any
 from danlu import fileio
 from danlu.errors import DanluError
 
+STEP_COLUMNS = ["step", "epoch", "train.loss", "lr"]
 FORMAT = 1  # bump when model.json changes in a way older danlu cannot read
 MODEL_JSON_KEYS = ("task", "model", "schema", "preprocessor")  # what loading a model reads
 
@@ -54,6 +56,7 @@ class RunDir:
     best_weights = property(lambda self: self.path / "checkpoints" / "best.safetensors")
     metrics_csv = property(lambda self: self.path / "metrics.csv")
     metrics_json = property(lambda self: self.path / "metrics.json")
+    steps_csv = property(lambda self: self.path / "steps.csv")
     predictions = property(lambda self: self.path / "predictions.csv")
     report = property(lambda self: self.path / "report.md")
     plots = property(lambda self: self.path / "plots")
@@ -171,6 +174,27 @@ class RunDir:
                 f"{self.metrics_csv}: damaged ({_first_line(e)}); delete it to list the run without"
                 " its history, or retrain"
             ) from None
+
+    def write_steps(self, rows: list[dict[str, Any]]) -> None:
+        """steps.csv as `rows` (a resumed run drops the steps logged after its checkpoint)."""
+        if rows:
+            fileio.write_text(self.steps_csv, _csv_rows(STEP_COLUMNS, rows, header=True))
+        else:
+            self.steps_csv.unlink(missing_ok=True)
+
+    def append_steps(self, row: dict[str, Any]) -> None:
+        # one short line per logged step: appended, as samples.md is
+        header = not self.steps_csv.is_file() or self.steps_csv.stat().st_size == 0
+        with open(self.steps_csv, "a", encoding="utf-8", newline="") as f:
+            f.write(_csv_rows(STEP_COLUMNS, [row], header=header))
+
+    def read_steps(self) -> list[dict[str, float]]:
+        if not self.steps_csv.is_file():
+            return []
+        with self.steps_csv.open(encoding="utf-8") as f:
+            return [
+                {k: float(v) if v != "" else math.nan for k, v in row.items()} for row in csv.DictReader(f)
+            ]
 
     def write_metrics(self, metrics: dict[str, Any]) -> None:
         fileio.write_json(self.metrics_json, metrics)

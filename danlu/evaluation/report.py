@@ -112,24 +112,35 @@ def _draw_series(ax: Axes, x: np.ndarray, y: np.ndarray, label: str) -> None:
     ax.plot(x[ok], y[ok], marker=marker, markersize=3, label=label)
 
 
-def plot_history(history: list[dict[str, float]], path: Path) -> Path | None:
-    """One subplot per metric family of metrics.csv rows; None if there is nothing to draw."""
-    if not history:
+def plot_history(
+    history: list[dict[str, float]], path: Path, steps: list[dict[str, float]] | None = None
+) -> Path | None:
+    """One subplot per metric family of metrics.csv rows; None if there is nothing to draw.
+
+    steps: steps.csv rows (the training loss every train.log_every steps). They draw the
+    training-loss curve, on a step axis, in place of the evaluations' averages of it."""
+    if not history and not steps:
         return None
     cols = _columns(history)
-    families = _families(cols)
+    x_name, x = _x_axis(cols, len(history))
+    curves = {k: (x, v) for k, v in cols.items()}  # key -> (x, y)
+    logged = _columns(steps or [])
+    if "train.loss" in logged and "step" in logged:
+        x_name, x = "step", cols.get("step", np.full(len(history), np.nan))
+        curves = {k: (x, v) for k, v in cols.items()}
+        curves["train.loss"] = (logged["step"], logged["train.loss"])
+    families = _families({k: y for k, (_, y) in curves.items()})
     if not families:
         return None
     from matplotlib.ticker import MaxNLocator
 
-    x_name, x = _x_axis(cols, len(history))
     ncols = min(3, len(families))
     nrows = math.ceil(len(families) / ncols)
     fig, axes = _figure(nrows, ncols, 4.6, 3.4)
     for ax, (title, series) in zip(axes.flat, families, strict=False):
         for key in series:
-            _draw_series(ax, x, cols[key], key)
-        values = np.concatenate([cols[k][np.isfinite(cols[k])] for k in series])
+            _draw_series(ax, *curves[key], key)
+        values = np.concatenate([y[np.isfinite(y)] for y in (curves[k][1] for k in series)])
         # learning-rate schedules span decades; a log axis shows warmup and decay
         if title == "learning rate" and values.min() > 0 and values.max() / values.min() > 10:
             ax.set_yscale("log")
@@ -433,6 +444,7 @@ def write_report(
     names: list[str],
     details: dict[str, str] | None = None,
     plots: bool = True,
+    steps: list[dict[str, float]] | None = None,
 ) -> list[Path]:
     """Write the plots and report.md; return every file written (report last).
     With plots=False only the tables are written (and matplotlib is never imported).
@@ -449,7 +461,7 @@ def write_report(
         drawn = _classification_plots(y_true, output, names, plots_dir)
     elif plots:
         drawn = _regression_plots(y_true, output, names, plots_dir)
-    history_png = plot_history(history, plots_dir / "history.png") if plots else None
+    history_png = plot_history(history, plots_dir / "history.png", steps) if plots else None
     if history_png:
         drawn.append(("Training history", history_png))
     write_text(report_path, _markdown(report_path, title, split, metrics, details, drawn))

@@ -282,11 +282,14 @@ class GPT(nn.Module):
         if kv_cache is not None and T == 1 and self._c_step_usable(x, kv_cache):
             if kv_cache.c_steps is None:
                 kv_cache.c_steps = [block.c_step() for block in self.transformer.h]
-            c_steps = kv_cache.c_steps
+            # None for every block where the kernel is absent (not built, disabled, no AVX2/FMA)
+            # or declines this model's tensors: torch runs those blocks below
+            c_steps = kv_cache.c_steps if any(kv_cache.c_steps) else None
             key_mask = None
             if attention_mask is not None:
                 key_mask = attention_mask[:, :end].to(torch.uint8).contiguous()
-            scratch = cpu_kernels.block_scratch(B, self.config.n_embd, self.config.n_head, past)
+            if c_steps is not None:
+                scratch = cpu_kernels.block_scratch(B, self.config.n_embd, self.config.n_head, past)
         for i, block in enumerate(self.transformer.h):
             c_step = c_steps[i] if c_steps else None
             if c_step is not None and cpu_kernels.block_step(
@@ -307,6 +310,8 @@ class GPT(nn.Module):
         activations and caches on the CPU, at most cpu_kernels.MAX_ROWS rows, no dropout and
         no autograd (the C step has no backward and writes into `x`)."""
         if x.dtype is not torch.float32 or not x.is_cpu or x.shape[0] > cpu_kernels.MAX_ROWS:
+            return False
+        if not cpu_kernels.available():  # torch alone: no kernel to prepare the blocks for
             return False
         if self.training or (torch.is_grad_enabled() and self.lm_head.weight.requires_grad):
             return False

@@ -192,6 +192,7 @@ def finish_audio(
             split=split,
             metrics=metrics,
             history=run.read_history(),
+            steps=run.read_steps(),
             y_true=task.target(data.y),
             output=decoded,
             names=schema.class_names,
@@ -242,6 +243,6 @@ def _write_asr_report(
     if plots:
         from danlu.evaluation.report import plot_history
 
-        if plot_history(run.read_history(), run.plots / "history.png"):
+        if plot_history(run.read_history(), run.plots / "history.png", run.read_steps()):
             lines += ["", "![training history](plots/history.png)"]
     fileio.write_text(run.report, "\n".join(lines) + "\n")

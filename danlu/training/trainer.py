@@ -64,6 +64,9 @@ class TrainerState:
     loss_sum: float = 0.0  # partial epoch, for a mid-epoch checkpoint
     loss_count: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
+    steps: list[dict[str, float]] = field(default_factory=list)  # logged steps (steps.csv)
+    log_sum: float = 0.0  # training loss since the last logged step
+    log_count: int = 0
 
 
 def pick_device(name: str) -> torch.device:
@@ -211,6 +214,8 @@ def fit(
             model, run, optimizer=optimizer, scheduler=scheduler, scaler=scaler, main=dist.is_main
         )
         state = TrainerState(**saved)
+    if dist.is_main and (resume or state.steps):
+        run.write_steps(state.steps)  # steps logged after the checkpoint are logged again
 
     last_written = {"step": -1, "at": time.perf_counter()}
 
@@ -221,6 +226,7 @@ def fit(
         Ctrl-C. A crash loses at most that long; metrics.csv is written every evaluation."""
         due = time.perf_counter() - last_written["at"] >= cfg.checkpoint_every
         if dist.is_main and state.step != last_written["step"] and (force or due):
+            state.log_sum, state.log_count = float(log_sum), log_count
             checkpoint.save(
                 model,
                 run,
@@ -238,12 +244,37 @@ def fit(
             checkpoint.save_weights(model, run.best_weights, {"tag": tag})
 
     max_steps = cfg.max_steps or math.inf
+    # the bar counts steps of the run when it has a step budget (epochs may end it sooner)
+    planned = min(cfg.max_steps, cfg.epochs * steps_per_epoch) if cfg.max_steps else None
+    log_every = cfg.log_every or _auto_log_every(cfg)
     # contexts entered every step: build them once (an autocast object costs microseconds)
     no_op = contextlib.nullcontext()
     autocast = (lambda: torch.autocast(device.type, dtype=amp)) if amp is not None else (lambda: no_op)
     loss_sum = torch.tensor(state.loss_sum, device=device)  # training loss since the last evaluation
     count, started = state.loss_count, time.perf_counter()
+    log_sum, log_count = torch.tensor(state.log_sum, device=device), state.log_count
     stopped_early = False
+
+    def step_row() -> dict[str, float]:
+        return {
+            "step": state.step,
+            "epoch": state.epoch + 1,
+            "train.loss": float(log_sum / max(log_count, 1)),
+            "lr": optimizer.param_groups[0]["lr"],
+        }
+
+    def log_step(bar: Progress) -> None:
+        """A training-loss point every `log_every` steps: steps.csv and a plain line. Not an
+        evaluation: early stopping and the monitor see evaluations only."""
+        nonlocal log_sum, log_count
+        row = step_row()
+        state.steps.append(row)
+        log_sum, log_count = torch.zeros((), device=device), 0
+        if dist.is_main:
+            run.append_steps(row)
+        if writer is not None:
+            writer.add_scalar("train.loss_step", row["train.loss"], state.step)
+        bar.log_step(row)
 
     def evaluate_and_log(bar: Progress) -> None:
         """Validation metrics, one metrics.csv row, early stopping and checkpoints."""
@@ -313,11 +344,12 @@ def fit(
     # throughput in the bar: tokens for sequence tasks (every target position), else samples
     tokens = getattr(task, "unit", "samples") == "tok"
     bar_mode = "quiet" if not dist.is_main else progress
-    with Progress(bar_mode, cfg.monitor, "tok" if tokens else "samples") as bar, _StopFlag() as stop:
+    unit = "tok" if tokens else "samples"
+    with Progress(bar_mode, cfg.monitor, unit, planned) as bar, _StopFlag() as stop:
         while state.epoch < cfg.epochs and state.step < max_steps and not stopped_early:
             # ---- one epoch of steps (evaluating every `eval_every` steps when set)
             model.train()
-            bar.start_epoch(state.epoch, cfg.epochs, len(train), state.batch)
+            bar.start_epoch(state.epoch, cfg.epochs, len(train), state.batch, state.step)
             for i, (x, y) in enumerate(train.epoch(state.epoch, state.batch), start=state.batch):
                 last_micro = (i + 1) % cfg.accumulate == 0 or i + 1 == len(train)
                 sync = ddp.no_sync() if dist.enabled and not last_micro else no_op
@@ -329,7 +361,9 @@ def fit(
                     (scaler.scale(total) if scaler else total).backward()
                 loss_sum.add_(loss.detach(), alpha=len(y))
                 count += len(y)
-                bar.step(i, loss, y.numel() if tokens else len(y))
+                log_sum.add_(loss.detach(), alpha=len(y))
+                log_count += len(y)
+                bar.step(i, loss, y.numel() if tokens else len(y), state.step)
                 if not last_micro:
                     continue
                 _clip(model, optimizer, scaler, cfg)
@@ -347,6 +381,10 @@ def fit(
                 # the summed loss now and then (one device sync per DIVERGENCE_CHECK steps)
                 if state.step % DIVERGENCE_CHECK == 0 and not dist.enabled and not torch.isfinite(loss_sum):
                     raise _diverged(f"the training loss is {float(loss_sum)}", state.step, cfg)
+                if log_every and state.step % log_every == 0:
+                    log_step(bar)
+                elif bar.due():  # no terminal and a long silence: a line, not a logged point
+                    bar.log_step(step_row())
                 if stop.requested:
                     state.loss_sum, state.loss_count = float(loss_sum), count
                     save_last(force=True)
@@ -385,6 +423,16 @@ def _diverged(what: str, step: int, cfg: TrainConfig) -> DanluError:
         f"training diverged: {what} at step {step}; the learning rate is the likely cause"
         f" (train.lr is {cfg.lr:g}): {hints}"
     )
+
+
+def _auto_log_every(cfg: TrainConfig) -> int | None:
+    """Runs counted in steps log a training-loss point a tenth of the way to each
+    evaluation and a twentieth of the run; epoch runs have a point per epoch already."""
+    if not cfg.max_steps and not cfg.eval_every:
+        return None
+    tenth = cfg.eval_every // 10 if cfg.eval_every else math.inf
+    twentieth = cfg.max_steps // 20 if cfg.max_steps else math.inf
+    return max(1, int(min(tenth, twentieth)))
 
 
 def _penalty(params: list[torch.Tensor], l1: float, l2: float) -> torch.Tensor:
