@@ -269,11 +269,12 @@ class Transcription:
 class Recognizer:
     """A trained speech run: `transcribe` (speech_recognition) or `classify` (audio classes)."""
 
-    def __init__(self, run_dir: str | Path) -> None:
+    def __init__(self, run_dir: str | Path, trust_code: bool = False) -> None:
         from danlu import models, tasks
         from danlu.config import TaskConfig, parse_model
         from danlu.data.speech import SpeechPreprocessor, SpeechSchema
         from danlu.errors import DanluError
+        from danlu.registry import reading_saved
         from danlu.run import RunDir
         from danlu.training.checkpoint import load_weights
 
@@ -288,10 +289,11 @@ class Recognizer:
         model_cfg = parse_model(meta["model"])
         if model_cfg.type == "wav2vec2_ctc":  # the run's own export, not the original checkpoint
             model_cfg = model_cfg.model_copy(update={"path": str(run.path / "hf")})
-        self.task = tasks.build(
-            TaskConfig.model_validate(meta["task"]), self.schema, torch.zeros(0, dtype=torch.long)
-        )
-        self.model = models.build(model_cfg, self.schema, self.task.out_dim)
+        with reading_saved(run.model_json, trust_code):  # user code only from a trusted folder
+            self.task = tasks.build(
+                TaskConfig.model_validate(meta["task"]), self.schema, torch.zeros(0, dtype=torch.long)
+            )
+            self.model = models.build(model_cfg, self.schema, self.task.out_dim)
         load_weights(self.model, run.weights)
         self.model.eval()
         self.sample_rate = self.schema.sample_rate
@@ -410,6 +412,7 @@ def word_times(best: list[int], vocab: list[str], step: float) -> list[tuple[str
     return words
 
 
-def load_recognizer(run_dir: str | Path) -> Recognizer:
-    """A trained speech run folder -> Recognizer (transcribe / classify / predict_frame)."""
-    return Recognizer(run_dir)
+def load_recognizer(run_dir: str | Path, trust_code: bool = False) -> Recognizer:
+    """A trained speech run folder -> Recognizer (transcribe / classify / predict_frame);
+    trust_code: let its model.json name user code."""
+    return Recognizer(run_dir, trust_code)
