@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, cli, make_mixed_frame, small_config
+from conftest import REPO, _env, cli, make_mixed_frame, small_config
 
 import danlu
 from danlu import cpu_kernels
@@ -179,3 +179,142 @@ def test_user_metric_in_saved_config_needs_trust_code(tmp_path, user_code_dir):
     ok = cli("evaluate", run, "--trust-code", cwd=tmp_path, env=env)
     assert ok.returncode == 0, ok.stderr
     assert "top_share" in json.loads((run / "metrics.json").read_text())["metrics"]
+
+
+# --------------------------------------------------------------------------- tune --jobs workers
+def test_tune_workers_do_not_import_from_the_working_directory(tmp_path):
+    """An optuna.py in the folder `danlu tune --jobs 2` runs in must not be imported by a worker.
+    (The parent is started with -P too: `python -m` puts the working directory first for it as
+    well, as for any `python -m`; the `danlu` command does not.)"""
+    pytest.importorskip("optuna", reason="optuna is not installed (pip install 'danlu[tune]')")
+    marker = tmp_path / "marker"
+    (tmp_path / "optuna.py").write_text(MARKER_CODE.format(marker=str(marker)), encoding="utf-8")
+    body = {
+        "name": "t",
+        "task": {"type": "classification"},
+        "data": {"source": "make_classification", "params": {"n_samples": 120, "n_features": 4}},
+        "model": {"hidden": [8]},
+        "train": {"epochs": 1, "batch_size": 32, "device": "cpu"},
+        "eval": {"plots": False},
+        "output": {"dir": str(tmp_path / "runs")},
+        "tune": {"sampler": "random", "pruner": "none", "trials": 2, "space": {"train.lr": [0.01, 0.1]}},
+    }
+    (tmp_path / "tune.yaml").write_text(yaml.safe_dump(body, sort_keys=False), encoding="utf-8")
+    result = subprocess.run(
+        [sys.executable, "-P", "-m", "danlu", "tune", "tune.yaml", "--jobs", "2", "--quiet"],
+        cwd=tmp_path,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert not marker.exists()
+    log = (tmp_path / "runs" / "t-tune" / "workers" / "worker-1.log").read_text(encoding="utf-8")
+    assert "Traceback" not in log, log
+    rows = (tmp_path / "runs" / "t-tune" / "trials.csv").read_text(encoding="utf-8").splitlines()
+    assert len(rows) == 3, rows
+
+
+# --------------------------------------------------------------------------- the compiled CPU kernel
+EVIL_C = r"""
+#include <stdio.h>
+__attribute__((constructor)) static void planted(void) {
+    FILE *f = fopen(MARKER, "w");
+    if (f) { fputs("constructor ran", f); fclose(f); }
+}
+int danlu_simd(void) { return 1; }
+"""
+
+
+@pytest.fixture
+def kernel_cache(tmp_path, monkeypatch):
+    """A fresh kernel cache under tmp_path/cache, and cpu_kernels as if never loaded."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv("DANLU_CPU_KERNELS", raising=False)
+    monkeypatch.setattr(cpu_kernels, "_lib", None)
+    monkeypatch.setattr(cpu_kernels, "_tried", False)
+    return tmp_path / "cache" / "danlu" / "kernels"
+
+
+@pytest.fixture
+def planted_library(tmp_path) -> tuple[Path, Path]:
+    """A real shared library whose constructor writes tmp_path/marker when it is loaded."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.skip("no C compiler to build the planted library")
+    marker = tmp_path / "marker"
+    src = tmp_path / "evil.c"
+    src.write_text(EVIL_C, encoding="utf-8")
+    lib = tmp_path / "evil.so"
+    subprocess.run([cc, "-shared", "-fPIC", f'-DMARKER="{marker}"', str(src), "-o", str(lib)], check=True)
+    return lib, marker
+
+
+def fresh_load() -> bool:
+    cpu_kernels._lib, cpu_kernels._tried = None, False
+    return cpu_kernels.available()
+
+
+def test_kernel_cache_folder_is_created_private(kernel_cache, monkeypatch):
+    monkeypatch.setenv("CC", "false")  # a compiler that fails: torch does the work, quietly
+    assert not cpu_kernels.available()
+    assert stat.S_IMODE(kernel_cache.stat().st_mode) == 0o700
+
+
+@pytest.mark.parametrize("how", ["symlink", "group_writable"])
+def test_planted_kernel_is_never_loaded(kernel_cache, planted_library, monkeypatch, caplog, how):
+    """A .so at the exact cache name, reached through a symbolic link or writable by the group:
+    refused (its constructor never runs), and with no working compiler torch does the work."""
+    lib, marker = planted_library
+    monkeypatch.setenv("CC", "false")
+    kernel_cache.mkdir(parents=True, mode=0o700)
+    target = kernel_cache / cpu_kernels._kernel_name("false")
+    if how == "symlink":
+        target.symlink_to(lib)
+    else:
+        shutil.copy(lib, target)
+        target.chmod(0o775)
+    assert not fresh_load()
+    assert not marker.exists()
+    (line,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert str(target) in line and "building it anew" in line
+
+
+@pytest.mark.parametrize("how", ["symlinked_folder", "group_writable_folder"])
+def test_unsafe_kernel_folder_falls_back_to_torch(kernel_cache, planted_library, monkeypatch, caplog, how):
+    lib, marker = planted_library
+    monkeypatch.setenv("CC", "false")
+    elsewhere = kernel_cache.parent / "elsewhere"
+    elsewhere.mkdir(parents=True, mode=0o700)
+    shutil.copy(lib, elsewhere / cpu_kernels._kernel_name("false"))
+    if how == "symlinked_folder":
+        kernel_cache.symlink_to(elsewhere)
+    else:
+        elsewhere.rename(kernel_cache)
+        kernel_cache.chmod(0o770)
+    assert not fresh_load()
+    assert not marker.exists()
+    (line,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert str(kernel_cache) in line and "torch does the work" in line
+
+
+def test_refused_kernel_is_rebuilt_and_the_cache_then_reused(kernel_cache, planted_library, monkeypatch):
+    """With a working compiler the refused file is replaced by a fresh build (0700, the real
+    kernel), which the next process loads from the cache without compiling."""
+    lib, marker = planted_library
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    monkeypatch.setenv("CC", compiler)
+    kernel_cache.mkdir(parents=True, mode=0o700)
+    target = kernel_cache / cpu_kernels._kernel_name(compiler)
+    shutil.copy(lib, target)
+    target.chmod(0o666)
+    built = fresh_load()
+    assert not marker.exists()
+    st = target.lstat()
+    assert stat.S_ISREG(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o700
+    assert target.read_bytes() != lib.read_bytes()
+    assert [p.name for p in kernel_cache.iterdir()] == [target.name]  # no temporary file left
+    if not built:
+        pytest.skip("the kernel was rebuilt but this CPU lacks AVX2/FMA: nothing more to load")
+    assert fresh_load() and target.lstat().st_ino == st.st_ino  # loaded from the cache as it was
