@@ -536,21 +536,33 @@ def _segment(words: list[Word], timestamps: str) -> Segment:
     )
 
 
+def _load_error(what: str, path: Path, e: BaseException, trust_remote_code: bool) -> str:
+    if "trust_remote_code" in str(e) and not trust_remote_code:  # transformers' refusal of auto_map code
+        return (
+            f"'{path}' needs its own Python code to load (auto_map in its config);"
+            " pass --trust-remote-code only if you trust this folder"
+        )
+    return f"cannot load the {what} model in '{path}': {_one_line(e)}"
+
+
 class HFCTCModel(CTCModel):
     kind = "hf-ctc"
 
     def __init__(self, path: Path, device: str, trust_remote_code: bool) -> None:
-        from transformers import AutoModelForCTC, AutoProcessor
+        from transformers import AutoConfig, AutoModelForCTC, AutoProcessor
 
         self.path = path
         self.device = device
         try:
+            # the config first: a folder that needs its own code is refused before anything
+            # else is read (the processor would warn about its unknown model type first)
+            AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
             processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
             self.feature_extractor = processor.feature_extractor
             self.tokenizer = processor.tokenizer
             self.model = AutoModelForCTC.from_pretrained(path, trust_remote_code=trust_remote_code)
         except (OSError, ValueError, KeyError, TypeError) as e:
-            raise DanluError(f"cannot load the CTC model in '{path}': {_one_line(e)}") from None
+            raise DanluError(_load_error("CTC", path, e, trust_remote_code)) from None
         self.model.to(device).eval()
         self.sample_rate = int(self.feature_extractor.sampling_rate)
         self.align_to = int(getattr(self.model.config, "inputs_to_logits_ratio", 320))
@@ -775,9 +787,11 @@ class HFWhisperModel(SpeechModel):
         self.device = device
         try:
             self.processor = WhisperProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
-            self.model = WhisperForConditionalGeneration.from_pretrained(path)
+            self.model = WhisperForConditionalGeneration.from_pretrained(
+                path, trust_remote_code=trust_remote_code
+            )
         except (OSError, ValueError, KeyError, TypeError) as e:
-            raise DanluError(f"cannot load the Whisper model in '{path}': {_one_line(e)}") from None
+            raise DanluError(_load_error("Whisper", path, e, trust_remote_code)) from None
         self.model.to(device).eval()
         fe = self.processor.feature_extractor
         self.sample_rate = int(fe.sampling_rate)

@@ -271,11 +271,11 @@ def _load_run(path: Path) -> LoadedLM:
     )
 
 
-def _auto_tokenizer(path: Path) -> Any:
+def _auto_tokenizer(path: Path, trust_remote_code: bool = False) -> Any:
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(str(path))
+        return AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
     except Exception as e:  # transformers raises OSError, ValueError, ImportError, ...
         raise DanluError(f"cannot load the tokenizer in '{path}': {_one_line(e)}") from None
 
@@ -322,7 +322,7 @@ def _load_hf_causal_lm(path: Path, hf_config: dict[str, Any], trust_remote_code:
                 f"'{path}' needs its own code to load; pass --trust-remote-code if you trust it"
             ) from None
         raise DanluError(f"cannot load '{path}' as a causal language model: {msg}") from None
-    tokenizer = HFTokenizer(_auto_tokenizer(path))
+    tokenizer = HFTokenizer(_auto_tokenizer(path, trust_remote_code))
     gen = getattr(model, "generation_config", None)
     eos = getattr(gen, "eos_token_id", None)
     if eos is None:

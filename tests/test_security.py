@@ -318,3 +318,121 @@ def test_refused_kernel_is_rebuilt_and_the_cache_then_reused(kernel_cache, plant
     if not built:
         pytest.skip("the kernel was rebuilt but this CPU lacks AVX2/FMA: nothing more to load")
     assert fresh_load() and target.lstat().st_ino == st.st_ino  # loaded from the cache as it was
+
+
+# --------------------------------------------------------------------------- transformers' remote code
+LOADERS = ("from_pretrained", "from_config")
+
+
+def test_every_transformers_loader_says_whether_to_trust_remote_code():
+    """Every from_pretrained / from_config / pipeline call in danlu passes trust_remote_code
+    explicitly: left out, transformers asks on stdin whether to run a folder's own code."""
+    calls, missing = 0, []
+    for path in sorted((REPO / "danlu").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(node, ast.Call):
+                continue
+            f = node.func
+            name = f.attr if isinstance(f, ast.Attribute) else f.id if isinstance(f, ast.Name) else ""
+            if name in LOADERS or name == "pipeline":
+                calls += 1
+                if not any(k.arg == "trust_remote_code" for k in node.keywords):
+                    missing.append(f"{path.relative_to(REPO)}:{node.lineno}")
+    assert calls >= 10  # the walk found danlu's loaders
+    assert not missing, missing
+
+
+def remote_code_folder(folder: Path, marker: Path, model_type: str) -> Path:
+    """A tiny Wav2Vec2ForCTC folder whose config.json maps its classes to a modeling file in
+    the folder that writes `marker` when imported."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    try:
+        from asr_models import make_wav2vec2
+    finally:
+        sys.path.pop(0)
+    make_wav2vec2(folder)
+    (folder / "modeling_planted.py").write_text(
+        MARKER_CODE.format(marker=str(marker))
+        + "from transformers import Wav2Vec2Config, Wav2Vec2ForCTC\n"
+        + f"class PlantedConfig(Wav2Vec2Config):\n    model_type = {model_type!r}\n"
+        + "class PlantedForCTC(Wav2Vec2ForCTC):\n    config_class = PlantedConfig\n",
+        encoding="utf-8",
+    )
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    config["model_type"] = model_type
+    config["auto_map"] = {
+        "AutoConfig": "modeling_planted.PlantedConfig",
+        "AutoModelForCTC": "modeling_planted.PlantedForCTC",
+    }
+    (folder / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    return folder
+
+
+def danlu_with_stdin(args: list, cwd: Path, stdin: str) -> subprocess.CompletedProcess[str]:
+    env = _env({"HF_HOME": str(cwd / "hf-home"), "HF_HUB_OFFLINE": "1"})
+    return subprocess.run(
+        [sys.executable, "-m", "danlu", *map(str, args)],
+        cwd=cwd, env=env, input=stdin, capture_output=True, text=True, timeout=300,
+    )
+
+
+def test_remote_code_speech_folder_runs_nothing_without_the_flag(tmp_path):
+    """transcribe and evaluate --manifest on a folder that needs its own code: one line, exit 2,
+    nothing run, nothing read from stdin (a 'y' there would have run it); with the flag it runs."""
+    pytest.importorskip("transformers")
+    sf = pytest.importorskip("soundfile")
+    sys.path.insert(0, str(Path(__file__).parent))
+    from asr_models import noise_speech
+
+    sys.path.pop(0)
+    marker = tmp_path / "marker"
+    folder = remote_code_folder(tmp_path / "planted", marker, "planted-w2v")
+    sf.write(tmp_path / "a.wav", noise_speech(1.0), 16000, subtype="PCM_16")
+    (tmp_path / "m.csv").write_text("audio,text\na.wav,hello\n", encoding="utf-8")
+    expected = (
+        f"'{folder}' needs its own Python code to load (auto_map in its config);"
+        " pass --trust-remote-code only if you trust this folder"
+    )
+    result = danlu_with_stdin(["transcribe", folder, "a.wav"], tmp_path, "y\n")
+    assert one_line_error(result) == expected
+    assert not marker.exists()
+    result = danlu_with_stdin(["evaluate", folder, "--manifest", "m.csv"], tmp_path, "y\n")
+    assert one_line_error(result) == expected
+    assert not marker.exists()
+
+    trusted = danlu_with_stdin(["transcribe", folder, "a.wav", "--trust-remote-code"], tmp_path, "")
+    assert marker.read_text() == "code ran", trusted.stderr
+
+
+def test_remote_code_map_on_a_known_architecture_loads_the_built_in_class(tmp_path):
+    """model_type wav2vec2 with an auto_map: transformers' own Wav2Vec2ForCTC, the map ignored."""
+    pytest.importorskip("transformers")
+    sf = pytest.importorskip("soundfile")
+    sys.path.insert(0, str(Path(__file__).parent))
+    from asr_models import noise_speech
+
+    sys.path.pop(0)
+    marker = tmp_path / "marker"
+    folder = remote_code_folder(tmp_path / "planted", marker, "wav2vec2")
+    sf.write(tmp_path / "a.wav", noise_speech(1.0), 16000, subtype="PCM_16")
+    result = danlu_with_stdin(["transcribe", folder, "a.wav"], tmp_path, "y\n")
+    assert result.returncode == 0, result.stderr
+    assert not marker.exists()
+
+
+def test_wav2vec2_ctc_model_path_with_remote_code_is_one_line(tmp_path):
+    """model.type wav2vec2_ctc (training, and a run's hf/ folder when it is loaded) never runs
+    the folder's code: a one-line error instead of transformers' prompt or traceback."""
+    pytest.importorskip("transformers")
+    from danlu.config import parse_model
+    from danlu.models.ctc import Wav2Vec2CTC
+
+    marker = tmp_path / "marker"
+    folder = remote_code_folder(tmp_path / "planted", marker, "planted-w2v")
+    with pytest.raises(DanluError) as e:
+        Wav2Vec2CTC(parse_model({"type": "wav2vec2_ctc", "path": str(folder)}), None, 8)
+    assert str(e.value) == (
+        f"model.path: '{folder}' needs its own Python code to load (auto_map in config.json);"
+        " wav2vec2_ctc runs only the architectures transformers ships (Wav2Vec2, HuBERT, WavLM)"
+    )
+    assert not marker.exists()

@@ -216,12 +216,24 @@ class Wav2Vec2CTC(nn.Module):
         path = Path(cfg.path)
         if not (path / "config.json").is_file():
             raise DanluError(f"model.path: '{path}' is not a transformers model folder (no config.json)")
-        self.hf = AutoModelForCTC.from_pretrained(
-            str(path),
-            vocab_size=out_dim,
-            pad_token_id=0,
-            ignore_mismatched_sizes=True,  # the new head has the new vocabulary's size
-        )
+        try:
+            self.hf = AutoModelForCTC.from_pretrained(
+                str(path),
+                vocab_size=out_dim,
+                pad_token_id=0,
+                ignore_mismatched_sizes=True,  # the new head has the new vocabulary's size
+                # never the folder's own code: a run must reload from its folder alone, and
+                # transformers would otherwise ask on stdin (or fail without a terminal)
+                trust_remote_code=False,
+            )
+        except (OSError, ValueError) as e:
+            if "trust_remote_code" in str(e):
+                raise DanluError(
+                    f"model.path: '{path}' needs its own Python code to load (auto_map in config.json);"
+                    " wav2vec2_ctc runs only the architectures transformers ships (Wav2Vec2, HuBERT, WavLM)"
+                ) from None
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise DanluError(f"model.path: cannot load '{path}' as a CTC model: {first}") from None
         if cfg.freeze_feature_encoder:
             self.hf.freeze_feature_encoder()
         self.use_attention_mask = getattr(self.hf.config, "feat_extract_norm", "layer") == "layer"
