@@ -18,7 +18,6 @@ import contextvars
 import functools
 import importlib
 from collections.abc import Callable, Iterator
-from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +42,7 @@ def import_object(ref: str) -> Any:
 
 
 # the saved file whose names are being built, while user code named there is not trusted
-_UNTRUSTED: ContextVar[str | None] = ContextVar("danlu_untrusted_file", default=None)
+_UNTRUSTED: contextvars.ContextVar[str | None] = contextvars.ContextVar("danlu_untrusted_file", default=None)
 
 
 class UntrustedCodeError(DanluError):
