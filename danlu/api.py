@@ -19,7 +19,7 @@ import torch
 
 from danlu import config as config_mod
 from danlu import data as data_mod
-from danlu import models, tasks
+from danlu import models, registry, tasks
 from danlu.config import RunConfig
 from danlu.data import text as text_mod
 from danlu.data.tabular import TensorData, read_table
@@ -59,17 +59,21 @@ class Run:
     metrics: dict[str, Any] = field(default_factory=dict)
 
     def evaluate(
-        self, split: str = "test", data: str | Path | None = None, plots: bool = True
+        self,
+        split: str = "test",
+        data: str | Path | None = None,
+        plots: bool = True,
+        trust_code: bool = False,
     ) -> dict[str, Any]:
-        return evaluate(self.path, split=split, data=data, plots=plots)
+        return evaluate(self.path, split=split, data=data, plots=plots, trust_code=trust_code)
 
-    def load(self) -> Any:
+    def load(self, trust_code: bool = False) -> Any:
         from danlu.predict import load
 
-        return load(self.path)  # a Predictor, or a Recognizer for audio runs
+        return load(self.path, trust_code)  # a Predictor, or a Recognizer for audio runs
 
-    def predict(self, rows: Any) -> np.ndarray:
-        return self.load().predict(rows)
+    def predict(self, rows: Any, trust_code: bool = False) -> np.ndarray:
+        return self.load(trust_code).predict(rows)
 
 
 def seed_everything(seed: int) -> None:
@@ -78,6 +82,7 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+@registry.own_context  # --resume: the saved config's names are checked until train returns
 def train(
     config: str | Path | dict[str, Any] | RunConfig | None = None,
     overrides: list[str] | dict[str, Any] | None = None,
@@ -86,17 +91,20 @@ def train(
     resume: str | Path | None = None,
     progress: str = "auto",
     on_eval: Callable[[int, dict[str, float]], None] | None = None,
+    trust_code: bool = False,
     **kw_overrides: Any,
 ) -> Run:
     """Train from a YAML path, a dict or a RunConfig. Keyword overrides use `__` for dots:
     danlu.train("tutorial.yaml", train__lr=0.01). `on_eval(n, row)` is called after each
-    evaluation's metrics row is logged (n counts evaluations from 1); `danlu tune` prunes there."""
+    evaluation's metrics row is logged (n counts evaluations from 1); `danlu tune` prunes there.
+    trust_code: a resumed run's config.yaml may name user code ("package.module:Name")."""
     overrides = _merge_overrides(overrides, kw_overrides)
     if name is not None:
         config_mod.check_run_name(name, "--name")
         overrides["name"] = name
     run = RunDir.open(resume, need_model=False) if resume else None
     if run is not None:
+        registry.distrust(run.config, trust_code)
         saved = _absolute_paths(config_mod.load(run.config))
         cfg = _absolute_paths(config_mod.load(config if config is not None else saved, overrides))
         _check_resumable(saved, cfg, run)
@@ -201,7 +209,7 @@ def train(
             metrics = _finish(
                 run,
                 cfg,
-                Predictor(run),
+                Predictor(run, trust_code=resume is None or trust_code),
                 prepared.splits[split],
                 prepared.frames[split],
                 split,
@@ -212,23 +220,30 @@ def train(
     return Run(run.path, cfg, result.history, metrics)
 
 
+@registry.own_context
 def evaluate(
-    run_dir: str | Path, split: str = "test", data: str | Path | None = None, plots: bool = True
+    run_dir: str | Path,
+    split: str = "test",
+    data: str | Path | None = None,
+    plots: bool = True,
+    trust_code: bool = False,
 ) -> dict[str, Any]:
     """Metrics of a saved run on one of its splits or on a file with the same columns;
     writes metrics.json, predictions.csv and the report into the run folder (for a file:
-    under evaluations/<file stem>/, keeping the run's own results)."""
+    under evaluations/<file stem>/, keeping the run's own results).
+    trust_code: the run may name user code (a model, loss or metric "package.module:Name")."""
     run = RunDir.open(run_dir)
+    registry.distrust(run.config, trust_code)  # e.g. eval.metrics
     cfg = config_mod.load(run.config)
     if data is None:
         _check_data_paths(run, cfg)
     if run.read_model_json().get("schema", {}).get("input_kind") == "audio":
         from danlu.tasks.speech_recognition import evaluate_audio_run
 
-        return evaluate_audio_run(run, cfg, split, data, plots)
+        return evaluate_audio_run(run, cfg, split, data, plots, trust_code)
     if cfg.task.type == "language_modeling":
         return _evaluate_lm(run, cfg, split, data, plots)
-    predictor = Predictor(run)
+    predictor = Predictor(run, trust_code)
     if data is not None:
         pre = predictor.preprocessor
         frame = pre.read(data) if hasattr(pre, "read") else read_table(data)  # images: folders too

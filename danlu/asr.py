@@ -238,9 +238,11 @@ def check_files(path: Path, kind: str) -> None:
 
 
 def resolve_speech(
-    ref: str | Path, *, device: str | None = None, trust_remote_code: bool = False
+    ref: str | Path, *, device: str | None = None, trust_remote_code: bool = False, trust_code: bool = False
 ) -> SpeechModel:
-    """Load the speech model `ref` names (see the module docstring)."""
+    """Load the speech model `ref` names (see the module docstring). trust_remote_code: a
+    Hugging Face folder may run its own Python code; trust_code: a danlu run folder may name
+    user code in its model.json. Both only for folders you trust."""
     from danlu.modelref import locate_model
 
     path = locate_model(ref)
@@ -258,19 +260,21 @@ def resolve_speech(
         return HFWhisperModel(path, device, trust_remote_code)
     if kind == "ct2-whisper":
         return FasterWhisperModel(path, device)
-    return RunCTCModel(path, device)
+    return RunCTCModel(path, device, trust_code)
 
 
 _CACHE: dict[tuple[Any, ...], SpeechModel] = {}
 
 
 def load_cached(
-    ref: str | Path, *, device: str | None = None, trust_remote_code: bool = False
+    ref: str | Path, *, device: str | None = None, trust_remote_code: bool = False, trust_code: bool = False
 ) -> SpeechModel:
     p = Path(str(ref)).expanduser()
-    key = (str(p.resolve()) if p.exists() else str(ref), device, trust_remote_code)
+    key = (str(p.resolve()) if p.exists() else str(ref), device, trust_remote_code, trust_code)
     if key not in _CACHE:
-        _CACHE[key] = resolve_speech(ref, device=device, trust_remote_code=trust_remote_code)
+        _CACHE[key] = resolve_speech(
+            ref, device=device, trust_remote_code=trust_remote_code, trust_code=trust_code
+        )
     return _CACHE[key]
 
 
@@ -532,21 +536,33 @@ def _segment(words: list[Word], timestamps: str) -> Segment:
     )
 
 
+def _load_error(what: str, path: Path, e: BaseException, trust_remote_code: bool) -> str:
+    if "trust_remote_code" in str(e) and not trust_remote_code:  # transformers' refusal of auto_map code
+        return (
+            f"'{path}' needs its own Python code to load (auto_map in its config);"
+            " pass --trust-remote-code only if you trust this folder"
+        )
+    return f"cannot load the {what} model in '{path}': {_one_line(e)}"
+
+
 class HFCTCModel(CTCModel):
     kind = "hf-ctc"
 
     def __init__(self, path: Path, device: str, trust_remote_code: bool) -> None:
-        from transformers import AutoModelForCTC, AutoProcessor
+        from transformers import AutoConfig, AutoModelForCTC, AutoProcessor
 
         self.path = path
         self.device = device
         try:
+            # the config first: a folder that needs its own code is refused before anything
+            # else is read (the processor would warn about its unknown model type first)
+            AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
             processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
             self.feature_extractor = processor.feature_extractor
             self.tokenizer = processor.tokenizer
             self.model = AutoModelForCTC.from_pretrained(path, trust_remote_code=trust_remote_code)
         except (OSError, ValueError, KeyError, TypeError) as e:
-            raise DanluError(f"cannot load the CTC model in '{path}': {_one_line(e)}") from None
+            raise DanluError(_load_error("CTC", path, e, trust_remote_code)) from None
         self.model.to(device).eval()
         self.sample_rate = int(self.feature_extractor.sampling_rate)
         self.align_to = int(getattr(self.model.config, "inputs_to_logits_ratio", 320))
@@ -597,7 +613,7 @@ class RunCTCModel(CTCModel):
 
     kind = "danlu-ctc"
 
-    def __init__(self, path: Path, device: str) -> None:
+    def __init__(self, path: Path, device: str, trust_code: bool = False) -> None:
         self.path = path
         try:
             meta = json.loads((path / "model.json").read_text(encoding="utf-8"))
@@ -613,7 +629,7 @@ class RunCTCModel(CTCModel):
             )
         from danlu.predict import load
 
-        self.predictor = load(path)
+        self.predictor = load(path, trust_code)
         if not hasattr(self.predictor, "transcribe"):
             raise DanluError(f"this run folder is not a speech model: '{path}' has no speech recognizer")
         self.sample_rate = int(self.predictor.sample_rate)
@@ -771,9 +787,11 @@ class HFWhisperModel(SpeechModel):
         self.device = device
         try:
             self.processor = WhisperProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
-            self.model = WhisperForConditionalGeneration.from_pretrained(path)
+            self.model = WhisperForConditionalGeneration.from_pretrained(
+                path, trust_remote_code=trust_remote_code
+            )
         except (OSError, ValueError, KeyError, TypeError) as e:
-            raise DanluError(f"cannot load the Whisper model in '{path}': {_one_line(e)}") from None
+            raise DanluError(_load_error("Whisper", path, e, trust_remote_code)) from None
         self.model.to(device).eval()
         fe = self.processor.feature_extractor
         self.sample_rate = int(fe.sampling_rate)
@@ -929,6 +947,7 @@ def transcribe(
     sample_rate: int | None = None,
     device: str | None = None,
     trust_remote_code: bool = False,
+    trust_code: bool = False,
     **options: Any,
 ) -> Transcript | list[Transcript]:
     """Transcribe audio with a speech model.
@@ -943,7 +962,7 @@ def transcribe(
     model = (
         model_ref
         if isinstance(model_ref, SpeechModel)
-        else load_cached(model_ref, device=device, trust_remote_code=trust_remote_code)
+        else load_cached(model_ref, device=device, trust_remote_code=trust_remote_code, trust_code=trust_code)
     )
     if isinstance(audio, list | tuple):
         return [transcribe_one(model, a, opts) for a in audio]
@@ -1020,6 +1039,7 @@ def run_command(
     output_dir: Path | None = None,
     device: str | None = None,
     trust_remote_code: bool = False,
+    trust_code: bool = False,
     quiet: bool = False,
     echo: Callable[[str], None] = print,
     warn: Callable[[str], None] = print,
@@ -1046,7 +1066,7 @@ def run_command(
     if len(failures) == len(jobs):
         warn(f"error: all {len(jobs)} inputs failed")
         return len(failures)
-    model = load_cached(model_ref, device=device, trust_remote_code=trust_remote_code)
+    model = load_cached(model_ref, device=device, trust_remote_code=trust_remote_code, trust_code=trust_code)
     if opts.language is not None and isinstance(model, CTCModel):
         raise DanluError(f"--language is for Whisper models; '{model.path}' is a CTC model of one language")
     with progress_bar(quiet, len(jobs), sum(durations.values())) as (advance_file, advance_audio):

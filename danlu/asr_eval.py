@@ -194,6 +194,7 @@ def evaluate_manifest(
     normalize_steps: str | None = None,
     device: str | None = None,
     trust_remote_code: bool = False,
+    trust_code: bool = False,
     quiet: bool = True,
     **options: Any,
 ) -> dict[str, Any]:
@@ -208,7 +209,7 @@ def evaluate_manifest(
     opts = make_options(**options)
     rows = read_manifest(manifest)
     out = Path(output_dir) if output_dir is not None else default_output_dir(str(model_ref), manifest)
-    model = load_cached(model_ref, device=device, trust_remote_code=trust_remote_code)
+    model = load_cached(model_ref, device=device, trust_remote_code=trust_remote_code, trust_code=trust_code)
     utterances = []
     audio_seconds = elapsed = 0.0
     t_start = time.perf_counter()

@@ -36,6 +36,14 @@ app = typer.Typer(
 
 Debug = Annotated[bool, typer.Option("--debug", help="Show the full traceback on errors.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")]
+TrustCode = Annotated[
+    bool,
+    typer.Option(
+        "--trust-code",
+        help="Let the run folder name your own code (a model, loss or metric 'package.module:Name');"
+        " importing it runs it: only for folders you trust.",
+    ),
+]
 
 
 def _interrupted() -> type[Exception]:
@@ -132,6 +140,7 @@ def train(
     resume: Annotated[
         Path | None, typer.Option(help="Continue an interrupted run from its last checkpoint.")
     ] = None,
+    trust_code: TrustCode = False,
     quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:
@@ -140,7 +149,10 @@ def train(
         from danlu import api
         from danlu.training.distributed import is_main_process
 
-        run = api.train(config, set_ or [], name=name, resume=resume, progress="quiet" if quiet else "auto")
+        progress = "quiet" if quiet else "auto"
+        run = api.train(
+            config, set_ or [], name=name, resume=resume, progress=progress, trust_code=trust_code
+        )
         if not is_main_process():
             return  # under torchrun only rank 0 reports
         if run.metrics and not quiet:
@@ -182,6 +194,7 @@ def evaluate(
     output_dir: Annotated[Path | None, typer.Option(help="Speech: where to write the results.")] = None,
     beam_size: Annotated[int | None, typer.Option(help="Speech: beam width.")] = None,
     language: Annotated[str | None, typer.Option(help="Speech (Whisper): language code.")] = None,
+    trust_code: TrustCode = False,
     debug: Debug = False,
 ) -> None:
     """Print the metrics table; write metrics.json, predictions.csv and the report."""
@@ -199,6 +212,7 @@ def evaluate(
                 beam_size=beam_size,
                 language=language,
                 trust_remote_code=trust_remote_code,
+                trust_code=trust_code,
                 quiet=not sys.stderr.isatty(),
             )
             print_summary(r, typer.echo)
@@ -215,7 +229,7 @@ def evaluate(
             return
         from danlu.run import RunDir
 
-        result = api.evaluate(run_dir, split=split, data=data)
+        result = api.evaluate(run_dir, split=split, data=data, trust_code=trust_code)
         _print_metrics(result)
         run = RunDir(run_dir).for_data(data) if data is not None else RunDir(run_dir)
         typer.echo(f"report: {run.report}" + (f" (results of {data.name} in {run.folder})" if data else ""))
@@ -243,6 +257,7 @@ def predict(
         ),
     ] = None,
     proba: Annotated[bool, typer.Option(help="Add one probability column per class.")] = False,
+    trust_code: TrustCode = False,
     debug: Debug = False,
 ) -> None:
     """Predict for new rows; extra input columns are passed through."""
@@ -254,7 +269,7 @@ def predict(
 
         if output is not None:
             _check_output(output, "--output", example="predictions.csv")
-        predictor = load(run_dir)
+        predictor = load(run_dir, trust_code)
         if hasattr(predictor, "predict_frame"):  # audio runs: files, folders or a manifest
             result = predictor.predict_frame(input, proba)
         else:
@@ -503,6 +518,7 @@ def export(
     run_dir: Annotated[Path, typer.Argument(help="A language-model or pretrained_encoder run folder.")],
     out_dir: Annotated[Path, typer.Argument(help="New folder to write (must not exist or be empty).")],
     format: Annotated[str, typer.Option("--format", "-f", help="hf: a Hugging Face model folder.")] = "hf",
+    trust_code: TrustCode = False,
     debug: Debug = False,
 ) -> None:
     """Export a run for other tools (hf: a transformers folder with its tokenizer: GPT-2 for
@@ -514,7 +530,7 @@ def export(
             raise DanluError(f"OUT_DIR {out_dir}: is a file; give a new folder to write the export to")
         _check_output(out_dir, "OUT_DIR", folder=True)
         try:
-            path = export_run(run_dir, out_dir, format=format)
+            path = export_run(run_dir, out_dir, format=format, trust_code=trust_code)
         except OSError as e:  # e.g. the disk filled up: the folder is written beside OUT_DIR first
             raise DanluError(f"OUT_DIR {out_dir}: cannot write the export: {e.strerror or e}") from None
         typer.echo(f"wrote {path}")
@@ -555,6 +571,7 @@ def transcribe(
     trust_remote_code: Annotated[
         bool, typer.Option(help="Let a Hugging Face folder run its own model code.")
     ] = False,
+    trust_code: TrustCode = False,
     quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:
@@ -569,6 +586,7 @@ def transcribe(
             output_dir=output_dir,
             device=device,
             trust_remote_code=trust_remote_code,
+            trust_code=trust_code,
             quiet=quiet,
             echo=typer.echo,
             warn=lambda line: typer.echo(line, err=True),

@@ -9,18 +9,32 @@ time as their arithmetic. The C file is compiled with the system's C compiler th
 time it is needed and cached by source and CPU; with no compiler, no AVX2/FMA, or
 DANLU_CPU_KERNELS=0, neither is called and torch does the work (same results up to float32
 rounding).
+
+The compiler is $CC when set (a program on PATH or a path), else `cc` or `gcc`. The cache is
+$XDG_CACHE_HOME/danlu/kernels (default ~/.cache/danlu/kernels), created 0700, and loading a
+shared library runs its code, so: the folder must be the user's own, not a symbolic link and
+not writable by group or others (otherwise torch does the work, with a one-line warning); a
+cached .so that is a symbolic link, not the user's, or writable by group or others is never
+loaded but rebuilt; a new one is compiled in a private temporary folder, copied into the
+cache under a temporary name and renamed into place; and what is loaded is the very file
+that was checked (opened once, without following links, and loaded through that descriptor).
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import errno
 import hashlib
 import logging
 import mmap
 import os
 import platform
+import secrets
 import shutil
+import stat
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,24 +61,114 @@ def _cpu_signature() -> str:
     return platform.processor() or platform.machine()
 
 
-def _build() -> Path | None:
+def _kernel_name(compiler: str) -> str:
+    source = SOURCE.read_bytes()
+    key = hashlib.sha256(source + compiler.encode() + _cpu_signature().encode() + torch.__version__.encode())
+    return f"cpu_kernels-{key.hexdigest()[:16]}.so"
+
+
+def _refuse(why: str) -> None:
+    log.warning("danlu CPU kernels: %s", why)
+
+
+def _cache_folder() -> tuple[Path, int] | None:
+    """The kernel cache folder, created 0700, and an open descriptor of it; None where it is
+    missing and cannot be made, or is not safe to load code from."""
+    folder = fileio.user_cache("kernels")
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(folder, 0o700)
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            _refuse(f"{folder} is a symbolic link or not a folder; torch does the work")
+        else:  # a read-only or missing home: nothing to warn about
+            log.debug("no danlu kernel cache (%s): torch does the work", exc)
+        return None
+    st = os.fstat(fd)
+    if st.st_uid != os.getuid() or st.st_mode & 0o022:
+        os.close(fd)
+        _refuse(
+            f"{folder} must be yours and writable by you alone (it is {stat.filemode(st.st_mode)},"
+            f" owner uid {st.st_uid}); torch does the work. Fix: chmod 700 {folder}"
+        )
+        return None
+    return folder, fd
+
+
+def _open_cached(folder: Path, dir_fd: int, name: str) -> int | None:
+    """A descriptor of the cached library `name` when it is safe to load: a regular file (not
+    a link: never followed), the user's, writable by no one else. None when absent or refused."""
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:  # ELOOP: a symbolic link
+        _refuse(f"not loading {folder / name} ({exc.strerror}); building it anew")
+        return None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o022:
+        os.close(fd)
+        _refuse(
+            f"not loading {folder / name}: {stat.filemode(st.st_mode)}, owner uid {st.st_uid}"
+            " (it must be your own file, writable by you alone); building it anew"
+        )
+        return None
+    return fd
+
+
+def _compile(compiler: str, dir_fd: int, name: str) -> None:
+    """Compile in a private temporary folder, then copy into the cache under a temporary name
+    and rename: concurrent processes never load half a file, and nothing else writes there."""
+    with tempfile.TemporaryDirectory(prefix="danlu-kernels-") as work:
+        out = Path(work) / name
+        cmd = [compiler, "-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", str(SOURCE), "-lm"]
+        subprocess.run([*cmd, "-o", str(out)], check=True, capture_output=True, timeout=120)
+        data = out.read_bytes()
+    tmp = f".{name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(tmp, flags, 0o700, dir_fd=dir_fd)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp, dir_fd=dir_fd)
+        raise
+
+
+def _open_library() -> ctypes.CDLL | None:
+    """The kernel library from the cache, built first where it is missing or was refused."""
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if compiler is None or platform.system() != "Linux":
         return None
-    source = SOURCE.read_bytes()
-    key = hashlib.sha256(source + compiler.encode() + _cpu_signature().encode() + torch.__version__.encode())
-    target = fileio.user_cache("kernels") / f"cpu_kernels-{key.hexdigest()[:16]}.so"
-    if target.exists():
-        return target
-    cmd = [compiler, "-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", str(SOURCE), "-lm", "-o"]
-    try:
-        # built beside the target and renamed: concurrent processes never load half a file
-        with fileio.atomic_path(target) as tmp:
-            subprocess.run([*cmd, str(tmp)], check=True, capture_output=True, timeout=120)
-    except (OSError, subprocess.SubprocessError) as exc:  # no compiler, a read-only cache, ...
-        log.debug("danlu CPU kernels not built (%s): torch does the work", exc)
+    found = _cache_folder()
+    if found is None:
         return None
-    return target
+    folder, dir_fd = found
+    name = _kernel_name(compiler)
+    try:
+        fd = _open_cached(folder, dir_fd, name)
+        if fd is None:
+            try:
+                _compile(compiler, dir_fd, name)
+            except (OSError, subprocess.SubprocessError) as exc:  # no compiler, a read-only cache, ...
+                log.debug("danlu CPU kernels not built (%s): torch does the work", exc)
+                return None
+            fd = _open_cached(folder, dir_fd, name)
+            if fd is None:
+                return None
+        try:
+            # the descriptor's own file: what was checked is what is loaded, whatever the
+            # folder holds by now
+            proc = f"/proc/self/fd/{fd}"
+            return ctypes.CDLL(proc if os.path.exists(proc) else str(folder / name))
+        finally:
+            os.close(fd)
+    finally:
+        os.close(dir_fd)
 
 
 def _load() -> ctypes.CDLL | None:
@@ -74,15 +178,12 @@ def _load() -> ctypes.CDLL | None:
     _tried = True
     if os.environ.get("DANLU_CPU_KERNELS", "1") == "0":
         return None
-    path = _build()
-    if path is None:
-        return None
     try:
-        lib = ctypes.CDLL(str(path))
+        lib = _open_library()
     except OSError as exc:
         log.debug("danlu CPU kernels not loaded (%s)", exc)
         return None
-    if lib.danlu_simd() != 1:
+    if lib is None or lib.danlu_simd() != 1:
         return None
     p, i64 = ctypes.c_void_p, ctypes.c_int64
     lib.danlu_linear.argtypes = [p, p, p, p, i64, i64, i64, ctypes.c_int, ctypes.c_int]

@@ -271,11 +271,11 @@ def _load_run(path: Path) -> LoadedLM:
     )
 
 
-def _auto_tokenizer(path: Path) -> Any:
+def _auto_tokenizer(path: Path, trust_remote_code: bool = False) -> Any:
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(str(path))
+        return AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
     except Exception as e:  # transformers raises OSError, ValueError, ImportError, ...
         raise DanluError(f"cannot load the tokenizer in '{path}': {_one_line(e)}") from None
 
@@ -322,7 +322,7 @@ def _load_hf_causal_lm(path: Path, hf_config: dict[str, Any], trust_remote_code:
                 f"'{path}' needs its own code to load; pass --trust-remote-code if you trust it"
             ) from None
         raise DanluError(f"cannot load '{path}' as a causal language model: {msg}") from None
-    tokenizer = HFTokenizer(_auto_tokenizer(path))
+    tokenizer = HFTokenizer(_auto_tokenizer(path, trust_remote_code))
     gen = getattr(model, "generation_config", None)
     eos = getattr(gen, "eos_token_id", None)
     if eos is None:
@@ -680,9 +680,12 @@ def _hf_stream(lm: LoadedLM, ids: list[int], opts: GenerationOptions) -> Iterato
 # ---------------------------------------------------------------------------- export
 
 
-def export_run(run_dir: str | Path, out_dir: str | Path, format: str = "hf") -> Path:
+def export_run(
+    run_dir: str | Path, out_dir: str | Path, format: str = "hf", trust_code: bool = False
+) -> Path:
     """Write a language-model run as a Hugging Face GPT-2 folder (config.json,
-    model.safetensors, tokenizer files) that GPT2LMHeadModel and AutoTokenizer load."""
+    model.safetensors, tokenizer files) that GPT2LMHeadModel and AutoTokenizer load.
+    trust_code: a pretrained_encoder run may name user code (e.g. its task.loss)."""
     if format != "hf":
         raise DanluError(f"unknown export format '{format}'; supported: hf (language-model runs)")
     run_path, out_dir = Path(run_dir), Path(out_dir)
@@ -696,7 +699,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, format: str = "hf") -> 
     if (run.read_model_json().get("model") or {}).get("type") == "pretrained_encoder":
         from danlu.models.pretrained import export_run as export_encoder
 
-        return export_encoder(run_path, out_dir)  # an AutoModelForSequenceClassification folder
+        return export_encoder(run_path, out_dir, trust_code)  # an AutoModelForSequenceClassification folder
     try:
         lm = _load_run(run_path)
     except DanluError as e:

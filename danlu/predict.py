@@ -27,16 +27,19 @@ PREPROCESSORS = {
 
 
 class Predictor:
-    """predict / predict_proba on raw rows (DataFrame, array or list of dicts)."""
+    """predict / predict_proba on raw rows (DataFrame, array or list of dicts).
 
-    def __init__(self, run: RunDir) -> None:
+    The model, loss and activations model.json names must be danlu's registered ones; user
+    code ("package.module:Name") there is imported only with trust_code=True."""
+
+    def __init__(self, run: RunDir, trust_code: bool = False) -> None:
+        from danlu.registry import import_object, reading_saved
+
         self.run = run
         meta = run.read_model_json()
         state = meta["preprocessor"]
         kind = state.get("kind", "tabular") if isinstance(state, dict) else "tabular"
-        if kind in PREPROCESSORS:
-            from danlu.registry import import_object
-
+        if kind in PREPROCESSORS:  # a key of this table, never a name taken from the file
             self.preprocessor = import_object(PREPROCESSORS[kind]).from_state(state, run.path)
             self.schema = self.preprocessor.schema()
         else:
@@ -44,8 +47,10 @@ class Predictor:
             self.preprocessor = TabularPreprocessor.from_state(state)
         task_cfg = TaskConfig.model_validate(meta["task"])
         model_cfg = parse_model(meta["model"])
-        self.task = tasks.build(task_cfg, self.schema, torch.zeros(0, dtype=torch.long), self.preprocessor)
-        self.model = models.build(model_cfg, self.schema, self.task.out_dim)
+        with reading_saved(run.model_json, trust_code):
+            no_targets = torch.zeros(0, dtype=torch.long)
+            self.task = tasks.build(task_cfg, self.schema, no_targets, self.preprocessor)
+            self.model = models.build(model_cfg, self.schema, self.task.out_dim)
         load_weights(self.model, run.weights)
         self.model.eval()
 
@@ -113,11 +118,13 @@ def prediction_frame(predictor: Predictor, out: np.ndarray, proba: bool) -> pd.D
     return pd.DataFrame({f"prediction_{t}": out[:, j] for j, t in enumerate(schema.targets)})
 
 
-def load(run_dir: str | Path) -> Any:
-    """The run's predictor: a Predictor for tables and text, a Recognizer for audio runs."""
+def load(run_dir: str | Path, trust_code: bool = False) -> Any:
+    """The run's predictor: a Predictor for tables and text, a Recognizer for audio runs.
+    trust_code: the folder may name user code (its model.json's "package.module:Name"), and
+    importing it runs that code: only for folders you trust."""
     run = RunDir.open(run_dir)
     if run.read_model_json().get("schema", {}).get("input_kind") == "audio":
         from danlu.models.ctc import load_recognizer
 
-        return load_recognizer(run.path)
-    return Predictor(run)
+        return load_recognizer(run.path, trust_code)
+    return Predictor(run, trust_code)

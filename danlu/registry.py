@@ -4,12 +4,21 @@ schedulers, activations and metrics.
 Built-in entries are stored as "module:attribute" strings and imported on first use,
 so naming a component never imports heavy libraries it does not need. User code plugs
 in the same way: any name of the form "package.module:Name" is imported on demand.
+
+A saved run folder (model.json, config.yaml) may come from anyone, and importing a module
+runs it: names read from one may only be registered entries. `reading_saved` marks where
+that holds; user code named there loads only when the caller trusts the folder
+(`--trust-code`, `trust_code=True`). A config the user trains from is theirs: no such limit.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import functools
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 from danlu.errors import DanluError, choose_from
@@ -32,11 +41,46 @@ def import_object(ref: str) -> Any:
     return obj
 
 
+# the saved file whose names are being built, while user code named there is not trusted
+_UNTRUSTED: contextvars.ContextVar[str | None] = contextvars.ContextVar("danlu_untrusted_file", default=None)
+
+
+class UntrustedCodeError(DanluError):
+    """User code named by a saved run folder that the caller did not trust."""
+
+
+@contextlib.contextmanager
+def reading_saved(file: str | Path, trust_code: bool = False) -> Iterator[None]:
+    """Build from names read out of `file` (a run folder's model.json or config.yaml): inside,
+    Registry.get refuses a "package.module:Name" that is not registered, unless trust_code."""
+    token = _UNTRUSTED.set(None if trust_code else str(file))
+    try:
+        yield
+    finally:
+        _UNTRUSTED.reset(token)
+
+
+def distrust(file: str | Path, trust_code: bool = False) -> None:
+    """reading_saved(file, trust_code) for the rest of a function run with `own_context`."""
+    _UNTRUSTED.set(None if trust_code else str(file))
+
+
+def own_context(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Run `fn` in a copy of the caller's context: a `distrust` inside it ends with the call."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        return contextvars.copy_context().run(fn, *args, **kwargs)
+
+    return wrapper
+
+
 class Registry:
     """Name -> object (or lazy "module:attr" reference)."""
 
-    def __init__(self, kind: str, entries: dict[str, Any] | None = None) -> None:
+    def __init__(self, kind: str, entries: dict[str, Any] | None = None, key: str = "") -> None:
         self.kind = kind
+        self.key = key  # the config key that names one, for errors
         self._entries: dict[str, Any] = dict(entries or {})
 
     def register(self, name: str, obj: Any = None) -> Any:
@@ -63,8 +107,15 @@ class Registry:
             return name
         raise choose_from(name, self.names(), self.kind)
 
-    def get(self, name: str) -> Any:
+    def get(self, name: str, key: str | None = None) -> Any:
+        """The object `name` stands for; `key` names where it was read, for errors."""
         self.check(name)
+        untrusted = _UNTRUSTED.get()
+        if untrusted is not None and name not in self._entries:
+            raise UntrustedCodeError(
+                f"{untrusted}: {key or self.key} '{name}' is not a registered danlu {self.kind};"
+                " load it only if you trust this folder: --trust-code"
+            )
         obj = self._entries.get(name, name)
         if isinstance(obj, str):
             obj = import_object(obj)
@@ -88,6 +139,7 @@ MODELS = Registry(
         "audio_cnn": "danlu.models.ctc:AudioCNN",
         "wav2vec2_ctc": "danlu.models.ctc:Wav2Vec2CTC",
     },
+    key="model.type",
 )
 
 LOSSES = Registry(
@@ -103,6 +155,7 @@ LOSSES = Registry(
     "next_token": "danlu.tasks.losses:next_token",
         "ctc": "danlu.tasks.speech_recognition:ctc_loss",
     },
+    key="task.loss",
 )
 
 OPTIMIZERS = Registry(
@@ -114,6 +167,7 @@ OPTIMIZERS = Registry(
         "adagrad": "torch.optim:Adagrad",
         "rmsprop": "torch.optim:RMSprop",
     },
+    key="train.optimizer",
 )
 
 SCHEDULERS = Registry(
@@ -128,6 +182,7 @@ SCHEDULERS = Registry(
         "onecycle": "danlu.training.schedulers:onecycle",
         "reduce_on_plateau": "danlu.training.schedulers:reduce_on_plateau",
     },
+    key="train.scheduler.name",
 )
 
 ACTIVATIONS = Registry(
@@ -141,9 +196,10 @@ ACTIVATIONS = Registry(
         "leaky_relu": "torch.nn:LeakyReLU",
         "elu": "torch.nn:ELU",
     },
+    key="model.activation",
 )
 
 # Built-in metrics are computed together by danlu.evaluation.metrics and named by the
 # task (Task.metric_names). This registry holds extra ones: fn(y_true, output) -> float,
 # named in `eval.metrics` as "package.module:function" or registered under a short name.
-METRICS = Registry("metric")
+METRICS = Registry("metric", key="eval.metrics")

@@ -217,7 +217,10 @@ def test_user_model_loss_and_metric_plug_in(tmp_path: Path, monkeypatch: pytest.
     )
     assert run.metrics["metrics"]["accuracy"] > 0.75
     assert 0 < run.metrics["metrics"]["positives"] < 1
-    assert danlu.load(run.path).model.scale == 2.0
+    # the saved run names user code: it loads again only when trusted
+    with pytest.raises(DanluError, match="task.loss 'myplug:my_loss' is not a registered danlu loss"):
+        danlu.load(run.path)
+    assert danlu.load(run.path, trust_code=True).model.scale == 2.0
 
 
 def test_user_model_import_error_is_one_line(tmp_path: Path) -> None:

@@ -7,12 +7,15 @@ from typing import Any
 from torch import nn
 
 from danlu.errors import DanluError
-from danlu.registry import MODELS
+from danlu.registry import MODELS, UntrustedCodeError
 
 
-def build(cfg: Any, schema: Any, out_dim: int) -> nn.Module:
+def build(cfg: Any, schema: Any, out_dim: int, key: str = "model.type") -> nn.Module:
+    """`key` is where cfg.type was read (an encoder of fusion: model.encoders.NAME.type)."""
     try:
-        cls = MODELS.get(cfg.type)
+        cls = MODELS.get(cfg.type, key)
+    except UntrustedCodeError:
+        raise
     except DanluError as e:
         raise DanluError(f"model.type: {e}") from None
     if ":" in cfg.type:  # user model: its own keyword arguments

@@ -216,12 +216,24 @@ class Wav2Vec2CTC(nn.Module):
         path = Path(cfg.path)
         if not (path / "config.json").is_file():
             raise DanluError(f"model.path: '{path}' is not a transformers model folder (no config.json)")
-        self.hf = AutoModelForCTC.from_pretrained(
-            str(path),
-            vocab_size=out_dim,
-            pad_token_id=0,
-            ignore_mismatched_sizes=True,  # the new head has the new vocabulary's size
-        )
+        try:
+            self.hf = AutoModelForCTC.from_pretrained(
+                str(path),
+                vocab_size=out_dim,
+                pad_token_id=0,
+                ignore_mismatched_sizes=True,  # the new head has the new vocabulary's size
+                # never the folder's own code: a run must reload from its folder alone, and
+                # transformers would otherwise ask on stdin (or fail without a terminal)
+                trust_remote_code=False,
+            )
+        except (OSError, ValueError) as e:
+            if "trust_remote_code" in str(e):
+                raise DanluError(
+                    f"model.path: '{path}' needs its own Python code to load (auto_map in config.json);"
+                    " wav2vec2_ctc runs only the architectures transformers ships (Wav2Vec2, HuBERT, WavLM)"
+                ) from None
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise DanluError(f"model.path: cannot load '{path}' as a CTC model: {first}") from None
         if cfg.freeze_feature_encoder:
             self.hf.freeze_feature_encoder()
         self.use_attention_mask = getattr(self.hf.config, "feat_extract_norm", "layer") == "layer"
@@ -269,11 +281,12 @@ class Transcription:
 class Recognizer:
     """A trained speech run: `transcribe` (speech_recognition) or `classify` (audio classes)."""
 
-    def __init__(self, run_dir: str | Path) -> None:
+    def __init__(self, run_dir: str | Path, trust_code: bool = False) -> None:
         from danlu import models, tasks
         from danlu.config import TaskConfig, parse_model
         from danlu.data.speech import SpeechPreprocessor, SpeechSchema
         from danlu.errors import DanluError
+        from danlu.registry import reading_saved
         from danlu.run import RunDir
         from danlu.training.checkpoint import load_weights
 
@@ -288,10 +301,11 @@ class Recognizer:
         model_cfg = parse_model(meta["model"])
         if model_cfg.type == "wav2vec2_ctc":  # the run's own export, not the original checkpoint
             model_cfg = model_cfg.model_copy(update={"path": str(run.path / "hf")})
-        self.task = tasks.build(
-            TaskConfig.model_validate(meta["task"]), self.schema, torch.zeros(0, dtype=torch.long)
-        )
-        self.model = models.build(model_cfg, self.schema, self.task.out_dim)
+        with reading_saved(run.model_json, trust_code):  # user code only from a trusted folder
+            self.task = tasks.build(
+                TaskConfig.model_validate(meta["task"]), self.schema, torch.zeros(0, dtype=torch.long)
+            )
+            self.model = models.build(model_cfg, self.schema, self.task.out_dim)
         load_weights(self.model, run.weights)
         self.model.eval()
         self.sample_rate = self.schema.sample_rate
@@ -410,6 +424,7 @@ def word_times(best: list[int], vocab: list[str], step: float) -> list[tuple[str
     return words
 
 
-def load_recognizer(run_dir: str | Path) -> Recognizer:
-    """A trained speech run folder -> Recognizer (transcribe / classify / predict_frame)."""
-    return Recognizer(run_dir)
+def load_recognizer(run_dir: str | Path, trust_code: bool = False) -> Recognizer:
+    """A trained speech run folder -> Recognizer (transcribe / classify / predict_frame);
+    trust_code: let its model.json name user code."""
+    return Recognizer(run_dir, trust_code)

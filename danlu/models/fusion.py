@@ -23,7 +23,7 @@ from torch import nn
 
 from danlu.config import FusionConfig, TransformerConfig
 from danlu.errors import DanluError
-from danlu.registry import ACTIVATIONS
+from danlu.registry import ACTIVATIONS, UntrustedCodeError
 
 
 class GatedFusion(nn.Module):
@@ -77,7 +77,9 @@ class FusionModel(nn.Module):
         encoders = {}
         for name, enc in cfg.encoders.items():
             try:
-                encoders[name] = models.build(enc, inputs[name], cfg.dim)
+                encoders[name] = models.build(enc, inputs[name], cfg.dim, f"model.encoders.{name}.type")
+            except UntrustedCodeError:
+                raise
             except DanluError as e:
                 raise DanluError(f"model.encoders.{name}: {e}") from None
         self.encoders = nn.ModuleDict(encoders)

@@ -217,7 +217,7 @@ class PretrainedEncoder(nn.Module):
         tok.save_pretrained(str(out_dir))
 
 
-def export_run(run_dir: str | Path, out_dir: str | Path) -> Path:
+def export_run(run_dir: str | Path, out_dir: str | Path, trust_code: bool = False) -> Path:
     """`danlu export RUN --format hf OUT` for a pretrained_encoder run. The folder is built
     beside OUT and renamed into place, so OUT is never half written."""
     import shutil
@@ -230,7 +230,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path) -> Path:
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise DanluError(f"'{out_dir}' already exists and is not empty; choose a new folder")
     run = RunDir.open(run_dir)
-    predictor = Predictor(run)
+    predictor = Predictor(run, trust_code)
     model = predictor.model
     assert isinstance(model, PretrainedEncoder)
     out_dir.parent.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,7 @@ import torch
 
 from danlu.config import TaskConfig
 from danlu.errors import DanluError
-from danlu.registry import LOSSES
+from danlu.registry import LOSSES, UntrustedCodeError
 
 
 class Task(Protocol):
@@ -48,6 +48,8 @@ def build(cfg: TaskConfig, schema: Any, y_train: torch.Tensor, preprocessor: Any
 def make_loss(name: str, cfg: TaskConfig, y_train: torch.Tensor, n_classes: int) -> Any:
     try:
         fn = LOSSES.get(name)
+    except UntrustedCodeError:
+        raise
     except DanluError as e:
         raise DanluError(f"task.loss: {e}") from None
     if ":" not in name:

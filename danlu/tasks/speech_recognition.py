@@ -120,13 +120,15 @@ class SpeechRecognitionTask:
 
 
 # --------------------------------------------------------------------------- evaluation output
-def evaluate_audio_run(run: Any, cfg: Any, split: str, data: Any, plots: bool) -> dict[str, Any]:
+def evaluate_audio_run(
+    run: Any, cfg: Any, split: str, data: Any, plots: bool, trust_code: bool = False
+) -> dict[str, Any]:
     """`danlu evaluate` of an audio run: one of its splits, or a manifest / folder given with
     --data, featurized with the run's saved preprocessing."""
     from danlu.data.speech import eval_split
     from danlu.models.ctc import load_recognizer
 
-    rec = load_recognizer(run.path)
+    rec = load_recognizer(run.path, trust_code)
     split_data, frame, name = eval_split(cfg, rec.preprocessor, rec.schema, split, data)
     out = run.for_data(data) if data is not None else run  # another file: beside the run's results
     return finish_audio(out, cfg, rec.model, rec.task, rec.schema, split_data, frame, name, plots)

@@ -216,12 +216,19 @@ def run_workers(
     )
     if search.storage is not None:
         env["DANLU_TUNE_STORAGE"] = search.storage  # not on the command line: it may hold a password
+    # -P: `python -m` would put the working directory first on sys.path, and an optuna.py (or
+    # any module name) there would run in the worker. danlu itself is found as this process
+    # found it: where it was imported from only the working directory, that folder is named.
+    root, path = str(Path(__file__).resolve().parents[2]), env.get("PYTHONPATH", "")
+    if root == os.path.realpath(os.getcwd()) and root not in path.split(os.pathsep):
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, path) if p)
     logs = search.study_dir / "workers"
     logs.mkdir(exist_ok=True)
     procs = []
     for i in range(1, jobs):
         cmd = [
             sys.executable,
+            "-P",
             "-m",
             "danlu.tuning",
             "worker",
