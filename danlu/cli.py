@@ -408,7 +408,7 @@ def export(
     """Export a run for other tools (hf: a transformers folder with its tokenizer: GPT-2 for
     language models, AutoModelForSequenceClassification for fine-tuned encoders)."""
     with _errors(debug):
-        from danlu.modelref import export_run
+        from danlu.export import export_run
 
         path = export_run(run_dir, out_dir, format=format)
         typer.echo(f"wrote {path}")

@@ -117,7 +117,7 @@ def load(run_dir: str | Path) -> Any:
     """The run's predictor: a Predictor for tables and text, a Recognizer for audio runs."""
     run = RunDir.open(run_dir)
     if run.read_model_json().get("schema", {}).get("input_kind") == "audio":
-        from danlu.models.ctc import load_recognizer
+        from danlu.speech_run import load_recognizer
 
         return load_recognizer(run.path)
     return Predictor(run)

@@ -129,7 +129,7 @@ def test_lora_keeps_adapters_and_head_and_exports_merged(tiny_bert, reviews, tmp
     assert lora_b and all(b.abs().sum() > 0 for b in lora_b)  # peft starts B at zero: they trained
     meta = json.loads((run.path / "model.json").read_text())
     assert meta["schema"]["pretrained"]["base"] == str(tiny_bert)  # the base reference
-    from danlu.modelref import export_run
+    from danlu.export import export_run
 
     export_run(run.path, tmp_path / "merged")
     with safe_open(str(tmp_path / "merged" / "model.safetensors"), "pt") as f:

@@ -284,7 +284,7 @@ def test_cli_train_evaluate_predict_on_synthesized_speech(espeak_set: Path, tmp_
     assert list(out.columns) == ["audio", "prediction"] and out["audio"][0].endswith("yes_en-us_160.wav")
     # the Python recognizer gives the same text, with word times inside the clip
     from danlu.data.audio import audio_info, load_audio
-    from danlu.models.ctc import load_recognizer
+    from danlu.speech_run import load_recognizer
 
     rec = load_recognizer(run)
     wave = load_audio(clip, 22050)
@@ -305,7 +305,8 @@ def test_lexicon_run_scores_the_best_path_from_the_same_forward_pass(
 
     from danlu.ctc_decode import CTCDecoder
     from danlu.data.speech import eval_split
-    from danlu.models.ctc import CTCModel, load_recognizer
+    from danlu.models.ctc import CTCModel
+    from danlu.speech_run import load_recognizer
     from danlu.training.trainer import evaluate_split
 
     decoder = {"type": "beam", "beam_size": 4, "lexicon": "train"}
@@ -534,7 +535,7 @@ def test_wav2vec2_finetune_and_export(espeak_set: Path, tmp_path: Path) -> None:
     model = AutoModelForCTC.from_pretrained(export).eval()
     processor = AutoProcessor.from_pretrained(export)
     from danlu.data.audio import load_audio
-    from danlu.models.ctc import load_recognizer
+    from danlu.speech_run import load_recognizer
 
     rec = load_recognizer(run.path)
     vocab = processor.tokenizer.get_vocab()

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from danlu import config as config_mod
 from danlu.config import RunConfig
@@ -314,3 +314,23 @@ class SearchError(DanluError):
 
 class SearchInterrupted(Exception):
     """Ctrl-C: the running trials were recorded as interrupted; --resume continues."""
+
+
+def trial_config(search: Search, values: dict[str, Any], name: str, out_dir: Path | str) -> dict[str, Any]:
+    """The base config with the trial's values, as a plain run config (no tune section)."""
+    raw = copy.deepcopy(search.raw)
+    raw.pop("tune", None)
+    for key, value in values.items():
+        config_mod.set_path(raw, key, value, "tune.space")
+    raw["name"] = name
+    raw["output"] = {"dir": str(out_dir), "timestamp": False}
+    return raw
+
+
+def counted(trials: list[FrozenTrial]) -> int:
+    """Trials toward the study's count: interrupted and surplus ones are run again, and queued
+    ones are still to run."""
+    skip = ("interrupted", "surplus", "aborted")
+    return sum(
+        1 for t in trials if t.state != TrialState.WAITING and not any(t.user_attrs.get(k) for k in skip)
+    )

@@ -3,7 +3,6 @@ the study has its count, and the worker processes of `--jobs`."""
 
 from __future__ import annotations
 
-import copy
 import gc
 import json
 import math
@@ -24,21 +23,10 @@ from optuna.trial import FrozenTrial, TrialState
 from danlu import config as config_mod
 from danlu import fileio
 from danlu.errors import DanluError
-from danlu.tuning.study import Search, SearchError, SearchInterrupted, prepare
+from danlu.tuning.study import Search, SearchError, SearchInterrupted, counted, prepare, trial_config
 
 if TYPE_CHECKING:
     from danlu.tuning.report import Reporter
-
-
-def trial_config(search: Search, values: dict[str, Any], name: str, out_dir: Path | str) -> dict[str, Any]:
-    """The base config with the trial's values, as a plain run config (no tune section)."""
-    raw = copy.deepcopy(search.raw)
-    raw.pop("tune", None)
-    for key, value in values.items():
-        config_mod.set_path(raw, key, value, "tune.space")
-    raw["name"] = name
-    raw["output"] = {"dir": str(out_dir), "timestamp": False}
-    return raw
 
 
 def run_trial(search: Search, study: optuna.Study, trial: optuna.Trial) -> FrozenTrial:
@@ -132,15 +120,6 @@ def _one_line(e: BaseException) -> str:
 
 
 # --------------------------------------------------------------------------- the trial loop
-def counted(trials: list[FrozenTrial]) -> int:
-    """Trials toward the study's count: interrupted and surplus ones are run again, and queued
-    ones are still to run."""
-    skip = ("interrupted", "surplus", "aborted")
-    return sum(
-        1 for t in trials if t.state != TrialState.WAITING and not any(t.user_attrs.get(k) for k in skip)
-    )
-
-
 def work(
     search: Search,
     study: optuna.Study,
