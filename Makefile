@@ -37,6 +37,7 @@ test: $(VENV)/.test
 
 lint: $(VENV)/.test
 	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q -n 0 tests/test_architecture.py  # the import contract (ARCHITECTURE.md)
 
 bench: $(VENV)/.bench
 	$(BIN)/python benchmarks/train_loop.py
