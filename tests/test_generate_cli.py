@@ -147,12 +147,32 @@ def test_bad_options_are_one_line_errors(hf_dir: Path, tmp_path: Path, args: lis
     assert_user_error(danlu_cli("generate", hf_dir, *args, cwd=tmp_path), needle)
 
 
-def test_too_long_prompt_can_be_truncated(hf_dir: Path, tmp_path: Path) -> None:
-    long = "The quick brown fox jumps over the lazy dog. " * 3
+def test_too_long_prompt_keeps_its_latest_tokens(hf_dir: Path, tmp_path: Path) -> None:
+    # a GPT-2 folder runs on danlu's GPT, which samples past its context of 48 with a sliding
+    # window: the truncated prompt is the last 48 tokens, and every step sees the last 48
+    tok = AutoTokenizer.from_pretrained(hf_dir)
+    model = GPT2LMHeadModel.from_pretrained(hf_dir).eval()
+    long = "The quick brown fox jumps over the lazy dog. " * 6
+    ids = tok.encode(long)
+
+    def window_greedy(prompt_ids: list[int]) -> str:
+        seq, new = list(prompt_ids), []
+        with torch.no_grad():
+            for _ in range(20):
+                nxt = int(model(torch.tensor([seq[-48:]])).logits[0, -1].argmax())
+                if nxt == tok.eos_token_id:
+                    break
+                seq.append(nxt)
+                new.append(nxt)
+        return tok.decode(new, skip_special_tokens=True)
+
+    latest, oldest = window_greedy(ids[-48:]), window_greedy(ids[:48])
+    assert len(ids) > 48 and latest != oldest  # which tokens were kept shows in the output
     result = danlu_cli(
-        "generate", hf_dir, "--prompt", long, "--max-new-tokens", 40, "--truncate-prompt", cwd=tmp_path
+        "generate", hf_dir, "--prompt", long, "--max-new-tokens", 20, "--truncate-prompt", cwd=tmp_path
     )
     assert result.returncode == 0, result.stderr
+    assert result.stdout == latest + "\n"
 
 
 def test_broken_model_folders_say_what_is_missing(hf_dir: Path, tmp_path: Path) -> None:
