@@ -281,6 +281,7 @@ def test_run_folder_generates(lm_run: Path, tmp_path: Path) -> None:
     assert obj["text"] == lm.tokenizer.decode([t for t in obj["token_ids"] if t != 0])
 
 
+@pytest.mark.slow
 def test_export_round_trip(lm_run: Path, tmp_path: Path) -> None:
     out = tmp_path / "exported"
     result = danlu_cli("export", lm_run, "--format", "hf", out, cwd=tmp_path)
@@ -309,6 +310,7 @@ def test_export_round_trip(lm_run: Path, tmp_path: Path) -> None:
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.slow
 def test_export_refuses_other_runs(tmp_path: Path) -> None:
     run = tmp_path / "tab"
     run.mkdir()

@@ -330,6 +330,7 @@ def shapes_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root / "shapes.csv"
 
 
+@pytest.mark.slow
 def test_cli_train_evaluate_predict_on_a_csv_of_image_paths(run_cli, write_config, tmp_path, shapes_csv):
     cfg = write_config(
         {
@@ -467,6 +468,7 @@ def test_init_images_template_is_a_valid_config() -> None:
     assert cfg.model.type == "cnn" and cfg.data.images is not None and cfg.data.path == "images/"
 
 
+@pytest.mark.slow
 def test_digits_cnn_example(tmp_path: Path) -> None:
     import time
 
@@ -482,6 +484,7 @@ def test_digits_cnn_example(tmp_path: Path) -> None:
     assert time.perf_counter() - start < 120  # under a minute on an idle core; slack for shared CI
 
 
+@pytest.mark.slow
 def test_image_folder_example(tmp_path: Path, run_cli) -> None:
     shapes = tmp_path / "shapes"
     r = subprocess.run(

@@ -60,6 +60,7 @@ def finetune_config(tmp_path: Path, hf_dir: Path, **model: object) -> Path:
 # ---------------------------------------------------------------------------- fine-tuning
 
 
+@pytest.mark.slow
 def test_full_finetune_lowers_loss_and_exports_to_transformers(hf_dir: Path, tmp_path: Path) -> None:
     cfg = finetune_config(tmp_path, hf_dir)
     r = cli("train", cfg, "--quiet", cwd=tmp_path)
@@ -241,6 +242,7 @@ def test_perplexity_matches_the_transformers_recipe(hf_dir: Path) -> None:
     assert ours["perplexity"] == pytest.approx(math.exp(nll / n_tokens), rel=1e-5)
 
 
+@pytest.mark.slow
 def test_evaluate_text_cli(hf_dir: Path, tmp_path: Path) -> None:
     text = tmp_path / "t.txt"
     text.write_text(" ".join(SENTENCES * 3), encoding="utf-8")

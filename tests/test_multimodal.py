@@ -350,6 +350,7 @@ def example_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out / "rows.csv"
 
 
+@pytest.mark.slow
 def test_example_fused_beats_each_single_input_and_the_cli_round_trip(
     example_data: Path, tmp_path: Path, run_cli
 ) -> None:
@@ -404,6 +405,7 @@ def test_example_fused_beats_each_single_input_and_the_cli_round_trip(
     assert list(api) == preds["prediction"].tolist()
 
 
+@pytest.mark.slow
 def test_images_as_one_input_end_to_end(tmp_path: Path, run_cli) -> None:
     pytest.importorskip("PIL", reason="image inputs need Pillow (pip install 'danlu[images]')")
     out = tmp_path / "data"

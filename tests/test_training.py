@@ -68,6 +68,7 @@ def test_resume_after_epoch_equals_uninterrupted(tmp_path: Path) -> None:
     assert history(resumed.path) == history(full.path)
 
 
+@pytest.mark.slow
 def test_ctrl_c_mid_epoch_then_resume_equals_uninterrupted(tmp_path: Path) -> None:
     # big enough epochs that SIGINT lands inside one
     c = cfg(tmp_path, train__epochs=12, train__batch_size=8)
@@ -113,6 +114,7 @@ def test_gradient_accumulation_matches_larger_batch(tmp_path: Path) -> None:
         assert a["step"] == b["step"]
 
 
+@pytest.mark.slow
 def test_compiled_training_matches_eager(tmp_path: Path) -> None:
     # train.compile runs the step through torch.compile (inductor on CPU): the same numbers
     # as eager up to float rounding, and a run folder that loads like any other
@@ -324,6 +326,7 @@ def test_last_checkpoint_is_throttled_but_always_final(
     assert written == [int(r["step"]) for r in run.history]  # 0: every evaluation
 
 
+@pytest.mark.slow
 def test_ddp_two_processes(tmp_path: Path) -> None:
     torchrun = Path(sys.executable).parent / "torchrun"
     if not torchrun.exists():

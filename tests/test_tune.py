@@ -156,6 +156,7 @@ def test_cmaes_sampler(tmp_path):
 
 
 # --------------------------------------------------------------------------- quality bar 1: tuned >= the grid
+@pytest.mark.slow
 def test_tuned_tutorial_beats_the_introductions_grid(tmp_path):
     """The introduction picks lr from [0.001, 0.01, 0.1]; the search over lr, hidden sizes,
     dropout and optimizer must pick a config at least as accurate on the test split. Each
@@ -200,6 +201,7 @@ def test_tuned_tutorial_beats_the_introductions_grid(tmp_path):
 
 
 # ------------------------------------------------------------------ quality bar 2: pruning saves epochs
+@pytest.mark.slow
 def test_median_pruner_prunes_and_saves_epochs(tmp_path):
     space = {"train.lr": {"log_float": [1e-5, 0.3]}, "train.optimizer": ["sgd", "adam"]}
     tune = {"space": space, "trials": 8, "sampler": "random", "startup_trials": 2, "warmup": 2}
@@ -278,6 +280,7 @@ def test_failed_trial_is_recorded_and_the_search_goes_on(tmp_path, monkeypatch):
     assert yaml.safe_load((run / "trial.json").read_text())["state"] == "FAIL"
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_cleanly_and_resume_continues(tmp_path):
     cfg = small_tune_config(
         tmp_path, {"space": {"train.lr": {"log_float": [1e-3, 0.1]}}, "trials": 50}, train={"epochs": 30}
@@ -354,6 +357,7 @@ def test_timeout_stops_starting_trials(tmp_path):
 
 
 # --------------------------------------------------------------------------- CLI end to end, --jobs 2
+@pytest.mark.slow
 def test_cli_end_to_end_with_two_jobs(tmp_path):
     space = {"train.lr": {"log_float": [1e-3, 0.1]}, "model.hidden": {"choice": [[8], [16, 8]]}}
     cfg = small_tune_config(tmp_path, {"trials": 4})  # the space comes from its own file
@@ -453,6 +457,7 @@ def postgres_url() -> Iterator[str]:
         shutil.rmtree(root, ignore_errors=True)
 
 
+@pytest.mark.slow
 def test_two_processes_share_a_postgresql_study(tmp_path, postgres_url):
     cfg = small_tune_config(tmp_path, {"space": {"train.lr": {"log_float": [1e-3, 0.1]}}, "sampler": "tpe"})
     args = ["tune", str(cfg), "--storage", postgres_url, "--study", "shared", "--trials", "6"]
