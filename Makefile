@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip
 TORCH  := torch==2.13.0
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test check lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,8 +35,13 @@ demo: $(VENV)/.core
 test: $(VENV)/.test
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 --durations=15 -q
 
+# the fast tier for the inner loop: everything but the end-to-end trainings marked slow
+check: $(VENV)/.test
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python -m pytest -m "not slow" -n 2 -q
+
 lint: $(VENV)/.test
 	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q -n 0 tests/test_architecture.py  # the import contract (ARCHITECTURE.md)
 
 bench: $(VENV)/.bench
 	$(BIN)/python benchmarks/train_loop.py

@@ -40,9 +40,9 @@ def __getattr__(name: str) -> Any:
 
         return load
     if name in ("generate", "generate_stream"):
-        from danlu import generation
+        from danlu import modelref
 
-        return generation.complete if name == "generate" else generation.stream
+        return modelref.generate if name == "generate" else modelref.generate_stream
     if name == "transcribe":
         from danlu.asr import transcribe
 

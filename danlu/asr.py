@@ -606,7 +606,7 @@ class HFCTCModel(CTCModel):
 
 
 class RunCTCModel(CTCModel):
-    """A danlu `task: speech_recognition` run folder, through its predictor (danlu.models.ctc.Recognizer).
+    """A danlu `task: speech_recognition` run folder, through its predictor (danlu.speech_run.Recognizer).
 
     The predictor turns one chunk of samples into frame log-probabilities (blank at 0, then the
     run's character vocabulary); chunking, stitching and decoding are the shared CTC code's."""

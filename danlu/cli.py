@@ -524,7 +524,7 @@ def export(
     """Export a run for other tools (hf: a transformers folder with its tokenizer: GPT-2 for
     language models, AutoModelForSequenceClassification for fine-tuned encoders)."""
     with _errors(debug):
-        from danlu.modelref import export_run
+        from danlu.export import export_run
 
         if out_dir.exists() and not out_dir.is_dir():
             raise DanluError(f"OUT_DIR {out_dir}: is a file; give a new folder to write the export to")

@@ -21,8 +21,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import queue
-import shutil
-import tempfile
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -677,64 +675,53 @@ def _hf_stream(lm: LoadedLM, ids: list[int], opts: GenerationOptions) -> Iterato
         yield item
 
 
-# ---------------------------------------------------------------------------- export
+# ---------------------------------------------------------------------------- the public API
 
 
-def export_run(
-    run_dir: str | Path, out_dir: str | Path, format: str = "hf", trust_code: bool = False
-) -> Path:
-    """Write a language-model run as a Hugging Face GPT-2 folder (config.json,
-    model.safetensors, tokenizer files) that GPT2LMHeadModel and AutoTokenizer load.
-    trust_code: a pretrained_encoder run may name user code (e.g. its task.loss)."""
-    if format != "hf":
-        raise DanluError(f"unknown export format '{format}'; supported: hf (language-model runs)")
-    run_path, out_dir = Path(run_dir), Path(out_dir)
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise DanluError(f"'{out_dir}' already exists and is not empty; choose a new folder")
-    if not (run_path / "model.json").is_file() and (run_path / "config.json").is_file():
-        raise DanluError(f"'{run_path}' is already a Hugging Face folder; export takes a danlu run folder")
-    from danlu.run import RunDir
+def generate(
+    model_ref: str | Path,
+    prompt: str | list[str],
+    *,
+    trust_remote_code: bool = False,
+    device: str | None = None,
+    **options: object,
+) -> str | list[str] | list[list[str]]:
+    """Completion of `prompt` by the model `model_ref` names (a danlu run folder, a Hugging
+    Face folder or a hub id; loaded once per process). `options` are GenerationOptions
+    fields (max_new_tokens, temperature, top_k, top_p, min_p, repetition_penalty, num_beams,
+    num_return_sequences, stop, seed, truncate_prompt, dtype, ...).
 
-    run = RunDir.open(run_path)
-    if (run.read_model_json().get("model") or {}).get("type") == "pretrained_encoder":
-        from danlu.models.pretrained import export_run as export_encoder
+    A string prompt gives a string, a list of prompts a list; with num_return_sequences > 1
+    each prompt gives a list of sequences. `danlu.generate(...)` is this function."""
+    dtype = options.get("dtype")
+    lm = load_cached(model_ref, trust_remote_code=trust_remote_code, dtype=dtype, device=device)  # type: ignore[arg-type]
+    opts = make_options(lm, **options)
+    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+    if not prompts:
+        raise DanluError("no prompts given")
+    texts = [c.text for c in complete(lm, prompts, opts)]
+    n = opts.num_return_sequences
+    per_prompt: list[str] | list[list[str]] = (
+        texts if n == 1 else [texts[i : i + n] for i in range(0, len(texts), n)]
+    )
+    return per_prompt[0] if isinstance(prompt, str) else per_prompt
 
-        return export_encoder(run_path, out_dir, trust_code)  # an AutoModelForSequenceClassification folder
-    try:
-        lm = _load_run(run_path)
-    except DanluError as e:
-        if "language_modeling run" in str(e):
-            raise DanluError(
-                f"{e}; `danlu export --format hf` supports language-model (GPT) and"
-                " pretrained_encoder runs only"
-            ) from None
-        raise
-    from transformers import PreTrainedTokenizerFast
 
-    from danlu.models.gpt import export_hf
-
-    tok_file = run_path / "tokenizer.json"
-    raw = lm.tokenizer.tok
-    eos, pad = lm.tokenizer.eos_token_id, lm.tokenizer.pad_token_id
-    special: dict[str, str] = {}
-    for name, tid in (("eos_token", eos), ("bos_token", eos), ("pad_token", pad if pad is not None else eos)):
-        token = raw.id_to_token(tid) if isinstance(tid, int) else None
-        if token is not None:
-            special[name] = token
-    tmp = Path(tempfile.mkdtemp(prefix=".danlu-tokenizer-"))
-    try:
-        try:
-            hf_tok = PreTrainedTokenizerFast(tokenizer_file=str(tok_file), **special)
-            hf_tok.save_pretrained(str(tmp))
-        except Exception as e:
-            raise DanluError(
-                f"cannot convert '{tok_file}' to a transformers tokenizer: {_one_line(e)}"
-            ) from None
-        ids = {k.replace("_token", "_token_id"): raw.token_to_id(v) for k, v in special.items()}
-        export_hf(lm.model.to("cpu"), out_dir, tokenizer_dir=tmp, extra_config=ids)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out_dir
+def generate_stream(
+    model_ref: str | Path,
+    prompt: str,
+    *,
+    trust_remote_code: bool = False,
+    device: str | None = None,
+    **options: object,
+) -> Iterator[str]:
+    """The completion of one prompt as text pieces while it is generated (same options as
+    `generate`; num_beams=1). `danlu.generate_stream(...)` is this function."""
+    if not isinstance(prompt, str):
+        raise DanluError("stream takes one prompt (a string)")
+    dtype = options.get("dtype")
+    lm = load_cached(model_ref, trust_remote_code=trust_remote_code, dtype=dtype, device=device)  # type: ignore[arg-type]
+    return stream_text(lm, prompt, make_options(lm, **options))
 
 
 # ---------------------------------------------------------------------------- encoder folders

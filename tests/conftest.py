@@ -76,6 +76,47 @@ def run_cli(tmp_path: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
 
 
 @pytest.fixture
+def invoke_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Any]:
+    """invoke_cli("train", "cfg.yaml", cwd=...) -> click's Result (exit_code, stdout, stderr).
+
+    The CLI in this process through Typer's CliRunner, in tmp_path unless cwd is given: for
+    tests that only check what a command prints and its exit code (no interpreter start-up,
+    no imports paid again). Exit codes of the real process, Ctrl-C and --debug tracebacks
+    are tested with run_cli."""
+    from typer.testing import CliRunner
+
+    from danlu.cli import app
+
+    def invoke(*args: Any, cwd: str | Path | None = None, env: dict[str, str] | None = None) -> Any:
+        monkeypatch.chdir(cwd or tmp_path)
+        keep = ("COLUMNS", "NO_COLOR", "TERM", "PYTHONIOENCODING")
+        extra = {k: v for k, v in _env(env).items() if k in keep or k in (env or {})}
+        return CliRunner().invoke(app, [str(a) for a in args], env={**extra, "FORCE_COLOR": None})
+
+    return invoke
+
+
+def assert_user_error(result: Any, *expected: str, runs_dir: Path | None = None) -> str:
+    """A user error as the CLI reports it: exit 2, stderr is exactly one `error:` line holding
+    every expected substring, no traceback, and (if runs_dir is given) no run folder under it.
+    `result` is a CompletedProcess (run_cli) or a CliRunner result (invoke_cli). Returns the line."""
+    code = result.returncode if hasattr(result, "returncode") else result.exit_code
+    err = result.stderr
+    assert "Traceback" not in err, err
+    lines = err.strip().splitlines()
+    crash = getattr(result, "exception", None)  # CliRunner: an exception the CLI did not handle
+    assert len(lines) == 1, f"expected one line on stderr, got {len(lines)}:\n{err}{crash or ''}"
+    line = lines[0]
+    assert line.startswith("error: "), line
+    for s in expected:
+        assert s in line, f"{s!r} not in: {line}"
+    assert code == 2, (code, err)
+    if runs_dir is not None:
+        assert not runs_dir.exists() or not any(runs_dir.iterdir()), list(runs_dir.iterdir())
+    return line
+
+
+@pytest.fixture
 def tmp_workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """tmp_path as the current directory."""
     monkeypatch.chdir(tmp_path)

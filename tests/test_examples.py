@@ -20,6 +20,7 @@ def train(tmp_path: Path, name: str, **over: object) -> dict:
 
 
 @pytest.mark.parametrize("seed", range(5))
+@pytest.mark.slow
 def test_tutorial_reaches_095_for_every_seed(tmp_path: Path, seed: int) -> None:
     # the introduction's split: make_classification(1000, 10, 5, random_state=42), 80/20 at 42
     assert train(tmp_path, "tutorial.yaml", seed=seed)["accuracy"] >= 0.95
@@ -38,24 +39,29 @@ def test_tutorial_test_split_is_the_introductions(tmp_path: Path) -> None:
     assert (test == x_test).all()
 
 
+@pytest.mark.slow
 def test_tutorial_dropout_adamw(tmp_path: Path) -> None:
     assert train(tmp_path, "tutorial_dropout_adamw.yaml")["accuracy"] >= 0.95
 
 
+@pytest.mark.slow
 def test_breast_cancer_auc(tmp_path: Path) -> None:
     assert train(tmp_path, "breast_cancer.yaml")["roc_auc"] >= 0.98
 
 
+@pytest.mark.slow
 def test_wine(tmp_path: Path) -> None:
     assert train(tmp_path, "wine.yaml")["accuracy"] >= 0.9
 
 
+@pytest.mark.slow
 def test_diabetes_regression(tmp_path: Path) -> None:
     m = train(tmp_path, "diabetes_regression.yaml")
     assert m["r2"] >= 0.3 and m["rmse"] < 65
 
 
 @pytest.mark.parametrize("encoding", ["onehot", "embedding"])
+@pytest.mark.slow
 def test_csv_mixed(tmp_path: Path, encoding: str, monkeypatch: pytest.MonkeyPatch) -> None:
     csv = tmp_path / "mixed.csv"
     subprocess.run([sys.executable, str(EXAMPLES / "make_mixed_csv.py"), "--out", str(csv)], check=True)

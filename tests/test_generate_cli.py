@@ -16,7 +16,7 @@ import pytest
 import torch
 import yaml
 from conftest import TINY_SENTENCES as SENTENCES
-from conftest import _env, make_tiny_gpt2
+from conftest import _env, assert_user_error, make_tiny_gpt2
 
 pytest.importorskip("transformers", reason="transformers is not installed (pip install 'danlu[hf]')")
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers  # noqa: E402
@@ -46,15 +46,6 @@ def danlu_cli(*args: object, cwd: Path, stdin: str | None = None) -> subprocess.
     return subprocess.CompletedProcess(
         raw.args, raw.returncode, raw.stdout.decode("utf-8"), raw.stderr.decode("utf-8")
     )
-
-
-def one_line_error(result: subprocess.CompletedProcess[str], *needles: str) -> str:
-    assert result.returncode == 2, (result.stdout, result.stderr)
-    err = result.stderr.strip()
-    assert err.startswith("error: ") and "\n" not in err, err
-    for needle in needles:
-        assert needle in err, err
-    return err
 
 
 @pytest.fixture(scope="module")
@@ -153,15 +144,35 @@ def test_prompt_from_stdin_and_streaming(hf_dir: Path, tmp_path: Path) -> None:
 def test_bad_options_are_one_line_errors(hf_dir: Path, tmp_path: Path, args: list[str], needle: str) -> None:
     if "--prompt" not in args:
         args = [*args, "--prompt", "The"]
-    one_line_error(danlu_cli("generate", hf_dir, *args, cwd=tmp_path), needle)
+    assert_user_error(danlu_cli("generate", hf_dir, *args, cwd=tmp_path), needle)
 
 
-def test_too_long_prompt_can_be_truncated(hf_dir: Path, tmp_path: Path) -> None:
-    long = "The quick brown fox jumps over the lazy dog. " * 3
+def test_too_long_prompt_keeps_its_latest_tokens(hf_dir: Path, tmp_path: Path) -> None:
+    # a GPT-2 folder runs on danlu's GPT, which samples past its context of 48 with a sliding
+    # window: the truncated prompt is the last 48 tokens, and every step sees the last 48
+    tok = AutoTokenizer.from_pretrained(hf_dir)
+    model = GPT2LMHeadModel.from_pretrained(hf_dir).eval()
+    long = "The quick brown fox jumps over the lazy dog. " * 6
+    ids = tok.encode(long)
+
+    def window_greedy(prompt_ids: list[int]) -> str:
+        seq, new = list(prompt_ids), []
+        with torch.no_grad():
+            for _ in range(20):
+                nxt = int(model(torch.tensor([seq[-48:]])).logits[0, -1].argmax())
+                if nxt == tok.eos_token_id:
+                    break
+                seq.append(nxt)
+                new.append(nxt)
+        return tok.decode(new, skip_special_tokens=True)
+
+    latest, oldest = window_greedy(ids[-48:]), window_greedy(ids[:48])
+    assert len(ids) > 48 and latest != oldest  # which tokens were kept shows in the output
     result = danlu_cli(
-        "generate", hf_dir, "--prompt", long, "--max-new-tokens", 40, "--truncate-prompt", cwd=tmp_path
+        "generate", hf_dir, "--prompt", long, "--max-new-tokens", 20, "--truncate-prompt", cwd=tmp_path
     )
     assert result.returncode == 0, result.stderr
+    assert result.stdout == latest + "\n"
 
 
 def test_broken_model_folders_say_what_is_missing(hf_dir: Path, tmp_path: Path) -> None:
@@ -170,28 +181,29 @@ def test_broken_model_folders_say_what_is_missing(hf_dir: Path, tmp_path: Path) 
     no_config = tmp_path / "no_config"
     shutil.copytree(hf_dir, no_config)
     (no_config / "config.json").unlink()
-    one_line_error(danlu_cli("generate", no_config, "--prompt", "A", cwd=tmp_path), "config.json")
+    assert_user_error(danlu_cli("generate", no_config, "--prompt", "A", cwd=tmp_path), "config.json")
 
     no_tok = tmp_path / "no_tok"
     shutil.copytree(hf_dir, no_tok)
     for f in no_tok.iterdir():
         if f.name.startswith(("tokenizer", "special_tokens", "vocab", "merges")):
             f.unlink()
-    one_line_error(danlu_cli("generate", no_tok, "--prompt", "A", cwd=tmp_path), "tokenizer")
+    assert_user_error(danlu_cli("generate", no_tok, "--prompt", "A", cwd=tmp_path), "tokenizer")
 
     no_weights = tmp_path / "no_weights"
     shutil.copytree(hf_dir, no_weights)
     (no_weights / "model.safetensors").unlink()
-    one_line_error(danlu_cli("generate", no_weights, "--prompt", "A", cwd=tmp_path), "weights")
+    assert_user_error(danlu_cli("generate", no_weights, "--prompt", "A", cwd=tmp_path), "weights")
 
 
 def test_unknown_hub_id_offline(tmp_path: Path) -> None:
     result = danlu_cli("generate", "nobody-here/no-such-model-xyz", "--prompt", "A", cwd=tmp_path)
-    one_line_error(result, "not a local folder", "offline")
+    assert_user_error(result, "not a local folder", "offline")
 
 
 def test_missing_path_says_it_does_not_exist(tmp_path: Path) -> None:
-    one_line_error(danlu_cli("generate", "./nowhere/model", "--prompt", "A", cwd=tmp_path), "does not exist")
+    r = danlu_cli("generate", "./nowhere/model", "--prompt", "A", cwd=tmp_path)
+    assert_user_error(r, "does not exist")
 
 
 def test_generic_causal_lm_path_matches_hf(hf_dir: Path) -> None:
@@ -269,6 +281,7 @@ def test_run_folder_generates(lm_run: Path, tmp_path: Path) -> None:
     assert obj["text"] == lm.tokenizer.decode([t for t in obj["token_ids"] if t != 0])
 
 
+@pytest.mark.slow
 def test_export_round_trip(lm_run: Path, tmp_path: Path) -> None:
     out = tmp_path / "exported"
     result = danlu_cli("export", lm_run, "--format", "hf", out, cwd=tmp_path)
@@ -292,18 +305,19 @@ def test_export_round_trip(lm_run: Path, tmp_path: Path) -> None:
     )
 
     again = danlu_cli("export", lm_run, "--format", "hf", out, cwd=tmp_path)
-    one_line_error(again, "already exists")
-    one_line_error(danlu_cli("export", lm_run, "--format", "onnx", tmp_path / "x", cwd=tmp_path), "hf")
+    assert_user_error(again, "already exists")
+    assert_user_error(danlu_cli("export", lm_run, "--format", "onnx", tmp_path / "x", cwd=tmp_path), "hf")
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.slow
 def test_export_refuses_other_runs(tmp_path: Path) -> None:
     run = tmp_path / "tab"
     run.mkdir()
     (run / "config.yaml").write_text("task: {type: classification}\n", encoding="utf-8")
     (run / "model.json").write_text(json.dumps({"format": 1, "task": {"type": "classification"}}))
     (run / "model.safetensors").write_bytes(b"")
-    one_line_error(danlu_cli("export", run, tmp_path / "out", cwd=tmp_path), "language")
+    assert_user_error(danlu_cli("export", run, tmp_path / "out", cwd=tmp_path), "language")
 
 
 # ---------------------------------------------------------------------------- Python API

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import assert_user_error
 
 PIL = pytest.importorskip("PIL", reason="image support needs Pillow (pip install 'danlu[images]')")
 from PIL import Image, ImageEnhance  # noqa: E402
@@ -38,16 +39,6 @@ def rgb(h: int, w: int, seed: int = 0) -> np.ndarray:
 def as_tensor(a: np.ndarray) -> torch.Tensor:
     """H x W x C uint8 -> C x H x W float in [0, 1]."""
     return torch.from_numpy(a).permute(2, 0, 1).float() / 255
-
-
-def assert_user_error(r: subprocess.CompletedProcess[str], *expected: str) -> str:
-    assert "Traceback" not in r.stderr, r.stderr
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error:"), r.stderr
-    for s in expected:
-        assert s in lines[0], f"{s!r} not in: {lines[0]}"
-    assert r.returncode == 2
-    return lines[0]
 
 
 # --------------------------------------------------------------------------- transforms
@@ -339,6 +330,7 @@ def shapes_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root / "shapes.csv"
 
 
+@pytest.mark.slow
 def test_cli_train_evaluate_predict_on_a_csv_of_image_paths(run_cli, write_config, tmp_path, shapes_csv):
     cfg = write_config(
         {
@@ -416,13 +408,13 @@ def test_npz_trains_and_predicts_through_the_api(tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------- bad input
-def test_bad_image_folders(run_cli, write_config, tmp_path):
+def test_bad_image_folders(invoke_cli, write_config, tmp_path):
     empty = tmp_path / "empty"
     (empty / "cat").mkdir(parents=True)
     (empty / "dog").mkdir()
     (empty / "dog" / "notes.md").write_text("not an image")
     assert_user_error(
-        run_cli("train", write_config({"data": {"path": str(empty)}, "model": {"type": "cnn"}})),
+        invoke_cli("train", write_config({"data": {"path": str(empty)}, "model": {"type": "cnn"}})),
         str(empty),
         "no images found",
         "one sub-folder per class",
@@ -431,7 +423,7 @@ def test_bad_image_folders(run_cli, write_config, tmp_path):
     (single / "cat").mkdir(parents=True)
     Image.fromarray(rgb(8, 8)).save(single / "cat" / "a.png")
     assert_user_error(
-        run_cli("train", write_config({"data": {"path": str(single)}, "model": {"type": "cnn"}})),
+        invoke_cli("train", write_config({"data": {"path": str(single)}, "model": {"type": "cnn"}})),
         "only one class folder",
         "'cat'",
         "at least two",
@@ -457,7 +449,7 @@ def test_corrupt_image_is_named(run_cli, write_config, tmp_path, in_memory):
     assert not (tmp_path / "runs").exists(), line
 
 
-def test_image_column_missing(run_cli, write_config, tmp_path, shapes_csv):
+def test_image_column_missing(invoke_cli, write_config, tmp_path, shapes_csv):
     cfg = write_config(
         {
             "data": {"path": str(shapes_csv), "target": "shape", "images": {"column": "path"}},
@@ -465,7 +457,7 @@ def test_image_column_missing(run_cli, write_config, tmp_path, shapes_csv):
         }
     )
     assert_user_error(
-        run_cli("train", cfg), "image column 'path' not found", "file, shape", "data.images.column"
+        invoke_cli("train", cfg), "image column 'path' not found", "file, shape", "data.images.column"
     )
 
 
@@ -476,6 +468,7 @@ def test_init_images_template_is_a_valid_config() -> None:
     assert cfg.model.type == "cnn" and cfg.data.images is not None and cfg.data.path == "images/"
 
 
+@pytest.mark.slow
 def test_digits_cnn_example(tmp_path: Path) -> None:
     run = danlu.train(
         EXAMPLES / "digits_cnn.yaml",
@@ -487,6 +480,7 @@ def test_digits_cnn_example(tmp_path: Path) -> None:
     assert m["metrics"]["accuracy"] >= 0.98  # (its speed is a benchmark's business: no timing here)
 
 
+@pytest.mark.slow
 def test_image_folder_example(tmp_path: Path, run_cli) -> None:
     shapes = tmp_path / "shapes"
     r = subprocess.run(

@@ -53,6 +53,7 @@ def text_file(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_train_generate_export(tmp_path: Path, text_file: Path) -> None:
     run = danlu.train(config(tmp_path, text_file), progress="quiet")
     history = rows(run.path)
@@ -118,6 +119,7 @@ def test_bpe_tokenizer_trains_on_training_text(tmp_path: Path, text_file: Path) 
     assert len(tok.encode("the cat sat on the mat.").ids) < len("the cat sat on the mat.")
 
 
+@pytest.mark.slow
 def test_resume_step_based_run_equals_uninterrupted(tmp_path: Path, text_file: Path) -> None:
     full = danlu.train(config(tmp_path, text_file), progress="quiet")
     part = danlu.train(config(tmp_path, text_file, max_steps=80), progress="quiet")
@@ -141,6 +143,7 @@ def test_block_larger_than_text_is_one_line_error(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(not SHAKESPEARE.is_file(), reason="../shared/data/tinyshakespeare.txt is absent")
+@pytest.mark.slow
 def test_shakespeare_example_reaches_its_quality_bar(tmp_path: Path) -> None:
     # the bar: validation loss <= 1.90 over the whole validation split with nanoGPT's
     # CPU settings (2,000 steps); the wall time is measured in BENCHMARKS.md, not here

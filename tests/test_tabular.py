@@ -120,12 +120,21 @@ def test_residual_block_adds_its_input() -> None:
     from danlu.data.tabular import Schema
     from danlu.models.mlp import MLP
 
-    cfg = config.parse_model({"type": "mlp", "hidden": [4, 4], "residual": True})
     schema = Schema("classification", ["a"] * 4, ["a"] * 4, [], 4, [], ["y"], [0, 1])
-    mlp = MLP(cfg, schema, 2)
-    x = torch.randn(3, 4)
-    block = mlp.blocks[1]
-    assert torch.allclose(block(x), x + block.act(block.linear(x)))
+    x = torch.tensor([[1.0, -1.0, 0.25, 0.75]])
+    outputs = {}
+    for residual in (True, False):
+        cfg = config.parse_model({"type": "mlp", "hidden": [4, 3], "residual": residual})
+        mlp = MLP(cfg, schema, 2)
+        with torch.no_grad():  # linear = 2x - 1, so the block computes relu(2x - 1)
+            mlp.blocks[0].linear.weight.copy_(2 * torch.eye(4))
+            mlp.blocks[0].linear.bias.fill_(-1.0)
+        outputs[residual] = (mlp.blocks[0](x), mlp.blocks[1].residual)
+    # relu(2x - 1) = [1, 0, 0, 0.5]; with the residual connection x is added to it
+    assert outputs[True][0].tolist() == [[2.0, -1.0, 0.25, 1.25]]
+    assert outputs[False][0].tolist() == [[1.0, 0.0, 0.0, 0.5]]
+    # a block that changes the width (4 -> 3) has no residual connection, even when asked
+    assert outputs[True][1] is False and outputs[False][1] is False
 
 
 @pytest.mark.parametrize(

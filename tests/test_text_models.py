@@ -371,6 +371,7 @@ def test_bad_text_input_is_one_line_exit_2(tmp_path: Path, write_config, text, m
 # --------------------------------------------------------------------------- examples
 @pytest.mark.skipif(not SENTIMENT.is_dir(), reason="../shared/data/sentiment is absent")
 @pytest.mark.parametrize("example", ["sentiment_lstm.yaml", "sentiment_transformer.yaml"])
+@pytest.mark.slow
 def test_sentiment_examples_reach_075(tmp_path: Path, example: str) -> None:
     run = danlu.train(
         ROOT / "examples" / example,

@@ -4,6 +4,7 @@ gradient accumulation, regularization logging, schedulers, TensorBoard, reload."
 from __future__ import annotations
 
 import csv
+import math
 import os
 import signal
 import subprocess
@@ -67,6 +68,7 @@ def test_resume_after_epoch_equals_uninterrupted(tmp_path: Path) -> None:
     assert history(resumed.path) == history(full.path)
 
 
+@pytest.mark.slow
 def test_ctrl_c_mid_epoch_then_resume_equals_uninterrupted(tmp_path: Path) -> None:
     # big enough epochs that SIGINT lands inside one
     c = cfg(tmp_path, train__epochs=12, train__batch_size=8)
@@ -112,6 +114,7 @@ def test_gradient_accumulation_matches_larger_batch(tmp_path: Path) -> None:
         assert a["step"] == b["step"]
 
 
+@pytest.mark.slow
 def test_compiled_training_matches_eager(tmp_path: Path) -> None:
     # train.compile runs the step through torch.compile (inductor on CPU): the same numbers
     # as eager up to float rounding, and a run folder that loads like any other
@@ -139,15 +142,114 @@ def test_l1_l2_penalties_are_logged_and_shrink_weights(tmp_path: Path) -> None:
     assert norm(reg) < norm(plain)
 
 
-@pytest.mark.parametrize("scheduler", ["step", "exponential", "cosine", "warmup_cosine",
-                                       "warmup_linear", "onecycle", "reduce_on_plateau"])
-def test_schedulers_change_the_learning_rate(tmp_path: Path, scheduler: str) -> None:
-    # a large learning rate makes the validation loss stall, so the plateau rule fires too
-    run = danlu.train(cfg(tmp_path, train__scheduler={"name": scheduler, "step_size": 2, "gamma": 0.5,
-                                                     "patience": 0},
-                          train__epochs=6, train__lr=0.05), progress="quiet")
+# base lr 0.1, 6 epochs of 5 steps: the lr each of the 30 steps runs at, from the schedule's
+# closed form (not from the scheduler objects under test)
+BASE_LR, EPOCHS, PER_EPOCH = 0.1, 6, 5
+TOTAL = EPOCHS * PER_EPOCH
+
+
+def _cos(p: float) -> float:
+    return 0.5 * (1 + math.cos(math.pi * p))
+
+
+def _onecycle(s: int) -> float:
+    # torch's OneCycleLR (cos annealing): 0.1/25 up to 0.1 over 30% of the steps (step 8), then
+    # down to 0.1/25/1e4 at the last step (29)
+    lo, hi, end, peak = BASE_LR / 25, BASE_LR, BASE_LR / 25 / 1e4, 0.3 * TOTAL - 1
+    if s <= peak:
+        return hi + (lo - hi) * _cos(s / peak)
+    return end + (hi - end) * _cos((s - peak) / (TOTAL - 1 - peak))
+
+
+CLOSED_FORMS: dict[str, tuple[dict[str, Any], Any]] = {
+    "none": ({}, lambda s: BASE_LR),
+    "step": ({"step_size": 2, "gamma": 0.5}, lambda s: BASE_LR * 0.5 ** ((s // PER_EPOCH) // 2)),
+    "exponential": ({"gamma": 0.5}, lambda s: BASE_LR * 0.5 ** (s // PER_EPOCH)),
+    # no warm-up: from 0.1 down a half cosine to min_lr_ratio * 0.1 at the 30th step
+    "cosine": ({"min_lr_ratio": 0.1}, lambda s: BASE_LR * (0.1 + 0.9 * _cos(s / TOTAL))),
+    # 6 warm-up steps (0.2 of 30) climb 1/6, 2/6, ... 6/6; then the decay over the other 24
+    "warmup_cosine": (
+        {"warmup": 0.2},
+        lambda s: BASE_LR * ((s + 1) / 6 if s < 6 else _cos((s - 6) / 24)),
+    ),
+    "warmup_linear": (
+        {"warmup": 6},
+        lambda s: BASE_LR * ((s + 1) / 6 if s < 6 else 1 - (s - 6) / 24),
+    ),
+    "onecycle": ({}, _onecycle),
+}
+
+
+@pytest.mark.parametrize("name", list(CLOSED_FORMS))
+def test_scheduler_follows_its_closed_form(name: str) -> None:
+    from danlu.config import SchedulerConfig
+    from danlu.registry import SCHEDULERS
+
+    settings, closed_form = CLOSED_FORMS[name]
+    param = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([param], lr=BASE_LR, momentum=0.9)
+    sched, interval = SCHEDULERS.get(name)(opt, SchedulerConfig(name=name, **settings), TOTAL, PER_EPOCH)
+    lrs = []
+    for _epoch in range(EPOCHS):  # stepped as the trainer steps it
+        for _ in range(PER_EPOCH):
+            lrs.append(opt.param_groups[0]["lr"])
+            opt.step()
+            if sched is not None and interval == "step":
+                sched.step()
+        if sched is not None and interval == "epoch":
+            sched.step()
+    assert lrs == pytest.approx([closed_form(s) for s in range(TOTAL)], rel=1e-6, abs=1e-12)
+
+
+def test_warmup_schedules_warm_up_for_five_percent_by_default() -> None:
+    from danlu.config import SchedulerConfig
+    from danlu.registry import SCHEDULERS
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched, _ = SCHEDULERS.get("warmup_linear")(opt, SchedulerConfig(name="warmup_linear"), 100, 10)
+    lrs = []
+    for _ in range(100):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    # 5 warm-up steps (the 5th reaches the peak, where the decay starts), then linear to 0
+    # over the other 95
+    assert lrs[:7] == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0, 1.0, 1 - 1 / 95])
+    assert lrs[-1] == pytest.approx(1 / 95)
+
+
+def test_reduce_on_plateau_halves_after_each_epoch_without_improvement() -> None:
+    from danlu.config import SchedulerConfig
+    from danlu.registry import SCHEDULERS
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    cfg = SchedulerConfig(name="reduce_on_plateau", factor=0.5, patience=0)
+    sched, interval = SCHEDULERS.get("reduce_on_plateau")(opt, cfg, TOTAL, PER_EPOCH, mode="min")
+    assert interval == "eval"
+    lrs = []
+    for val_loss in [1.0, 0.9, 0.95, 0.96, 0.8, 0.85]:
+        lrs.append(opt.param_groups[0]["lr"])
+        sched.step(val_loss)
+    # worse at epochs 3 and 4 (counting from 1): halved after each; better at 5: kept
+    assert lrs == pytest.approx([0.1, 0.1, 0.1, 0.05, 0.025, 0.025])
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.0125)
+
+
+def test_trainer_steps_the_schedule_per_epoch_and_over_all_steps(tmp_path: Path) -> None:
+    # `step` changes the lr per epoch: the lr logged at the end of epoch e is the one it ran at
+    run = danlu.train(
+        cfg(tmp_path, train__scheduler={"name": "step", "step_size": 2, "gamma": 0.5}, train__lr=0.05),
+        progress="quiet",
+    )
+    expected = [0.05, 0.05, 0.025, 0.025, 0.0125, 0.0125]
+    assert [float(r["lr"]) for r in history(run.path)] == pytest.approx(expected)
+    # a per-step cosine spans every step of the run: after the last one it is at its floor
+    run = danlu.train(
+        cfg(tmp_path, train__scheduler={"name": "cosine", "min_lr_ratio": 0.1}, train__lr=0.05),
+        progress="quiet",
+    )
     lrs = [float(r["lr"]) for r in history(run.path)]
-    assert len(set(lrs)) > 1, lrs
+    assert lrs[-1] == pytest.approx(0.005) and all(a > b for a, b in zip(lrs, lrs[1:], strict=False))
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adam", "adamw", "adagrad", "rmsprop"])
@@ -225,6 +327,7 @@ def test_last_checkpoint_is_throttled_but_always_final(
     assert written == [int(r["step"]) for r in run.history]  # 0: every evaluation
 
 
+@pytest.mark.slow
 def test_ddp_two_processes(tmp_path: Path) -> None:
     torchrun = Path(sys.executable).parent / "torchrun"
     if not torchrun.exists():

@@ -251,6 +251,7 @@ def test_hf_whisper_matches_generate(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------- the real Whisper tiny.en
 
 
+@pytest.mark.slow
 def test_whisper_tiny_en_on_espeak_speech(spoken: Path, tmp_path: Path) -> None:
     model = whisper_dir()
     r = cli(

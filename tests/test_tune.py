@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import REPO, _env, cli
+from conftest import REPO, _env, assert_user_error, cli
 
 optuna = pytest.importorskip("optuna", reason="optuna is not installed (pip install 'danlu[tune]')")
 
@@ -77,18 +77,6 @@ def invoke(*args: Any) -> Any:
     return CliRunner().invoke(app, [str(a) for a in args])
 
 
-def assert_one_line_error(result: Any, *expected: str) -> str:
-    err = result.stderr.strip()
-    assert result.exit_code == 2, (result.exit_code, result.stderr, result.stdout, result.exception)
-    assert "Traceback" not in err, err
-    lines = err.splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("error: "), lines[0]
-    for s in expected:
-        assert s in lines[0], f"{s!r} not in: {lines[0]}"
-    return lines[0]
-
-
 # --------------------------------------------------------------------------- bad input: one line, exit 2
 @pytest.mark.parametrize(
     ("space", "expected"),
@@ -108,7 +96,7 @@ def assert_one_line_error(result: Any, *expected: str) -> str:
 )
 def test_bad_space_is_one_line(tmp_path, space, expected):
     cfg = small_tune_config(tmp_path, {"space": space})
-    assert_one_line_error(invoke("tune", cfg), str(cfg), *expected)
+    assert_user_error(invoke("tune", cfg), str(cfg), *expected)
     assert not (tmp_path / "runs").exists()
 
 
@@ -117,7 +105,7 @@ def test_grid_sampler_rejects_continuous_range(tmp_path):
         tmp_path,
         {"sampler": "grid", "space": {"train.lr": {"log_float": [1e-4, 0.1]}, "model.hidden": [[8]]}},
     )
-    assert_one_line_error(invoke("tune", cfg), "grid", "tune.space.train.lr is a log_float range")
+    assert_user_error(invoke("tune", cfg), "grid", "tune.space.train.lr is a log_float range")
 
 
 def test_no_tune_section_and_unknown_sampler(tmp_path):
@@ -125,14 +113,14 @@ def test_no_tune_section_and_unknown_sampler(tmp_path):
     raw = yaml.safe_load(small_tune_config(tmp_path, {"space": {"train.lr": [0.1]}}).read_text())
     raw.pop("tune")
     plain.write_text(yaml.safe_dump(raw), encoding="utf-8")
-    assert_one_line_error(invoke("tune", plain), "no tune: section", "--space FILE")
+    assert_user_error(invoke("tune", plain), "no tune: section", "--space FILE")
     cfg = small_tune_config(tmp_path, {"space": {"train.lr": [0.1]}})
-    assert_one_line_error(invoke("tune", cfg, "--sampler", "tpee"), "tune.sampler", "'tpee'", "tpe")
+    assert_user_error(invoke("tune", cfg, "--sampler", "tpee"), "tune.sampler", "'tpee'", "tpe")
 
 
 def test_metric_not_logged_lists_the_logged_ones(tmp_path):
     cfg = small_tune_config(tmp_path, {"metric": "val.acuracy", "space": {"train.lr": [0.01, 0.1]}})
-    line = assert_one_line_error(invoke("tune", cfg), "tune.metric", "'val.acuracy' is not logged")
+    line = assert_user_error(invoke("tune", cfg), "tune.metric", "'val.acuracy' is not logged")
     assert "val.accuracy" in line and "val.loss" in line
     # a mistake in the search leaves no study behind: fixing the metric and rerunning just works
     assert not (tmp_path / "runs" / "t-tune").exists()
@@ -151,7 +139,7 @@ def test_metric_not_logged_lists_the_logged_ones(tmp_path):
 )
 def test_unreachable_storage_names_the_url(tmp_path, url, expected):
     cfg = small_tune_config(tmp_path, {"space": {"train.lr": [0.01]}})
-    assert_one_line_error(invoke("tune", cfg, "--storage", url), "--storage", *expected)
+    assert_user_error(invoke("tune", cfg, "--storage", url), "--storage", *expected)
 
 
 def test_cmaes_sampler(tmp_path):
@@ -161,13 +149,14 @@ def test_cmaes_sampler(tmp_path):
     try:
         import cmaes  # noqa: F401
     except ImportError:
-        assert_one_line_error(invoke("tune", cfg), "cmaes", "pip install cmaes")
+        assert_user_error(invoke("tune", cfg), "cmaes", "pip install cmaes")
         return
     result = danlu.tune(cfg, progress="quiet")
     assert [r["state"] for r in result.trials] == ["COMPLETE", "COMPLETE"]
 
 
 # --------------------------------------------------------------------------- quality bar 1: tuned >= the grid
+@pytest.mark.slow
 def test_tuned_tutorial_beats_the_introductions_grid(tmp_path):
     """The introduction picks lr from [0.001, 0.01, 0.1]; the search over lr, hidden sizes,
     dropout and optimizer must pick a config at least as accurate on the test split. Each
@@ -212,6 +201,7 @@ def test_tuned_tutorial_beats_the_introductions_grid(tmp_path):
 
 
 # ------------------------------------------------------------------ quality bar 2: pruning saves epochs
+@pytest.mark.slow
 def test_median_pruner_prunes_and_saves_epochs(tmp_path):
     space = {"train.lr": {"log_float": [1e-5, 0.3]}, "train.optimizer": ["sgd", "adam"]}
     tune = {"space": space, "trials": 8, "sampler": "random", "startup_trials": 2, "warmup": 2}
@@ -376,6 +366,7 @@ def wait_until(condition: Any, proc: subprocess.Popen[str] | list[subprocess.Pop
         time.sleep(0.02)
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_cleanly_and_resume_continues(tmp_path, monkeypatch):
     """Ctrl-C while trial 2 trains (held by the model until the signal was sent, so that
     exactly trials 0 and 1 finished before it, on any machine)."""
@@ -398,7 +389,7 @@ def test_ctrl_c_stops_cleanly_and_resume_continues(tmp_path, monkeypatch):
         ("0", "COMPLETE"), ("1", "COMPLETE"), ("2", "INTERRUPTED")
     ]  # fmt: skip
     # without --resume the study is not silently mixed with a new one
-    assert_one_line_error(invoke("tune", cfg), "a study is already there", "--resume")
+    assert_user_error(invoke("tune", cfg), "a study is already there", "--resume")
     monkeypatch.syspath_prepend(str(tmp_path))  # hold_model for the trials run here (no HOLD_DIR)
     result = danlu.tune(cfg, resume=True, trials=4, progress="quiet")
     counted = [r for r in result.trials if r["state"] != "INTERRUPTED"]
@@ -590,6 +581,7 @@ def test_timeout_stops_starting_trials(tmp_path):
 
 
 # --------------------------------------------------------------------------- CLI end to end, --jobs 2
+@pytest.mark.slow
 def test_cli_end_to_end_with_two_jobs(tmp_path):
     space = {"train.lr": {"log_float": [1e-3, 0.1]}, "model.hidden": {"choice": [[8], [16, 8]]}}
     cfg = small_tune_config(tmp_path, {"trials": 4})  # the space comes from its own file
@@ -622,8 +614,8 @@ def test_cli_end_to_end_with_two_jobs(tmp_path):
     assert shown.returncode == 0, shown.stderr
     assert "rank" in shown.stdout and "complete" in shown.stdout and "best config:" in shown.stdout
     assert f"│ {top['trial']}" in shown.stdout.split("\n", 4)[3]  # the best trial is ranked first
-    assert_one_line_error(invoke("tune", "show", tmp_path / "nope"), "nope", "no such study folder")
-    assert_one_line_error(invoke("tune", "show", tmp_path), "not a danlu study folder")
+    assert_user_error(invoke("tune", "show", tmp_path / "nope"), "nope", "no such study folder")
+    assert_user_error(invoke("tune", "show", tmp_path), "not a danlu study folder")
 
 
 # ------------------------------------------------------------------ PostgreSQL: two processes, one study
@@ -689,6 +681,7 @@ def postgres_url() -> Iterator[str]:
         shutil.rmtree(root, ignore_errors=True)
 
 
+@pytest.mark.slow
 def test_two_processes_share_a_postgresql_study(tmp_path, postgres_url):
     """Two searches on one study: the first trial to start holds (Hold model) until the other
     process has started one too, so that both take part on any machine, however fast either

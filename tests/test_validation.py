@@ -15,8 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import small_config
-from test_bad_input import assert_user_error
+from conftest import assert_user_error, small_config
 
 from danlu import api, config, fileio
 from danlu.errors import DanluError

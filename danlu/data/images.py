@@ -675,7 +675,7 @@ class ImageBatches:
 # --------------------------------------------------------------------------- build
 def build(cfg: DataConfig, task_type: str, seed: int, model_cfg: Any = None) -> Any:
     """RunConfig.data -> Prepared(schema, ImagePreprocessor, splits, frames)."""
-    from danlu.data import Prepared, _split
+    from danlu.data.frames import Prepared, _split
 
     icfg = cfg.images or ImageDataConfig()
     _check_model(model_cfg)

@@ -527,7 +527,7 @@ def _empty(s: pd.Series) -> np.ndarray:
 # --------------------------------------------------------------------------- build
 def build(cfg: Any, task_type: str, seed: int, model_cfg: Any) -> Any:
     """RunConfig.data with `inputs` -> Prepared(schema, MultimodalPreprocessor, splits, frames)."""
-    from danlu.data import Prepared, _read_frames, _split, _where
+    from danlu.data.frames import Prepared, _read_frames, _split, _where
 
     check_model(cfg, model_cfg)
     if cfg.source:

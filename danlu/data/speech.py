@@ -424,7 +424,7 @@ def read_splits(cfg: DataConfig, label_column: str, classify: bool, seed: int) -
 def build(cfg: DataConfig, task_type: str, seed: int, model_cfg: Any = None) -> Any:
     """Read, split, fit the vocabulary (or classes) and the feature normalisation on train,
     load every recording at the model's sample rate."""
-    from danlu.data import Prepared
+    from danlu.data.frames import Prepared
 
     acfg = cfg.audio or AudioDataConfig()
     model_type = getattr(model_cfg, "type", "")

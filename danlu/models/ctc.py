@@ -1,4 +1,4 @@
-"""Speech models and loading a trained speech run.
+"""Speech models.
 
 - `ctc`: convolutional subsampling of log-mel frames, a BiGRU/BiLSTM, Transformer or
   Conformer encoder, and a linear CTC head over characters (blank = 0).
@@ -10,19 +10,16 @@
 Every model takes `features` (batch, frames, dim) and `lengths` (batch,); CTC models return
 (log-probabilities (batch, frames', vocab), output lengths).
 
-`load_recognizer(run_dir)` turns a run folder into a `Recognizer` whose
-`transcribe(waveform, sample_rate)` gives text, frame log-probabilities and word times.
+A trained speech run is loaded by danlu.speech_run.load_recognizer.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -269,135 +266,6 @@ class Wav2Vec2CTC(nn.Module):
         self.hf.save_pretrained(str(out_dir), safe_serialization=True)
 
 
-# --------------------------------------------------------------------------- a trained run
-@dataclass
-class Transcription:
-    text: str
-    log_probs: np.ndarray  # (frames, vocab + 1), blank at 0
-    frame_seconds: float  # time between output frames
-    words: list[tuple[str, float, float]]  # (word, start s, end s)
-
-
-class Recognizer:
-    """A trained speech run: `transcribe` (speech_recognition) or `classify` (audio classes)."""
-
-    def __init__(self, run_dir: str | Path, trust_code: bool = False) -> None:
-        from danlu import models, tasks
-        from danlu.config import TaskConfig, parse_model
-        from danlu.data.speech import SpeechPreprocessor, SpeechSchema
-        from danlu.errors import DanluError
-        from danlu.registry import reading_saved
-        from danlu.run import RunDir
-        from danlu.training.checkpoint import load_weights
-
-        run = RunDir.open(run_dir)
-        meta = run.read_model_json()
-        if meta.get("schema", {}).get("input_kind") != "audio":
-            raise DanluError(f"{run.path}: not a speech run (its inputs are not audio)")
-        self.run = run
-        self.schema = SpeechSchema.from_dict(meta["schema"])
-        self.preprocessor = SpeechPreprocessor.from_state(meta["preprocessor"])
-        self.featurizer = self.preprocessor.featurizer
-        model_cfg = parse_model(meta["model"])
-        if model_cfg.type == "wav2vec2_ctc":  # the run's own export, not the original checkpoint
-            model_cfg = model_cfg.model_copy(update={"path": str(run.path / "hf")})
-        with reading_saved(run.model_json, trust_code):  # user code only from a trusted folder
-            self.task = tasks.build(
-                TaskConfig.model_validate(meta["task"]), self.schema, torch.zeros(0, dtype=torch.long)
-            )
-            self.model = models.build(model_cfg, self.schema, self.task.out_dim)
-        load_weights(self.model, run.weights)
-        self.model.eval()
-        self.sample_rate = self.schema.sample_rate
-
-    def _forward(self, waveform: np.ndarray, sample_rate: int) -> Any:
-        from danlu.data.audio import resample
-
-        wave = np.asarray(waveform, dtype=np.float32)
-        if wave.ndim > 1:
-            wave = wave.mean(axis=-1)
-        if sample_rate != self.sample_rate:
-            wave = resample(wave, sample_rate, self.sample_rate)
-        x = self.featurizer(torch.from_numpy(np.ascontiguousarray(wave)))
-        with torch.no_grad():
-            return self.model(x[None], torch.tensor([len(x)]))
-
-    def log_probs(self, waveform: np.ndarray, sample_rate: int) -> torch.Tensor:
-        """(frames, vocab + 1) CTC log-probabilities of one utterance, blank at 0."""
-        log_probs, lengths = self._forward(waveform, sample_rate)
-        return log_probs[0, : int(lengths[0])].float()
-
-    def transcribe(self, waveform: np.ndarray, sample_rate: int) -> Transcription:
-        """CTC transcript of float mono samples at `sample_rate` (resampled as needed), decoded
-        the way the run's task.decoder says (greedy unless configured)."""
-        from danlu.errors import DanluError
-
-        if self.schema.task != "speech_recognition":
-            raise DanluError(f"{self.run.path}: this run classifies audio; use classify()")
-        lp = self.log_probs(waveform, sample_rate)
-        decoder = self.task.decoder
-        best = decoder.decode(lp)
-        n_in = len(waveform) * self.sample_rate / sample_rate
-        step = n_in / self.sample_rate / max(len(lp), 1)
-        if decoder.kind == "greedy":
-            words = word_times(lp.argmax(-1).tolist(), self.task.vocab, step)
-        else:
-            words = [(w, a * step, b * step) for w, a, b in decoder.words_with_frames(best, len(lp))]
-        return Transcription(decoder.text(best.ids), lp.numpy(), step, words)
-
-    def classify(self, waveform: np.ndarray, sample_rate: int) -> dict[str, float]:
-        """Class probabilities of one clip."""
-        logits = self._forward(waveform, sample_rate)
-        proba = self.task.decode(logits.float())[0]
-        return {name: float(p) for name, p in zip(self.schema.class_names, proba, strict=True)}
-
-    def predict(self, paths: Any) -> list[str]:
-        """Transcripts (or class names) of audio files, folders or a manifest's files."""
-        return self.predict_frame(paths)["prediction"].tolist()
-
-    def predict_frame(self, paths: Any, proba: bool = False) -> Any:
-        """Audio files (or folders, or a manifest with an `audio` column) -> a table of
-        predictions: the transcript, or the class (+ probabilities)."""
-        import pandas as pd
-
-        from danlu.data.audio import find_audio, load_audio
-
-        files = _input_files(paths)
-        rows = []
-        for f in find_audio(files):
-            wave = load_audio(f, self.sample_rate)
-            if self.schema.task == "speech_recognition":
-                rows.append({"audio": str(f), "prediction": self.transcribe(wave, self.sample_rate).text})
-            else:
-                p = self.classify(wave, self.sample_rate)
-                row: dict[str, Any] = {"audio": str(f), "prediction": max(p, key=p.get)}
-                if proba:
-                    row.update({f"proba_{k}": v for k, v in p.items()})
-                rows.append(row)
-        return pd.DataFrame(rows)
-
-
-def _input_files(paths: Any) -> list[Path]:
-    """A manifest (CSV/TSV/JSONL with an `audio` column) expands to its files."""
-    from danlu.data.tabular import FORMATS, read_table
-
-    out: list[Path] = []
-    for p in [paths] if isinstance(paths, str | Path) else list(paths):
-        p = Path(p)
-        if p.is_file() and p.suffix.lower() in FORMATS:
-            df = read_table(p)
-            if "audio" not in df.columns:
-                from danlu.errors import DanluError
-
-                raise DanluError(
-                    f"{p}: a manifest needs an 'audio' column; columns are: {', '.join(df.columns)}"
-                )
-            out.extend(p.parent / str(a) for a in df["audio"])
-        else:
-            out.append(p)
-    return out
-
-
 def word_times(best: list[int], vocab: list[str], step: float) -> list[tuple[str, float, float]]:
     """Words with start/end seconds from the best path: a word spans its first to last
     non-blank frame; the space character ends a word."""
@@ -422,9 +290,3 @@ def word_times(best: list[int], vocab: list[str], step: float) -> list[tuple[str
     if chars:
         words.append(("".join(chars), start * step, (end + 1) * step))
     return words
-
-
-def load_recognizer(run_dir: str | Path, trust_code: bool = False) -> Recognizer:
-    """A trained speech run folder -> Recognizer (transcribe / classify / predict_frame);
-    trust_code: let its model.json name user code."""
-    return Recognizer(run_dir, trust_code)

@@ -215,29 +215,3 @@ class PretrainedEncoder(nn.Module):
                 mask_token="[MASK]",
             )
         tok.save_pretrained(str(out_dir))
-
-
-def export_run(run_dir: str | Path, out_dir: str | Path, trust_code: bool = False) -> Path:
-    """`danlu export RUN --format hf OUT` for a pretrained_encoder run. The folder is built
-    beside OUT and renamed into place, so OUT is never half written."""
-    import shutil
-    import tempfile
-
-    from danlu.predict import Predictor
-    from danlu.run import RunDir
-
-    out_dir = Path(out_dir)
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise DanluError(f"'{out_dir}' already exists and is not empty; choose a new folder")
-    run = RunDir.open(run_dir)
-    predictor = Predictor(run, trust_code)
-    model = predictor.model
-    assert isinstance(model, PretrainedEncoder)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
-        model.export_hf(tmp, base_folder(predictor.schema.pretrained or {}), run.tokenizer)
-        tmp.replace(out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out_dir

@@ -6,15 +6,12 @@ and for metrics of a whole split, and that is all.
 
 from __future__ import annotations
 
-import inspect
 from typing import Any, Protocol
 
 import numpy as np
 import torch
 
 from danlu.config import TaskConfig
-from danlu.errors import DanluError
-from danlu.registry import LOSSES, UntrustedCodeError
 
 
 class Task(Protocol):
@@ -43,19 +40,6 @@ def build(cfg: TaskConfig, schema: Any, y_train: torch.Tensor, preprocessor: Any
     if schema.task == "classification":
         return ClassificationTask(cfg, schema, y_train)
     return RegressionTask(cfg, schema, y_train, preprocessor)
-
-
-def make_loss(name: str, cfg: TaskConfig, y_train: torch.Tensor, n_classes: int) -> Any:
-    try:
-        fn = LOSSES.get(name)
-    except UntrustedCodeError:
-        raise
-    except DanluError as e:
-        raise DanluError(f"task.loss: {e}") from None
-    if ":" not in name:
-        return fn(cfg, y_train, n_classes)
-    # user loss: a class is instantiated with no arguments, a function is used as is
-    return fn() if inspect.isclass(fn) else fn
 
 
 def resolved_config(cfg: TaskConfig, task: Any) -> TaskConfig:

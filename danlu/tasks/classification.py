@@ -9,8 +9,7 @@ import torch
 
 from danlu.config import TaskConfig
 from danlu.errors import DanluError
-from danlu.tasks import make_loss
-from danlu.tasks.losses import CLASSIFICATION_LOSSES
+from danlu.tasks.losses import CLASSIFICATION_LOSSES, make_loss
 
 
 class ClassificationTask:

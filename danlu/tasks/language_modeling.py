@@ -11,7 +11,7 @@ import torch
 
 from danlu.config import TaskConfig
 from danlu.errors import DanluError
-from danlu.tasks import make_loss
+from danlu.tasks.losses import make_loss
 
 
 class LanguageModelingTask:

@@ -3,10 +3,15 @@
 
 from __future__ import annotations
 
+import inspect
+from typing import Any
+
 import torch
 from torch import nn
 
 from danlu.config import TaskConfig
+from danlu.errors import DanluError
+from danlu.registry import LOSSES, UntrustedCodeError
 
 
 def _class_weights(cfg: TaskConfig, y: torch.Tensor, n_classes: int) -> torch.Tensor | None:
@@ -44,6 +49,19 @@ def huber(cfg: TaskConfig, y: torch.Tensor, n_classes: int) -> nn.Module:
 
 def smooth_l1(cfg: TaskConfig, y: torch.Tensor, n_classes: int) -> nn.Module:
     return nn.SmoothL1Loss(beta=cfg.huber_delta)
+
+
+def make_loss(name: str, cfg: TaskConfig, y_train: torch.Tensor, n_classes: int) -> Any:
+    try:
+        fn = LOSSES.get(name)
+    except UntrustedCodeError:
+        raise
+    except DanluError as e:
+        raise DanluError(f"task.loss: {e}") from None
+    if ":" not in name:
+        return fn(cfg, y_train, n_classes)
+    # user loss: a class is instantiated with no arguments, a function is used as is
+    return fn() if inspect.isclass(fn) else fn
 
 
 CLASSIFICATION_LOSSES = ("cross_entropy", "bce_with_logits")

@@ -10,8 +10,7 @@ import torch
 
 from danlu.config import TaskConfig
 from danlu.errors import DanluError
-from danlu.tasks import make_loss
-from danlu.tasks.losses import REGRESSION_LOSSES
+from danlu.tasks.losses import REGRESSION_LOSSES, make_loss
 
 
 class RegressionTask:

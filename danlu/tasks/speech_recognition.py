@@ -1,6 +1,6 @@
 """Speech recognition with CTC: the loss over (log-probabilities, output lengths), greedy
-decoding to text, word and character error rates (jiwer), and the evaluation output of
-audio runs (metrics.json, predictions.csv, report.md)."""
+decoding to text, word and character error rates (jiwer). The evaluation output of audio
+runs is written by danlu.speech_run."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from danlu.config import TaskConfig
 from danlu.ctc_decode import CTCDecoder
 from danlu.errors import DanluError
-from danlu.tasks import make_loss
+from danlu.tasks.losses import make_loss
 
 
 class CTCLoss:
@@ -117,134 +117,3 @@ class SpeechRecognitionTask:
 
     def metrics(self, refs: np.ndarray, hyps: np.ndarray) -> dict[str, Any]:
         return error_rates(list(refs), list(hyps))
-
-
-# --------------------------------------------------------------------------- evaluation output
-def evaluate_audio_run(
-    run: Any, cfg: Any, split: str, data: Any, plots: bool, trust_code: bool = False
-) -> dict[str, Any]:
-    """`danlu evaluate` of an audio run: one of its splits, or a manifest / folder given with
-    --data, featurized with the run's saved preprocessing."""
-    from danlu.data.speech import eval_split
-    from danlu.models.ctc import load_recognizer
-
-    rec = load_recognizer(run.path, trust_code)
-    split_data, frame, name = eval_split(cfg, rec.preprocessor, rec.schema, split, data)
-    out = run.for_data(data) if data is not None else run  # another file: beside the run's results
-    return finish_audio(out, cfg, rec.model, rec.task, rec.schema, split_data, frame, name, plots)
-
-
-def finish_audio(
-    run: Any,
-    cfg: Any,
-    model: torch.nn.Module,
-    task: Any,
-    schema: Any,
-    data: Any,
-    frame: Any,
-    split: str,
-    plots: bool,
-) -> dict[str, Any]:
-    """Evaluate an audio run on one split; write metrics.json, predictions.csv and report.md
-    (and, for a fine-tuned Hugging Face model, the transformers folder hf/)."""
-    import copy
-
-    import pandas as pd
-
-    from danlu import fileio
-    from danlu.training.trainer import evaluate_split
-
-    if hasattr(model, "export") and not (run.path / "hf" / "config.json").is_file():
-        model.export(run.path / "hf", schema.vocab, schema.sample_rate)
-    frame = frame.reset_index(drop=True)
-    model.eval()
-    compare = task.kind == "speech_recognition" and task.decoder.kind != "greedy"
-    if compare:  # what the decoder adds over the best path, decoded from the same log-probabilities
-        task = copy.copy(task)
-        task.best_paths = []
-    metrics, decoded = evaluate_split(model, task, data, torch.device("cpu"))
-    summary = {"split": split, "rows": len(data), "task": task.kind, "metrics": metrics}
-    if task.kind == "speech_recognition":
-        summary["decoder"] = task.decoder.describe()
-        if compare:
-            best_path = task.metrics(task.target(data.y), task.best_paths)
-            metrics.update(wer_greedy=best_path["wer"], cer_greedy=best_path["cer"])
-    if task.kind == "classification":
-        classes = np.asarray(schema.classes, dtype=object)
-        preds = pd.DataFrame({"prediction": classes[decoded.argmax(axis=1)]})
-        for j, name in enumerate(schema.class_names):
-            preds[f"proba_{name}"] = decoded[:, j]
-        table = pd.concat([frame, preds], axis=1)
-    else:
-        refs = task.target(data.y)
-        table = frame.assign(reference=refs, prediction=list(decoded))
-        table["errors"] = [_word_errors(r, h) for r, h in zip(refs, decoded, strict=True)]
-        summary["audio_seconds"] = round(sum(len(w) for w in data.waves) / data.featurizer.sample_rate, 2)
-    run.write_metrics(summary)
-    with fileio.atomic_path(run.predictions) as tmp:
-        table.to_csv(tmp, index=False)
-    if task.kind == "classification":
-        from danlu.evaluation.report import write_report
-
-        write_report(
-            run.report,
-            run.plots,
-            title=f"danlu run {run.path.name}",
-            task="classification",
-            split=split,
-            metrics=metrics,
-            history=run.read_history(),
-            steps=run.read_steps(),
-            y_true=task.target(data.y),
-            output=decoded,
-            names=schema.class_names,
-            details={"run": run.path.name, "task": "classification (audio)", "model": cfg.model.type},
-            plots=plots,
-        )
-    else:
-        _write_asr_report(run, split, metrics, table, plots, summary["decoder"])
-    return summary
-
-
-def _word_errors(ref: str, hyp: str) -> int:
-    """Word-level edit distance of one utterance."""
-    a, b = ref.split(), hyp.split()
-    row = list(range(len(b) + 1))
-    for i, wa in enumerate(a, start=1):
-        prev, row[0] = row[0], i
-        for j, wb in enumerate(b, start=1):
-            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (wa != wb))
-    return row[-1]
-
-
-def _write_asr_report(
-    run: Any, split: str, metrics: dict[str, Any], table: Any, plots: bool, decoder: str
-) -> None:
-    from danlu import fileio
-
-    lines = [
-        f"# danlu run {run.path.name}",
-        "",
-        f"Decoder: {decoder}"
-        + (" (`_greedy`: the best path, for comparison)." if "wer_greedy" in metrics else "."),
-        "",
-        f"| metric ({split} split, {len(table)} utterances) | value |",
-        "| --- | ---: |",
-        *(f"| {k} | {v:.4f} |" for k, v in metrics.items()),
-    ]
-    worst = table[table["errors"] > 0].sort_values("errors", ascending=False).head(10)
-    if len(worst):
-        lines += [
-            "",
-            "## Utterances with the most word errors",
-            "",
-            "| audio | reference | prediction | errors |",
-            "| --- | --- | --- | ---: |",
-        ]
-        lines += [f"| {r.audio} | {r.reference} | {r.prediction} | {r.errors} |" for r in worst.itertuples()]
-    if plots:
-        from danlu.evaluation.report import plot_history
-
-        if plot_history(run.read_history(), run.plots / "history.png", run.read_steps()):
-            lines += ["", "![training history](plots/history.png)"]
-    fileio.write_text(run.report, "\n".join(lines) + "\n")

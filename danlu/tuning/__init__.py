@@ -50,8 +50,16 @@ from danlu.errors import DanluError
 from danlu.tuning.heartbeat import Watch
 from danlu.tuning.report import Reporter, StudySummary, TuneResult, print_leaderboard, show, summarize
 from danlu.tuning.space import Param, parse_space
-from danlu.tuning.study import Search, SearchError, SearchInterrupted, mask_url, open_storage, prepare
-from danlu.tuning.trials import run_trial, run_workers, search_loop, trial_config, work
+from danlu.tuning.study import (
+    Search,
+    SearchError,
+    SearchInterrupted,
+    mask_url,
+    open_storage,
+    prepare,
+    trial_config,
+)
+from danlu.tuning.trials import run_trial, run_workers, search_loop, work
 
 __all__ = [
     "Param",

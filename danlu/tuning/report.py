@@ -22,8 +22,7 @@ from optuna.trial import FrozenTrial, TrialState
 from danlu import config as config_mod
 from danlu import fileio
 from danlu.errors import DanluError, did_you_mean
-from danlu.tuning.study import Search, mask_url, open_storage
-from danlu.tuning.trials import counted, trial_config
+from danlu.tuning.study import Search, counted, mask_url, open_storage, trial_config
 
 
 @dataclass

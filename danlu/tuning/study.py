@@ -13,12 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from danlu import config as config_mod
 from danlu.config import RunConfig
 from danlu.errors import DanluError
 from danlu.evaluation.metrics import direction as metric_direction
+from danlu.tuning.heartbeat import retried
 from danlu.tuning.pruners import MedianPruner
 from danlu.tuning.space import Param, parse_space
 
@@ -314,3 +315,30 @@ class SearchError(DanluError):
 
 class SearchInterrupted(Exception):
     """Ctrl-C: the running trials were recorded as interrupted; --resume continues."""
+
+
+def trial_config(search: Search, values: dict[str, Any], name: str, out_dir: Path | str) -> dict[str, Any]:
+    """The base config with the trial's values, as a plain run config (no tune section)."""
+    raw = copy.deepcopy(search.raw)
+    raw.pop("tune", None)
+    for key, value in values.items():
+        config_mod.set_path(raw, key, value, "tune.space")
+    raw["name"] = name
+    raw["output"] = {"dir": str(out_dir), "timestamp": False}
+    return raw
+
+
+def counted(trials: list[FrozenTrial], below: int | None = None) -> int:
+    """Trials toward the study's count (numbered below `below`, if given): interrupted and
+    surplus ones are run again, so are the ones whose process died (their configuration is
+    queued again, maybe as a trial numbered above), and queued ones are still to run."""
+    skip = ("interrupted", "surplus", "aborted")
+    again = retried(trials)
+    return sum(
+        1
+        for t in trials
+        if t.state != TrialState.WAITING
+        and (below is None or t.number < below)
+        and t.number not in again
+        and not any(t.user_attrs.get(k) for k in skip)
+    )

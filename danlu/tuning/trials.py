@@ -3,7 +3,6 @@ the study has its count, and the worker processes of `--jobs`."""
 
 from __future__ import annotations
 
-import copy
 import gc
 import json
 import math
@@ -25,22 +24,11 @@ from optuna.trial import FrozenTrial, TrialState
 from danlu import config as config_mod
 from danlu import fileio
 from danlu.errors import DanluError
-from danlu.tuning.heartbeat import HEARTBEAT, HOST, Heartbeat, Watch, retried
-from danlu.tuning.study import Search, SearchError, SearchInterrupted, prepare
+from danlu.tuning.heartbeat import HEARTBEAT, HOST, Heartbeat, Watch
+from danlu.tuning.study import Search, SearchError, SearchInterrupted, counted, prepare, trial_config
 
 if TYPE_CHECKING:
     from danlu.tuning.report import Reporter
-
-
-def trial_config(search: Search, values: dict[str, Any], name: str, out_dir: Path | str) -> dict[str, Any]:
-    """The base config with the trial's values, as a plain run config (no tune section)."""
-    raw = copy.deepcopy(search.raw)
-    raw.pop("tune", None)
-    for key, value in values.items():
-        config_mod.set_path(raw, key, value, "tune.space")
-    raw["name"] = name
-    raw["output"] = {"dir": str(out_dir), "timestamp": False}
-    return raw
 
 
 def run_trial(search: Search, study: optuna.Study, trial: optuna.Trial) -> FrozenTrial | None:
@@ -150,22 +138,6 @@ def _one_line(e: BaseException) -> str:
 
 
 # --------------------------------------------------------------------------- the trial loop
-def counted(trials: list[FrozenTrial], below: int | None = None) -> int:
-    """Trials toward the study's count (numbered below `below`, if given): interrupted and
-    surplus ones are run again, so are the ones whose process died (their configuration is
-    queued again, maybe as a trial numbered above), and queued ones are still to run."""
-    skip = ("interrupted", "surplus", "aborted")
-    again = retried(trials)
-    return sum(
-        1
-        for t in trials
-        if t.state != TrialState.WAITING
-        and (below is None or t.number < below)
-        and t.number not in again
-        and not any(t.user_attrs.get(k) for k in skip)
-    )
-
-
 def work(
     search: Search,
     study: optuna.Study,

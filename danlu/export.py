@@ -1,0 +1,91 @@
+"""`danlu export RUN --format hf OUT`: a trained run folder -> a Hugging Face folder.
+
+A language-model (GPT) run becomes a GPT-2 folder (GPT2LMHeadModel + AutoTokenizer); a
+pretrained_encoder run becomes an AutoModelForSequenceClassification folder. Application
+code over a run folder, so it sits above models/ and predict.py (which it uses).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+from danlu.errors import DanluError
+from danlu.modelref import _load_run, _one_line
+from danlu.models.pretrained import PretrainedEncoder, base_folder
+from danlu.predict import Predictor
+from danlu.run import RunDir
+
+
+def export_run(
+    run_dir: str | Path, out_dir: str | Path, format: str = "hf", trust_code: bool = False
+) -> Path:
+    """Write a language-model run as a Hugging Face GPT-2 folder (config.json,
+    model.safetensors, tokenizer files) that GPT2LMHeadModel and AutoTokenizer load.
+    trust_code: a pretrained_encoder run may name user code (e.g. its task.loss)."""
+    if format != "hf":
+        raise DanluError(f"unknown export format '{format}'; supported: hf (language-model runs)")
+    run_path, out_dir = Path(run_dir), Path(out_dir)
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise DanluError(f"'{out_dir}' already exists and is not empty; choose a new folder")
+    if not (run_path / "model.json").is_file() and (run_path / "config.json").is_file():
+        raise DanluError(f"'{run_path}' is already a Hugging Face folder; export takes a danlu run folder")
+    run = RunDir.open(run_path)
+    if (run.read_model_json().get("model") or {}).get("type") == "pretrained_encoder":
+        return export_encoder(run_path, out_dir, trust_code)  # an AutoModelForSequenceClassification folder
+    try:
+        lm = _load_run(run_path)
+    except DanluError as e:
+        if "language_modeling run" in str(e):
+            raise DanluError(
+                f"{e}; `danlu export --format hf` supports language-model (GPT) and"
+                " pretrained_encoder runs only"
+            ) from None
+        raise
+    from transformers import PreTrainedTokenizerFast
+
+    from danlu.models.gpt import export_hf
+
+    tok_file = run_path / "tokenizer.json"
+    raw = lm.tokenizer.tok
+    eos, pad = lm.tokenizer.eos_token_id, lm.tokenizer.pad_token_id
+    special: dict[str, str] = {}
+    for name, tid in (("eos_token", eos), ("bos_token", eos), ("pad_token", pad if pad is not None else eos)):
+        token = raw.id_to_token(tid) if isinstance(tid, int) else None
+        if token is not None:
+            special[name] = token
+    tmp = Path(tempfile.mkdtemp(prefix=".danlu-tokenizer-"))
+    try:
+        try:
+            hf_tok = PreTrainedTokenizerFast(tokenizer_file=str(tok_file), **special)
+            hf_tok.save_pretrained(str(tmp))
+        except Exception as e:
+            raise DanluError(
+                f"cannot convert '{tok_file}' to a transformers tokenizer: {_one_line(e)}"
+            ) from None
+        ids = {k.replace("_token", "_token_id"): raw.token_to_id(v) for k, v in special.items()}
+        export_hf(lm.model.to("cpu"), out_dir, tokenizer_dir=tmp, extra_config=ids)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir
+
+
+def export_encoder(run_dir: str | Path, out_dir: str | Path, trust_code: bool = False) -> Path:
+    """`danlu export RUN --format hf OUT` for a pretrained_encoder run. The folder is built
+    beside OUT and renamed into place, so OUT is never half written."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise DanluError(f"'{out_dir}' already exists and is not empty; choose a new folder")
+    run = RunDir.open(run_dir)
+    predictor = Predictor(run, trust_code)
+    model = predictor.model
+    assert isinstance(model, PretrainedEncoder)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        model.export_hf(tmp, base_folder(predictor.schema.pretrained or {}), run.tokenizer)
+        tmp.replace(out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir

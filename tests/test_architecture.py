@@ -1,0 +1,160 @@
+"""The import contract of ARCHITECTURE.md, checked on the source (no import is executed).
+
+Every `import` counts, at the top of a module or inside a function (a deferred import is
+still a dependency; hiding one in a function is how the old cycles went unnoticed). The
+root `danlu/__init__.py` is left out: it is the lazy public API (`danlu.train`,
+`danlu.generate`, ...) and sits above everything. Run on its own with
+`python -m pytest tests/test_architecture.py` (`make lint` does).
+"""
+
+from __future__ import annotations
+
+import ast
+import graphlib
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "danlu"
+
+# the layered core shared by every kind of input
+CORE = (
+    "danlu.data",
+    "danlu.models",
+    "danlu.tasks",
+    "danlu.training",
+    "danlu.evaluation",
+    "danlu.config",
+    "danlu.templates",  # the `danlu init` templates config.py validates against
+    "danlu.registry",
+    "danlu.run",
+    "danlu.errors",
+    "danlu.fileio",
+)
+# entry points and applications over a run folder: nothing in the core imports them
+ABOVE_CORE = (
+    "danlu.cli",
+    "danlu.api",
+    "danlu.tuning",
+    "danlu.predict",
+    "danlu.export",
+    "danlu.speech_run",
+)
+# the modules issue 15 step 2 gathers into danlu/lm/ and danlu/speech/: domains above the core
+DOMAINS = (
+    "danlu.generation",
+    "danlu.modelref",
+    "danlu.cpu_kernels",
+    "danlu.ctc_decode",
+    "danlu.asr",
+    "danlu.asr_eval",
+)
+# what models/ may never import: they are nn.Modules, built from a config and a schema
+NOT_FROM_MODELS = ("danlu.predict", "danlu.tasks", "danlu.run", "danlu.api", *ABOVE_CORE)
+
+# Core -> domain imports that exist today. Each goes when issue 15 step 2 moves the language
+# models to danlu/lm/ and speech to danlu/speech/, with model references (model_folder,
+# resolve_lm) in one small core module (hub.py) and the decoders in speech/. Do not add to it.
+KNOWN_CORE_TO_DOMAIN = {
+    ("danlu.data.sequences", "danlu.modelref"),  # model_folder: hub.py (step 2)
+    ("danlu.models.pretrained", "danlu.modelref"),  # model_folder: hub.py (step 2)
+    ("danlu.models.lm", "danlu.modelref"),  # resolve_lm: lm/ (step 2)
+    ("danlu.models.gpt", "danlu.cpu_kernels"),  # the C kernel: lm/cpu/, installed explicitly (step 2)
+    ("danlu.tasks.language_modeling", "danlu.generation"),  # sample text: lm/ (step 2)
+    ("danlu.tasks.speech_recognition", "danlu.ctc_decode"),  # CTC decoders: speech/ (step 2)
+}
+
+
+def _modules() -> dict[str, Path]:
+    mods = {}
+    for f in PACKAGE.rglob("*.py"):
+        parts = list(f.relative_to(PACKAGE.parent).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        mods[".".join(parts)] = f
+    return mods
+
+
+def _resolve(name: str, mods: dict[str, Path]) -> str | None:
+    """`danlu.data.frames.Prepared` -> the module `danlu.data.frames`."""
+    while name and name not in mods:
+        name = name.rpartition(".")[0]
+    return name or None
+
+
+def import_graph() -> dict[str, set[str]]:
+    """module -> the danlu modules it imports anywhere in its source."""
+    mods = _modules()
+    graph: dict[str, set[str]] = {m: set() for m in mods}
+    for m, f in mods.items():
+        if m == "danlu":
+            continue
+        is_pkg = f.name == "__init__.py"
+        for node in ast.walk(ast.parse(f.read_text(encoding="utf-8"), str(f))):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:  # relative: from the module's package upwards
+                    base = m.split(".") if is_pkg else m.split(".")[:-1]
+                    base = base[: len(base) - (node.level - 1)]
+                    mod = ".".join(base + ([node.module] if node.module else []))
+                else:
+                    mod = node.module or ""
+                names = [f"{mod}.{a.name}" for a in node.names]
+            else:
+                continue
+            for name in names:
+                target = _resolve(name, mods) if name.split(".")[0] == "danlu" else None
+                if target and target != m:
+                    graph[m].add(target)
+    return graph
+
+
+def _in(module: str, packages: tuple[str, ...]) -> bool:
+    return any(module == p or module.startswith(p + ".") for p in packages)
+
+
+def _edges(graph: dict[str, set[str]], src: tuple[str, ...], dst: tuple[str, ...]) -> set[tuple[str, str]]:
+    return {(a, b) for a, targets in graph.items() if _in(a, src) for b in targets if _in(b, dst)}
+
+
+@pytest.fixture(scope="module")
+def graph() -> dict[str, set[str]]:
+    return import_graph()
+
+
+def test_the_checker_sees_imports_inside_functions(graph: dict[str, set[str]]) -> None:
+    # api.py imports danlu.speech_run only inside train()/evaluate(): it must still be an edge,
+    # and `from danlu import models` must resolve to the package danlu.models
+    assert "danlu.speech_run" in graph["danlu.api"]
+    assert "danlu.models" in graph["danlu.api"]
+    assert graph["danlu.data"] >= {"danlu.data.frames", "danlu.data.images"}
+
+
+def test_no_import_cycles(graph: dict[str, set[str]]) -> None:
+    try:
+        tuple(graphlib.TopologicalSorter(graph).static_order())
+    except graphlib.CycleError as e:
+        pytest.fail(f"import cycle: {' -> '.join(e.args[1])}")
+
+
+def test_core_never_imports_entry_points_or_applications(graph: dict[str, set[str]]) -> None:
+    assert _edges(graph, CORE, ABOVE_CORE) == set()
+
+
+def test_models_never_import_tasks_runs_or_applications(graph: dict[str, set[str]]) -> None:
+    assert _edges(graph, ("danlu.models",), NOT_FROM_MODELS) == set()
+
+
+def test_core_imports_domains_only_where_known(graph: dict[str, set[str]]) -> None:
+    found = _edges(graph, CORE, DOMAINS)
+    assert found - KNOWN_CORE_TO_DOMAIN == set(), "a new core -> lm/speech import"
+    # a removed dependency leaves the allow-list too, so the list only ever shrinks
+    assert KNOWN_CORE_TO_DOMAIN - found == set(), "remove these from KNOWN_CORE_TO_DOMAIN"
+
+
+def test_every_module_has_a_layer(graph: dict[str, set[str]]) -> None:
+    # a new top-level module must be placed in one of the lists above (and in ARCHITECTURE.md)
+    entry = ("danlu", "danlu.__main__")
+    unplaced = [m for m in graph if not _in(m, CORE + ABOVE_CORE + DOMAINS) and m not in entry]
+    assert unplaced == []
