@@ -30,6 +30,7 @@ CORE = (
     "danlu.run",
     "danlu.errors",
     "danlu.fileio",
+    "danlu.datasets",  # named public datasets, resolved when a config is loaded
 )
 # entry points and applications over a run folder: nothing in the core imports them
 ABOVE_CORE = (
