@@ -129,6 +129,15 @@ class RunDir:
             )
         return meta
 
+    def read_failed(self) -> str | None:
+        """Why training stopped on an error (failed.json), or None when it did not."""
+        if not self.failed.is_file():
+            return None
+        try:
+            return str(json.loads(self.failed.read_text(encoding="utf-8")).get("reason", ""))
+        except (OSError, ValueError, AttributeError):
+            return "failed.json is damaged"
+
     def mark_failed(self, reason: str) -> None:
         """Say in the folder that training stopped on an error, and why. Best effort: on a
         full disk this write can fail too, and the original error is the one to report."""
@@ -359,6 +368,9 @@ def _summary(run: RunDir) -> dict[str, Any]:
         status = "done" if run.weights.is_file() else "incomplete"
     else:
         status = "incomplete" if run.has_checkpoint() else "failed"
+    failed = run.read_failed() if status != "done" else None
+    if failed is not None:  # stopped on an error (a divergence): resuming would repeat it
+        status = "failed"
     numbers = metrics.get("metrics") if isinstance(metrics.get("metrics"), dict) else {}
     name = MAIN_METRIC.get(task, "loss")
     value = numbers.get(name)
@@ -370,6 +382,7 @@ def _summary(run: RunDir) -> dict[str, Any]:
         "monitor": monitor,
         "best": best,
         "epochs": len(history),
+        "error": failed,
         "metric": name,
         "value": value,
         "split": metrics.get("split") if name else None,

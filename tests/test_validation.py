@@ -6,6 +6,7 @@ written, a model too large to allocate, a full disk, and a diverging training ru
 from __future__ import annotations
 
 import errno
+import json
 import math
 import os
 from pathlib import Path
@@ -199,6 +200,8 @@ def test_diverging_run_stops_names_lr_and_marks_folder_failed(run_cli, write_con
     failed = fileio_json(run / "failed.json")
     assert failed["reason"] == line.removeprefix("error: ")
     assert not (run / "model.json").exists()  # never presented as a finished model
+    listed = json.loads(run_cli("runs", str(runs_dir), "--json").stdout)
+    assert [(r["status"], r["error"]) for r in listed] == [("failed", failed["reason"])]
     best = run / "checkpoints" / "best.safetensors"
     if best.exists():  # a best model is one from before the divergence
         from safetensors.torch import load_file
