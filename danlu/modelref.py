@@ -557,21 +557,37 @@ def _danlu_stream(lm: LoadedLM, ids: list[int], opts: GenerationOptions) -> Iter
 
 def token_logprobs(lm: LoadedLM, prompt_ids: list[int], new_ids: list[int]) -> list[float]:
     """log p(token | everything before it) of each new token under the model (before any
-    temperature or filtering), from one forward pass over prompt + new tokens."""
+    temperature or filtering). A sequence longer than the model's context is scored the way
+    it was generated: each token after the first `block_size` sees the `block_size` tokens
+    before it (one batch of windows); the rest come from one pass over the first window."""
     if not new_ids:
         return []
-    seq = torch.tensor([list(prompt_ids) + list(new_ids)], dtype=torch.long, device=lm.device)
+    ids = list(prompt_ids) + list(new_ids)
+    first, block = len(prompt_ids), lm.block_size
+    head = ids if block is None else ids[:block]
+    rows = [head]  # row 0 scores the new tokens at positions 1..len(head)-1
+    late = [] if block is None else list(range(max(first, block), len(ids)))
+    rows += [ids[t - block : t] for t in late]  # type: ignore[operator]
     with torch.inference_mode():
-        if lm.is_danlu:
-            was_training = lm.model.training
-            lm.model.eval()
-            logits = lm.model(seq)
-            lm.model.train(was_training)
-        else:
-            logits = lm.model(input_ids=seq).logits
-        logp = torch.log_softmax(logits[0, len(prompt_ids) - 1 : -1].float(), dim=-1)
-        picked = logp.gather(1, seq[0, len(prompt_ids) :, None]).squeeze(1)
-    return [round(float(v), 6) for v in picked.tolist()]
+        first_pass = _log_softmax(lm, [head])[0]
+        picked = [float(first_pass[t - 1, ids[t]]) for t in range(first, len(head))]
+        if late:
+            windows = _log_softmax(lm, rows[1:])
+            picked += [float(windows[i, -1, ids[t]]) for i, t in enumerate(late)]
+    return [round(v, 6) for v in picked]
+
+
+def _log_softmax(lm: LoadedLM, rows: list[list[int]]) -> torch.Tensor:
+    """Next-token log-probabilities (rows, positions, vocab) for equal-length rows."""
+    seq = torch.tensor(rows, dtype=torch.long, device=lm.device)
+    if lm.is_danlu:
+        was_training = lm.model.training
+        lm.model.eval()
+        logits = lm.model(seq)
+        lm.model.train(was_training)
+    else:
+        logits = lm.model(input_ids=seq).logits
+    return torch.log_softmax(logits.float(), dim=-1)
 
 
 # ---------------------------------------------------------------------------- transformers models

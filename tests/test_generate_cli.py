@@ -175,6 +175,28 @@ def test_too_long_prompt_keeps_its_latest_tokens(hf_dir: Path, tmp_path: Path) -
     assert result.stdout == latest + "\n"
 
 
+def test_json_logprobs_past_the_context_use_the_sliding_window(hf_dir: Path, tmp_path: Path) -> None:
+    # prompt + new tokens exceed the context of 48: each token's log-probability is the one
+    # transformers gives it from the 48 tokens before it, as the sliding window generated it
+    tok = AutoTokenizer.from_pretrained(hf_dir)
+    model = GPT2LMHeadModel.from_pretrained(hf_dir).eval()
+    prompt = "The quick brown fox jumps over the lazy dog. " * 4
+    result = danlu_cli(
+        "generate", hf_dir, "--prompt", prompt, "--max-new-tokens", 20, "--truncate-prompt", "--json",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    obj = json.loads(result.stdout)
+    seq = tok.encode(prompt)[-48:] + obj["token_ids"]
+    assert len(seq) > 48 and len(obj["token_ids"]) == len(obj["logprobs"]) > 0
+    with torch.no_grad():
+        expected = []
+        for t in range(len(seq) - len(obj["token_ids"]), len(seq)):
+            logits = model(torch.tensor([seq[max(0, t - 48) : t]])).logits[0, -1]
+            expected.append(float(torch.log_softmax(logits, -1)[seq[t]]))
+    assert obj["logprobs"] == pytest.approx(expected, abs=1e-4)
+
+
 def test_broken_model_folders_say_what_is_missing(hf_dir: Path, tmp_path: Path) -> None:
     import shutil
 
