@@ -278,6 +278,7 @@ def make_lm_run(path: Path, text: str = "".join(SENTENCES)) -> Path:
         "task": {"type": "language_modeling"},
         "model": model_cfg,
         "schema": {"vocab_size": len(vocab), "eos_token_id": 0},
+        "preprocessor": {"kind": "char", "file": "tokenizer.json"},
     }
     (path / "model.json").write_text(json.dumps(meta), encoding="utf-8")
     (path / "config.yaml").write_text(
@@ -337,7 +338,8 @@ def test_export_refuses_other_runs(tmp_path: Path) -> None:
     run = tmp_path / "tab"
     run.mkdir()
     (run / "config.yaml").write_text("task: {type: classification}\n", encoding="utf-8")
-    (run / "model.json").write_text(json.dumps({"format": 1, "task": {"type": "classification"}}))
+    meta = {"format": 1, "task": {"type": "classification"}, "model": {"type": "mlp"}, "schema": {}, "preprocessor": {}}
+    (run / "model.json").write_text(json.dumps(meta))
     (run / "model.safetensors").write_bytes(b"")
     assert_user_error(danlu_cli("export", run, tmp_path / "out", cwd=tmp_path), "language")
 

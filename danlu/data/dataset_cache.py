@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from danlu import fileio
+from danlu.errors import DanluError
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ def load(name: str, params: dict[str, Any], make: Callable[[], Arrays]) -> Array
     try:
         with fileio.atomic_path(path) as tmp, open(tmp, "wb") as f:
             np.savez(f, **dict(zip(("x", "y", "feature_names", "target_names"), arrays, strict=True)))
-    except (OSError, ValueError) as e:  # a read-only home, object arrays, ...
+    except (OSError, ValueError, DanluError) as e:  # a read-only home, a file in the way, ...
         log.debug("dataset cache %s not written (%s)", path, e)
     return arrays
 
