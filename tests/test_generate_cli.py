@@ -338,7 +338,8 @@ def test_export_refuses_other_runs(tmp_path: Path) -> None:
     run = tmp_path / "tab"
     run.mkdir()
     (run / "config.yaml").write_text("task: {type: classification}\n", encoding="utf-8")
-    meta = {"format": 1, "task": {"type": "classification"}, "model": {"type": "mlp"}, "schema": {}, "preprocessor": {}}
+    meta = {"format": 1, "task": {"type": "classification"}, "model": {"type": "mlp"}}
+    meta |= {"schema": {}, "preprocessor": {}}
     (run / "model.json").write_text(json.dumps(meta))
     (run / "model.safetensors").write_bytes(b"")
     assert_user_error(danlu_cli("export", run, tmp_path / "out", cwd=tmp_path), "language")
