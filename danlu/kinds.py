@@ -13,8 +13,8 @@ The hooks, and what each is called with:
   name (`data.kind: NAME` or `data.kind: package.module:KIND`).
 - prepare(data_cfg, task_type, seed, model_cfg, pretrained) -> data.Prepared: read, split,
   fit preprocessing on train, tensorize.
-- preprocessor: the class rebuilt from model.json with `from_state(state, run_dir)` and
-  `schema()`, for the generic `predict.Predictor` (rows kinds; none for corpus and audio).
+- preprocessor(state, run_dir) -> the fitted preprocessor rebuilt from model.json (it has
+  `schema()`), for the generic `predict.Predictor` (rows kinds; none for corpus and audio).
 - load(run_dir, trust_code) -> the run's predictor (`danlu.load`, `danlu predict`): anything
   with `predict(rows)` and `predict_frame(path, proba) -> DataFrame`.
 - finish(trained: Trained) -> summary dict: the final evaluation after training (metrics.json,
@@ -156,7 +156,21 @@ def describe_text(schema: Any) -> list[dict[str, Any]]:
 
 def describe_image(schema: Any) -> list[dict[str, Any]]:
     """One image (a path, or pixels), resized to the shape the model takes."""
-    return [{"name": "image", "type": "image", "shape": schema.image_shape}]
+    return [{"name": f, "type": "image", "shape": schema.image_shape} for f in schema.features]
+
+
+def describe_multimodal(schema: Any) -> list[dict[str, Any]]:
+    """Each named input as its own kind describes it, under its name."""
+    described = {"tabular": describe_table, "text": describe_text, "image": describe_image}
+    return [
+        {"input": name, "kind": kind, "fields": described[kind](schema.inputs[name])}
+        for name, kind in schema.kinds.items()
+    ]
+
+
+def describe_audio(schema: Any) -> list[dict[str, Any]]:
+    """One recording, resampled to the model's rate."""
+    return [{"name": "audio", "type": "audio", "sample_rate": schema.sample_rate}]
 
 
 # --------------------------------------------------------------------------- speech
@@ -188,7 +202,8 @@ MULTIMODAL = Kind(
     "multimodal",
     detect=_is_multimodal,
     prepare="danlu.data.multimodal:build",
-    preprocessor="danlu.data.multimodal:MultimodalPreprocessor",
+    preprocessor="danlu.data.multimodal:MultimodalPreprocessor.from_state",
+    describe_inputs=describe_multimodal,
     **ROWS,
 )
 AUDIO = Kind(
@@ -198,6 +213,7 @@ AUDIO = Kind(
     load="danlu.speech_run:load_recognizer",
     finish=_finish_audio,
     evaluate="danlu.speech_run:evaluate_audio_run",
+    describe_inputs=describe_audio,
 )
 TEXT = Kind(  # text or numeric-sequence columns (danlu/data/sequences.py)
     "text",
@@ -219,7 +235,7 @@ IMAGE = Kind(
     "image",
     detect=_is_image,
     prepare="danlu.data.images:build",
-    preprocessor="danlu.data.images:ImagePreprocessor",
+    preprocessor="danlu.data.images:ImagePreprocessor.from_state",
     describe_inputs=describe_image,
     **ROWS,
 )
@@ -227,7 +243,7 @@ TABULAR = Kind(
     "tabular",
     detect=_always,
     prepare="danlu.data:build_table",
-    preprocessor="danlu.data.tabular:TabularPreprocessor",
+    preprocessor="danlu.data.tabular:TabularPreprocessor.from_state",
     describe_inputs=describe_table,
     **ROWS,
 )

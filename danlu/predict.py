@@ -30,9 +30,9 @@ class Predictor:
         self.run = run
         meta = run.read_model_json()
         # the kind is looked up by the name model.json gives it (user code only if trusted);
-        # its preprocessor class rebuilds the fitted state: from_state(state, run_dir), schema()
+        # its preprocessor hook rebuilds the fitted preprocessing: (state, run_dir) -> it
         kind = kinds.of_run(meta, run.model_json, trust_code)
-        self.preprocessor = kind.hook("preprocessor").from_state(meta["preprocessor"], run.path)
+        self.preprocessor = kind.hook("preprocessor")(meta["preprocessor"], run.path)
         self.schema = self.preprocessor.schema()
         task_cfg = TaskConfig.model_validate(meta["task"])
         model_cfg = parse_model(meta["model"])

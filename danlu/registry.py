@@ -209,8 +209,8 @@ TASKS = Registry(  # by schema.task; each called as (task config, schema, train 
     {
         "classification": "danlu.tasks.classification:ClassificationTask",
         "regression": "danlu.tasks.regression:RegressionTask",
-        "language_modeling": "danlu.tasks:language_modeling",
-        "speech_recognition": "danlu.tasks:speech_recognition",
+        "language_modeling": "danlu.tasks:language_modeling_task",
+        "speech_recognition": "danlu.tasks:speech_recognition_task",
     },
     key="task.type",
 )

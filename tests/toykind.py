@@ -109,7 +109,7 @@ class BagNet(nn.Module):
 BAG = Kind(
     "bag",
     prepare=prepare,
-    preprocessor=BagPreprocessor,
+    preprocessor=BagPreprocessor.from_state,
     load="danlu.predict:Predictor",  # danlu's own, for rows
     finish="danlu.finish:finish_rows",
     evaluate="danlu.finish:evaluate_rows",

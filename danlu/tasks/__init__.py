@@ -32,14 +32,15 @@ def build(cfg: TaskConfig, schema: Any, y_train: torch.Tensor, preprocessor: Any
     return TASKS.get(schema.task, "task.type")(cfg, schema, y_train, preprocessor)
 
 
-# TASKS entries for the tasks whose constructors take other arguments
-def language_modeling(cfg: TaskConfig, schema: Any, y_train: torch.Tensor, preprocessor: Any) -> Task:
+# TASKS entries for the tasks whose constructors take other arguments (not named like their
+# modules: importing danlu.tasks.speech_recognition sets that attribute of this package)
+def language_modeling_task(cfg: TaskConfig, schema: Any, y_train: torch.Tensor, preprocessor: Any) -> Task:
     from danlu.tasks.language_modeling import LanguageModelingTask
 
     return LanguageModelingTask(cfg, schema, preprocessor)
 
 
-def speech_recognition(cfg: TaskConfig, schema: Any, y_train: torch.Tensor, preprocessor: Any) -> Task:
+def speech_recognition_task(cfg: TaskConfig, schema: Any, y_train: torch.Tensor, preprocessor: Any) -> Task:
     from danlu.tasks.speech_recognition import SpeechRecognitionTask
 
     return SpeechRecognitionTask(cfg, schema)
