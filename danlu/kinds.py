@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from danlu.errors import DanluError
-from danlu.registry import KINDS, import_object, reading_saved
+from danlu.registry import KINDS, UntrustedCodeError, import_object, reading_saved
 
 Hook = str | Callable[..., Any] | None  # a callable, or "module:attr" imported on first use
 
@@ -109,12 +109,17 @@ def of_run(meta: dict[str, Any], file: Any, trust_code: bool = False) -> Kind:
     """The kind of a saved run, looked up by name in the registry: user code named by the
     folder ("package.module:KIND") is imported only with trust_code."""
     with reading_saved(file, trust_code):
-        return get(saved_name(meta), "kind")
+        try:
+            return get(saved_name(meta), "kind")
+        except UntrustedCodeError:
+            raise
+        except DanluError as e:  # a name no danlu knows: say which file holds it
+            raise DanluError(f"{file}: {e}") from None
 
 
 # --------------------------------------------------------------------------- detection
-# Tried in this order (the registration order below): each reproduces one branch of the
-# chain data.build had before kinds.
+# Tried in the order of registry.KINDS: each is one branch of the if-chain data.build had
+# before kinds (multimodal, audio, text/sequence, corpus, image, then tabular).
 def _is_multimodal(cfg: Any, task_type: str, model_cfg: Any) -> bool:
     return cfg.inputs is not None  # several named inputs of one row
 

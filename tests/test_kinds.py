@@ -16,6 +16,7 @@ from conftest import REPO, assert_user_error, cli, make_mixed_frame, small_confi
 
 from danlu import config, kinds
 from danlu.config import DataConfig
+from danlu.errors import DanluError
 from danlu.registry import KINDS, import_object
 
 
@@ -66,8 +67,11 @@ def test_a_saved_run_names_its_kind():
     assert kinds.saved_name({"schema": {"task": "language_modeling", "input_kind": "text"}}) == "corpus"
     assert kinds.saved_name({"schema": {"task": "speech_recognition", "input_kind": "audio"}}) == "audio"
     assert kinds.get("sequence") is kinds.TEXT
-    with pytest.raises(Exception, match="kind 'os:system' is not a registered danlu kind"):
+    with pytest.raises(DanluError, match="kind 'os:system' is not a registered danlu kind; load it only if"):
         kinds.of_run({"kind": "os:system"}, "model.json")
+    unknown = r"^model.json: unknown kind 'tabul' \(did you mean 'tabular'\?\); valid: audio, "
+    with pytest.raises(DanluError, match=unknown):
+        kinds.of_run({"kind": "tabul"}, "model.json")
 
 
 def test_tabular_inputs_are_described(tmp_path):
@@ -101,7 +105,7 @@ def _bags(n: int, seed: int) -> pd.DataFrame:
     return pd.DataFrame({"numbers": [list(b) for b in bags], "label": labels})
 
 
-def test_toy_kind_trains_predicts_and_evaluates_through_the_cli(tmp_path):
+def test_toy_kind_trains_predicts_and_evaluates_through_the_cli(tmp_path, invoke_cli):
     train, new = tmp_path / "bags.jsonl", tmp_path / "new.jsonl"
     _bags(240, 0).to_json(train, orient="records", lines=True)
     _bags(60, 1).to_json(new, orient="records", lines=True)
@@ -124,12 +128,13 @@ def test_toy_kind_trains_predicts_and_evaluates_through_the_cli(tmp_path):
     assert summary["split"] == "test" and summary["rows"] == 48
     assert summary["metrics"]["accuracy"] >= 0.85, summary  # the classes are 2 sd apart
 
-    # a folder naming user code loads it only when trusted, like a user model
-    refused = cli("predict", run, "--input", new, cwd=tmp_path, env=env)
+    # a folder naming user code loads it only when trusted, like a user model (refused before
+    # anything is imported, so in this process, where toykind is not importable)
+    refused = invoke_cli("predict", run, "--input", new)
     assert_user_error(
         refused, f"{run / 'model.json'}: kind 'toykind:BAG' is not a registered danlu kind", "--trust-code"
     )
-    assert_user_error(cli("evaluate", run, cwd=tmp_path, env=env), "kind 'toykind:BAG'", "--trust-code")
+    assert_user_error(invoke_cli("evaluate", run), "kind 'toykind:BAG'", "--trust-code")
 
     out = tmp_path / "pred.csv"
     predicted = cli(
