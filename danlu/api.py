@@ -1,7 +1,8 @@
 """train / evaluate: the same functions the CLI calls.
 
-train: config -> data.build -> tasks.build -> models.build -> trainer.fit -> run folder,
-then the final evaluation (metrics.json, predictions.csv, report.md, plots).
+train: config -> the data's kind prepares it (danlu/kinds.py) -> tasks.build -> models.build
+-> trainer.fit -> run folder, then the kind's final evaluation (metrics.json, predictions,
+report.md, plots). evaluate: the saved run's kind evaluates it.
 """
 
 from __future__ import annotations
@@ -14,21 +15,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 
 from danlu import config as config_mod
-from danlu import data as data_mod
-from danlu import models, registry, tasks
+from danlu import kinds, models, registry, tasks
 from danlu.config import RunConfig
-from danlu.data import text as text_mod
-from danlu.data.tabular import TensorData, read_table
 from danlu.errors import DanluError, did_you_mean
-from danlu.predict import Predictor, prediction_frame
+from danlu.kinds import Trained
 from danlu.run import RunDir
 from danlu.training import distributed
 from danlu.training.checkpoint import save_weights
-from danlu.training.trainer import evaluate_split, fit, pick_device
+from danlu.training.trainer import fit, pick_device
 
 # keys that may change when resuming; any other difference changes shapes or the
 # optimizer's state and cannot continue the same run
@@ -70,7 +67,7 @@ class Run:
     def load(self, trust_code: bool = False) -> Any:
         from danlu.predict import load
 
-        return load(self.path, trust_code)  # a Predictor, or a Recognizer for audio runs
+        return load(self.path, trust_code)  # the run's kind's predictor (audio: a Recognizer)
 
     def predict(self, rows: Any, trust_code: bool = False) -> np.ndarray:
         return self.load(trust_code).predict(rows)
@@ -127,7 +124,8 @@ def train(
 
         pretrained = load_pretrained(cfg.model)
         cfg = cfg.model_copy(update={"model": pretrained.config})
-    prepared = data_mod.build(cfg.data, cfg.task.type, cfg.seed, cfg.model, pretrained=pretrained)
+    kind = kinds.detect(cfg.data, cfg.task.type, cfg.model)
+    prepared = kind.hook("prepare")(cfg.data, cfg.task.type, cfg.seed, cfg.model, pretrained)
     task = tasks.build(cfg.task, prepared.schema, prepared.splits["train"].y, prepared.preprocessor)
     _check_before_training(cfg, task, prepared.splits)
     model = pretrained.model if pretrained else _build_model(cfg, prepared.schema, task.out_dim)
@@ -176,6 +174,7 @@ def train(
         save_weights(model, run.weights)
         run.write_model_json(
             {
+                "kind": kind.name if cfg.data.kind == "auto" else cfg.data.kind,
                 "task": tasks.resolved_config(cfg.task, task).model_dump(mode="json"),
                 "model": model_section,
                 "schema": prepared.schema.to_dict(),
@@ -190,31 +189,9 @@ def train(
         if hasattr(prepared.preprocessor, "save_files"):  # e.g. text: tokenizer.json
             prepared.preprocessor.save_files(run.path)
         split = cfg.eval.split if cfg.eval.split in prepared.splits else "val"
-        if task.kind == "language_modeling":
-            prepared.preprocessor.save(run.tokenizer)
-            # the model is the last evaluation's when that was the best: its numbers stand
-            last = result.history[-1] if result.history else {}
-            known = None
-            if result.best_epoch == len(result.history) - 1 and "val.loss" in last:
-                known = {"loss": last["val.loss"], "perplexity": last["val.perplexity"]}
-            metrics = _finish_lm(run, model, task, prepared.splits["val"], cfg.eval.plots, known)
-        elif getattr(prepared.schema, "input_kind", "") == "audio" and split in prepared.splits:
-            from danlu.speech_run import finish_audio
-
-            metrics = finish_audio(
-                run, cfg, model, task, prepared.schema, prepared.splits[split], prepared.frames[split], split,
-                cfg.eval.plots,
-            )
-        elif split in prepared.splits:
-            metrics = _finish(
-                run,
-                cfg,
-                Predictor(run, trust_code=resume is None or trust_code),
-                prepared.splits[split],
-                prepared.frames[split],
-                split,
-                plots=cfg.eval.plots,
-            )
+        # a new run's config is the user's own: the folder may name their code
+        trusted = resume is None or trust_code
+        metrics = kind.hook("finish")(Trained(run, cfg, model, task, prepared, result, split, trusted))
     distributed.barrier(dist)
     distributed.shutdown(dist)
     return Run(run.path, cfg, result.history, metrics)
@@ -237,144 +214,8 @@ def evaluate(
     cfg = config_mod.load(run.config)
     if data is None:
         _check_data_paths(run, cfg)
-    if run.read_model_json().get("schema", {}).get("input_kind") == "audio":
-        from danlu.speech_run import evaluate_audio_run
-
-        return evaluate_audio_run(run, cfg, split, data, plots, trust_code)
-    if cfg.task.type == "language_modeling":
-        return _evaluate_lm(run, cfg, split, data, plots)
-    predictor = Predictor(run, trust_code)
-    if data is not None:
-        pre = predictor.preprocessor
-        frame = pre.read(data) if hasattr(pre, "read") else read_table(data)  # images: folders too
-        where, split = str(data), Path(data).name
-    else:
-        prepared = data_mod.build(cfg.data, predictor.schema.task, cfg.seed, cfg.model)
-        if split not in prepared.frames:
-            raise DanluError(
-                f"--split {split}: this run has no '{split}' split; it has: {', '.join(prepared.frames)}"
-            )
-        frame, where = prepared.frames[split], f"{split} split"
-    pre = predictor.preprocessor
-    if hasattr(pre, "dataset"):  # sequences: their own batching
-        tensors = pre.dataset(frame, where)
-    else:
-        tensors = TensorData(pre.transform(frame, where), pre.transform_target(frame, where))
-    return _finish(run, cfg, predictor, tensors, frame, split, plots=plots, data=data)
-
-
-def _finish(
-    run: RunDir,
-    cfg: RunConfig,
-    predictor: Predictor,
-    tensors: TensorData,
-    frame: pd.DataFrame,
-    split: str,
-    plots: bool,
-    data: str | Path | None = None,
-) -> dict[str, Any]:
-    """Evaluate the saved model on one split (or the file `data`) and write metrics.json,
-    predictions, report."""
-    task = predictor.task
-    metrics, decoded = evaluate_split(predictor.model, task, tensors, torch.device("cpu"))
-    metrics = _extra_metrics(cfg, task, tensors, decoded, metrics)
-    summary = {"split": split, "rows": len(tensors), "task": task.kind, "metrics": metrics}
-    if data is not None:  # another file: its results beside the run's own, not over them
-        run = run.for_data(data)
-        summary["data"] = str(Path(data).resolve())
-    run.write_metrics(summary)
-
-    preds = prediction_frame(predictor, decoded, proba=True)
-    truth = frame[predictor.schema.targets].reset_index(drop=True)
-    truth.columns = [f"true_{t}" if len(truth.columns) > 1 else "true" for t in truth.columns]
-    from danlu import fileio
-
-    with fileio.atomic_path(run.predictions) as tmp:
-        pd.concat([truth, preds], axis=1).to_csv(tmp, index=False)
-
-    from danlu.evaluation.report import write_report
-
-    names = predictor.schema.class_names if task.kind == "classification" else predictor.schema.targets
-    meta = run.read_model_json()
-    details = {
-        "run": run.path.name,
-        "task": task.kind,
-        "model": cfg.model.type,
-        "loss": task.loss_name,
-        "data": cfg.data.source or cfg.data.path or cfg.data.train or "",
-        "rows (train/val/test)": "/".join(str(v) for v in meta.get("sizes", {}).values()),
-        "best epoch": str(meta.get("best_epoch", "")),
-    }
-    write_report(
-        run.report,
-        run.plots,
-        title=f"danlu run {run.path.name}" + (f" on {Path(data).name}" if data is not None else ""),
-        task=task.kind,
-        split=split,
-        metrics=metrics,
-        history=run.read_history(),
-        steps=run.read_steps(),
-        y_true=task.target(tensors.y),
-        output=decoded,
-        names=names,
-        details=details,
-        plots=plots,
-    )
-    return summary
-
-
-def _evaluate_lm(
-    run: RunDir, cfg: RunConfig, split: str, data: str | Path | None, plots: bool
-) -> dict[str, Any]:
-    """A language-model run on its validation split (its own tokenizer, the same blocks
-    as in training), or on a text file with a sliding window (--data)."""
-    from danlu.modelref import resolve_lm
-
-    lm = resolve_lm(run.path, device="cpu")
-    if data is not None:
-        from danlu.evaluation.perplexity import read_text, text_perplexity
-
-        metrics = text_perplexity(lm, read_text(data))
-        return {"split": Path(data).name, "rows": metrics.pop("windows"), "task": cfg.task.type,
-                "metrics": metrics}
-    if split not in ("val", "test"):
-        raise DanluError(f"--split {split}: a language-model run has a validation split only (val)")
-    data_cfg = cfg.data.model_copy(update={"tokenizer": str(run.tokenizer)})
-    schema, tokenizer, splits = text_mod.build(data_cfg, cfg.model.block_size, cfg.seed)
-    task = tasks.build(cfg.task, schema, splits["train"].y, tokenizer)
-    task.out_dim = lm.model.config.vocab_size
-    return _finish_lm(run, lm.model, task, splits["val"], plots, None)
-
-
-def _finish_lm(
-    run: RunDir, model: Any, task: Any, val: TensorData, plots: bool, known: dict[str, float] | None
-) -> dict[str, Any]:
-    """Loss and perplexity over the whole validation split, a short report and curves."""
-    from danlu import fileio
-    from danlu.evaluation.report import plot_history
-
-    metrics = known or evaluate_split(model, task, val, torch.device("cpu"))[0]
-    summary = {"split": "val", "rows": len(val), "tokens": int(val.y.numel()), "task": task.kind,
-               "metrics": metrics}
-    run.write_metrics(summary)
-    curve = plot_history(run.read_history(), run.plots / "history.png", run.read_steps()) if plots else None
-    lines = [f"# danlu run {run.path.name}", "", "| metric (validation, all tokens) | value |",
-             "| --- | ---: |", *(f"| {k} | {v:.4f} |" for k, v in metrics.items())]
-    if curve:
-        lines += ["", "![training history](plots/history.png)"]
-    fileio.write_text(run.report, "\n".join(lines) + "\n")
-    return summary
-
-
-def _extra_metrics(
-    cfg: RunConfig, task: Any, data: TensorData, decoded: np.ndarray, metrics: dict[str, Any]
-) -> dict[str, Any]:
-    from danlu.registry import METRICS
-
-    for name in cfg.eval.metrics:
-        fn = METRICS.get(name)
-        metrics[name.rpartition(":")[2]] = float(fn(task.target(data.y), decoded))
-    return metrics
+    kind = kinds.of_run(run.read_model_json(), run.model_json, trust_code)
+    return kind.hook("evaluate")(run, cfg, split, data, plots, trust_code)
 
 
 def _check_before_training(cfg: RunConfig, task: Any, splits: dict[str, Any]) -> None:

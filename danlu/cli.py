@@ -262,23 +262,12 @@ def predict(
 ) -> None:
     """Predict for new rows; extra input columns are passed through."""
     with _errors(debug):
-        import pandas as pd
-
-        from danlu.data.tabular import read_table
-        from danlu.predict import load, prediction_frame
+        from danlu.predict import load
 
         if output is not None:
             _check_output(output, "--output", example="predictions.csv")
-        predictor = load(run_dir, trust_code)
-        if hasattr(predictor, "predict_frame"):  # audio runs: files, folders or a manifest
-            result = predictor.predict_frame(input, proba)
-        else:
-            pre = predictor.preprocessor
-            # image runs: also a folder of images, one image, or an .npy/.npz
-            rows = pre.read(input) if hasattr(pre, "read") else read_table(input)
-            out = prediction_frame(predictor, predictor.outputs(rows, str(input)), proba)
-            arrays = [c for c in rows.columns if len(rows) and type(rows[c].iloc[0]).__name__ == "ndarray"]
-            result = pd.concat([rows.drop(columns=arrays).reset_index(drop=True), out], axis=1)
+        # the run's kind builds its predictor (danlu/kinds.py); each reads its own inputs
+        result = load(run_dir, trust_code).predict_frame(input, proba)
         if output is None:
             result.to_csv(sys.stdout, index=False)
         else:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import stat
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import (
@@ -25,7 +25,7 @@ from pydantic import (
 )
 
 from danlu.errors import DanluError, did_you_mean
-from danlu.registry import ACTIVATIONS, LOSSES, MODELS, OPTIMIZERS, SCHEDULERS
+from danlu.registry import ACTIVATIONS, KINDS, LOSSES, MODELS, OPTIMIZERS, SCHEDULERS
 
 
 def _registered(registry: Any, name: str) -> str:
@@ -275,6 +275,9 @@ InputConfig = Annotated[
 class DataConfig(Section):
     """Tabular data: a built-in dataset, one file split by fractions, or one file per split."""
 
+    # the kind of input (danlu/kinds.py): auto detects it; or a registered name, or user code
+    # "package.module:KIND" (a danlu.kinds.Kind), like model.type
+    kind: str = "auto"
     source: str | None = None
     params: dict[str, Any] = Field(default_factory=dict)
     path: str | None = None
@@ -308,6 +311,11 @@ class DataConfig(Section):
     # several named inputs of one row, each with its kind, for model.type fusion (danlu/data/multimodal.py)
     inputs: dict[str, InputConfig] | None = None
     allow_missing: bool | list[str] = False  # inputs that may be empty in a row (true: all)
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, v: str) -> str:
+        return v if v == "auto" else _registered(KINDS, v)
 
     @model_validator(mode="after")
     def _inputs(self) -> DataConfig:
@@ -386,6 +394,26 @@ class DataConfig(Section):
 
 
 # --------------------------------------------------------------------------- model
+# One table of model types: `@model_type(name, builder)` on a config class registers both the
+# class (in the `model` union below) and the nn.Module builder (registry.MODELS, imported on
+# first use); encoder=True also lets it encode one input of a fusion model. A new model type
+# is one decorated class.
+MODEL_CONFIGS: dict[str, type[Section]] = {}
+ENCODER_CONFIGS: dict[str, type[Section]] = {}  # what can encode one input of a fusion model
+
+
+def model_type(name: str, builder: str, encoder: bool = False) -> Any:
+    def register(cls: type[Section]) -> type[Section]:
+        MODEL_CONFIGS[name] = cls
+        if encoder:
+            ENCODER_CONFIGS[name] = cls
+        MODELS.register(name, builder)
+        return cls
+
+    return register
+
+
+@model_type("mlp", "danlu.models.mlp:MLP", encoder=True)
 class MLPConfig(Section):
     type: Literal["mlp"] = "mlp"
     hidden: list[Annotated[int, Field(gt=0)]] = Field(default_factory=lambda: [64, 64])
@@ -422,6 +450,7 @@ class LoraConfig(Section):
 GPT_ARCHITECTURE = ("n_layer", "n_head", "n_embd", "bias", "tie_embeddings", "activation")
 
 
+@model_type("gpt", "danlu.models.lm:gpt")
 class GPTModelConfig(Section):
     """A decoder-only Transformer (danlu/models/gpt.py); vocab size comes from the tokenizer.
 
@@ -454,6 +483,7 @@ class GPTModelConfig(Section):
         return self
 
 
+@model_type("rnn", "danlu.models.rnn:RNNEncoder", encoder=True)
 class RNNConfig(Section):
     """A recurrent encoder for text or numeric sequences (danlu/models/rnn.py)."""
 
@@ -467,6 +497,7 @@ class RNNConfig(Section):
     pooling: Literal["last", "mean", "max", "attention"] = "last"
 
 
+@model_type("transformer", "danlu.models.transformer:TransformerEncoder", encoder=True)
 class TransformerConfig(Section):
     """A Transformer encoder for text or numeric sequences (danlu/models/transformer.py)."""
 
@@ -493,6 +524,7 @@ class EncoderLoraConfig(LoraConfig):
     target_modules: list[str] = Field(default_factory=lambda: ["query", "value"])
 
 
+@model_type("pretrained_encoder", "danlu.models.pretrained:PretrainedEncoder", encoder=True)
 class PretrainedEncoderConfig(Section):
     """A Hugging Face encoder (BERT family) fine-tuned with a task head (danlu/models/pretrained.py).
 
@@ -518,6 +550,7 @@ class PretrainedEncoderConfig(Section):
         return self
 
 
+@model_type("ctc", "danlu.models.ctc:CTCModel")
 class CTCModelConfig(Section):
     """Speech recognizer (danlu/models/ctc.py): conv subsampling of log-mel frames, an encoder,
     and a linear CTC head over the characters of the training transcripts (blank = 0)."""
@@ -539,6 +572,7 @@ class CTCModelConfig(Section):
         return self
 
 
+@model_type("audio_cnn", "danlu.models.ctc:AudioCNN")
 class AudioCNNConfig(Section):
     """Audio clip classifier (keyword spotting): conv blocks over log-mel frames, pooled over time."""
 
@@ -547,6 +581,7 @@ class AudioCNNConfig(Section):
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
 
 
+@model_type("wav2vec2_ctc", "danlu.models.ctc:Wav2Vec2CTC")
 class Wav2Vec2CTCConfig(Section):
     """Fine-tune a Hugging Face Wav2Vec2-style CTC checkpoint with a new character vocabulary."""
 
@@ -555,6 +590,7 @@ class Wav2Vec2CTCConfig(Section):
     freeze_feature_encoder: bool = True
 
 
+@model_type("cnn", "danlu.models.cnn:CNN", encoder=True)
 class CNNConfig(Section):
     """A plain convolutional network (danlu/models/cnn.py): one block per `channels` entry
     (convolutions, batch norm, activation, pooling), then global average pooling and a head.
@@ -575,6 +611,7 @@ class CNNConfig(Section):
         return _registered(ACTIVATIONS, v)
 
 
+@model_type("resnet", "danlu.models.cnn:ResNet", encoder=True)
 class ResNetConfig(Section):
     """A small residual network (danlu/models/cnn.py): a stem, then stages of basic blocks
     (`blocks[i]` blocks of width `widths[i]`, stride 2 from the second stage on)."""
@@ -601,17 +638,6 @@ class ResNetConfig(Section):
         return self
 
 
-# what can encode one input of a fusion model: the single-input models (or user code)
-ENCODER_CONFIGS = {
-    "mlp": MLPConfig,
-    "cnn": CNNConfig,
-    "resnet": ResNetConfig,
-    "rnn": RNNConfig,
-    "transformer": TransformerConfig,
-    "pretrained_encoder": PretrainedEncoderConfig,
-}
-
-
 def _type_tag(v: Any, known: dict[str, Any]) -> str | None:
     """The union member a model section belongs to: its `type` when known, "custom" for
     "package.module:Class"."""
@@ -627,14 +653,15 @@ def _encoder_tag(v: Any) -> str | None:
     return _type_tag(v, ENCODER_CONFIGS)
 
 
+def _union(table: dict[str, type[Section]]) -> Any:
+    """The tagged union of a table's config classes, and CustomModelConfig ("custom") for
+    user code "package.module:Class"."""
+    members = [Annotated[cls, Tag(name)] for name, cls in table.items()]
+    return Union[tuple([*members, Annotated[CustomModelConfig, Tag("custom")]])]  # noqa: UP007
+
+
 EncoderConfig = Annotated[
-    Annotated[MLPConfig, Tag("mlp")]
-    | Annotated[CNNConfig, Tag("cnn")]
-    | Annotated[ResNetConfig, Tag("resnet")]
-    | Annotated[RNNConfig, Tag("rnn")]
-    | Annotated[TransformerConfig, Tag("transformer")]
-    | Annotated[PretrainedEncoderConfig, Tag("pretrained_encoder")]
-    | Annotated[CustomModelConfig, Tag("custom")],
+    _union(ENCODER_CONFIGS),
     Discriminator(
         _encoder_tag,
         custom_error_type="unknown_encoder",
@@ -643,6 +670,7 @@ EncoderConfig = Annotated[
 ]
 
 
+@model_type("fusion", "danlu.models.fusion:FusionModel")
 class FusionConfig(Section):
     """Several inputs (data.inputs), one encoder each, fused into one task head
     (danlu/models/fusion.py). Each encoder's own output layer projects its input to `dim`
@@ -673,38 +701,12 @@ class FusionConfig(Section):
         return self
 
 
-MODEL_CONFIGS: dict[str, type[Section]] = {
-    "mlp": MLPConfig,
-    "fusion": FusionConfig,
-    "cnn": CNNConfig,
-    "resnet": ResNetConfig,
-    "gpt": GPTModelConfig,
-    "rnn": RNNConfig,
-    "transformer": TransformerConfig,
-    "pretrained_encoder": PretrainedEncoderConfig,
-    "ctc": CTCModelConfig,
-    "audio_cnn": AudioCNNConfig,
-    "wav2vec2_ctc": Wav2Vec2CTCConfig,
-}
-
-
 def _model_tag(v: Any) -> str | None:
     return _type_tag(v, MODEL_CONFIGS)
 
 
 ModelConfig = Annotated[
-    Annotated[MLPConfig, Tag("mlp")]
-    | Annotated[GPTModelConfig, Tag("gpt")]
-    | Annotated[RNNConfig, Tag("rnn")]
-    | Annotated[TransformerConfig, Tag("transformer")]
-    | Annotated[PretrainedEncoderConfig, Tag("pretrained_encoder")]
-    | Annotated[CTCModelConfig, Tag("ctc")]
-    | Annotated[AudioCNNConfig, Tag("audio_cnn")]
-    | Annotated[Wav2Vec2CTCConfig, Tag("wav2vec2_ctc")]
-    | Annotated[CNNConfig, Tag("cnn")]
-    | Annotated[ResNetConfig, Tag("resnet")]
-    | Annotated[FusionConfig, Tag("fusion")]
-    | Annotated[CustomModelConfig, Tag("custom")],
+    _union(MODEL_CONFIGS),
     Discriminator(
         _model_tag,
         custom_error_type="unknown_model",

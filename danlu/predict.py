@@ -9,21 +9,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from danlu import models, tasks
+from danlu import kinds, models, tasks
 from danlu.config import TaskConfig, parse_model
-from danlu.data.tabular import Schema, TabularPreprocessor
+from danlu.data.tabular import read_table
 from danlu.errors import DanluError
 from danlu.run import RunDir
 from danlu.training.checkpoint import load_weights
-
-# preprocessors by the "kind" key of their saved state; tabular when there is none. Each
-# has from_state(state, run_dir), schema(), frame(rows) and dataset(frame, where, with_target)
-PREPROCESSORS = {
-    "text": "danlu.data.sequences:TextPreprocessor",
-    "sequence": "danlu.data.sequences:SequencePreprocessor",
-    "image": "danlu.data.images:ImagePreprocessor",
-    "multimodal": "danlu.data.multimodal:MultimodalPreprocessor",
-}
 
 
 class Predictor:
@@ -32,19 +23,17 @@ class Predictor:
     The model, loss and activations model.json names must be danlu's registered ones; user
     code ("package.module:Name") there is imported only with trust_code=True."""
 
-    def __init__(self, run: RunDir, trust_code: bool = False) -> None:
-        from danlu.registry import import_object, reading_saved
+    def __init__(self, run: RunDir | str | Path, trust_code: bool = False) -> None:
+        from danlu.registry import reading_saved
 
+        run = run if isinstance(run, RunDir) else RunDir.open(run)
         self.run = run
         meta = run.read_model_json()
-        state = meta["preprocessor"]
-        kind = state.get("kind", "tabular") if isinstance(state, dict) else "tabular"
-        if kind in PREPROCESSORS:  # a key of this table, never a name taken from the file
-            self.preprocessor = import_object(PREPROCESSORS[kind]).from_state(state, run.path)
-            self.schema = self.preprocessor.schema()
-        else:
-            self.schema = Schema.from_dict(meta["schema"])
-            self.preprocessor = TabularPreprocessor.from_state(state)
+        # the kind is looked up by the name model.json gives it (user code only if trusted);
+        # its preprocessor hook rebuilds the fitted preprocessing: (state, run_dir) -> it
+        kind = kinds.of_run(meta, run.model_json, trust_code)
+        self.preprocessor = kind.hook("preprocessor")(meta["preprocessor"], run.path)
+        self.schema = self.preprocessor.schema()
         task_cfg = TaskConfig.model_validate(meta["task"])
         model_cfg = parse_model(meta["model"])
         with reading_saved(run.model_json, trust_code):
@@ -98,6 +87,15 @@ class Predictor:
             return np.asarray(self.schema.classes, dtype=object)[out.argmax(axis=1)]
         return out[:, 0] if out.shape[1] == 1 else out
 
+    def predict_frame(self, path: str | Path, proba: bool = False) -> pd.DataFrame:
+        """A file of rows (images: also a folder, one image or an .npy/.npz) -> its columns
+        followed by the predictions (`prediction_frame`); array columns are left out."""
+        pre = self.preprocessor
+        rows = pre.read(path) if hasattr(pre, "read") else read_table(path)
+        out = prediction_frame(self, self.outputs(rows, str(path)), proba)
+        arrays = [c for c in rows.columns if len(rows) and type(rows[c].iloc[0]).__name__ == "ndarray"]
+        return pd.concat([rows.drop(columns=arrays).reset_index(drop=True), out], axis=1)
+
     def predict_proba(self, rows: Any) -> np.ndarray:
         if self.schema.task != "classification":
             raise DanluError("predict_proba is for classification models; this one does regression")
@@ -119,12 +117,10 @@ def prediction_frame(predictor: Predictor, out: np.ndarray, proba: bool) -> pd.D
 
 
 def load(run_dir: str | Path, trust_code: bool = False) -> Any:
-    """The run's predictor: a Predictor for tables and text, a Recognizer for audio runs.
+    """The run's predictor, as its kind builds it (danlu/kinds.py): a Predictor for tables,
+    text, images and multimodal rows, a Recognizer for audio runs.
     trust_code: the folder may name user code (its model.json's "package.module:Name"), and
     importing it runs that code: only for folders you trust."""
     run = RunDir.open(run_dir)
-    if run.read_model_json().get("schema", {}).get("input_kind") == "audio":
-        from danlu.speech_run import load_recognizer
-
-        return load_recognizer(run.path, trust_code)
-    return Predictor(run, trust_code)
+    kind = kinds.of_run(run.read_model_json(), run.model_json, trust_code)
+    return kind.hook("load")(run.path, trust_code)

@@ -98,6 +98,10 @@ class Registry:
     def names(self) -> list[str]:
         return sorted(self._entries)
 
+    def in_order(self) -> list[str]:
+        """The names in the order they were registered (KINDS: the order kinds are detected in)."""
+        return list(self._entries)
+
     def __contains__(self, name: object) -> bool:
         return name in self._entries
 
@@ -124,23 +128,8 @@ class Registry:
         return obj
 
 
-MODELS = Registry(
-    "model",
-    {
-        "mlp": "danlu.models.mlp:MLP",
-        "cnn": "danlu.models.cnn:CNN",
-        "resnet": "danlu.models.cnn:ResNet",
-        "fusion": "danlu.models.fusion:FusionModel",
-    "gpt": "danlu.models.lm:gpt",
-        "rnn": "danlu.models.rnn:RNNEncoder",
-        "transformer": "danlu.models.transformer:TransformerEncoder",
-        "pretrained_encoder": "danlu.models.pretrained:PretrainedEncoder",
-        "ctc": "danlu.models.ctc:CTCModel",
-        "audio_cnn": "danlu.models.ctc:AudioCNN",
-        "wav2vec2_ctc": "danlu.models.ctc:Wav2Vec2CTC",
-    },
-    key="model.type",
-)
+# model types: each registered with its config class by @config.model_type (one table there)
+MODELS = Registry("model", key="model.type")
 
 LOSSES = Registry(
     "loss",
@@ -197,6 +186,33 @@ ACTIVATIONS = Registry(
         "elu": "torch.nn:ELU",
     },
     key="model.activation",
+)
+
+# Kinds of input (danlu/kinds.py): each a Kind of hooks. Detected in this order when the config
+# does not name one (data.kind): the first whose detect hook says yes; tabular always does.
+KINDS = Registry(
+    "kind",
+    {
+        "multimodal": "danlu.kinds:MULTIMODAL",
+        "audio": "danlu.kinds:AUDIO",
+        "text": "danlu.kinds:TEXT",
+        "sequence": "danlu.kinds:TEXT",  # a numeric-sequence run's schema names its kind so
+        "corpus": "danlu.kinds:CORPUS",
+        "image": "danlu.kinds:IMAGE",
+        "tabular": "danlu.kinds:TABULAR",
+    },
+    key="data.kind",
+)
+
+TASKS = Registry(  # by schema.task; each called as (task config, schema, train targets, preprocessor)
+    "task",
+    {
+        "classification": "danlu.tasks.classification:ClassificationTask",
+        "regression": "danlu.tasks.regression:RegressionTask",
+        "language_modeling": "danlu.tasks:language_modeling_task",
+        "speech_recognition": "danlu.tasks:speech_recognition_task",
+    },
+    key="task.type",
 )
 
 # Built-in metrics are computed together by danlu.evaluation.metrics and named by the

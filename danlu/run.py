@@ -3,7 +3,7 @@
 runs/<name>-<YYYYmmdd-HHMMSS>/
   config.yaml          the resolved config (every default written out)
   model.safetensors    final weights
-  model.json           architecture, Schema, preprocessing, label names, danlu version
+  model.json           kind of input, architecture, Schema, preprocessing, label names, danlu version
   checkpoints/
     last-<step>/       model.safetensors + state.pt (optimizer/scheduler/RNG/trainer state):
                        written in .last-<step>.tmp/ and renamed into place whole, so a kill

@@ -6,6 +6,7 @@ from typing import Any
 
 import pandas as pd
 
+from danlu import kinds
 from danlu.config import DataConfig
 from danlu.data.frames import Prepared, _read_frames, _split, _where
 from danlu.data.tabular import (
@@ -24,28 +25,28 @@ __all__ = ["Prepared", "Schema", "TensorData", "build", "read_table"]
 def build(
     cfg: DataConfig, task_type: str, seed: int, model_cfg: Any = None, pretrained: Any = None
 ) -> Prepared:
-    """Read, split (train/val/test), fit preprocessing on train, and tensorize."""
-    if cfg.inputs is not None:  # several named inputs of one row (danlu/data/multimodal.py)
-        from danlu.data import multimodal
+    """Read, split (train/val/test), fit preprocessing on train, and tensorize: the prepare
+    hook of the data's kind (danlu/kinds.py: data.kind, else the first kind that detects it)."""
+    kind = kinds.detect(cfg, task_type, model_cfg)
+    return kind.hook("prepare")(cfg, task_type, seed, model_cfg, pretrained)
 
-        return multimodal.build(cfg, task_type, seed, model_cfg)
-    if cfg.audio is not None or task_type == "speech_recognition":
-        from danlu.data import speech
 
-        return speech.build(cfg, task_type, seed, model_cfg)
-    if cfg.text is not None or cfg.sequence is not None:
-        return _build_sequences(cfg, task_type, seed, model_cfg)
-    if task_type == "language_modeling" or (task_type == "auto" and getattr(model_cfg, "type", "") == "gpt"):
-        from danlu.data import text
+def build_corpus(
+    cfg: DataConfig, task_type: str, seed: int, model_cfg: Any = None, pretrained: Any = None
+) -> Prepared:
+    """A language model's text (danlu/data/text.py), cut into blocks of model.block_size."""
+    from danlu.data import text
 
-        if model_cfg is None or getattr(model_cfg, "type", "") != "gpt":
-            raise DanluError("task.type language_modeling trains a model of type gpt; set model.type: gpt")
-        schema, tokenizer, splits = text.build(cfg, model_cfg.block_size, seed, pretrained)
-        return Prepared(schema, tokenizer, splits, {})  # type: ignore[arg-type]
-    from danlu.data import images
+    if model_cfg is None or getattr(model_cfg, "type", "") != "gpt":
+        raise DanluError("task.type language_modeling trains a model of type gpt; set model.type: gpt")
+    schema, tokenizer, splits = text.build(cfg, model_cfg.block_size, seed, pretrained)
+    return Prepared(schema, tokenizer, splits, {})  # type: ignore[arg-type]
 
-    if images.is_image_data(cfg, model_cfg):
-        return images.build(cfg, task_type, seed, model_cfg)
+
+def build_table(
+    cfg: DataConfig, task_type: str, seed: int, model_cfg: Any = None, pretrained: Any = None
+) -> Prepared:
+    """Feature columns of a table (danlu/data/tabular.py)."""
     frames, targets, where, task_type = _read_frames(cfg, task_type)
     full = frames.get("all", frames.get("train"))
     features = _features(cfg, full, targets, where)
@@ -72,7 +73,9 @@ def build(
     return Prepared(pre.schema(), pre, splits, frames)
 
 
-def _build_sequences(cfg: DataConfig, task_type: str, seed: int, model_cfg: Any) -> Prepared:
+def build_sequences(
+    cfg: DataConfig, task_type: str, seed: int, model_cfg: Any = None, pretrained: Any = None
+) -> Prepared:
     """Text or numeric-sequence columns (danlu/data/sequences.py), split like tabular data."""
     from danlu.data import sequences
 

@@ -422,7 +422,7 @@ class ImagePreprocessor:
         x = augment(x, g) if augment is not None else T.center_crop(x, self.size)
         return T.normalize(x, self.mean, self.std)
 
-    # ---- prediction and evaluation (the protocol of danlu.predict.PREPROCESSORS)
+    # ---- prediction and evaluation (what danlu.predict.Predictor asks of a preprocessor)
     def frame(self, rows: Any) -> pd.DataFrame:
         """Raw inputs -> a frame with the image column: a DataFrame as is; a path, a PIL
         image or an array (one image, or N images as N x ...); or a list of those."""
@@ -673,7 +673,7 @@ class ImageBatches:
 
 
 # --------------------------------------------------------------------------- build
-def build(cfg: DataConfig, task_type: str, seed: int, model_cfg: Any = None) -> Any:
+def build(cfg: DataConfig, task_type: str, seed: int, model_cfg: Any = None, pretrained: Any = None) -> Any:
     """RunConfig.data -> Prepared(schema, ImagePreprocessor, splits, frames)."""
     from danlu.data.frames import Prepared, _split
 

@@ -525,7 +525,7 @@ def _empty(s: pd.Series) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- build
-def build(cfg: Any, task_type: str, seed: int, model_cfg: Any) -> Any:
+def build(cfg: Any, task_type: str, seed: int, model_cfg: Any, pretrained: Any = None) -> Any:
     """RunConfig.data with `inputs` -> Prepared(schema, MultimodalPreprocessor, splits, frames)."""
     from danlu.data.frames import Prepared, _read_frames, _split, _where
 

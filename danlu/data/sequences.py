@@ -584,6 +584,12 @@ def read_arrays(cfg: Any) -> pd.DataFrame:
     return pd.DataFrame({sc.column: list(x), target: list(y) if y.ndim > 1 else y})
 
 
+def preprocessor_from_state(state: dict[str, Any], run_dir: Path) -> TextPreprocessor | SequencePreprocessor:
+    """A saved text or numeric-sequence preprocessor (model.json names which by its "kind")."""
+    cls = SequencePreprocessor if state.get("kind") == "sequence" else TextPreprocessor
+    return cls.from_state(state, run_dir)
+
+
 # --------------------------------------------------------------------------- build
 def build(
     cfg: Any, frames: dict[str, pd.DataFrame], task_type: str, targets: list[str], model_cfg: Any, where: Any

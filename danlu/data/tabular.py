@@ -343,7 +343,7 @@ class TabularPreprocessor:
         return dict(self.__dict__)
 
     @classmethod
-    def from_state(cls, state: dict[str, Any]) -> TabularPreprocessor:
+    def from_state(cls, state: dict[str, Any], run_dir: Any = None) -> TabularPreprocessor:
         return cls(**state)
 
     def _numeric_block(

@@ -32,7 +32,7 @@ class ClassificationTask:
         "log_loss",
     ]
 
-    def __init__(self, cfg: TaskConfig, schema: Any, y_train: torch.Tensor) -> None:
+    def __init__(self, cfg: TaskConfig, schema: Any, y_train: torch.Tensor, preprocessor: Any = None) -> None:
         self.class_names = schema.class_names
         n = schema.n_classes
         what = f"the target '{schema.targets[0]}' holds {n} classes ({_preview(self.class_names)})"
