@@ -21,7 +21,6 @@ from danlu import config as config_mod
 from danlu import data as data_mod
 from danlu import models, registry, tasks
 from danlu.config import RunConfig
-from danlu.data import text as text_mod
 from danlu.data.tabular import TensorData, read_table
 from danlu.errors import DanluError, did_you_mean
 from danlu.predict import Predictor, prediction_frame
@@ -123,7 +122,7 @@ def train(
     seed_everything(cfg.seed)
     pretrained = None
     if getattr(cfg.model, "from_", None):  # fine-tuning: the checkpoint decides the architecture
-        from danlu.models.lm import load_pretrained
+        from danlu.lm.build import load_pretrained
 
         pretrained = load_pretrained(cfg.model)
         cfg = cfg.model_copy(update={"model": pretrained.config})
@@ -167,7 +166,7 @@ def train(
         model_section = cfg.model.model_dump(mode="json")
         if pretrained is not None:
             # the saved model is a plain GPT: adapters merged, no need of the base checkpoint
-            from danlu.models.lm import merge_lora
+            from danlu.lm.build import merge_lora
 
             if cfg.model.lora is not None:
                 model.save_pretrained(str(run.path / "adapter"))  # peft's own format, for reuse
@@ -197,7 +196,9 @@ def train(
             known = None
             if result.best_epoch == len(result.history) - 1 and "val.loss" in last:
                 known = {"loss": last["val.loss"], "perplexity": last["val.perplexity"]}
-            metrics = _finish_lm(run, model, task, prepared.splits["val"], cfg.eval.plots, known)
+            from danlu.lm.evaluation import finish_run
+
+            metrics = finish_run(run, model, task, prepared.splits["val"], cfg.eval.plots, known)
         elif getattr(prepared.schema, "input_kind", "") == "audio" and split in prepared.splits:
             from danlu.speech_run import finish_audio
 
@@ -242,7 +243,9 @@ def evaluate(
 
         return evaluate_audio_run(run, cfg, split, data, plots, trust_code)
     if cfg.task.type == "language_modeling":
-        return _evaluate_lm(run, cfg, split, data, plots)
+        from danlu.lm.evaluation import evaluate_run
+
+        return evaluate_run(run, cfg, split, data, plots)
     predictor = Predictor(run, trust_code)
     if data is not None:
         pre = predictor.preprocessor
@@ -320,49 +323,6 @@ def _finish(
         details=details,
         plots=plots,
     )
-    return summary
-
-
-def _evaluate_lm(
-    run: RunDir, cfg: RunConfig, split: str, data: str | Path | None, plots: bool
-) -> dict[str, Any]:
-    """A language-model run on its validation split (its own tokenizer, the same blocks
-    as in training), or on a text file with a sliding window (--data)."""
-    from danlu.modelref import resolve_lm
-
-    lm = resolve_lm(run.path, device="cpu")
-    if data is not None:
-        from danlu.evaluation.perplexity import read_text, text_perplexity
-
-        metrics = text_perplexity(lm, read_text(data))
-        return {"split": Path(data).name, "rows": metrics.pop("windows"), "task": cfg.task.type,
-                "metrics": metrics}
-    if split not in ("val", "test"):
-        raise DanluError(f"--split {split}: a language-model run has a validation split only (val)")
-    data_cfg = cfg.data.model_copy(update={"tokenizer": str(run.tokenizer)})
-    schema, tokenizer, splits = text_mod.build(data_cfg, cfg.model.block_size, cfg.seed)
-    task = tasks.build(cfg.task, schema, splits["train"].y, tokenizer)
-    task.out_dim = lm.model.config.vocab_size
-    return _finish_lm(run, lm.model, task, splits["val"], plots, None)
-
-
-def _finish_lm(
-    run: RunDir, model: Any, task: Any, val: TensorData, plots: bool, known: dict[str, float] | None
-) -> dict[str, Any]:
-    """Loss and perplexity over the whole validation split, a short report and curves."""
-    from danlu import fileio
-    from danlu.evaluation.report import plot_history
-
-    metrics = known or evaluate_split(model, task, val, torch.device("cpu"))[0]
-    summary = {"split": "val", "rows": len(val), "tokens": int(val.y.numel()), "task": task.kind,
-               "metrics": metrics}
-    run.write_metrics(summary)
-    curve = plot_history(run.read_history(), run.plots / "history.png", run.read_steps()) if plots else None
-    lines = [f"# danlu run {run.path.name}", "", "| metric (validation, all tokens) | value |",
-             "| --- | ---: |", *(f"| {k} | {v:.4f} |" for k, v in metrics.items())]
-    if curve:
-        lines += ["", "![training history](plots/history.png)"]
-    fileio.write_text(run.report, "\n".join(lines) + "\n")
     return summary
 
 

@@ -131,7 +131,7 @@ MODELS = Registry(
         "cnn": "danlu.models.cnn:CNN",
         "resnet": "danlu.models.cnn:ResNet",
         "fusion": "danlu.models.fusion:FusionModel",
-    "gpt": "danlu.models.lm:gpt",
+    "gpt": "danlu.lm.build:gpt",
         "rnn": "danlu.models.rnn:RNNEncoder",
         "transformer": "danlu.models.transformer:TransformerEncoder",
         "pretrained_encoder": "danlu.models.pretrained:PretrainedEncoder",

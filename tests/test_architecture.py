@@ -31,6 +31,7 @@ CORE = (
     "danlu.errors",
     "danlu.fileio",
     "danlu.datasets",  # named public datasets, resolved when a config is loaded
+    "danlu.hub",  # model references -> local folders (paths, pkg://, hub ids)
 )
 # entry points and applications over a run folder: nothing in the core imports them
 ABOVE_CORE = (
@@ -41,11 +42,10 @@ ABOVE_CORE = (
     "danlu.export",
     "danlu.speech_run",
 )
-# the modules issue 15 step 2 gathers into danlu/lm/ and danlu/speech/: domains above the core
+# domain packages above the core: language models (danlu/lm/), and the speech modules issue 15
+# step 2 gathers into danlu/speech/
 DOMAINS = (
-    "danlu.generation",
-    "danlu.modelref",
-    "danlu.cpu_kernels",
+    "danlu.lm",
     "danlu.ctc_decode",
     "danlu.asr",
     "danlu.asr_eval",
@@ -53,15 +53,10 @@ DOMAINS = (
 # what models/ may never import: they are nn.Modules, built from a config and a schema
 NOT_FROM_MODELS = ("danlu.predict", "danlu.tasks", "danlu.run", "danlu.api", *ABOVE_CORE)
 
-# Core -> domain imports that exist today. Each goes when issue 15 step 2 moves the language
-# models to danlu/lm/ and speech to danlu/speech/, with model references (model_folder,
-# resolve_lm) in one small core module (hub.py) and the decoders in speech/. Do not add to it.
+# Core -> domain imports that exist today. Each goes when issue 15 step 2 moves speech to
+# danlu/speech/ with the decoders in speech/. Do not add to it. (The core reaches danlu/lm/
+# only by "module:attr" names, which are no imports.)
 KNOWN_CORE_TO_DOMAIN = {
-    ("danlu.data.sequences", "danlu.modelref"),  # model_folder: hub.py (step 2)
-    ("danlu.models.pretrained", "danlu.modelref"),  # model_folder: hub.py (step 2)
-    ("danlu.models.lm", "danlu.modelref"),  # resolve_lm: lm/ (step 2)
-    ("danlu.models.gpt", "danlu.cpu_kernels"),  # the C kernel: lm/cpu/, installed explicitly (step 2)
-    ("danlu.tasks.language_modeling", "danlu.generation"),  # sample text: lm/ (step 2)
     ("danlu.tasks.speech_recognition", "danlu.ctc_decode"),  # CTC decoders: speech/ (step 2)
 }
 

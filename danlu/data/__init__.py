@@ -36,11 +36,13 @@ def build(
     if cfg.text is not None or cfg.sequence is not None:
         return _build_sequences(cfg, task_type, seed, model_cfg)
     if task_type == "language_modeling" or (task_type == "auto" and getattr(model_cfg, "type", "") == "gpt"):
-        from danlu.data import text
-
         if model_cfg is None or getattr(model_cfg, "type", "") != "gpt":
             raise DanluError("task.type language_modeling trains a model of type gpt; set model.type: gpt")
-        schema, tokenizer, splits = text.build(cfg, model_cfg.block_size, seed, pretrained)
+        from danlu.registry import import_object
+
+        # a domain package (danlu/lm/), reached by name so the core does not import it
+        build_lm = import_object("danlu.lm.data:build")
+        schema, tokenizer, splits = build_lm(cfg, model_cfg.block_size, seed, pretrained)
         return Prepared(schema, tokenizer, splits, {})  # type: ignore[arg-type]
     from danlu.data import images
 

@@ -30,9 +30,10 @@ def build(cfg: TaskConfig, schema: Any, y_train: torch.Tensor, preprocessor: Any
     from danlu.tasks.regression import RegressionTask
 
     if schema.task == "language_modeling":
-        from danlu.tasks.language_modeling import LanguageModelingTask
+        from danlu.registry import import_object
 
-        return LanguageModelingTask(cfg, schema, preprocessor)
+        # a domain package (danlu/lm/), reached by name so the core does not import it
+        return import_object("danlu.lm.task:LanguageModelingTask")(cfg, schema, preprocessor)
     if schema.task == "speech_recognition":
         from danlu.tasks.speech_recognition import SpeechRecognitionTask
 
