@@ -87,6 +87,9 @@ class KernelBlock(Block):
         norms = [self.ln_1.weight, self.ln_1.bias, self.ln_2.weight, self.ln_2.bias]
         self.params = tuple(t for t in (*norms, *(m.weight for m in linears)) if t is not None)
         self.prepared_for = tuple(t.data_ptr() for t in self.params)
+        if not all(isinstance(m, nn.Linear) for m in linears):
+            self.kernel_step = None  # e.g. LoRA adapters (peft) around a layer: torch runs them
+            return None
         self.kernel_step = kernels.prepare_block(
             norms,
             [m.weight for m in linears],
