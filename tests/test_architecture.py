@@ -154,3 +154,11 @@ def test_every_module_has_a_layer(graph: dict[str, set[str]]) -> None:
     entry = ("danlu", "danlu.__main__")
     unplaced = [m for m in graph if not _in(m, CORE + ABOVE_CORE + DOMAINS) and m not in entry]
     assert unplaced == []
+
+
+def test_the_gpt_model_file_stands_alone(graph: dict[str, set[str]]) -> None:
+    # danlu/lm/model.py reads like nanoGPT's model.py: the decoding-speed path (lm/cpu/) and
+    # the Hugging Face conversion (lm/hf.py) are installed onto or built around it, never imported
+    assert graph["danlu.lm.model"] <= {"danlu.errors"}
+    # the model-reference module stays light: no danlu module that pulls in torch
+    assert graph["danlu.hub"] <= {"danlu.errors"}

@@ -184,3 +184,38 @@ def test_disabled_by_environment(monkeypatch):
     monkeypatch.setattr(cpu_kernels, "_lib", None)
     monkeypatch.setattr(cpu_kernels, "_tried", False)
     assert not cpu_kernels.available()
+
+
+@needs_kernel
+def test_block_step_leaves_wrapped_layers_to_torch():
+    """A block whose Linear sits inside another module (peft's LoRA layers do that) keeps
+    torch's forward: the C step would read the bare weight and skip the wrapper."""
+
+    class Wrapped(torch.nn.Module):
+        def __init__(self, base: torch.nn.Linear) -> None:
+            super().__init__()
+            self.base_layer = base
+
+        @property
+        def weight(self) -> torch.Tensor:
+            return self.base_layer.weight
+
+        @property
+        def bias(self) -> torch.Tensor | None:
+            return self.base_layer.bias
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.base_layer(x) + 0.5
+
+    model = _gpt("gelu_tanh", True, F32)
+    model.transformer.h[0].mlp.c_fc = Wrapped(model.transformer.h[0].mlp.c_fc)
+    cpu.accelerate(model)
+    assert model.transformer.h[0].kernel_step is None
+    assert model.transformer.h[1].kernel_step is not None
+    idx = torch.randint(0, 97, (2, 6), generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        full = model(idx)[:, -1]
+        cache = KVCache(model.config, 2, 8)
+        model(idx[:, :5], kv_cache=cache)
+        stepped = model(idx[:, 5:], kv_cache=cache)[:, -1]
+    torch.testing.assert_close(stepped, full, atol=1e-4, rtol=1e-5)

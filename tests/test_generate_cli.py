@@ -382,3 +382,15 @@ def test_python_api(hf_dir: Path) -> None:
         danlu.generate(hf_dir, "A", temperature=0.5, top_p=1.5, device="cpu")
     with pytest.raises(DanluError, match="did you mean"):
         danlu.generate(hf_dir, "A", max_new_token=3, device="cpu")
+
+
+def test_model_references_resolve_without_torch_or_transformers(tmp_path: Path) -> None:
+    # danlu/hub.py is core: resolving a folder (here one that exists) imports nothing heavy
+    code = (
+        "import sys, danlu.hub as h; p = h.locate_model(sys.argv[1]);"
+        " assert p.is_dir(); heavy = [m for m in ('torch', 'transformers') if m in sys.modules];"
+        " assert not heavy, heavy"
+    )
+    cmd = [sys.executable, "-c", code, str(tmp_path)]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=_env())
+    assert r.returncode == 0, r.stderr
