@@ -23,8 +23,11 @@ from typing import Any
 
 import torch
 
-from danlu.generation import GenerationOptions, generate_tokens
-from danlu.models.gpt import GPT, GPTConfig, export_hf
+from danlu.lm import cpu
+from danlu.lm.generate import generate_tokens
+from danlu.lm.hf import export_hf
+from danlu.lm.model import GPT, GPTConfig
+from danlu.lm.options import GenerationOptions
 
 TARGETS = {
     "fp32 batch 1": ">= 1.5x",
@@ -137,7 +140,7 @@ def main(argv: list[str] | None = None) -> None:
     hf.generation_config.pad_token_id = 0
     # cast once here, as a caller generating repeatedly would; GenerationOptions(dtype=...)
     # would cast a fresh copy on every call
-    model_bf16 = GPT(config).cast(torch.bfloat16).eval()
+    model_bf16 = cpu.cast(GPT(config), torch.bfloat16).eval()
     model_bf16.load_state_dict(model.state_dict())
 
     rows: list[tuple[str, str, str, str, str]] = []

@@ -52,7 +52,7 @@ def nanogpt_run(out_dir: Path, max_iters: int = 2000) -> None:
     import torch
     import torch.nn.functional as F
 
-    from danlu.models.gpt import GPT, GPTConfig
+    from danlu.lm.model import GPT, GPTConfig
 
     block_size, batch_size, eval_interval, eval_iters = 64, 12, 250, 20
     learning_rate, min_lr, warmup_iters, lr_decay_iters = 1e-3, 1e-4, 100, max_iters

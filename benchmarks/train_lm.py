@@ -35,7 +35,7 @@ def hand_loop(steps: int) -> float:
     """nanoGPT's loop on danlu's GPT module: random windows, AdamW, cosine, clipping."""
     from danlu import config as config_mod
     from danlu import data
-    from danlu.models.gpt import GPT, GPTConfig
+    from danlu.lm.model import GPT, GPTConfig
 
     cfg = config_mod.load(EXAMPLE)
     prepared = data.build(cfg.data, "language_modeling", cfg.seed, cfg.model)

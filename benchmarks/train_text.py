@@ -205,7 +205,7 @@ def hf_trainer(prepared, model_folder: str, tmp: Path, group_by_length: bool = F
         TrainingArguments,
     )
 
-    from danlu.modelref import model_folder as resolve
+    from danlu.hub import model_folder as resolve
 
     folder = str(resolve(model_folder))
     tok = AutoTokenizer.from_pretrained(folder)

@@ -40,9 +40,9 @@ def __getattr__(name: str) -> Any:
 
         return load
     if name in ("generate", "generate_stream"):
-        from danlu import modelref
+        from danlu.lm import complete
 
-        return modelref.generate if name == "generate" else modelref.generate_stream
+        return complete.generate if name == "generate" else complete.generate_stream
     if name == "transcribe":
         from danlu.asr import transcribe
 

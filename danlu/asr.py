@@ -243,7 +243,7 @@ def resolve_speech(
     """Load the speech model `ref` names (see the module docstring). trust_remote_code: a
     Hugging Face folder may run its own Python code; trust_code: a danlu run folder may name
     user code in its model.json. Both only for folders you trust."""
-    from danlu.modelref import locate_model
+    from danlu.hub import locate_model
 
     path = locate_model(ref)
     if not path.is_dir():

@@ -218,8 +218,8 @@ def evaluate(
             print_summary(r, typer.echo)
             return
         if text is not None:  # language models: perplexity with a sliding window
-            from danlu.evaluation.perplexity import read_text, text_perplexity
-            from danlu.modelref import resolve_lm
+            from danlu.lm.evaluation import read_text, text_perplexity
+            from danlu.lm.load import resolve_lm
 
             body = read_text(text)
             lm = resolve_lm(str(run_dir), trust_remote_code=trust_remote_code)
@@ -433,7 +433,9 @@ def generate(
     with _errors(debug):
         import json
 
-        from danlu.modelref import complete, load_cached, make_options, stream_text
+        from danlu.lm.complete import complete, stream_text
+        from danlu.lm.load import load_cached
+        from danlu.lm.options import make_options
 
         if dtype is not None and dtype not in ("float32", "bfloat16"):
             raise DanluError(f"unknown dtype '{dtype}'; valid: bfloat16, float32")

@@ -450,9 +450,9 @@ class LoraConfig(Section):
 GPT_ARCHITECTURE = ("n_layer", "n_head", "n_embd", "bias", "tie_embeddings", "activation")
 
 
-@model_type("gpt", "danlu.models.lm:gpt")
+@model_type("gpt", "danlu.lm.build:gpt")
 class GPTModelConfig(Section):
-    """A decoder-only Transformer (danlu/models/gpt.py); vocab size comes from the tokenizer.
+    """A decoder-only Transformer (danlu/lm/model.py); vocab size comes from the tokenizer.
 
     `from` names a checkpoint to fine-tune (a danlu run, a GPT-2 folder or a hub id): its
     architecture and tokenizer are used, `block_size` may shorten its context, and `lora`

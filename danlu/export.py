@@ -1,8 +1,9 @@
 """`danlu export RUN --format hf OUT`: a trained run folder -> a Hugging Face folder.
 
-A language-model (GPT) run becomes a GPT-2 folder (GPT2LMHeadModel + AutoTokenizer); a
-pretrained_encoder run becomes an AutoModelForSequenceClassification folder. Application
-code over a run folder, so it sits above models/ and predict.py (which it uses).
+A language-model (GPT) run becomes a GPT-2 folder (GPT2LMHeadModel + AutoTokenizer;
+danlu/lm/export.py); a pretrained_encoder run becomes an AutoModelForSequenceClassification
+folder. Application code over a run folder, so it sits above models/ and predict.py (which
+it uses).
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import tempfile
 from pathlib import Path
 
 from danlu.errors import DanluError
-from danlu.modelref import _load_run, _one_line
 from danlu.models.pretrained import PretrainedEncoder, base_folder
 from danlu.predict import Predictor
 from danlu.run import RunDir
@@ -34,41 +34,9 @@ def export_run(
     run = RunDir.open(run_path)
     if (run.read_model_json().get("model") or {}).get("type") == "pretrained_encoder":
         return export_encoder(run_path, out_dir, trust_code)  # an AutoModelForSequenceClassification folder
-    try:
-        lm = _load_run(run_path)
-    except DanluError as e:
-        if "language_modeling run" in str(e):
-            raise DanluError(
-                f"{e}; `danlu export --format hf` supports language-model (GPT) and"
-                " pretrained_encoder runs only"
-            ) from None
-        raise
-    from transformers import PreTrainedTokenizerFast
+    from danlu.lm.export import export_lm_run
 
-    from danlu.models.gpt import export_hf
-
-    tok_file = run_path / "tokenizer.json"
-    raw = lm.tokenizer.tok
-    eos, pad = lm.tokenizer.eos_token_id, lm.tokenizer.pad_token_id
-    special: dict[str, str] = {}
-    for name, tid in (("eos_token", eos), ("bos_token", eos), ("pad_token", pad if pad is not None else eos)):
-        token = raw.id_to_token(tid) if isinstance(tid, int) else None
-        if token is not None:
-            special[name] = token
-    tmp = Path(tempfile.mkdtemp(prefix=".danlu-tokenizer-"))
-    try:
-        try:
-            hf_tok = PreTrainedTokenizerFast(tokenizer_file=str(tok_file), **special)
-            hf_tok.save_pretrained(str(tmp))
-        except Exception as e:
-            raise DanluError(
-                f"cannot convert '{tok_file}' to a transformers tokenizer: {_one_line(e)}"
-            ) from None
-        ids = {k.replace("_token", "_token_id"): raw.token_to_id(v) for k, v in special.items()}
-        export_hf(lm.model.to("cpu"), out_dir, tokenizer_dir=tmp, extra_config=ids)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out_dir
+    return export_lm_run(run_path, out_dir)
 
 
 def export_encoder(run_dir: str | Path, out_dir: str | Path, trust_code: bool = False) -> Path:

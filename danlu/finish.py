@@ -1,7 +1,7 @@
 """The evaluation that ends a run, and `danlu evaluate` of a saved one, for the kinds whose
-examples are rows (tables, text, images, multimodal: `finish_rows`, `evaluate_rows`) and for a
-language model's corpus (`finish_corpus`, `evaluate_corpus`). The kinds' hooks (danlu/kinds.py)
-name these; speech runs have theirs in danlu/speech_run.py.
+examples are rows (tables, text, images, multimodal: `finish_rows`, `evaluate_rows`). The kinds'
+hooks (danlu/kinds.py) name these; a language model's corpus has its own in danlu/lm/kind.py and
+speech runs theirs in the speech package.
 
 Each writes metrics.json, the predictions and report.md into the run folder (or, for another
 file, under evaluations/<file stem>/) and returns the summary `danlu` prints.
@@ -17,7 +17,6 @@ import pandas as pd
 import torch
 
 from danlu import data as data_mod
-from danlu import tasks
 from danlu.config import RunConfig
 from danlu.data.tabular import TensorData, read_table
 from danlu.errors import DanluError
@@ -130,74 +129,3 @@ def _extra_metrics(
         fn = METRICS.get(name)
         metrics[name.rpartition(":")[2]] = float(fn(task.target(data.y), decoded))
     return metrics
-
-
-# --------------------------------------------------------------------------- corpus
-def finish_corpus(t: Trained) -> dict[str, Any]:
-    """After training a language model: its tokenizer.json, then loss and perplexity on val."""
-    t.prepared.preprocessor.save(t.run.tokenizer)
-    # the model is the last evaluation's when that was the best: its numbers stand
-    history = t.result.history
-    last = history[-1] if history else {}
-    known = None
-    if t.result.best_epoch == len(history) - 1 and "val.loss" in last:
-        known = {"loss": last["val.loss"], "perplexity": last["val.perplexity"]}
-    return _finish_lm(t.run, t.model, t.task, t.prepared.splits["val"], t.cfg.eval.plots, known)
-
-
-def evaluate_corpus(
-    run: RunDir, cfg: RunConfig, split: str, data: str | Path | None, plots: bool, trust_code: bool
-) -> dict[str, Any]:
-    return _evaluate_lm(run, cfg, split, data, plots)
-
-
-def load_corpus(run_dir: str | Path, trust_code: bool = False) -> Any:
-    """A language-model run predicts no rows: it generates text."""
-    raise DanluError(
-        f"{run_dir}: a language-model run generates text rather than predicting rows;"
-        f" use danlu generate {run_dir} (or danlu.generate)"
-    )
-
-
-def _evaluate_lm(
-    run: RunDir, cfg: RunConfig, split: str, data: str | Path | None, plots: bool
-) -> dict[str, Any]:
-    """A language-model run on its validation split (its own tokenizer, the same blocks
-    as in training), or on a text file with a sliding window (--data)."""
-    from danlu.data import text as text_mod
-    from danlu.modelref import resolve_lm
-
-    lm = resolve_lm(run.path, device="cpu")
-    if data is not None:
-        from danlu.evaluation.perplexity import read_text, text_perplexity
-
-        metrics = text_perplexity(lm, read_text(data))
-        return {"split": Path(data).name, "rows": metrics.pop("windows"), "task": cfg.task.type,
-                "metrics": metrics}
-    if split not in ("val", "test"):
-        raise DanluError(f"--split {split}: a language-model run has a validation split only (val)")
-    data_cfg = cfg.data.model_copy(update={"tokenizer": str(run.tokenizer)})
-    schema, tokenizer, splits = text_mod.build(data_cfg, cfg.model.block_size, cfg.seed)
-    task = tasks.build(cfg.task, schema, splits["train"].y, tokenizer)
-    task.out_dim = lm.model.config.vocab_size
-    return _finish_lm(run, lm.model, task, splits["val"], plots, None)
-
-
-def _finish_lm(
-    run: RunDir, model: Any, task: Any, val: TensorData, plots: bool, known: dict[str, float] | None
-) -> dict[str, Any]:
-    """Loss and perplexity over the whole validation split, a short report and curves."""
-    from danlu import fileio
-    from danlu.evaluation.report import plot_history
-
-    metrics = known or evaluate_split(model, task, val, torch.device("cpu"))[0]
-    summary = {"split": "val", "rows": len(val), "tokens": int(val.y.numel()), "task": task.kind,
-               "metrics": metrics}
-    run.write_metrics(summary)
-    curve = plot_history(run.read_history(), run.plots / "history.png", run.read_steps()) if plots else None
-    lines = [f"# danlu run {run.path.name}", "", "| metric (validation, all tokens) | value |",
-             "| --- | ---: |", *(f"| {k} | {v:.4f} |" for k, v in metrics.items())]
-    if curve:
-        lines += ["", "![training history](plots/history.png)"]
-    fileio.write_text(run.report, "\n".join(lines) + "\n")
-    return summary

@@ -132,11 +132,6 @@ def _is_text(cfg: Any, task_type: str, model_cfg: Any) -> bool:
     return cfg.text is not None or cfg.sequence is not None  # text or numeric-sequence columns
 
 
-def _is_corpus(cfg: Any, task_type: str, model_cfg: Any) -> bool:
-    gpt = getattr(model_cfg, "type", "") == "gpt"
-    return task_type == "language_modeling" or (task_type == "auto" and gpt)
-
-
 def _is_image(cfg: Any, task_type: str, model_cfg: Any) -> bool:
     return bool(import_object("danlu.data.images:is_image_data")(cfg, model_cfg))
 
@@ -195,7 +190,8 @@ def _prepare_audio(cfg: Any, task_type: str, seed: int, model_cfg: Any, pretrain
 
 # --------------------------------------------------------------------------- the built-in kinds
 # registered in registry.KINDS by name, in detection order (multimodal, audio, text, corpus,
-# image, tabular); "sequence" names TEXT too (a numeric-sequence run's schema says so)
+# image, tabular; corpus is danlu/lm/kind.py's CORPUS); "sequence" names TEXT too (a
+# numeric-sequence run's schema says so)
 # rows: each example is one row of a table (or a file a row names); the generic Predictor,
 # final evaluation and report of danlu/finish.py serve them all
 ROWS = {
@@ -227,14 +223,6 @@ TEXT = Kind(  # text or numeric-sequence columns (danlu/data/sequences.py)
     preprocessor="danlu.data.sequences:preprocessor_from_state",
     describe_inputs=describe_text,
     **ROWS,
-)
-CORPUS = Kind(  # a language model's text: danlu/data/text.py, models/gpt.py
-    "corpus",
-    detect=_is_corpus,
-    prepare="danlu.data:build_corpus",
-    load="danlu.finish:load_corpus",
-    finish="danlu.finish:finish_corpus",
-    evaluate="danlu.finish:evaluate_corpus",
 )
 IMAGE = Kind(
     "image",

@@ -197,7 +197,7 @@ KINDS = Registry(
         "audio": "danlu.kinds:AUDIO",
         "text": "danlu.kinds:TEXT",
         "sequence": "danlu.kinds:TEXT",  # a numeric-sequence run's schema names its kind so
-        "corpus": "danlu.kinds:CORPUS",
+        "corpus": "danlu.lm.kind:CORPUS",
         "image": "danlu.kinds:IMAGE",
         "tabular": "danlu.kinds:TABULAR",
     },
@@ -209,7 +209,7 @@ TASKS = Registry(  # by schema.task; each called as (task config, schema, train 
     {
         "classification": "danlu.tasks.classification:ClassificationTask",
         "regression": "danlu.tasks.regression:RegressionTask",
-        "language_modeling": "danlu.tasks:language_modeling_task",
+        "language_modeling": "danlu.lm.kind:task",
         "speech_recognition": "danlu.tasks:speech_recognition_task",
     },
     key="task.type",

@@ -6,7 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from danlu import cpu_kernels
+from danlu.lm import cpu
+from danlu.lm.cpu import kernels as cpu_kernels
+from danlu.lm.cpu.layers import KernelBlock
+from danlu.lm.model import GPT, GPTConfig, KVCache
 
 needs_kernel = pytest.mark.skipif(
     not cpu_kernels.available(),
@@ -76,8 +79,6 @@ def test_gelu_matches_float64(tanh_form):
 
 
 def _gpt(activation: str, bias: bool, w_dtype: torch.dtype):
-    from danlu.models.gpt import GPT, GPTConfig
-
     config = GPTConfig(
         vocab_size=97, block_size=32, n_layer=2, n_head=3, n_embd=30, activation=activation, bias=bias
     )
@@ -88,17 +89,17 @@ def _gpt(activation: str, bias: bool, w_dtype: torch.dtype):
     with torch.no_grad():
         for p in model.parameters():
             p.mul_(8.0)
-    return model.cast(w_dtype) if w_dtype == BF16 else model
+    return cpu.cast(model, w_dtype) if w_dtype == BF16 else model
 
 
 def _decode_two_steps(model, rows: int, c_step: bool, monkeypatch) -> list[torch.Tensor]:
-    from danlu.models.gpt import Block, KVCache
-
     calls = []
     real = cpu_kernels.block_step
     monkeypatch.setattr(cpu_kernels, "block_step", lambda *a: calls.append(1) or real(*a))
-    if not c_step:
-        monkeypatch.setattr(Block, "c_step", lambda self: None)
+    if c_step:
+        cpu.accelerate(model, rows)
+    else:  # the torch reference: Block.forward in every block
+        monkeypatch.setattr(KernelBlock, "_c_step_usable", lambda self, x, k_cache: False)
     g = torch.Generator().manual_seed(rows)
     idx = torch.randint(0, 97, (rows, 7), generator=g)
     mask = torch.ones(rows, 9, dtype=torch.long)
@@ -126,11 +127,9 @@ def test_block_step_matches_the_torch_block(activation, bias, w_dtype, rows, mon
 
 @needs_kernel
 def test_block_step_not_used_for_training_or_autograd(monkeypatch):
-    from danlu.models.gpt import KVCache
-
     used = []
     monkeypatch.setattr(cpu_kernels, "block_step", lambda *a: used.append(1) or False)
-    model = _gpt("gelu", True, F32)
+    model = cpu.accelerate(_gpt("gelu", True, F32))
     idx = torch.randint(0, 97, (1, 1))
     model(idx, kv_cache=KVCache(model.config, 1, 4))  # autograd on: the C step writes in place
     model.train()
@@ -146,10 +145,9 @@ def test_block_step_not_used_for_training_or_autograd(monkeypatch):
 def test_block_step_skips_blocks_it_cannot_take(monkeypatch):
     model = _gpt("gelu_tanh", True, F32)
     model.transformer.h[1].mlp.c_fc.weight.data = model.transformer.h[1].mlp.c_fc.weight.double()
-    assert model.transformer.h[0].c_step() is not None
-    assert model.transformer.h[1].c_step() is None  # float64: torch runs this block
-
-    from danlu.models.gpt import KVCache
+    cpu.accelerate(model)
+    assert model.transformer.h[0].kernel_step is not None
+    assert model.transformer.h[1].kernel_step is None  # float64: torch runs this block
 
     idx = torch.randint(0, 97, (2, 6), generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
@@ -157,7 +155,7 @@ def test_block_step_skips_blocks_it_cannot_take(monkeypatch):
         cache = KVCache(model.config, 2, 8)
         model(idx[:, :5], kv_cache=cache)
         stepped = model(idx[:, 5:], kv_cache=cache)[:, -1]
-    assert cache.c_steps is not None and cache.c_steps[1] is None
+    assert model.transformer.h[0].kernel_step is not None and model.transformer.h[1].kernel_step is None
     torch.testing.assert_close(stepped, mixed, atol=1e-4, rtol=1e-5)
 
 
@@ -186,3 +184,38 @@ def test_disabled_by_environment(monkeypatch):
     monkeypatch.setattr(cpu_kernels, "_lib", None)
     monkeypatch.setattr(cpu_kernels, "_tried", False)
     assert not cpu_kernels.available()
+
+
+@needs_kernel
+def test_block_step_leaves_wrapped_layers_to_torch():
+    """A block whose Linear sits inside another module (peft's LoRA layers do that) keeps
+    torch's forward: the C step would read the bare weight and skip the wrapper."""
+
+    class Wrapped(torch.nn.Module):
+        def __init__(self, base: torch.nn.Linear) -> None:
+            super().__init__()
+            self.base_layer = base
+
+        @property
+        def weight(self) -> torch.Tensor:
+            return self.base_layer.weight
+
+        @property
+        def bias(self) -> torch.Tensor | None:
+            return self.base_layer.bias
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.base_layer(x) + 0.5
+
+    model = _gpt("gelu_tanh", True, F32)
+    model.transformer.h[0].mlp.c_fc = Wrapped(model.transformer.h[0].mlp.c_fc)
+    cpu.accelerate(model)
+    assert model.transformer.h[0].kernel_step is None
+    assert model.transformer.h[1].kernel_step is not None
+    idx = torch.randint(0, 97, (2, 6), generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        full = model(idx)[:, -1]
+        cache = KVCache(model.config, 2, 8)
+        model(idx[:, :5], kv_cache=cache)
+        stepped = model(idx[:, 5:], kv_cache=cache)[:, -1]
+    torch.testing.assert_close(stepped, full, atol=1e-4, rtol=1e-5)

@@ -27,7 +27,7 @@ from transformers import (  # noqa: E402
 
 import danlu  # noqa: E402
 from danlu.errors import DanluError  # noqa: E402
-from danlu.models.gpt import GPT, GPTConfig  # noqa: E402
+from danlu.lm.model import GPT, GPTConfig  # noqa: E402
 
 HUB_OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 
@@ -230,7 +230,9 @@ def test_missing_path_says_it_does_not_exist(tmp_path: Path) -> None:
 
 def test_generic_causal_lm_path_matches_hf(hf_dir: Path) -> None:
     """The transformers path (other causal LMs) maps the options onto model.generate."""
-    from danlu.modelref import _load_hf_causal_lm, _place, complete, make_options
+    from danlu.lm.complete import complete
+    from danlu.lm.load import _load_hf_causal_lm, _place
+    from danlu.lm.options import make_options
 
     lm = _place(
         _load_hf_causal_lm(hf_dir, json.loads((hf_dir / "config.json").read_text()), False), None, "cpu"
@@ -240,7 +242,7 @@ def test_generic_causal_lm_path_matches_hf(hf_dir: Path) -> None:
     (c,) = complete(lm, ["The quick"], opts, logprobs=True)
     assert c.text == hf_greedy(hf_dir, "The quick", 7)
     assert len(c.logprobs or []) == len(c.token_ids)
-    from danlu.modelref import stream_text
+    from danlu.lm.complete import stream_text
 
     assert "".join(stream_text(lm, "The quick", opts)) == c.text
 
@@ -293,7 +295,7 @@ def lm_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_run_folder_generates(lm_run: Path, tmp_path: Path) -> None:
-    from danlu.modelref import resolve_lm
+    from danlu.lm.load import resolve_lm
 
     lm = resolve_lm(lm_run, device="cpu")
     assert lm.kind == "danlu-run" and lm.block_size == 32
@@ -311,7 +313,7 @@ def test_export_round_trip(lm_run: Path, tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     hf = GPT2LMHeadModel.from_pretrained(out).eval()
     tok = AutoTokenizer.from_pretrained(out)
-    from danlu.modelref import resolve_lm
+    from danlu.lm.load import resolve_lm
 
     lm = resolve_lm(lm_run, device="cpu")
     text = "Once upon a time"
@@ -380,3 +382,15 @@ def test_python_api(hf_dir: Path) -> None:
         danlu.generate(hf_dir, "A", temperature=0.5, top_p=1.5, device="cpu")
     with pytest.raises(DanluError, match="did you mean"):
         danlu.generate(hf_dir, "A", max_new_token=3, device="cpu")
+
+
+def test_model_references_resolve_without_torch_or_transformers(tmp_path: Path) -> None:
+    # danlu/hub.py is core: resolving a folder (here one that exists) imports nothing heavy
+    code = (
+        "import sys, danlu.hub as h; p = h.locate_model(sys.argv[1]);"
+        " assert p.is_dir(); heavy = [m for m in ('torch', 'transformers') if m in sys.modules];"
+        " assert not heavy, heavy"
+    )
+    cmd = [sys.executable, "-c", code, str(tmp_path)]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=_env())
+    assert r.returncode == 0, r.stderr

@@ -11,15 +11,16 @@ import torch
 pytest.importorskip("transformers", reason="transformers is not installed (pip install 'danlu[hf]')")
 from transformers import GPT2Config, GPT2LMHeadModel  # noqa: E402
 
-from danlu import cpu_kernels  # noqa: E402
 from danlu.errors import DanluError  # noqa: E402
-from danlu.generation import (  # noqa: E402
-    GenerationOptions,
-    generate_text,
-    generate_tokens,
-    stream_tokens,
-)
-from danlu.models.gpt import GPT, GPTConfig, KVCache, export_hf  # noqa: E402
+from danlu.lm import cpu  # noqa: E402
+from danlu.lm.complete import complete  # noqa: E402
+from danlu.lm.cpu import kernels as cpu_kernels  # noqa: E402
+from danlu.lm.generate import generate_tokens, stream_tokens  # noqa: E402
+from danlu.lm.hf import export_hf, from_hf  # noqa: E402
+from danlu.lm.load import LoadedLM  # noqa: E402
+from danlu.lm.model import GPT, GPTConfig, KVCache  # noqa: E402
+from danlu.lm.options import GenerationOptions  # noqa: E402
+from danlu.lm.tokenizer import TextTokenizer  # noqa: E402
 
 VOCAB = 211
 EOS = VOCAB - 1
@@ -60,7 +61,7 @@ def checkpoint(one_thread, tmp_path_factory):
     hf = tiny_hf()
     path = tmp_path_factory.mktemp("gpt2")
     hf.save_pretrained(path, safe_serialization=True)
-    return hf, GPT.from_hf(path).eval(), path
+    return hf, from_hf(path).eval(), path
 
 
 def hf_new_tokens(hf, prompts, eos=None, **kwargs) -> list[list[int]]:
@@ -114,7 +115,7 @@ def test_kv_cache_steps_match_full_forward(checkpoint):
 
 @pytest.fixture(params=["danlu kernel", "torch only"])
 def kernels(request, monkeypatch):
-    """Both paths of `Linear`: danlu's CPU kernel where it builds, and torch alone."""
+    """Both paths of `FastLinear`: danlu's CPU kernel where it builds, and torch alone."""
     if request.param == "torch only":
         monkeypatch.setattr(cpu_kernels, "_load", lambda: None)
     elif not cpu_kernels.available():
@@ -126,13 +127,13 @@ def test_weight_layouts_give_the_same_logits(checkpoint, kernels):
     _, model, _ = checkpoint
     ids = torch.randint(0, VOCAB, (4, 5), generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
-        row_major = model.optimize_for_decoding(batch_size=4)(ids)
+        row_major = cpu.accelerate(model, batch_size=4)(ids)
         assert model.lm_head.weight.is_contiguous()
-        batch_one = model.optimize_for_decoding(batch_size=1)(ids)
+        batch_one = cpu.accelerate(model, batch_size=1)(ids)
         # the kernel reads row-major weights; MKL's matrix-vector product prefers column-major
         assert model.lm_head.weight.is_contiguous() == (kernels == "danlu kernel")
         torch.testing.assert_close(batch_one, row_major, atol=1e-5, rtol=0)
-        model.optimize_for_decoding(batch_size=4)
+        cpu.accelerate(model, batch_size=4)
 
         layer = model.transformer.h[0].mlp.c_fc
         layer.weight.data = layer.weight.data.contiguous()
@@ -149,9 +150,9 @@ def test_decoding_layout_moves_weights_once_and_keeps_their_values(checkpoint):
     ids = torch.randint(0, VOCAB, (2, 7), generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
         expected = fresh(ids)
-        fresh.optimize_for_decoding(batch_size=1)
+        cpu.accelerate(fresh, batch_size=1)
         ptrs = [p.data_ptr() for p in fresh.parameters()]
-        fresh.optimize_for_decoding(batch_size=1)
+        cpu.accelerate(fresh, batch_size=1)
         assert [p.data_ptr() for p in fresh.parameters()] == ptrs  # placed once, not per call
         for n, p in fresh.named_parameters():
             assert torch.equal(p, before[n]), n
@@ -321,21 +322,23 @@ def test_stop_strings_end_a_sequence(checkpoint):
     assert stopped == greedy[: greedy.index(greedy[4]) + 1]
 
 
-def test_generate_text_with_a_tokenizer(checkpoint):
+def test_complete_with_a_tokenizer(checkpoint):
+    # text in, text out (danlu.lm.complete) over danlu's engine with a tokenizers.Tokenizer
     tokenizers = pytest.importorskip("tokenizers", reason="tokenizers is not installed")
     _, model, _ = checkpoint
     vocab = {f"w{i}": i for i in range(VOCAB)}
     tokenizer = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="w0"))
     tokenizer.pre_tokenizer = tokenizers.pre_tokenizers.WhitespaceSplit()
+    lm = LoadedLM(model, TextTokenizer(tokenizer, "file"), "hf-gpt2", model.config.block_size)
     prompts = ["w5 w17 w42", "w7"]
     ids = [tokenizer.encode(p).ids for p in prompts]
     tokens = generate_tokens(model, ids, GenerationOptions(max_new_tokens=6))
-    texts = generate_text(model, tokenizer, prompts, GenerationOptions(max_new_tokens=6))
+    texts = [c.text for c in complete(lm, prompts, GenerationOptions(max_new_tokens=6))]
     assert texts == [tokenizer.decode(t) for t in tokens]
 
     stop = f"w{tokens[0][2]}"
     opts = GenerationOptions(max_new_tokens=6, stop=[stop])
-    cut = generate_text(model, tokenizer, prompts[:1], opts)[0]
+    cut = complete(lm, prompts[:1], opts)[0].text
     assert stop not in cut and texts[0].startswith(cut)
 
 
@@ -349,7 +352,7 @@ def test_bfloat16_generation_keeps_the_callers_model(checkpoint):
 
 def test_bfloat16_on_cpu_rounds_only_the_weight_matrices(checkpoint, kernels):
     _, model, _ = checkpoint
-    mixed = copy.deepcopy(model).cast(torch.bfloat16)
+    mixed = cpu.cast(copy.deepcopy(model), torch.bfloat16)
     assert mixed.lm_head.weight.dtype == torch.bfloat16
     assert mixed.transformer.h[0].attn.c_attn.weight.dtype == torch.bfloat16
     assert mixed.transformer.h[0].attn.c_attn.bias.dtype == torch.float32
@@ -399,20 +402,20 @@ def test_export_hf_round_trip(tmp_path, activation):
     ids = torch.randint(0, 97, (2, 20))
     with torch.no_grad():
         torch.testing.assert_close(hf(ids).logits, model(ids), atol=1e-5, rtol=0)
-    again = GPT.from_hf(out)
+    again = from_hf(out)
     assert again.config.activation == activation
     for (name, a), b in zip(model.state_dict().items(), again.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
 
     with pytest.raises(DanluError, match="overwrite=True"):
         export_hf(model, out)
-    model.to_hf(out, overwrite=True)
+    export_hf(model, out, overwrite=True)
 
 
 def test_untied_head_round_trip(tmp_path):
     hf = tiny_hf(seed=3, tie_word_embeddings=False)
     hf.save_pretrained(tmp_path / "hf")
-    model = GPT.from_hf(tmp_path / "hf").eval()
+    model = from_hf(tmp_path / "hf").eval()
     assert not model.config.tie_embeddings
     ids = torch.randint(0, VOCAB, (1, 9))
     with torch.no_grad():
@@ -426,26 +429,26 @@ def test_missing_files_name_the_file(checkpoint, tmp_path):
     _, _, path = checkpoint
     (tmp_path / "no_config").mkdir()
     with pytest.raises(DanluError, match="config.json"):
-        GPT.from_hf(tmp_path / "no_config")
+        from_hf(tmp_path / "no_config")
 
     no_weights = tmp_path / "no_weights"
     no_weights.mkdir()
     (no_weights / "config.json").write_text((path / "config.json").read_text())
     with pytest.raises(DanluError, match="model.safetensors"):
-        GPT.from_hf(no_weights)
+        from_hf(no_weights)
 
     llama = tmp_path / "llama"
     llama.mkdir()
     (llama / "config.json").write_text(json.dumps({"model_type": "llama"}))
     with pytest.raises(DanluError, match="model_type 'llama'"):
-        GPT.from_hf(llama)
+        from_hf(llama)
 
 
 def test_pytorch_bin_checkpoint_loads(checkpoint, tmp_path):
     hf, model, path = checkpoint
     (tmp_path / "config.json").write_text((path / "config.json").read_text())
     torch.save(hf.state_dict(), tmp_path / "pytorch_model.bin")
-    loaded = GPT.from_hf(tmp_path)
+    loaded = from_hf(tmp_path)
     assert torch.equal(loaded.transformer.h[1].mlp.c_fc.weight, model.transformer.h[1].mlp.c_fc.weight)
 
 

@@ -101,7 +101,7 @@ def test_train_generate_export(tmp_path: Path, text_file: Path) -> None:
     ref = GPT2LMHeadModel.from_pretrained(hf).eval()
     tok = AutoTokenizer.from_pretrained(hf)
     ids = torch.tensor([tok.encode("the cat sat")])
-    from danlu.modelref import resolve_lm
+    from danlu.lm.load import resolve_lm
 
     ours = resolve_lm(str(run.path)).model.eval()
     with torch.no_grad():

@@ -24,8 +24,8 @@ from transformers import GPT2LMHeadModel, PreTrainedTokenizerFast  # noqa: E402
 
 import danlu  # noqa: E402
 from danlu.config import TrainConfig  # noqa: E402
-from danlu.evaluation.perplexity import text_perplexity, windows  # noqa: E402
-from danlu.modelref import resolve_lm  # noqa: E402
+from danlu.lm.evaluation import text_perplexity, windows  # noqa: E402
+from danlu.lm.load import resolve_lm  # noqa: E402
 from danlu.training.optim import build_optimizer, build_scheduler  # noqa: E402
 
 
@@ -103,7 +103,7 @@ def test_full_finetune_lowers_loss_and_exports_to_transformers(hf_dir: Path, tmp
 def test_lora_trains_only_adapters_and_merges_like_peft(hf_dir: Path, tmp_path: Path) -> None:
     from peft import PeftModel
 
-    from danlu.models.gpt import GPT
+    from danlu.lm.hf import from_hf
 
     cfg = finetune_config(tmp_path, hf_dir, lora={"r": 4, "alpha": 8, "target_modules": ["c_attn", "c_fc"]})
     r = cli("train", cfg, "--quiet", cwd=tmp_path)
@@ -112,7 +112,7 @@ def test_lora_trains_only_adapters_and_merges_like_peft(hf_dir: Path, tmp_path: 
     assert (run / "adapter" / "adapter_model.safetensors").is_file()
     merged = load_file(str(run / "model.safetensors"))
 
-    base = GPT.from_hf(hf_dir)
+    base = from_hf(hf_dir)
     base.crop_block_size(32)
     before = {k: v.clone() for k, v in base.state_dict().items()}
     reference = PeftModel.from_pretrained(base, str(run / "adapter")).merge_and_unload().state_dict()
@@ -155,7 +155,7 @@ PAIRS = [(f"{a}+{b}=", str(a + b)) for a in range(5) for b in range(5)]
 
 def test_prompt_completion_rows_score_only_completions(tmp_path: Path) -> None:
     from danlu.config import DataConfig
-    from danlu.data import text
+    from danlu.lm import data as text
 
     data = tmp_path / "pairs.jsonl"
     data.write_text("\n".join(json.dumps({"prompt": p, "completion": c}) for p, c in PAIRS), encoding="utf-8")
@@ -188,7 +188,7 @@ def test_instruction_tuning_val_loss_is_the_completion_loss(tmp_path: Path) -> N
         progress="quiet",
     )
     from danlu.config import DataConfig
-    from danlu.data import text
+    from danlu.lm import data as text
 
     lm = resolve_lm(run.path, device="cpu")
     _, tok, splits = text.build(DataConfig(path=str(data), tokenizer="char", split={"val": 0.2}), 16, seed=0)

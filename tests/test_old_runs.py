@@ -143,7 +143,7 @@ def test_old_language_model_generates_the_recorded_text_and_exports(runs: Path) 
     ok("export", "language_model", "hf", "--format", "hf", cwd=runs)
     from transformers import AutoTokenizer, GPT2LMHeadModel
 
-    from danlu.modelref import resolve_lm
+    from danlu.lm.load import resolve_lm
 
     ref = GPT2LMHeadModel.from_pretrained(runs / "hf").eval()
     ids = torch.tensor([AutoTokenizer.from_pretrained(runs / "hf").encode("the cat sat")])

@@ -23,8 +23,8 @@ import yaml
 from conftest import REPO, _env, cli, make_mixed_frame, small_config
 
 import danlu
-from danlu import cpu_kernels
 from danlu.errors import DanluError
+from danlu.lm.cpu import kernels as cpu_kernels
 
 MARKER_CODE = "open({marker!r}, 'w').write('code ran')\n"
 
@@ -277,7 +277,7 @@ def test_planted_kernel_is_never_loaded(kernel_cache, planted_library, monkeypat
         target.chmod(0o775)
     assert not fresh_load()
     assert not marker.exists()
-    (line,) = [r.getMessage() for r in caplog.records if r.name == "danlu.cpu_kernels"]
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "danlu.lm.cpu.kernels"]
     assert str(target) in line and "building it anew" in line
 
 
@@ -295,7 +295,7 @@ def test_unsafe_kernel_folder_falls_back_to_torch(kernel_cache, planted_library,
         kernel_cache.chmod(0o770)
     assert not fresh_load()
     assert not marker.exists()
-    (line,) = [r.getMessage() for r in caplog.records if r.name == "danlu.cpu_kernels"]
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "danlu.lm.cpu.kernels"]
     assert str(kernel_cache) in line and "torch does the work" in line
 
 

@@ -31,18 +31,6 @@ def build(
     return kind.hook("prepare")(cfg, task_type, seed, model_cfg, pretrained)
 
 
-def build_corpus(
-    cfg: DataConfig, task_type: str, seed: int, model_cfg: Any = None, pretrained: Any = None
-) -> Prepared:
-    """A language model's text (danlu/data/text.py), cut into blocks of model.block_size."""
-    from danlu.data import text
-
-    if model_cfg is None or getattr(model_cfg, "type", "") != "gpt":
-        raise DanluError("task.type language_modeling trains a model of type gpt; set model.type: gpt")
-    schema, tokenizer, splits = text.build(cfg, model_cfg.block_size, seed, pretrained)
-    return Prepared(schema, tokenizer, splits, {})  # type: ignore[arg-type]
-
-
 def build_table(
     cfg: DataConfig, task_type: str, seed: int, model_cfg: Any = None, pretrained: Any = None
 ) -> Prepared:

@@ -179,12 +179,26 @@ def fit_tokenizer(kind: str, texts: list[str], cfg: Any) -> Any:
     return tok
 
 
+def tokenizer_file(spec: str) -> Any:
+    """The `tokenizers.Tokenizer` of a tokenizer.json file, or of a folder holding one, that a
+    config names (text columns here; language models in danlu/lm/data.py)."""
+    try:
+        from tokenizers import Tokenizer
+    except ImportError:
+        raise DanluError("a tokenizer.json needs the tokenizers package: pip install 'danlu[hf]'") from None
+    path = Path(spec)
+    if path.is_dir():
+        path = path / "tokenizer.json"
+    if not path.is_file():
+        raise DanluError(f"data.tokenizer: '{spec}' is not char, bpe or a tokenizer.json file (not found)")
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as e:  # tokenizers raises plain Exceptions for bad files
+        raise DanluError(f"{path}: not a tokenizers tokenizer.json: {str(e).splitlines()[0]}") from None
+
+
 def _given_tokenizer(path: str) -> Any:
-    from types import SimpleNamespace
-
-    from danlu.data import text
-
-    tok = text.fit_tokenizer(SimpleNamespace(tokenizer=path), []).tok  # type: ignore[arg-type]
+    tok = tokenizer_file(path)
     if _pad_id(tok) is None:
         tok.add_special_tokens([PAD])  # a padding token the model can mask out
     return tok
@@ -251,7 +265,7 @@ class TextPreprocessor:
                 )
             from transformers import AutoConfig
 
-            from danlu.modelref import model_folder
+            from danlu.hub import model_folder
 
             folder = model_folder(model_cfg.path)
             config = AutoConfig.from_pretrained(str(folder), trust_remote_code=False)

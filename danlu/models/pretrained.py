@@ -54,7 +54,7 @@ def base_folder(info: dict[str, Any]) -> Path | None:
     folder = Path(info.get("folder", ""))
     if folder.is_dir() and (folder / "config.json").is_file():
         return folder
-    from danlu.modelref import model_folder
+    from danlu.hub import model_folder
 
     try:
         return model_folder(info["base"])

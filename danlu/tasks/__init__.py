@@ -34,12 +34,6 @@ def build(cfg: TaskConfig, schema: Any, y_train: torch.Tensor, preprocessor: Any
 
 # TASKS entries for the tasks whose constructors take other arguments (not named like their
 # modules: importing danlu.tasks.speech_recognition sets that attribute of this package)
-def language_modeling_task(cfg: TaskConfig, schema: Any, y_train: torch.Tensor, preprocessor: Any) -> Task:
-    from danlu.tasks.language_modeling import LanguageModelingTask
-
-    return LanguageModelingTask(cfg, schema, preprocessor)
-
-
 def speech_recognition_task(cfg: TaskConfig, schema: Any, y_train: torch.Tensor, preprocessor: Any) -> Task:
     from danlu.tasks.speech_recognition import SpeechRecognitionTask
 

@@ -1,4 +1,4 @@
-"""danlu's own CPU kernels for decoding steps (danlu/cpu_kernels.c).
+"""danlu's own CPU kernels for decoding steps (danlu/lm/cpu/kernels.c): build, cache, load, call.
 
 Decoding one token reads every weight once, so its speed is memory bandwidth. torch's
 float32 matrix-vector product (MKL) streams weights on one core, and without AVX-512 bf16
@@ -44,7 +44,7 @@ from danlu import fileio
 
 log = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).with_name("cpu_kernels.c")
+SOURCE = Path(__file__).with_name("kernels.c")
 MAX_ROWS = 16  # the kernel's tiles pay off for a few rows; larger batches go to MKL's gemm
 _lib: ctypes.CDLL | None = None
 _tried = False

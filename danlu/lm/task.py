@@ -48,7 +48,8 @@ class LanguageModelingTask:
         cfg, tok = self.cfg, self.tokenizer
         if not cfg.sample_tokens or tok is None:
             return None
-        from danlu.generation import GenerationOptions, generate_tokens
+        from danlu.lm.generate import generate_tokens
+        from danlu.lm.options import GenerationOptions
 
         gpt = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft (LoRA)
         eos = tok.eos_token_id

@@ -6,7 +6,7 @@
  * weight before multiplying. Here each thread streams its own block of weight rows once,
  * converts bf16 in registers, and reuses the block (hot in L1) for every activation row.
  *
- * Built at first use by danlu/cpu_kernels.py with -O3 -march=native -fopenmp; the OpenMP
+ * Built at first use by danlu/lm/cpu/kernels.py with -O3 -march=native -fopenmp; the OpenMP
  * runtime is the one torch already loaded, so the thread count is torch.get_num_threads().
  * Sums run in float32; bf16 outputs are rounded to nearest even, as torch rounds them.
  */

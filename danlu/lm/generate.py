@@ -1,4 +1,4 @@
-"""Text generation with danlu's GPT: greedy decoding, sampling and beam search.
+"""danlu's decoding engine for its own GPT: greedy decoding, sampling and beam search.
 
 Prompts of different lengths are left-padded into one batch; the prompt runs through the
 model once (prefill) and every later step feeds one token per sequence through the
@@ -7,9 +7,12 @@ temperature, top-k, top-p, min-p) and beam search follows its default algorithm,
 same weights the tokens match `GPT2LMHeadModel.generate`.
 
 Everything that grows with the number of steps (output tokens, attention mask, the seen-token
-table of the repetition penalty) is allocated once before the first step. The model's weights
-are laid out in memory for the batch size (`GPT.optimize_for_decoding`); their values never
-change, and `dtype` works on a cast copy.
+table of the repetition penalty) is allocated once before the first step. Before each
+generation danlu's CPU decoding path is installed on the model (`danlu.lm.cpu.accelerate`:
+its weights are laid out in memory for the batch size, their values never change), and
+`dtype` works on a cast copy. Text in, text out for any loaded model (this engine or
+transformers' generate) is danlu/lm/complete.py; why beam search and the repetition penalty
+are written here rather than taken from transformers: ARCHITECTURE.md, "Generation engines".
 """
 
 from __future__ import annotations
@@ -17,105 +20,14 @@ from __future__ import annotations
 import contextlib
 import copy
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
-from danlu.errors import DanluError, choose_from
-from danlu.models.gpt import GPT, KVCache
-
-if TYPE_CHECKING:
-    from tokenizers import Tokenizer
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-@dataclass
-class GenerationOptions:
-    max_new_tokens: int = 64
-    temperature: float | None = None  # 0 or None: greedy
-    top_k: int | None = None
-    top_p: float | None = None
-    min_p: float | None = None
-    repetition_penalty: float | None = None
-    num_beams: int = 1
-    num_return_sequences: int = 1
-    length_penalty: float = 1.0  # beam search: score / generated_length ** length_penalty
-    stop: list[str] = field(default_factory=list)
-    seed: int | None = None
-    eos_token_id: int | list[int] | None = None
-    truncate_prompt: bool = False  # drop the oldest prompt tokens instead of failing
-    dtype: str | None = None  # "bfloat16" runs a cast copy of the model
-
-    def __post_init__(self) -> None:
-        self.validate()
-
-    @property
-    def do_sample(self) -> bool:
-        return bool(self.temperature)
-
-    @property
-    def eos_ids(self) -> list[int]:
-        if self.eos_token_id is None:
-            return []
-        if isinstance(self.eos_token_id, int):
-            return [self.eos_token_id]
-        return list(self.eos_token_id)
-
-    def validate(self) -> None:
-        def positive_int(name: str) -> None:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise DanluError(f"{name} must be a positive integer, got {value!r}")
-
-        positive_int("max_new_tokens")
-        positive_int("num_beams")
-        positive_int("num_return_sequences")
-        if self.temperature is not None and not self.temperature >= 0:
-            raise DanluError(f"temperature must be >= 0 (0 means greedy), got {self.temperature}")
-        if self.top_k is not None:
-            positive_int("top_k")
-        if self.top_p is not None and not 0 < self.top_p <= 1:
-            raise DanluError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.min_p is not None and not 0 <= self.min_p <= 1:
-            raise DanluError(f"min_p must be in [0, 1], got {self.min_p}")
-        if self.repetition_penalty is not None and not self.repetition_penalty > 0:
-            raise DanluError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
-        if self.dtype is not None and self.dtype not in DTYPES:
-            raise choose_from(self.dtype, DTYPES, "dtype")
-        if isinstance(self.stop, str):
-            raise DanluError(f"stop must be a list of strings, got the string {self.stop!r}")
-        if any(not isinstance(s, str) or not s for s in self.stop):
-            raise DanluError(f"stop must be a list of non-empty strings, got {self.stop!r}")
-        if any(not isinstance(e, int) or e < 0 for e in self.eos_ids):
-            raise DanluError(f"eos_token_id must be token ids >= 0, got {self.eos_token_id!r}")
-
-        filters = [n for n in ("top_k", "top_p", "min_p") if getattr(self, n) is not None]
-        if filters and not self.do_sample:
-            raise DanluError(
-                f"{', '.join(filters)} only apply when sampling; set temperature > 0 or drop them"
-            )
-        if self.num_beams > 1:
-            if self.do_sample:
-                raise DanluError(
-                    "num_beams > 1 conflicts with sampling (temperature > 0); use one or the other"
-                )
-            if self.num_return_sequences > self.num_beams:
-                raise DanluError(
-                    f"num_return_sequences ({self.num_return_sequences}) must be <= num_beams "
-                    f"({self.num_beams})"
-                )
-            if self.stop:
-                raise DanluError("stop strings are not supported with num_beams > 1")
-        elif self.num_return_sequences > 1 and not self.do_sample:
-            raise DanluError(
-                "num_return_sequences > 1 needs sampling (temperature > 0) or num_beams > 1; "
-                "greedy decoding returns the same sequence every time"
-            )
-
+from danlu.errors import DanluError
+from danlu.lm import cpu
+from danlu.lm.model import GPT, KVCache
+from danlu.lm.options import DTYPES, GenerationOptions
 
 # ---------------------------------------------------------------------------- public API
 
@@ -153,9 +65,7 @@ def stream_tokens(
     """Like generate_tokens, one step at a time: per row the new token id, or None for a
     row that had already finished."""
     opts = opts or GenerationOptions()
-    opts.validate()
-    if opts.num_beams > 1:
-        raise DanluError("streaming needs num_beams=1; beam search settles tokens only at the end")
+    opts.validate(stream=True)
     run = _Run(model, input_ids, opts, pad_token_id, decode)  # bad input fails here, not later
     return _stream(run)
 
@@ -166,40 +76,6 @@ def _stream(run: _Run) -> Iterator[list[int | None]]:
             yield [t if a else None for t, a in zip(tokens.tolist(), alive, strict=True)]
 
 
-def load_tokenizer(path: str | Path) -> Tokenizer:
-    """A `tokenizers.Tokenizer` from a folder holding tokenizer.json (or the file itself)."""
-    from tokenizers import Tokenizer
-
-    path = Path(path)
-    file = path / "tokenizer.json" if path.is_dir() else path
-    if not file.is_file():
-        raise DanluError(f"'{file}' not found; a tokenizer folder needs tokenizer.json")
-    return Tokenizer.from_file(str(file))
-
-
-def generate_text(
-    model: GPT,
-    tokenizer: Tokenizer,
-    prompts: list[str],
-    opts: GenerationOptions | None = None,
-) -> list[str]:
-    """Completions of `prompts` (text after the prompt, cut before a stop string)."""
-    opts = opts or GenerationOptions()
-    ids = [enc.ids for enc in tokenizer.encode_batch(list(prompts), add_special_tokens=False)]
-
-    def decode(tokens: list[int]) -> str:
-        return tokenizer.decode(tokens, skip_special_tokens=False)
-
-    texts = []
-    for tokens in generate_tokens(model, ids, opts, decode=decode):
-        if tokens and tokens[-1] in opts.eos_ids:
-            tokens = tokens[:-1]
-        text = decode(tokens)
-        cut = min((i for s in opts.stop if (i := text.find(s)) >= 0), default=len(text))
-        texts.append(text[:cut])
-    return texts
-
-
 # ---------------------------------------------------------------------------- set-up
 
 
@@ -207,7 +83,7 @@ def _cast(model: GPT, dtype: str | None) -> GPT:
     """The model in `dtype`: a copy if that differs, so the caller's model keeps its
     weights."""
     if dtype is not None and model.lm_head.weight.dtype != DTYPES[dtype]:
-        model = copy.deepcopy(model).cast(DTYPES[dtype])
+        model = cpu.cast(copy.deepcopy(model), DTYPES[dtype])
     return model
 
 
@@ -340,7 +216,7 @@ class _Run:
             self.model, input_ids, opts, opts.num_return_sequences, self.pad, slide=True
         )
         rows = self.idx.shape[0]
-        self.model.optimize_for_decoding(rows)
+        cpu.accelerate(self.model, rows)
         self.out = torch.full((rows, opts.max_new_tokens), self.pad, dtype=torch.long, device=self.idx.device)
         self.n_steps = 0
         self.stopped_at: dict[int, int] = {}  # row -> generated length, for stop strings
@@ -479,7 +355,7 @@ def _beam_search(
     nb, max_new = opts.num_beams, opts.max_new_tokens
     idx, mask, P = _left_pad(model, input_ids, opts, nb, pad, slide=False)
     rows = idx.shape[0]
-    model.optimize_for_decoding(rows)
+    cpu.accelerate(model, rows)
     B = rows // nb
     V = model.config.vocab_size
     param = next(model.parameters())

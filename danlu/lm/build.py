@@ -10,10 +10,12 @@ from torch import nn
 
 from danlu.config import GPT_ARCHITECTURE, GPTModelConfig
 from danlu.errors import DanluError
-from danlu.models.gpt import GPT, GPTConfig
+from danlu.lm.model import GPT, GPTConfig
+from danlu.lm.tokenizer import HFTokenizer
 
 
 def gpt(cfg: Any, schema: Any, out_dim: int) -> GPT:
+    """The `gpt` entry of the model registry: a fresh GPT with `out_dim` tokens."""
     return GPT(GPTConfig(vocab_size=out_dim, block_size=cfg.block_size, n_layer=cfg.n_layer,
                          n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout, bias=cfg.bias,
                          tie_embeddings=cfg.tie_embeddings, activation=cfg.activation))
@@ -32,7 +34,7 @@ class Pretrained:
 
 
 def load_pretrained(cfg: GPTModelConfig) -> Pretrained:
-    from danlu.modelref import resolve_lm
+    from danlu.lm.load import resolve_lm
 
     ref = cfg.from_ or ""
     lm = resolve_lm(ref, device="cpu", dtype="float32")
@@ -65,8 +67,7 @@ def load_pretrained(cfg: GPTModelConfig) -> Pretrained:
     )
     if cfg.lora is not None:
         model = add_lora(model, cfg.lora)
-    tok = getattr(lm.tokenizer, "hf", None)
-    tok = tok.backend_tokenizer if tok is not None else lm.tokenizer.tok
+    tok = lm.tokenizer.hf.backend_tokenizer if isinstance(lm.tokenizer, HFTokenizer) else lm.tokenizer.tok
     eos = lm.eos_token_id[0] if isinstance(lm.eos_token_id, list) else lm.eos_token_id
     return Pretrained(model, tok, eos, resolved, have.vocab_size)
 

@@ -1,4 +1,6 @@
-"""Loss and perplexity of a language model on any text, with a sliding window.
+"""Evaluating language models: a run's validation split (`evaluate_run`, `finish_run`: the
+metrics.json and report of `danlu train` and `danlu evaluate`), and loss and perplexity of any
+loaded language model on any text, with a sliding window (`text_perplexity`).
 
 A text longer than the model's context is scored in windows of `max_length` tokens that
 start every `stride` tokens; each token is scored once, in the first window where it is
@@ -16,7 +18,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from danlu import fileio, tasks
+from danlu.config import RunConfig
+from danlu.data.tabular import TensorData
 from danlu.errors import DanluError
+from danlu.run import RunDir
 
 
 def windows(n_tokens: int, max_length: int, stride: int) -> list[tuple[int, int, int]]:
@@ -35,7 +41,7 @@ def windows(n_tokens: int, max_length: int, stride: int) -> list[tuple[int, int,
 def text_perplexity(
     lm: Any, text: str, *, max_length: int | None = None, stride: int | None = None, batch_size: int = 8
 ) -> dict[str, float]:
-    """`lm`: a danlu.modelref.LoadedLM. Returns loss (mean negative log-likelihood per
+    """`lm`: a danlu.lm.load.LoadedLM. Returns loss (mean negative log-likelihood per
     scored token), perplexity, and the token and window counts."""
     context = lm.block_size or getattr(getattr(lm.model, "config", None), "max_position_embeddings", None)
     if max_length is None:
@@ -94,3 +100,45 @@ def read_text(path: str | Path) -> str:
     if not text.strip():
         raise DanluError(f"--text {path}: the file is empty")
     return text
+
+
+def evaluate_run(
+    run: RunDir, cfg: RunConfig, split: str, data: str | Path | None, plots: bool
+) -> dict[str, Any]:
+    """A language-model run on its validation split (its own tokenizer, the same blocks
+    as in training), or on a text file with a sliding window (--data)."""
+    from danlu.lm.data import build
+    from danlu.lm.load import resolve_lm
+
+    lm = resolve_lm(run.path, device="cpu")
+    if data is not None:
+        metrics = text_perplexity(lm, read_text(data))
+        return {"split": Path(data).name, "rows": metrics.pop("windows"), "task": cfg.task.type,
+                "metrics": metrics}
+    if split not in ("val", "test"):
+        raise DanluError(f"--split {split}: a language-model run has a validation split only (val)")
+    data_cfg = cfg.data.model_copy(update={"tokenizer": str(run.tokenizer)})
+    schema, tokenizer, splits = build(data_cfg, cfg.model.block_size, cfg.seed)
+    task = tasks.build(cfg.task, schema, splits["train"].y, tokenizer)
+    task.out_dim = lm.model.config.vocab_size
+    return finish_run(run, lm.model, task, splits["val"], plots, None)
+
+
+def finish_run(
+    run: RunDir, model: Any, task: Any, val: TensorData, plots: bool, known: dict[str, float] | None
+) -> dict[str, Any]:
+    """Loss and perplexity over the whole validation split, a short report and curves."""
+    from danlu.evaluation.report import plot_history
+    from danlu.training.trainer import evaluate_split
+
+    metrics = known or evaluate_split(model, task, val, torch.device("cpu"))[0]
+    summary = {"split": "val", "rows": len(val), "tokens": int(val.y.numel()), "task": task.kind,
+               "metrics": metrics}
+    run.write_metrics(summary)
+    curve = plot_history(run.read_history(), run.plots / "history.png", run.read_steps()) if plots else None
+    lines = [f"# danlu run {run.path.name}", "", "| metric (validation, all tokens) | value |",
+             "| --- | ---: |", *(f"| {k} | {v:.4f} |" for k, v in metrics.items())]
+    if curve:
+        lines += ["", "![training history](plots/history.png)"]
+    fileio.write_text(run.report, "\n".join(lines) + "\n")
+    return summary

@@ -15,10 +15,10 @@ from typing import Any
 import torch
 
 from danlu.config import DataConfig
+from danlu.data.sequences import tokenizer_file
 from danlu.data.tabular import TensorData
 from danlu.errors import DanluError
-
-EOT = "<|endoftext|>"
+from danlu.lm.tokenizer import EOT, TextTokenizer
 
 
 @dataclass
@@ -32,46 +32,6 @@ class LMSchema:
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
-
-
-class TextTokenizer:
-    """The fitted tokenizer: its state is the tokenizer.json file it writes."""
-
-    def __init__(self, tok: Any, kind: str, eos_token_id: int | None = None) -> None:
-        self.tok, self.kind = tok, kind
-        self._char_ids = tok.get_vocab() if kind == "char" else None
-        self._eos = eos_token_id
-
-    @property
-    def vocab_size(self) -> int:
-        return self.tok.get_vocab_size()
-
-    @property
-    def eos_token_id(self) -> int | None:
-        return self._eos if self._eos is not None else self.tok.token_to_id(EOT)
-
-    def encode(self, text: str) -> list[int]:
-        if self._char_ids is not None:  # a dict lookup per character beats the BPE machinery
-            ids, unk = self._char_ids, None
-            try:
-                return [ids[c] for c in text]
-            except KeyError as e:
-                unk = e.args[0]
-            raise DanluError(
-                f"character {unk!r} is not in the character vocabulary fitted on the training text"
-            )
-        return self.tok.encode(text, add_special_tokens=False).ids
-
-    def decode(self, ids: list[int]) -> str:
-        return self.tok.decode(ids)
-
-    def save(self, path: Path) -> None:
-        from danlu import fileio
-
-        fileio.write_text(path, self.tok.to_str())
-
-    def state(self) -> dict[str, Any]:
-        return {"kind": self.kind, "file": "tokenizer.json"}
 
 
 Pair = tuple[str, str]  # (prompt, completion)
@@ -156,17 +116,7 @@ def fit_tokenizer(cfg: DataConfig, train_docs: list[str]) -> TextTokenizer:
         )
         tok.train_from_iterator(train_docs, trainer=trainer)
         return TextTokenizer(tok, "bpe")
-    path = Path(cfg.tokenizer)
-    if path.is_dir():
-        path = path / "tokenizer.json"
-    if not path.is_file():
-        raise DanluError(
-            f"data.tokenizer: '{cfg.tokenizer}' is not char, bpe or a tokenizer.json file (not found)"
-        )
-    try:
-        return TextTokenizer(Tokenizer.from_file(str(path)), "file")
-    except Exception as e:  # tokenizers raises plain Exceptions for bad files
-        raise DanluError(f"{path}: not a tokenizers tokenizer.json: {str(e).splitlines()[0]}") from None
+    return TextTokenizer(tokenizer_file(cfg.tokenizer), "file")
 
 
 def build(
@@ -176,7 +126,7 @@ def build(
     out (like nanoGPT's 90/10), both packed into (block_size + 1)-token windows; or
     prompt/completion pairs, one padded row each, scored on completion tokens only.
 
-    `pretrained` (danlu.models.lm.Pretrained): fine-tuning keeps the checkpoint's tokenizer."""
+    `pretrained` (danlu.lm.build.Pretrained): fine-tuning keeps the checkpoint's tokenizer."""
     docs = read_documents(cfg)
     if cfg.split.val <= 0:
         raise DanluError("data.split.val: language modeling needs a validation fraction > 0")
