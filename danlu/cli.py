@@ -741,6 +741,7 @@ def data_get(
         from danlu import datasets
 
         ds = datasets.get(name)
+        datasets.remove_stale_temps(datasets.data_dir())  # a killed download's leftovers
         where, n = datasets.status(ds)
         if n == ds.files:
             typer.echo(f"{name} is already present: {where}")
