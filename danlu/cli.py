@@ -91,9 +91,9 @@ def _report_bug(exc: BaseException) -> NoReturn:
     )
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     where = None
-    for folder in (fileio.user_cache("logs"), Path(tempfile.gettempdir())):
+    for make in (lambda: fileio.make_user_cache("logs"), lambda: Path(tempfile.gettempdir())):
         try:
-            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+            folder = make()  # the cache's logs/ (danlu/ and logs/ created 0700), else the temp folder
             fd, name = tempfile.mkstemp(prefix=f"danlu-crash-{stamp}-", suffix=".log", dir=folder)
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 f.write(text)
@@ -607,6 +607,7 @@ def transcribe(
     "  danlu tune examples/tune_tutorial.yaml --trials 40 --jobs 2 --refit\n\n"
     "  danlu tune my.yaml --space space.yaml --sampler random --set train.epochs=20\n\n"
     "  danlu tune examples/tune_tutorial.yaml --resume --trials 60\n\n"
+    "  danlu tune runs/tutorial-tune --resume   (a study folder: its study.yaml)\n\n"
     "  danlu tune my.yaml --storage postgresql://user@db-host/optuna --study shared   (on each machine)\n\n"
     "  danlu tune show runs/tutorial-tune\n\n"
     "The search is the config's tune: section (or --space FILE); every trial is an ordinary run "
@@ -642,6 +643,7 @@ def tune(
         bool, typer.Option(help="Retrain the best config on train+val and evaluate it on test.")
     ] = False,
     top: Annotated[int, typer.Option(help="With 'show': rows of the leaderboard to print.")] = 20,
+    trust_code: TrustCode = False,
     quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:
@@ -675,6 +677,7 @@ def tune(
             resume=resume,
             refit=refit,
             progress="quiet" if quiet else "auto",
+            trust_code=trust_code,
         )
         if result.interrupted:
             typer.echo(

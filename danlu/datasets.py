@@ -395,6 +395,8 @@ def fetch(
     directory = directory or data_dir()
     url = url or _mirror_url(ds)
     try:
+        if directory == fileio.user_cache("data").absolute():
+            fileio.make_user_cache("data")  # danlu's own cache: 0700, refused when not ours
         directory.mkdir(parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(prefix=f".{ds.root}.{_owner()}-", suffix=".tmp", dir=directory))
     except OSError as e:
