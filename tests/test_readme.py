@@ -61,6 +61,7 @@ SECTIONS = sections()
 RUN_REF = re.compile(r"runs/([a-z][a-z0-9_.-]*?)-(?:\d{8}-\d{6}|<time>|\.\.\.)")
 CHECKED = re.compile(
     r"^\s*(?:[│┃]|error: |warning: |wrote |report: |run folder: |run\s+status|[a-z][\w.-]*-\d{8}-\d{6}: )"
+    r"|^[^\s,]+(?:,[^\s,]+){2,}$"  # a CSV line without spaces: a header, or a row's path and label
 )
 
 
