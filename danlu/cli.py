@@ -69,10 +69,21 @@ def _errors(debug: bool) -> Iterator[None]:
         raise typer.Exit(130) from None
     except (typer.Exit, typer.Abort, click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
         raise  # the command's own exit, or a usage error click reports itself
+    except BrokenPipeError:
+        _reader_gone()
     except Exception as e:
         if debug:
             raise
         _report_bug(e)
+
+
+def _reader_gone() -> NoReturn:
+    """stdout's reader stopped reading (`danlu predict ... | head`): not a bug. Stop quietly,
+    with the exit status of a program SIGPIPE ended; stdout goes to /dev/null so that the
+    interpreter's final flush of it does not fail again."""
+    with contextlib.suppress(OSError, ValueError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    raise typer.Exit(141)
 
 
 def _report_bug(exc: BaseException) -> NoReturn:
