@@ -420,6 +420,8 @@ def test_export_hf_of_a_bias_free_model_is_exact(tmp_path):
             if "ln_" in name:
                 p.add_(torch.randn_like(p) * 0.1)
     out = export_hf(model, tmp_path / "export")
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["eos_token_id"] is None and saved["bos_token_id"] is None  # no 50256 in 97 tokens
     hf = GPT2LMHeadModel.from_pretrained(out).eval()
     ids = torch.randint(0, 97, (2, 20))
     with torch.no_grad():

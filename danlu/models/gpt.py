@@ -623,6 +623,8 @@ def export_hf(
         # Conv1D and LayerNorm add exactly: the same model, read back as bias=True
         "danlu_config": {**asdict(cfg), "bias": True},
     }
+    if cfg.vocab_size <= 50256:  # not GPT-2's vocabulary: its default <|endoftext|> id does not exist
+        hf_config.update(bos_token_id=None, eos_token_id=None)
     hf_config.update({k: v for k, v in (extra_config or {}).items() if v is not None})
     state: dict[str, torch.Tensor] = {}
     for name, tensor in model.state_dict().items():
