@@ -69,10 +69,21 @@ def _errors(debug: bool) -> Iterator[None]:
         raise typer.Exit(130) from None
     except (typer.Exit, typer.Abort, click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
         raise  # the command's own exit, or a usage error click reports itself
+    except BrokenPipeError:
+        _reader_gone()
     except Exception as e:
         if debug:
             raise
         _report_bug(e)
+
+
+def _reader_gone() -> NoReturn:
+    """stdout's reader stopped reading (`danlu predict ... | head`): not a bug. Stop quietly,
+    with the exit status of a program SIGPIPE ended; stdout goes to /dev/null so that the
+    interpreter's final flush of it does not fail again."""
+    with contextlib.suppress(OSError, ValueError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    raise typer.Exit(141)
 
 
 def _report_bug(exc: BaseException) -> NoReturn:
@@ -91,9 +102,9 @@ def _report_bug(exc: BaseException) -> NoReturn:
     )
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     where = None
-    for folder in (fileio.user_cache("logs"), Path(tempfile.gettempdir())):
+    for make in (lambda: fileio.make_user_cache("logs"), lambda: Path(tempfile.gettempdir())):
         try:
-            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+            folder = make()  # the cache's logs/ (danlu/ and logs/ created 0700), else the temp folder
             fd, name = tempfile.mkstemp(prefix=f"danlu-crash-{stamp}-", suffix=".log", dir=folder)
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 f.write(text)
@@ -598,6 +609,7 @@ def transcribe(
     "  danlu tune examples/tune_tutorial.yaml --trials 40 --jobs 2 --refit\n\n"
     "  danlu tune my.yaml --space space.yaml --sampler random --set train.epochs=20\n\n"
     "  danlu tune examples/tune_tutorial.yaml --resume --trials 60\n\n"
+    "  danlu tune runs/tutorial-tune --resume   (a study folder: its study.yaml)\n\n"
     "  danlu tune my.yaml --storage postgresql://user@db-host/optuna --study shared   (on each machine)\n\n"
     "  danlu tune show runs/tutorial-tune\n\n"
     "The search is the config's tune: section (or --space FILE); every trial is an ordinary run "
@@ -633,6 +645,7 @@ def tune(
         bool, typer.Option(help="Retrain the best config on train+val and evaluate it on test.")
     ] = False,
     top: Annotated[int, typer.Option(help="With 'show': rows of the leaderboard to print.")] = 20,
+    trust_code: TrustCode = False,
     quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:
@@ -666,6 +679,7 @@ def tune(
             resume=resume,
             refit=refit,
             progress="quiet" if quiet else "auto",
+            trust_code=trust_code,
         )
         if result.interrupted:
             typer.echo(
@@ -732,6 +746,7 @@ def data_get(
         from danlu import datasets
 
         ds = datasets.get(name)
+        datasets.remove_stale_temps(datasets.data_dir())  # a killed download's leftovers
         where, n = datasets.status(ds)
         if n == ds.files:
             typer.echo(f"{name} is already present: {where}")

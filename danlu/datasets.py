@@ -34,6 +34,7 @@ import os
 import random
 import re
 import shutil
+import socket
 import tempfile
 import zipfile
 import zlib
@@ -320,6 +321,7 @@ def ensure(
 ) -> Path:
     """The dataset's path, downloaded (or prepared from `file`) first when it is absent."""
     directory = directory or data_dir()
+    remove_stale_temps(directory)
     where, n = status(ds, directory)
     if n == ds.files:
         return where
@@ -329,6 +331,50 @@ def ensure(
             f" or remove it so that danlu downloads it"
         )
     return fetch(ds, directory, url=url, file=file)
+
+
+# --------------------------------------------------------------------------- temporaries
+# A download is prepared in `.ROOT.HOST-PID-XXXX.tmp` inside the data directory and renamed
+# into place whole, so a dataset folder is never half-prepared; a kill -9 leaves only such a
+# temporary, which the next use removes once its owner (this host, that PID) is gone. No
+# age or timing rule: a live owner's temporary is never touched, whatever its age.
+_TEMP = re.compile(r"^\.(?P<root>.+)\.(?P<host>[A-Za-z0-9_]+)-(?P<pid>\d+)-[A-Za-z0-9_]+\.tmp$")
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname()) or "host"
+
+
+def _owner() -> str:
+    return f"{_host()}-{os.getpid()}"
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: alive, another user's
+        return True
+    return True
+
+
+def remove_stale_temps(directory: Path) -> list[Path]:
+    """Remove the temporaries of downloads whose process died on this host (a kill -9,
+    a power cut); another host's (a shared data directory) and a live process's are kept."""
+    removed = []
+    with contextlib.suppress(OSError):  # absent or unreadable: nothing of ours to remove
+        for p in directory.iterdir():
+            m = _TEMP.match(p.name)
+            if m and m["host"] == _host() and not _alive(int(m["pid"])):
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p, ignore_errors=True)
+                else:
+                    p.unlink(missing_ok=True)
+                removed.append(p)
+    return removed
 
 
 # --------------------------------------------------------------------------- download
@@ -349,8 +395,10 @@ def fetch(
     directory = directory or data_dir()
     url = url or _mirror_url(ds)
     try:
+        if directory == fileio.user_cache("data").absolute():
+            fileio.make_user_cache("data")  # danlu's own cache: 0700, refused when not ours
         directory.mkdir(parents=True, exist_ok=True)
-        work = Path(tempfile.mkdtemp(prefix=f".{ds.root}.", suffix=".tmp", dir=directory))
+        work = Path(tempfile.mkdtemp(prefix=f".{ds.root}.{_owner()}-", suffix=".tmp", dir=directory))
     except OSError as e:
         raise DanluError(f"cannot write into the data directory {directory} ({e}); set DANLU_DATA") from None
     target = directory / ds.root

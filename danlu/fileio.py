@@ -27,6 +27,23 @@ def user_cache(name: str) -> Path:
     return Path(root) / "danlu" / name
 
 
+def make_user_cache(name: str = "") -> Path:
+    """user_cache(name), created (name "": danlu/ itself). danlu/ and NAME are made 0700 where
+    danlu makes them (the cache root above, e.g. ~/.cache, as any folder). One that exists
+    keeps its mode, but one that is not the user's own (planted in a shared $XDG_CACHE_HOME) is
+    refused with an OSError (EPERM) naming it: danlu would load from it or write into it."""
+    base = user_cache("")  # $XDG_CACHE_HOME/danlu
+    base.parent.mkdir(parents=True, exist_ok=True)
+    for folder in (base, base / name) if name else (base,):
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(folder, 0o700)
+        owner = os.stat(folder).st_uid
+        if hasattr(os, "getuid") and owner != os.getuid():
+            why = f"not yours (owner uid {owner}), so danlu does not use it"
+            raise PermissionError(errno.EPERM, why, str(folder))
+    return base / name if name else base
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success it replaces `path`."""
@@ -37,7 +54,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as e:  # a parent that is a file, a read-only or missing mount, no permission
-        raise _cannot_write(path, e) from None
+        raise cannot_write(path, e) from None
     os.close(fd)
     try:
         yield Path(tmp)
@@ -49,7 +66,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)  # the old file, if any, is untouched: nothing half-written is left
         if isinstance(e, OSError) and e.errno in DISK_FULL:
-            raise _cannot_write(path, e) from None
+            raise cannot_write(path, e) from None
         raise
 
 
@@ -64,12 +81,16 @@ def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
-def _cannot_write(path: Path, e: OSError) -> DanluError:
+def cannot_write(path: Path, e: OSError, more: str = "") -> DanluError:
+    """The one line for a write that failed: the file, the OS's reason, and on a full disk
+    what to do; `more` is added before the hint (e.g. what was kept)."""
     hint = "; free some space and run again" if e.errno in DISK_FULL else ""
-    return DanluError(f"{path}: cannot write: {e.strerror or e}{hint}")
+    return DanluError(f"{path}: cannot write: {e.strerror or e}{more}{hint}")
 
 
 def write_text(path: str | Path, text: str) -> None:

@@ -17,6 +17,7 @@ import contextlib
 import contextvars
 import functools
 import importlib
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,26 @@ def reading_saved(file: str | Path, trust_code: bool = False) -> Iterator[None]:
         yield
     finally:
         _UNTRUSTED.reset(token)
+
+
+_CODE_REF = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+
+
+def refuse_code_refs(raw: Any, file: str | Path, where: str = "") -> None:
+    """Raise UntrustedCodeError for the first "package.module:Name" anywhere in a saved config
+    (a dict read from `file`): checked before anything runs, where the names are only used
+    later (a search's trials)."""
+    if isinstance(raw, dict):
+        for k, v in raw.items():
+            refuse_code_refs(v, file, f"{where}.{k}" if where else str(k))
+    elif isinstance(raw, list):
+        for v in raw:
+            refuse_code_refs(v, file, where)
+    elif isinstance(raw, str) and _CODE_REF.match(raw):
+        raise UntrustedCodeError(
+            f"{file}: {where} '{raw}' names code, not a registered danlu name;"
+            " load it only if you trust this folder: --trust-code"
+        )
 
 
 def distrust(file: str | Path, trust_code: bool = False) -> None:

@@ -25,6 +25,25 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 os.environ["DANLU_DATA"] = str(SHARED_DATA)
 
 
+def _danlu_modules() -> list[str]:
+    """Every module of the package, by its dotted name (from the files: nothing imported)."""
+    names = []
+    for p in sorted((REPO / "danlu").rglob("*.py")):
+        parts = p.relative_to(REPO).with_suffix("").parts
+        names.append(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
+    return names
+
+
+# pyproject's filterwarnings (error::DeprecationWarning:danlu) for the CLI run as a subprocess:
+# -W / PYTHONWARNINGS take the module field literally (re.escape(module) + \Z, unlike pytest's
+# regex), so every danlu module is named; third-party modules' own warnings stay warnings
+WARNINGS_AS_ERRORS = ",".join(
+    f"error::{category}:{module}"
+    for category in ("DeprecationWarning", "FutureWarning")
+    for module in _danlu_modules()
+)
+
+
 def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ)
     env.update(
@@ -39,6 +58,7 @@ def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
         }
     )
     env.pop("FORCE_COLOR", None)
+    env["PYTHONWARNINGS"] = ",".join(w for w in (env.get("PYTHONWARNINGS"), WARNINGS_AS_ERRORS) if w)
     # the package is importable from a subprocess started in any folder
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
     env.update(extra or {})

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import TrainedRun, cli, make_mixed_frame, run_files, small_config
+from conftest import TrainedRun, _env, cli, make_mixed_frame, run_files, small_config
 
 import danlu
 
@@ -219,3 +219,19 @@ def test_help_and_a_tabular_run_import_no_heavy_packages(tmp_path: Path) -> None
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_predict_into_a_pipe_closed_early_is_not_a_bug(mixed_run, tmp_path):
+    """`danlu predict RUN --input big.csv | head -1`: the reader goes away mid-output; danlu
+    stops quietly with SIGPIPE's status instead of reporting an internal error."""
+    big = tmp_path / "big.csv"
+    pd.concat([make_mixed_frame()] * 60).to_csv(big, index=False)  # far more than a pipe holds
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "danlu", "predict", mixed_run.run, "--input", big],
+        cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stdout.readline().startswith(b"age,")
+    proc.stdout.close()  # as `head -1` does
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 141, err.decode()
+    assert b"internal error" not in err and b"Traceback" not in err, err.decode()

@@ -7,13 +7,18 @@ from __future__ import annotations
 import hashlib
 import http.server
 import json
+import os
 import socket
+import subprocess
+import sys
 import threading
+import time
 import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from conftest import _env
 
 from danlu import config, datasets
 from danlu.errors import DanluError
@@ -29,11 +34,14 @@ def needs_shared(root: str) -> pytest.MarkDecorator:
 # --------------------------------------------------------------------------- a local server
 class Server:
     """An HTTP server on 127.0.0.1 serving `files` (name -> bytes); a name in `cut` gets a
-    Content-Length of the whole file but only its first half before the connection closes."""
+    Content-Length of the whole file but only its first half before the connection closes; a
+    name in `hold` gets its first half, then nothing until `release` is set."""
 
     def __init__(self) -> None:
         self.files: dict[str, bytes] = {}
         self.cut: set[str] = set()
+        self.hold: set[str] = set()
+        self.release = threading.Event()
         self.requests: list[str] = []
         outer = self
 
@@ -53,6 +61,11 @@ class Server:
                     self.wfile.flush()
                     self.connection.shutdown(socket.SHUT_RDWR)
                     return
+                if name in outer.hold:
+                    self.wfile.write(body[: len(body) // 2])
+                    self.wfile.flush()
+                    outer.release.wait()
+                    return
                 self.wfile.write(body)
 
             def log_message(self, *args: object) -> None:
@@ -64,6 +77,7 @@ class Server:
         self.thread.start()
 
     def close(self) -> None:
+        self.release.set()
         self.httpd.shutdown()
         self.httpd.server_close()
         self.thread.join()
@@ -252,6 +266,78 @@ def test_connection_cut_mid_file_keeps_no_partial_dataset(
     assert r.returncode == 2, r.stderr
     assert "connection closed" in r.stderr and "Traceback" not in r.stderr
     assert no_leftovers(data_dir) == []
+
+
+@needs_shared("tinyshakespeare.txt")
+def test_a_download_killed_mid_file_is_cleaned_up_by_the_next_get(
+    server: Server, data_dir: Path, run_cli: Callable
+) -> None:
+    # a real kill -9 while the download is half-written: the server sends half the file and
+    # holds the connection; the process is killed once its temporary holds some of them
+    good = (SHARED / "tinyshakespeare.txt").read_bytes()
+    server.files["input.txt"] = good
+    server.hold.add("input.txt")
+    env = {**_env(), "DANLU_DATA": str(data_dir), "DANLU_DATASETS_MIRROR": server.url}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "danlu", "data", "get", "tiny_shakespeare"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        # the condition: bytes of the download are on disk (the tail of the half may sit in
+        # the writer's buffer)
+        assert wait_for(lambda: any(p.stat().st_size > 0 for p in data_dir.glob(".*.tmp/download")), proc)
+    finally:
+        proc.kill()
+        proc.wait()
+    (temp,) = data_dir.glob(".tinyshakespeare.txt.*.tmp")
+    assert str(proc.pid) in temp.name  # the owner's PID is in the name
+    # a live process's temporary (this test's PID) is never touched, whatever its age
+    live = data_dir / f".tinyshakespeare.txt.{datasets._host()}-{os.getpid()}-live.tmp"
+    live.mkdir()
+    # the half-written download is never taken for the dataset
+    with pytest.raises(DanluError, match="downloading"):
+        datasets.ensure(datasets.get("tiny_shakespeare"), url=closed_port_url())
+    assert not temp.exists() and live.exists()
+    live.rmdir()
+    (data_dir / f".tinyshakespeare.txt.{datasets._host()}-{proc.pid}-x.tmp").mkdir()  # another dead one
+    server.hold.clear()
+    r = run_cli("data", "get", "tiny_shakespeare", env={"DANLU_DATASETS_MIRROR": server.url})
+    assert r.returncode == 0, r.stderr
+    assert (data_dir / "tinyshakespeare.txt").read_bytes() == good
+    assert no_leftovers(data_dir) == ["tinyshakespeare.txt", f"tinyshakespeare.txt.{datasets.RECORD}"]
+
+
+def test_a_present_dataset_still_gets_a_dead_downloads_temporary_removed(
+    data_dir: Path, run_cli: Callable
+) -> None:
+    # `data get` of a dataset that is present removes a killed download's leftovers too
+    data_dir.mkdir()
+    (data_dir / "tinyshakespeare.txt").write_bytes((SHARED / "tinyshakespeare.txt").read_bytes())
+    stale = data_dir / f".tinyshakespeare.txt.{datasets._host()}-{exited_pid()}-abc.tmp"
+    stale.mkdir()
+    (stale / "download").write_bytes(b"half")
+    other_host = data_dir / f".tinyshakespeare.txt.elsewhere-{exited_pid()}-abc.tmp"
+    other_host.mkdir()  # a shared data directory: another machine's download is not ours to judge
+    r = run_cli("data", "get", "tiny_shakespeare")
+    assert r.returncode == 0 and "already present" in r.stdout, r.stderr
+    assert not stale.exists() and other_host.exists()
+
+
+def exited_pid() -> int:
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+def wait_for(condition: Callable[[], bool], proc: subprocess.Popen) -> bool:
+    """True once condition() holds; False if proc exits first (its stderr is then shown)."""
+    while not condition():
+        if proc.poll() is not None:
+            raise AssertionError(proc.stderr.read().decode() if proc.stderr else "exited")
+        time.sleep(0.01)  # polling a condition, not standing in for one
+    return True
 
 
 def test_offline_says_in_one_line_where_to_put_which_files(

@@ -412,6 +412,28 @@ def test_export_hf_round_trip(tmp_path, activation):
     export_hf(model, out, overwrite=True)
 
 
+def test_export_hf_of_a_bias_free_model_is_exact(tmp_path):
+    """nanoGPT's bias=False (examples/shakespeare_char.yaml): exported with zero biases, which
+    GPT-2's Conv1D and LayerNorm add exactly; read back by danlu as the same function."""
+    torch.manual_seed(0)
+    config = GPTConfig(vocab_size=97, block_size=32, n_layer=2, n_head=2, n_embd=32, bias=False)
+    model = GPT(config).eval()
+    with torch.no_grad():  # layer norms away from their initial 1, so a lost weight would show
+        for name, p in model.named_parameters():
+            if "ln_" in name:
+                p.add_(torch.randn_like(p) * 0.1)
+    out = export_hf(model, tmp_path / "export")
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["eos_token_id"] is None and saved["bos_token_id"] is None  # no 50256 in 97 tokens
+    hf = GPT2LMHeadModel.from_pretrained(out).eval()
+    ids = torch.randint(0, 97, (2, 20))
+    with torch.no_grad():
+        torch.testing.assert_close(hf(ids).logits, model(ids), atol=1e-5, rtol=0)
+        assert all(not b.any() for n, b in hf.named_parameters() if n.endswith(".bias"))
+        again = from_hf(out).eval()
+        torch.testing.assert_close(again(ids), model(ids), atol=1e-5, rtol=0)
+
+
 def test_untied_head_round_trip(tmp_path):
     hf = tiny_hf(seed=3, tie_word_embeddings=False)
     hf.save_pretrained(tmp_path / "hf")

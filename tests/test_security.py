@@ -23,6 +23,7 @@ import yaml
 from conftest import REPO, _env, cli, make_mixed_frame, small_config
 
 import danlu
+from danlu import fileio
 from danlu.errors import DanluError
 from danlu.lm.cpu import kernels as cpu_kernels
 
@@ -260,6 +261,53 @@ def test_kernel_cache_folder_is_created_private(kernel_cache, monkeypatch):
     monkeypatch.setenv("CC", "false")  # a compiler that fails: torch does the work, quietly
     assert not cpu_kernels.available()
     assert stat.S_IMODE(kernel_cache.stat().st_mode) == 0o700
+    assert stat.S_IMODE(kernel_cache.parent.stat().st_mode) == 0o700  # danlu/ as well
+
+
+def test_danlu_cache_folders_are_created_private_and_existing_ones_kept(tmp_path, monkeypatch):
+    """fileio.make_user_cache: danlu/ and danlu/NAME are made 0700 whatever the umask; the
+    cache root above them is not danlu's; a danlu/ the user made with another mode is used
+    as it is (never chmod-ed)."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    old = os.umask(0o002)
+    try:
+        logs = fileio.make_user_cache("logs")
+    finally:
+        os.umask(old)
+    assert logs == tmp_path / "cache" / "danlu" / "logs"
+    assert stat.S_IMODE(logs.stat().st_mode) == 0o700
+    assert stat.S_IMODE(logs.parent.stat().st_mode) == 0o700
+    assert stat.S_IMODE((tmp_path / "cache").stat().st_mode) == 0o775  # the umask's: not danlu's own
+    mine = tmp_path / "mine"
+    (mine / "danlu").mkdir(parents=True)
+    (mine / "danlu").chmod(0o750)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(mine))
+    assert fileio.make_user_cache("datasets").is_dir()
+    assert stat.S_IMODE((mine / "danlu").stat().st_mode) == 0o750
+    assert stat.S_IMODE((mine / "danlu" / "datasets").stat().st_mode) == 0o700
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="needs root to chown a folder")
+def test_a_danlu_cache_folder_that_is_not_yours_is_refused(tmp_path, monkeypatch, caplog, planted_library):
+    """Another user's danlu/ in a shared $XDG_CACHE_HOME: neither written into nor loaded from."""
+    lib, marker = planted_library
+    shared = tmp_path / "shared-cache"
+    kernels = shared / "danlu" / "kernels"
+    kernels.mkdir(parents=True, mode=0o700)
+    shutil.copy(lib, kernels / cpu_kernels._kernel_name("false"))
+    (kernels / cpu_kernels._kernel_name("false")).chmod(0o700)
+    os.chown(shared / "danlu", 65534, 65534)  # nobody's
+    monkeypatch.setenv("XDG_CACHE_HOME", str(shared))
+    with pytest.raises(PermissionError, match="not yours"):
+        fileio.make_user_cache("logs")
+    assert not (shared / "danlu" / "logs").exists()
+    monkeypatch.setenv("CC", "false")
+    monkeypatch.delenv("DANLU_CPU_KERNELS", raising=False)
+    monkeypatch.setattr(cpu_kernels, "_lib", None)
+    monkeypatch.setattr(cpu_kernels, "_tried", False)
+    assert not cpu_kernels.available() and not marker.exists()
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "danlu.lm.cpu.kernels"]
+    assert str(shared / "danlu") in line and "not yours" in line and "torch does the work" in line
 
 
 @pytest.mark.parametrize("how", ["symlink", "group_writable"])
@@ -436,3 +484,46 @@ def test_wav2vec2_ctc_model_path_with_remote_code_is_one_line(tmp_path):
         " wav2vec2_ctc runs only the architectures transformers ships (Wav2Vec2, HuBERT, WavLM)"
     )
     assert not marker.exists()
+
+
+# --------------------------------------------------------------------------- tune --resume of a saved study
+def test_saved_study_names_user_code_only_with_trust_code(tmp_path, user_code_dir):
+    """`danlu tune STUDY --resume` continues a study from its folder's study.yaml, which someone
+    else may have written: user code it names is refused in one line until --trust-code."""
+    pytest.importorskip("optuna", reason="optuna is not installed (pip install 'danlu[tune]')")
+    csv = tmp_path / "mixed.csv"
+    make_mixed_frame(60).to_csv(csv, index=False)
+    body = {
+        "data": {"path": str(csv), "target": "label"},
+        "model": {"type": "mymodels:TinyNet", "params": {"hidden": 8}},
+        "train": {"epochs": 1},
+        "tune": {"sampler": "random", "pruner": "none", "trials": 1, "space": {"train.lr": [0.01, 0.1]}},
+    }
+    config = tmp_path / "user.yaml"
+    config.write_text(
+        yaml.safe_dump(small_config(body, tmp_path / "runs"), sort_keys=False), encoding="utf-8"
+    )
+    env = {"PYTHONPATH": os.pathsep.join([str(REPO), str(user_code_dir)])}
+    first = cli("tune", config, "--quiet", cwd=tmp_path, env=env)  # the user's own YAML: their code runs
+    assert first.returncode == 0, first.stderr
+    study = tmp_path / "runs" / "t-tune"
+    assert (study / "study.yaml").is_file() and (study / "study.json").is_file()
+    # the folder now comes from someone else: importing mymodels would run it
+    marker = tmp_path / "imported"
+    (user_code_dir / "mymodels.py").write_text(
+        f"open({str(marker)!r}, 'w').close()\n" + USER_CODE, encoding="utf-8"
+    )
+    for ref in (study, study / "study.yaml"):
+        refused = cli("tune", ref, "--resume", "--trials", "2", "--quiet", cwd=tmp_path, env=env)
+        assert one_line_error(refused) == (
+            f"{study / 'study.yaml'}: model.type 'mymodels:TinyNet' names code, not a registered danlu"
+            " name; load it only if you trust this folder: --trust-code"
+        )
+        assert not marker.exists()
+    jobs = cli("tune", study, "--resume", "--trials", "3", "--jobs", "2", "--quiet", cwd=tmp_path, env=env)
+    assert one_line_error(jobs).endswith("--trust-code") and not marker.exists()
+    ok = cli("tune", study, "--resume", "--trials", "2", "--trust-code", "--quiet", cwd=tmp_path, env=env)
+    assert ok.returncode == 0, ok.stderr
+    assert marker.exists()
+    rows = (study / "trials.csv").read_text(encoding="utf-8").splitlines()
+    assert len(rows) == 3, rows  # header + the first trial + the one run now

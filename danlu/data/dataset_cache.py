@@ -47,6 +47,7 @@ def load(name: str, params: dict[str, Any], make: Callable[[], Arrays]) -> Array
     if any(a.dtype == object for a in arrays):
         return arrays  # read back only with pickle: not cached
     try:
+        fileio.make_user_cache("datasets")  # 0700 where danlu creates it; refused when not ours
         with fileio.atomic_path(path) as tmp, open(tmp, "wb") as f:
             np.savez(f, **dict(zip(("x", "y", "feature_names", "target_names"), arrays, strict=True)))
     except (OSError, ValueError, DanluError) as e:  # a read-only home, a file in the way, ...

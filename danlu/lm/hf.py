@@ -169,8 +169,6 @@ def export_hf(
             )
 
     cfg = model.config
-    if not cfg.bias:
-        raise DanluError("GPTConfig.bias is False; Hugging Face GPT-2 needs bias=True to export")
     dtype = next(model.parameters()).dtype
     hf_config = {
         "architectures": ["GPT2LMHeadModel"],
@@ -191,8 +189,12 @@ def export_hf(
         "use_cache": True,
         "tie_word_embeddings": cfg.tie_embeddings,
         "torch_dtype": str(dtype).removeprefix("torch."),
-        "danlu_config": asdict(cfg),
+        # a bias-free model (nanoGPT's bias=False) is exported with zero biases, which GPT-2's
+        # Conv1D and LayerNorm add exactly: the same model, read back as bias=True
+        "danlu_config": {**asdict(cfg), "bias": True},
     }
+    if cfg.vocab_size <= 50256:  # not GPT-2's vocabulary: its default <|endoftext|> id does not exist
+        hf_config.update(bos_token_id=None, eos_token_id=None)
     hf_config.update({k: v for k, v in (extra_config or {}).items() if v is not None})
     state: dict[str, torch.Tensor] = {}
     for name, tensor in model.state_dict().items():
@@ -201,6 +203,9 @@ def export_hf(
         if name.endswith(_CONV1D_WEIGHTS):
             tensor = tensor.t()
         state[name] = tensor.detach().to("cpu").contiguous().clone()
+        bias = name.removesuffix("weight") + "bias"
+        if not cfg.bias and name.endswith(_CONV1D_WEIGHTS + (".ln_1.weight", ".ln_2.weight", "ln_f.weight")):
+            state[bias] = torch.zeros(state[name].shape[-1], dtype=state[name].dtype)
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))

@@ -5,12 +5,19 @@ Loading uses torch.load(weights_only=True): a checkpoint cannot run code.
 A checkpoint is one unit: both files are written and flushed to disk in a temporary
 folder, which one rename publishes (the layout is danlu.run's). The previous checkpoint is
 deleted only after that, so a kill at any moment leaves at least one complete checkpoint
-once the first exists; resuming takes the newest that loads."""
+once the first exists; resuming takes the newest that loads.
+
+Disk full. torch.save to a path reports a failed write as an opaque RuntimeError ("unexpected
+pos"), and safetensors as a SafetensorError naming only the OS error; both are turned into the
+OSError they stand for, so a full disk is one line naming the file (fileio.cannot_write) and
+the temporary checkpoint is removed, the previous one kept."""
 
 from __future__ import annotations
 
+import errno
 import os
 import random
+import re
 import shutil
 import sys
 from collections.abc import Callable
@@ -23,7 +30,7 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 
 from danlu.errors import DanluError
-from danlu.fileio import atomic_path
+from danlu.fileio import atomic_path, cannot_write
 from danlu.run import RunDir
 
 
@@ -35,14 +42,30 @@ def save_weights(model: nn.Module, path: Path, metadata: dict[str, str] | None =
 
 
 def _write_weights(model: nn.Module, path: Path, metadata: dict[str, str] | None) -> None:
-    keys = _saved_keys(model)
-    if keys is None:
-        save_model(model, str(path), metadata=metadata)
-    else:
-        from safetensors.torch import save_file
+    from safetensors import SafetensorError
 
-        state = {k: v.detach().contiguous() for k, v in model.state_dict().items() if k in keys}
-        save_file(state, str(path), metadata=metadata)
+    keys = _saved_keys(model)
+    try:
+        if keys is None:
+            save_model(model, str(path), metadata=metadata)
+        else:
+            from safetensors.torch import save_file
+
+            state = {k: v.detach().contiguous() for k, v in model.state_dict().items() if k in keys}
+            save_file(state, str(path), metadata=metadata)
+    except SafetensorError as e:  # "I/O error: No space left on device (os error 28)"
+        code = re.search(r"os error (\d+)", str(e))
+        if code is None:
+            raise
+        n = int(code[1])
+        raise OSError(n, os.strerror(n), str(path)) from None
+
+
+def _write_state(state: dict[str, Any], path: Path) -> None:
+    # unbuffered: a failed write raises its OSError (ENOSPC) through torch.save, where a path
+    # or a buffered file gives only "unexpected pos"
+    with open(path, "wb", buffering=0) as f:
+        torch.save(state, f)
 
 
 def _saved_keys(model: nn.Module) -> set[str] | None:
@@ -110,8 +133,6 @@ def save(
     tag = f"{trainer['step']}:{trainer['epoch']}:{trainer['batch']}"
     tmp, final = run.checkpoint_folder(trainer["step"])
     shutil.rmtree(tmp, ignore_errors=True)  # a kill's leftover
-    tmp.mkdir(parents=True)
-    _write_weights(model, tmp / "model.safetensors", {"tag": tag})
     state = {
         "tag": tag,
         "optimizer": optimizer.state_dict(),
@@ -120,9 +141,22 @@ def save(
         "rng": rng_state(),
         "trainer": trainer,
     }
-    torch.save(state, tmp / "state.pt")
-    for f in (tmp / "model.safetensors", tmp / "state.pt", tmp):
-        _fsync(f)  # on disk before the rename publishes them
+    writing = tmp
+    try:
+        tmp.mkdir(parents=True)
+        writing = tmp / "model.safetensors"
+        _write_weights(model, writing, {"tag": tag})
+        writing = tmp / "state.pt"
+        _write_state(state, writing)
+        for f in (tmp / "model.safetensors", tmp / "state.pt"):
+            writing = f
+            _fsync(f, file=True)  # on disk before the rename publishes them (a full disk may say so here)
+        _fsync(tmp)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)  # the previous checkpoint is untouched
+        kept = run.checkpoint_files()
+        last = f" (the last complete checkpoint, {kept[0][1].parent.name}, is kept)" if kept else ""
+        raise cannot_write(writing, e, last) from None
     if final.exists():  # the same step saved again (a resumed run's end): replace it
         old = final.with_name(f".{final.name}.old.tmp")
         shutil.rmtree(old, ignore_errors=True)
@@ -136,15 +170,18 @@ def save(
     return final
 
 
-def _fsync(path: Path) -> None:
+def _fsync(path: Path, file: bool = False) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:  # a folder cannot be opened on Windows
+        if file:
+            raise
         return
     try:
         os.fsync(fd)
-    except OSError:  # some filesystems cannot sync a folder; the files themselves are synced
-        pass
+    except OSError as e:  # some filesystems cannot sync a folder; the files themselves are synced
+        if file and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EIO):
+            raise
     finally:
         os.close(fd)
 

@@ -44,7 +44,7 @@ import optuna
 import yaml
 from optuna.trial import TrialState
 
-from danlu import fileio
+from danlu import fileio, registry
 from danlu.config import RunConfig
 from danlu.errors import DanluError
 from danlu.tuning.heartbeat import Watch
@@ -79,6 +79,7 @@ __all__ = [
 ]
 
 
+@registry.own_context  # a saved study's names are checked until tune returns
 def tune(
     config: str | Path | dict[str, Any] | RunConfig,
     overrides: list[str] | dict[str, Any] | None = None,
@@ -95,15 +96,32 @@ def tune(
     resume: bool = False,
     refit: bool = False,
     progress: str = "auto",
+    trust_code: bool = False,
 ) -> TuneResult:
     """Search the config's `tune.space`; every trial is an ordinary danlu run.
 
     danlu.tune("examples/tune_tutorial.yaml", trials=20, jobs=2).best_params
+
+    `config` may also be a study folder (or its study.yaml) to continue with resume=True:
+    that config was saved by someone, so user code it names ("package.module:Name") is
+    imported only with trust_code (`--trust-code`), as for `train --resume`.
     """
     if jobs < 1:
         raise DanluError(f"--jobs {jobs}: give 1 or more worker processes")
     options = {"trials": trials, "sampler": sampler, "pruner": pruner, "metric": metric, "timeout": timeout}
+    saved = _saved_study(config)
+    if saved is not None:
+        config = saved / "study.yaml"
+        registry.distrust(config, trust_code)  # the trials of this process, the workers' below
+        meta = _read_study_json(saved)
+        study = study or meta.get("study")
+        storage = storage or meta.get("storage")
     search = prepare(config, overrides=overrides, space=space, study=study, storage=storage, **options)
+    if saved is not None:
+        search.study_dir = saved
+        if not trust_code:  # refused in one line now, not trial by trial
+            search.untrusted = str(config)
+            registry.refuse_code_refs(search.raw, config)
     reporter = Reporter(search, progress)
     fresh = search.storage is None and not search.study_dir.exists()
     optuna_study = _open_study(search, resume, reporter)
@@ -136,6 +154,36 @@ def tune(
     if refit:
         result.refit = refit_best(search, result, progress)
     return result
+
+
+def _saved_study(config: Any) -> Path | None:
+    """The study folder when `config` is one, or the study.yaml inside one (beside its
+    study.json): a config someone saved, not one the user wrote."""
+    if not isinstance(config, str | Path):
+        return None
+    p = Path(config)
+    folder = p if p.is_dir() else p.parent if p.name == "study.yaml" else None
+    if folder is None:
+        return None
+    if not (folder / "study.json").is_file() or not (folder / "study.yaml").is_file():
+        if p.is_dir():
+            raise DanluError(f"{p}: not a study folder (no study.json and study.yaml); give a config YAML")
+        return None
+    return folder
+
+
+def _read_study_json(folder: Path) -> dict[str, Any]:
+    import json
+
+    try:
+        meta = json.loads((folder / "study.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise DanluError(
+            f"{folder / 'study.json'}: cannot read it ({e}); the study folder is damaged"
+        ) from None
+    if not isinstance(meta, dict):
+        raise DanluError(f"{folder / 'study.json'}: not a JSON object; the study folder is damaged")
+    return meta
 
 
 def _open_study(search: Search, resume: bool, reporter: Reporter) -> optuna.Study:

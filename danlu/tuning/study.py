@@ -42,6 +42,7 @@ class Search:
     storage: str | None  # None: the journal file in the study folder
     target: int  # trials the study should end with
     timeout: float | None
+    untrusted: str | None = None  # a saved study.yaml whose user code was not trusted (--trust-code)
 
     @property
     def tune(self) -> Any:

@@ -188,6 +188,8 @@ def run_workers(
     )
     if search.storage is not None:
         env["DANLU_TUNE_STORAGE"] = search.storage  # not on the command line: it may hold a password
+    if search.untrusted is not None:
+        env["DANLU_TUNE_UNTRUSTED"] = search.untrusted  # the workers refuse its user code too
     # -P: `python -m` would put the working directory first on sys.path, and an optuna.py (or
     # any module name) there would run in the worker. danlu itself is found as this process
     # found it: where it was imported from only the working directory, that folder is named.
@@ -303,6 +305,10 @@ def worker_main(study_dir: str, index: str, deadline: str) -> int:
     """One worker process: the study's config from its folder, trials until the count is reached."""
     d = Path(study_dir)
     meta = json.loads((d / "study.json").read_text(encoding="utf-8"))
+    if os.environ.get("DANLU_TUNE_UNTRUSTED"):
+        from danlu import registry
+
+        registry.distrust(os.environ["DANLU_TUNE_UNTRUSTED"])
     try:
         search = prepare(
             config_mod.read_yaml(d / "study.yaml"),

@@ -76,13 +76,15 @@ def _cache_folder() -> tuple[Path, int] | None:
     missing and cannot be made, or is not safe to load code from."""
     folder = fileio.user_cache("kernels")
     try:
-        folder.parent.mkdir(parents=True, exist_ok=True)
+        fileio.make_user_cache("")  # $XDG_CACHE_HOME/danlu: created 0700, refused when not ours
         with contextlib.suppress(FileExistsError):
             os.mkdir(folder, 0o700)
         fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as exc:
         if exc.errno in (errno.ELOOP, errno.ENOTDIR):
             _refuse(f"{folder} is a symbolic link or not a folder; torch does the work")
+        elif exc.errno == errno.EPERM:
+            _refuse(f"{exc.filename}: {exc.strerror}; torch does the work")
         else:  # a read-only or missing home: nothing to warn about
             log.debug("no danlu kernel cache (%s): torch does the work", exc)
         return None
