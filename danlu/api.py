@@ -199,7 +199,7 @@ def train(
                 known = {"loss": last["val.loss"], "perplexity": last["val.perplexity"]}
             metrics = _finish_lm(run, model, task, prepared.splits["val"], cfg.eval.plots, known)
         elif getattr(prepared.schema, "input_kind", "") == "audio" and split in prepared.splits:
-            from danlu.speech_run import finish_audio
+            from danlu.speech.evaluation import finish_audio
 
             metrics = finish_audio(
                 run, cfg, model, task, prepared.schema, prepared.splits[split], prepared.frames[split], split,
@@ -238,7 +238,7 @@ def evaluate(
     if data is None:
         _check_data_paths(run, cfg)
     if run.read_model_json().get("schema", {}).get("input_kind") == "audio":
-        from danlu.speech_run import evaluate_audio_run
+        from danlu.speech.evaluation import evaluate_audio_run
 
         return evaluate_audio_run(run, cfg, split, data, plots, trust_code)
     if cfg.task.type == "language_modeling":

@@ -27,3 +27,10 @@ def choose_from(value: object, choices: Iterable[str], what: str) -> DanluError:
     return DanluError(
         f"unknown {what} '{value}'{did_you_mean(str(value), choices)}; valid: {', '.join(choices)}"
     )
+
+
+def one_line(e: BaseException, limit: int = 300) -> str:
+    """An exception's message on one line, cut to `limit` characters (a library's multi-line
+    error inside a DanluError)."""
+    text = " ".join(str(e).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."

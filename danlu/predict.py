@@ -124,7 +124,7 @@ def load(run_dir: str | Path, trust_code: bool = False) -> Any:
     importing it runs that code: only for folders you trust."""
     run = RunDir.open(run_dir)
     if run.read_model_json().get("schema", {}).get("input_kind") == "audio":
-        from danlu.speech_run import load_recognizer
+        from danlu.speech.recognizer import load_recognizer
 
         return load_recognizer(run.path, trust_code)
     return Predictor(run, trust_code)

@@ -135,9 +135,9 @@ MODELS = Registry(
         "rnn": "danlu.models.rnn:RNNEncoder",
         "transformer": "danlu.models.transformer:TransformerEncoder",
         "pretrained_encoder": "danlu.models.pretrained:PretrainedEncoder",
-        "ctc": "danlu.models.ctc:CTCModel",
-        "audio_cnn": "danlu.models.ctc:AudioCNN",
-        "wav2vec2_ctc": "danlu.models.ctc:Wav2Vec2CTC",
+        "ctc": "danlu.speech.model:CTCModel",
+        "audio_cnn": "danlu.speech.model:AudioCNN",
+        "wav2vec2_ctc": "danlu.speech.model:Wav2Vec2CTC",
     },
     key="model.type",
 )
@@ -153,7 +153,7 @@ LOSSES = Registry(
         "huber": "danlu.tasks.losses:huber",
         "smooth_l1": "danlu.tasks.losses:smooth_l1",
     "next_token": "danlu.tasks.losses:next_token",
-        "ctc": "danlu.tasks.speech_recognition:ctc_loss",
+        "ctc": "danlu.speech.task:ctc_loss",
     },
     key="task.loss",
 )

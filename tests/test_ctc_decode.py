@@ -1,4 +1,4 @@
-"""CTC decoding (danlu/ctc_decode.py) against brute force: the probability of a label sequence is
+"""CTC decoding (danlu/speech/decode.py) against brute force: the probability of a label sequence is
 torch's CTC loss (the sum over all its alignments), and the best sequence is found by scoring
 every candidate the decoder may output."""
 
@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from danlu.config import load as load_config
-from danlu.ctc_decode import CTCDecoder, greedy
 from danlu.errors import DanluError
+from danlu.speech.decode import CTCDecoder, greedy
 
 VOCAB = list("abno ")
 IDS = {c: i + 1 for i, c in enumerate(VOCAB)}

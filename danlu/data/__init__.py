@@ -30,9 +30,9 @@ def build(
 
         return multimodal.build(cfg, task_type, seed, model_cfg)
     if cfg.audio is not None or task_type == "speech_recognition":
-        from danlu.data import speech
+        from danlu.registry import import_object  # danlu/speech/ is a domain above the core
 
-        return speech.build(cfg, task_type, seed, model_cfg)
+        return import_object("danlu.speech.data:build")(cfg, task_type, seed, model_cfg)  # type: ignore[no-any-return]
     if cfg.text is not None or cfg.sequence is not None:
         return _build_sequences(cfg, task_type, seed, model_cfg)
     if task_type == "language_modeling" or (task_type == "auto" and getattr(model_cfg, "type", "") == "gpt"):

@@ -34,9 +34,9 @@ def build(cfg: TaskConfig, schema: Any, y_train: torch.Tensor, preprocessor: Any
 
         return LanguageModelingTask(cfg, schema, preprocessor)
     if schema.task == "speech_recognition":
-        from danlu.tasks.speech_recognition import SpeechRecognitionTask
+        from danlu.registry import import_object  # danlu/speech/ is a domain above the core
 
-        return SpeechRecognitionTask(cfg, schema)
+        return import_object("danlu.speech.task:SpeechRecognitionTask")(cfg, schema)  # type: ignore[no-any-return]
     if schema.task == "classification":
         return ClassificationTask(cfg, schema, y_train)
     return RegressionTask(cfg, schema, y_train, preprocessor)

@@ -49,7 +49,6 @@ class SpeechSchema(SchemaMethods):
     words: list[str] | None = None
 
 
-
 # --------------------------------------------------------------------------- features
 def hz_to_mel(f: np.ndarray) -> np.ndarray:
     """Slaney's mel scale (librosa's default): linear below 1 kHz, logarithmic above."""
@@ -299,7 +298,7 @@ def _label_key(classify: bool) -> str:
 
 
 def _folder_examples(folder: Path, acfg: AudioDataConfig, classify: bool) -> list[Example]:
-    from danlu.data.audio import find_audio
+    from danlu.speech.audio import find_audio
 
     out = []
     for f in find_audio([folder]):
@@ -515,7 +514,7 @@ def _vocab(acfg: AudioDataConfig, train: list[Example]) -> list[str]:
 
 
 def load_waves(examples: list[Example], sample_rate: int) -> list[torch.Tensor]:
-    from danlu.data.audio import load_audio
+    from danlu.speech.audio import load_audio
 
     out = []
     for e in examples:
@@ -635,7 +634,12 @@ class SpeechBatches:
     def plan(self, epoch: int) -> list[torch.Tensor]:
         """The epoch's batches as index tensors, fixed by (seed, epoch)."""
         order, g = epoch_order(
-            len(self.data), self.rows, shuffle=self.shuffle, seed=self.seed, epoch=epoch, rank=self.rank,
+            len(self.data),
+            self.rows,
+            shuffle=self.shuffle,
+            seed=self.seed,
+            epoch=epoch,
+            rank=self.rank,
             world=self.world,
         )
         if g is None:
