@@ -2,7 +2,7 @@
 by a file-name rule), the character vocabulary, log-mel features computed in torch,
 train-only augmentation (speed, noise, SpecAugment) and batches of similar length.
 
-Decoding and resampling are danlu/data/audio.py's; everything here works on float32 mono
+Decoding and resampling are danlu/speech/audio.py's; everything here works on float32 mono
 samples at the configured sample rate. Features of un-perturbed audio are computed once
 and kept in memory, so an epoch costs only the model.
 """
