@@ -105,7 +105,8 @@ class Options:
         if self.chunk_length is not None and self.chunk_length <= 0:
             raise DanluError(f"--chunk-length must be positive seconds, got {self.chunk_length}")
         # the decoding options: the one validation of danlu/speech/decode.py (kenlm when it is used)
-        DecoderOptions(beam_size=self.beam_size or 1, hotword_weight=self.hotword_weight).check()
+        beam = 1 if self.beam_size is None else self.beam_size
+        DecoderOptions(beam_size=beam, hotword_weight=self.hotword_weight).check()
         return self
 
     def decoder_options(self) -> DecoderOptions:
