@@ -408,8 +408,10 @@ class CTCRecognizer(SpeechModel):
                 progress(sum(len(x) - left - right for x, left, right in items) / self.sample_rate)
         return np.concatenate(kept, 0) if kept else None
 
-    def hypothesis(self, decoder: Decoder, out: np.ndarray, duration: float) -> tuple[str, list[Word]]:
-        """Text and timed words of stitched frame outputs."""
+    def hypothesis(
+        self, decoder: Decoder, out: np.ndarray, duration: float, words: bool = True
+    ) -> tuple[str, list[Word]]:
+        """Text and timed words of stitched frame outputs (words=False: they may be left out)."""
         text, frames = decoder.hypothesis(out)
         fs = self.frame_seconds(len(out), duration)
         return text, [Word(_t(a * fs), _t(b * fs), w) for w, a, b in frames]
@@ -419,8 +421,8 @@ class CTCRecognizer(SpeechModel):
         out = self.frame_outputs(chunks, opts, progress, log_probs=decoder.kind != "greedy")
         if out is None:
             return "", [], None
-        text, words = self.hypothesis(decoder, out, duration)
-        return text, _segments_from_words(text, words, duration, opts.timestamps), None
+        text, timed = self.hypothesis(decoder, out, duration, opts.timestamps != "none")
+        return text, _segments_from_words(text, timed, duration, opts.timestamps), None
 
 
 def _segments_from_words(text: str, words: list[Word], duration: float, timestamps: str) -> list[Segment]:
@@ -504,12 +506,16 @@ class HFCTCModel(CTCRecognizer):
         logits = self.model(**inputs).logits
         return list(logits)
 
-    def hypothesis(self, decoder: Decoder, out: np.ndarray, duration: float) -> tuple[str, list[Word]]:
+    def hypothesis(
+        self, decoder: Decoder, out: np.ndarray, duration: float, words: bool = True
+    ) -> tuple[str, list[Word]]:
         if decoder.kind != "greedy":
-            return super().hypothesis(decoder, out, duration)
+            return super().hypothesis(decoder, out, duration, words)
         # the best path through the model's tokenizer, as transformers' pipeline decodes CTC ids
         # (skip_special_tokens=False, word offsets): its tokens may be longer than a character
         ids = out if out.ndim == 1 else out.argmax(-1)
+        if not words:
+            return str(self.tokenizer.decode(ids, skip_special_tokens=False)), []
         out = self.tokenizer.decode(ids, skip_special_tokens=False, output_word_offsets=True)
         fs = self.align_to / self.sample_rate
         words = [
