@@ -45,7 +45,8 @@ sys.path.insert(0, str(REPO / "tests"))  # the tiny-model builders the tests use
 
 from asr_models import make_wav2vec2, noise_speech  # noqa: E402
 
-from danlu.asr import load_cached, make_options, transcribe_one  # noqa: E402
+from danlu.speech.recognizer import load_cached, make_options  # noqa: E402
+from danlu.speech.transcribe import transcribe_one  # noqa: E402
 
 SENTENCES = [
     "The quick brown fox jumps over the lazy dog.",
@@ -90,7 +91,7 @@ def speak(folder: Path, n: int) -> list[Path]:
     """espeak-ng sentences as 16 kHz 16-bit WAV files. espeak speaks at 22.05 kHz; at Whisper's
     own rate neither contender resamples, so both decode exactly the same samples (danlu's soxr
     and PyAV's resampler differ in the last bits, which changed one of the twenty texts)."""
-    from danlu.data.audio import resample
+    from danlu.speech.audio import resample
 
     espeak = shutil.which("espeak-ng")
     if espeak is None:
@@ -112,7 +113,7 @@ def long_file(path: Path, minutes: float, sentences: list[Path] | None) -> Path:
     total = int(minutes * 60 * rate)
     clips = [sf.read(p, dtype="float32")[0] for p in sentences] if sentences else []
     if clips:
-        from danlu.data.audio import resample
+        from danlu.speech.audio import resample
 
         src_rate = sf.info(sentences[0]).samplerate
         clips = [resample(c, src_rate, rate) for c in clips]

@@ -44,7 +44,7 @@ def __getattr__(name: str) -> Any:
 
         return complete.generate if name == "generate" else complete.generate_stream
     if name == "transcribe":
-        from danlu.asr import transcribe
+        from danlu.speech.transcribe import transcribe
 
         return transcribe
     if name == "tune":

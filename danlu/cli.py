@@ -202,6 +202,10 @@ def evaluate(
     normalize: Annotated[
         str | None, typer.Option(help="Speech: text normalization, subset of lower,punct,numbers or none.")
     ] = None,
+    normalizer: Annotated[
+        str | None,
+        typer.Option(help="Speech: whisper-en scores after Whisper's English normaliser (published WERs)."),
+    ] = None,
     output_dir: Annotated[Path | None, typer.Option(help="Speech: where to write the results.")] = None,
     beam_size: Annotated[int | None, typer.Option(help="Speech: beam width.")] = None,
     language: Annotated[str | None, typer.Option(help="Speech (Whisper): language code.")] = None,
@@ -212,14 +216,15 @@ def evaluate(
     with _errors(debug):
         from danlu import api
 
-        if manifest is not None:  # speech recognition: WER/CER over a manifest (danlu.asr_eval)
-            from danlu.asr_eval import evaluate_manifest, print_summary
+        if manifest is not None:  # speech recognition: WER/CER over a manifest (danlu.speech.evaluation)
+            from danlu.speech.evaluation import evaluate_manifest, print_summary
 
             r = evaluate_manifest(
                 str(run_dir),
                 manifest,
                 output_dir=output_dir,
                 normalize_steps=normalize,
+                normalizer=normalizer,
                 beam_size=beam_size,
                 language=language,
                 trust_remote_code=trust_remote_code,
@@ -579,7 +584,7 @@ def transcribe(
 ) -> None:
     """Transcribe speech to text (txt/json/srt/vtt) with a CTC or Whisper model."""
     with _errors(debug):
-        from danlu.asr import run_command
+        from danlu.speech.transcribe import run_command
 
         failed = run_command(
             model,

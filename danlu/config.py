@@ -54,7 +54,7 @@ class Section(BaseModel):
 
 # --------------------------------------------------------------------------- task
 class DecoderConfig(Section):
-    """How a speech_recognition run turns frame probabilities into text (danlu/ctc_decode.py):
+    """How a speech_recognition run turns frame probabilities into text (danlu/speech/decode.py):
     `greedy` (best path) or `beam` (CTC prefix beam search); `lexicon: train` keeps the beam
     to words seen in the training transcripts (saved with the model)."""
 
@@ -550,9 +550,9 @@ class PretrainedEncoderConfig(Section):
         return self
 
 
-@model_type("ctc", "danlu.models.ctc:CTCModel")
+@model_type("ctc", "danlu.speech.model:CTCModel")
 class CTCModelConfig(Section):
-    """Speech recognizer (danlu/models/ctc.py): conv subsampling of log-mel frames, an encoder,
+    """Speech recognizer (danlu/speech/model.py): conv subsampling of log-mel frames, an encoder,
     and a linear CTC head over the characters of the training transcripts (blank = 0)."""
 
     type: Literal["ctc"] = "ctc"
@@ -572,7 +572,7 @@ class CTCModelConfig(Section):
         return self
 
 
-@model_type("audio_cnn", "danlu.models.ctc:AudioCNN")
+@model_type("audio_cnn", "danlu.speech.model:AudioCNN")
 class AudioCNNConfig(Section):
     """Audio clip classifier (keyword spotting): conv blocks over log-mel frames, pooled over time."""
 
@@ -581,7 +581,7 @@ class AudioCNNConfig(Section):
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
 
 
-@model_type("wav2vec2_ctc", "danlu.models.ctc:Wav2Vec2CTC")
+@model_type("wav2vec2_ctc", "danlu.speech.model:Wav2Vec2CTC")
 class Wav2Vec2CTCConfig(Section):
     """Fine-tune a Hugging Face Wav2Vec2-style CTC checkpoint with a new character vocabulary."""
 
@@ -798,10 +798,45 @@ class TrainConfig(Section):
 
 
 # --------------------------------------------------------------------------- eval, output
+# speech scoring's text normaliser (danlu/speech/normalize.py): danlu's steps or Whisper's
+NORMALIZER_STEPS = ("lower", "punct", "numbers")
+WHISPER_ENGLISH = "whisper_english"
+
+
+def normalizer_spec(spec: str) -> tuple[str, ...]:
+    """The steps a normaliser spec names: 'none' -> (), 'lower,punct' -> steps, 'whisper_english'
+    (or 'whisper-en') -> ('whisper_english',); anything else is a DanluError naming what is valid."""
+    name = spec.strip().lower()
+    if name in (WHISPER_ENGLISH, "whisper-en", "whisper_en"):
+        return (WHISPER_ENGLISH,)
+    parts = [p.strip() for p in name.split(",") if p.strip()]
+    if parts in ([], ["none"]):
+        return ()
+    for p in parts:
+        if p not in NORMALIZER_STEPS:
+            raise DanluError(
+                f"normalizer '{spec}': '{p}' is not one; use none, whisper_english (whisper-en) "
+                f"or a comma list of {', '.join(NORMALIZER_STEPS)}"
+            )
+    return tuple(p for p in NORMALIZER_STEPS if p in parts)
+
+
 class EvalConfig(Section):
     split: Literal["test", "val", "train"] = "test"
     metrics: list[str] = Field(default_factory=list)  # extra metric functions, "pkg.mod:fn"
     plots: bool = True
+    # speech recognition: text normaliser before WER/CER (None: transcripts as decoded)
+    normalizer: str | None = None
+
+    @field_validator("normalizer")
+    @classmethod
+    def _known_normalizer(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                normalizer_spec(v)
+            except DanluError as e:
+                raise ValueError(str(e)) from None
+        return v
 
 
 class OutputConfig(Section):

@@ -4,7 +4,7 @@ imports neither torch nor transformers (huggingface_hub only when a hub id must 
 A reference is an existing path, `pkg://package/sub/folder` (a folder shipped inside an
 installed Python package, for pretrained encoders), or a model hub id ("name" or
 "owner/name"), downloaded when the hub can be reached and read from the local hub cache when
-it cannot. Language models (danlu/lm/load.py), speech models (danlu/asr.py) and pretrained
+it cannot. Language models (danlu/lm/load.py), speech models (danlu/speech/recognizer.py) and pretrained
 encoders (models/pretrained.py, data/sequences.py) all resolve here.
 """
 

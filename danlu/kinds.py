@@ -124,10 +124,6 @@ def _is_multimodal(cfg: Any, task_type: str, model_cfg: Any) -> bool:
     return cfg.inputs is not None  # several named inputs of one row
 
 
-def _is_audio(cfg: Any, task_type: str, model_cfg: Any) -> bool:
-    return cfg.audio is not None or task_type == "speech_recognition"
-
-
 def _is_text(cfg: Any, task_type: str, model_cfg: Any) -> bool:
     return cfg.text is not None or cfg.sequence is not None  # text or numeric-sequence columns
 
@@ -168,30 +164,10 @@ def describe_multimodal(schema: Any) -> list[dict[str, Any]]:
     ]
 
 
-def describe_audio(schema: Any) -> list[dict[str, Any]]:
-    """One recording, resampled to the model's rate."""
-    return [{"name": "audio", "type": "audio", "sample_rate": schema.sample_rate}]
-
-
-# --------------------------------------------------------------------------- speech
-# speech's hooks reach its modules through these names only (danlu/speech_run.py today)
-def _finish_audio(t: Trained) -> dict[str, Any]:
-    p = t.prepared
-    if t.split not in p.splits:
-        return {}
-    finish_audio = import_object("danlu.speech_run:finish_audio")
-    data, frame = p.splits[t.split], p.frames[t.split]
-    return finish_audio(t.run, t.cfg, t.model, t.task, p.schema, data, frame, t.split, t.cfg.eval.plots)
-
-
-def _prepare_audio(cfg: Any, task_type: str, seed: int, model_cfg: Any, pretrained: Any = None) -> Any:
-    return import_object("danlu.data.speech:build")(cfg, task_type, seed, model_cfg)
-
-
 # --------------------------------------------------------------------------- the built-in kinds
 # registered in registry.KINDS by name, in detection order (multimodal, audio, text, corpus,
-# image, tabular; corpus is danlu/lm/kind.py's CORPUS); "sequence" names TEXT too (a
-# numeric-sequence run's schema says so)
+# image, tabular; corpus is danlu/lm/kind.py's CORPUS, audio danlu/speech/kind.py's AUDIO);
+# "sequence" names TEXT too (a numeric-sequence run's schema says so)
 # rows: each example is one row of a table (or a file a row names); the generic Predictor,
 # final evaluation and report of danlu/finish.py serve them all
 ROWS = {
@@ -206,15 +182,6 @@ MULTIMODAL = Kind(
     preprocessor="danlu.data.multimodal:MultimodalPreprocessor.from_state",
     describe_inputs=describe_multimodal,
     **ROWS,
-)
-AUDIO = Kind(
-    "audio",
-    detect=_is_audio,
-    prepare=_prepare_audio,
-    load="danlu.speech_run:load_recognizer",
-    finish=_finish_audio,
-    evaluate="danlu.speech_run:evaluate_audio_run",
-    describe_inputs=describe_audio,
 )
 TEXT = Kind(  # text or numeric-sequence columns (danlu/data/sequences.py)
     "text",

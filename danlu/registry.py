@@ -163,7 +163,7 @@ LOSSES = Registry(
         "huber": "danlu.tasks.losses:huber",
         "smooth_l1": "danlu.tasks.losses:smooth_l1",
     "next_token": "danlu.tasks.losses:next_token",
-        "ctc": "danlu.tasks.speech_recognition:ctc_loss",
+        "ctc": "danlu.speech.task:ctc_loss",
     },
     key="task.loss",
 )
@@ -215,7 +215,7 @@ KINDS = Registry(
     "kind",
     {
         "multimodal": "danlu.kinds:MULTIMODAL",
-        "audio": "danlu.kinds:AUDIO",
+        "audio": "danlu.speech.kind:AUDIO",
         "text": "danlu.kinds:TEXT",
         "sequence": "danlu.kinds:TEXT",  # a numeric-sequence run's schema names its kind so
         "corpus": "danlu.lm.kind:CORPUS",
@@ -231,7 +231,7 @@ TASKS = Registry(  # by schema.task; each called as (task config, schema, train 
         "classification": "danlu.tasks.classification:ClassificationTask",
         "regression": "danlu.tasks.regression:RegressionTask",
         "language_modeling": "danlu.lm.kind:task",
-        "speech_recognition": "danlu.tasks:speech_recognition_task",
+        "speech_recognition": "danlu.speech.kind:task",
     },
     key="task.type",
 )

@@ -42,25 +42,14 @@ ABOVE_CORE = (
     "danlu.predict",
     "danlu.finish",
     "danlu.export",
-    "danlu.speech_run",
 )
-# domain packages above the core: language models (danlu/lm/), and the speech modules issue 15
-# step 2 gathers into danlu/speech/
+# domain packages above the core: language models (danlu/lm/) and speech (danlu/speech/)
 DOMAINS = (
     "danlu.lm",
-    "danlu.ctc_decode",
-    "danlu.asr",
-    "danlu.asr_eval",
+    "danlu.speech",
 )
 # what models/ may never import: they are nn.Modules, built from a config and a schema
 NOT_FROM_MODELS = ("danlu.predict", "danlu.tasks", "danlu.run", "danlu.api", *ABOVE_CORE)
-
-# Core -> domain imports that exist today. Each goes when issue 15 step 2 moves speech to
-# danlu/speech/ with the decoders in speech/. Do not add to it. (The core reaches danlu/lm/
-# only by "module:attr" names, which are no imports.)
-KNOWN_CORE_TO_DOMAIN = {
-    ("danlu.tasks.speech_recognition", "danlu.ctc_decode"),  # CTC decoders: speech/ (step 2)
-}
 
 
 def _modules() -> dict[str, Path]:
@@ -144,13 +133,6 @@ def test_models_never_import_tasks_runs_or_applications(graph: dict[str, set[str
     assert _edges(graph, ("danlu.models",), NOT_FROM_MODELS) == set()
 
 
-def test_core_imports_domains_only_where_known(graph: dict[str, set[str]]) -> None:
-    found = _edges(graph, CORE, DOMAINS)
-    assert found - KNOWN_CORE_TO_DOMAIN == set(), "a new core -> lm/speech import"
-    # a removed dependency leaves the allow-list too, so the list only ever shrinks
-    assert KNOWN_CORE_TO_DOMAIN - found == set(), "remove these from KNOWN_CORE_TO_DOMAIN"
-
-
 def test_every_module_has_a_layer(graph: dict[str, set[str]]) -> None:
     # a new top-level module must be placed in one of the lists above (and in ARCHITECTURE.md)
     entry = ("danlu", "danlu.__main__")
@@ -164,3 +146,28 @@ def test_the_gpt_model_file_stands_alone(graph: dict[str, set[str]]) -> None:
     assert graph["danlu.lm.model"] <= {"danlu.errors"}
     # the model-reference module stays light: no danlu module that pulls in torch
     assert graph["danlu.hub"] <= {"danlu.errors"}
+
+
+def test_domains_are_reached_from_the_core_only_through_registry_strings(graph: dict[str, set[str]]) -> None:
+    # the core names danlu/lm/ and danlu/speech/ by "module:attr" strings (registry entries:
+    # models, the ctc loss, the corpus and audio kinds, their tasks), imported on first use;
+    # every one resolves into its package
+    import danlu.config  # noqa: F401  (fills registry.MODELS from the model-type table)
+    from danlu import registry
+
+    assert _edges(graph, CORE, DOMAINS) == set()
+    refs = {
+        "gpt": registry.MODELS._entries["gpt"],
+        **{n: registry.MODELS._entries[n] for n in ("ctc", "audio_cnn", "wav2vec2_ctc")},
+        "ctc loss": registry.LOSSES._entries["ctc"],
+        "corpus": registry.KINDS._entries["corpus"],
+        "audio": registry.KINDS._entries["audio"],
+        "language_modeling": registry.TASKS._entries["language_modeling"],
+        "speech_recognition": registry.TASKS._entries["speech_recognition"],
+    }
+    for name, ref in refs.items():
+        module = ref.partition(":")[0] if isinstance(ref, str) else ref.__module__
+        assert module.startswith(("danlu.lm.", "danlu.speech.")), (name, ref)
+        if isinstance(ref, str):  # not yet imported by an earlier test
+            assert module in graph, (name, ref)
+            assert registry.import_object(ref) is not None

@@ -1,4 +1,4 @@
-"""danlu.data.audio: decoding, resampling, downmix, streaming chunks and one-line errors."""
+"""danlu.speech.audio: decoding, resampling, downmix, streaming chunks and one-line errors."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from danlu.data.audio import audio_info, find_audio, iter_audio_chunks, load_audio
 from danlu.errors import DanluError
+from danlu.speech.audio import audio_info, find_audio, iter_audio_chunks, load_audio
 
 
 def sine(freq: float, seconds: float, rate: int, amp: float = 0.5) -> np.ndarray:

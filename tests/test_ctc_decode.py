@@ -1,4 +1,4 @@
-"""CTC decoding (danlu/ctc_decode.py) against brute force: the probability of a label sequence is
+"""CTC decoding (danlu/speech/decode.py) against brute force: the probability of a label sequence is
 torch's CTC loss (the sum over all its alignments), and the best sequence is found by scoring
 every candidate the decoder may output."""
 
@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from danlu.config import load as load_config
-from danlu.ctc_decode import CTCDecoder, greedy
 from danlu.errors import DanluError
+from danlu.speech.decode import CTCDecoder, greedy
 
 VOCAB = list("abno ")
 IDS = {c: i + 1 for i, c in enumerate(VOCAB)}
@@ -100,3 +100,61 @@ def test_words_back_to_back_without_a_separator() -> None:
 def test_lexicon_needs_beam_in_the_config() -> None:
     with pytest.raises(DanluError, match="task.decoder"):
         load_config({"task": {"decoder": {"type": "greedy", "lexicon": "train"}}, "data": {"path": "x"}})
+
+
+def test_one_decoder_interface_over_greedy_beam_and_pyctcdecode(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """make_decoder picks from one table by DecoderOptions, validated once; every decoder gives
+    (text, words with frames). Greedy's words are hand-traced; the lexicon beam equals CTCDecoder's
+    own; pyctcdecode equals pyctcdecode called directly on the same labels."""
+    from danlu.speech.decode import DECODERS, DecoderOptions, make_decoder
+
+    assert set(DECODERS) == {"greedy", "beam", "pyctcdecode"}
+    labels = ["", *VOCAB]
+    # frames: a a _ n n " " o n _ -> "an on"; "an" spans frames 0-4, "on" frames 6-7
+    path = [IDS["a"], IDS["a"], 0, IDS["n"], IDS["n"], IDS[" "], IDS["o"], IDS["n"], 0]
+    lp = np.full((len(path), len(labels)), np.log(0.01))
+    lp[np.arange(len(path)), path] = np.log(0.9)
+    greedy_decoder = make_decoder(labels, DecoderOptions())
+    assert greedy_decoder.kind == "greedy" and greedy_decoder.describe() == "greedy (best path)"
+    assert greedy_decoder.hypothesis(lp) == ("an on", [("an", 0, 5), ("on", 6, 8)])
+    # the best path from the per-frame argmax alone (what chunked transcription keeps) is the same
+    assert greedy_decoder.hypothesis(lp.argmax(-1)) == ("an on", [("an", 0, 5), ("on", 6, 8)])
+
+    beam = make_decoder(labels, DecoderOptions("beam", 8, ["no", "on"]))
+    assert beam.describe() == "lexicon beam search, beam 8, 2 words"
+    own = CTCDecoder(VOCAB, "beam", 8, words=["no", "on"])
+    rng = np.random.default_rng(4)
+    for _ in range(5):
+        r = random_log_probs(rng, 7, len(VOCAB))
+        assert beam.hypothesis(r)[0] == own.text(own.decode(r).ids)
+
+    pytest.importorskip("pyctcdecode")
+    from pyctcdecode import build_ctcdecoder
+
+    py = make_decoder(labels, DecoderOptions("pyctcdecode", 8, hotwords=["no"]))
+    assert py.kind == "pyctcdecode" and py.describe() == "pyctcdecode beam search, beam 8, hotwords"
+    direct = build_ctcdecoder(labels)
+    for _ in range(5):
+        r = random_log_probs(rng, 9, len(VOCAB)).astype(np.float32)
+        expected = direct.decode(r, beam_width=8, hotwords=["no"], hotword_weight=10.0)
+        assert py.hypothesis(r)[0] == " ".join(expected.split())
+
+    # one validation, each error naming what is wrong
+    bad = [
+        (DecoderOptions("viterbi"), "unknown decoder 'viterbi'"),
+        (DecoderOptions("beam", 0), "--beam-size must be at least 1"),
+        (DecoderOptions("greedy", words=["no"]), "a lexicon constrains a beam search"),
+        (DecoderOptions("beam", kenlm="lm.arpa"), "pyctcdecode's"),
+        (DecoderOptions("pyctcdecode", kenlm=str(tmp_path / "missing.arpa")), "does not exist"),
+        (DecoderOptions("pyctcdecode", hotword_weight=-1.0), "hotword_weight must be >= 0"),
+    ]
+    for options, message in bad:
+        with pytest.raises(DanluError, match=message):
+            make_decoder(labels, options)
+    # transcribe's options are checked by the same validation
+    from danlu.speech.recognizer import make_options
+
+    with pytest.raises(DanluError, match="--beam-size must be at least 1, got 0"):
+        make_options(beam_size=0)
+    with pytest.raises(DanluError, match="hotword_weight must be >= 0"):
+        make_options(beam_size=4, hotword_weight=-2.0)

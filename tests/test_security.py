@@ -473,7 +473,7 @@ def test_wav2vec2_ctc_model_path_with_remote_code_is_one_line(tmp_path):
     the folder's code: a one-line error instead of transformers' prompt or traceback."""
     pytest.importorskip("transformers")
     from danlu.config import parse_model
-    from danlu.models.ctc import Wav2Vec2CTC
+    from danlu.speech.model import Wav2Vec2CTC
 
     marker = tmp_path / "marker"
     folder = remote_code_folder(tmp_path / "planted", marker, "planted-w2v")

@@ -19,9 +19,10 @@ import yaml
 
 import danlu
 from danlu.config import AudioDataConfig, SpecAugmentConfig
-from danlu.data.speech import Augment, Featurizer, SpeechData, mel_filters
 from danlu.errors import DanluError
-from danlu.tasks.speech_recognition import CTCLoss, error_rates, greedy_ids
+from danlu.speech.data import Augment, Featurizer, SpeechData, mel_filters
+from danlu.speech.evaluation import error_rates
+from danlu.speech.task import CTCLoss, greedy_ids
 
 ROOT = Path(__file__).resolve().parents[1]
 FSDD = ROOT.parent / "shared" / "data" / "fsdd" / "recordings"
@@ -148,7 +149,7 @@ def test_batches_group_similar_lengths_and_shard_by_rank() -> None:
 
 def test_splits_by_file_name_rule_and_by_speaker() -> None:
     from danlu.config import DataConfig
-    from danlu.data.speech import Example, split_examples
+    from danlu.speech.data import Example, split_examples
 
     names = [
         f"{d}_{s}_{i}.wav" for d in range(10) for s in ("ann", "bob", "cid", "dan", "eve") for i in range(8)
@@ -284,8 +285,8 @@ def test_cli_train_evaluate_predict_on_synthesized_speech(espeak_set: Path, tmp_
     out = pd.read_csv(__import__("io").StringIO(r.stdout), keep_default_na=False)
     assert list(out.columns) == ["audio", "prediction"] and out["audio"][0].endswith("yes_en-us_160.wav")
     # the Python recognizer gives the same text, with word times inside the clip
-    from danlu.data.audio import audio_info, load_audio
-    from danlu.speech_run import load_recognizer
+    from danlu.speech.audio import audio_info, load_audio
+    from danlu.speech.recognizer import load_recognizer
 
     rec = load_recognizer(run)
     wave = load_audio(clip, 22050)
@@ -304,10 +305,10 @@ def test_lexicon_run_scores_the_best_path_from_the_same_forward_pass(
     WER from one forward pass; they equal a separate best-path evaluation of the split."""
     import copy
 
-    from danlu.ctc_decode import CTCDecoder
-    from danlu.data.speech import eval_split
-    from danlu.models.ctc import CTCModel
-    from danlu.speech_run import load_recognizer
+    from danlu.speech.data import eval_split
+    from danlu.speech.decode import CTCDecoder
+    from danlu.speech.model import CTCModel
+    from danlu.speech.recognizer import load_recognizer
     from danlu.training.trainer import evaluate_split
 
     decoder = {"type": "beam", "beam_size": 4, "lexicon": "train"}
@@ -540,8 +541,8 @@ def test_wav2vec2_finetune_and_export(espeak_set: Path, tmp_path: Path) -> None:
     export = run.path / "hf"
     model = AutoModelForCTC.from_pretrained(export).eval()
     processor = AutoProcessor.from_pretrained(export)
-    from danlu.data.audio import load_audio
-    from danlu.speech_run import load_recognizer
+    from danlu.speech.audio import load_audio
+    from danlu.speech.recognizer import load_recognizer
 
     rec = load_recognizer(run.path)
     vocab = processor.tokenizer.get_vocab()

@@ -23,8 +23,8 @@ from asr_models import make_wav2vec2, make_whisper, noise_speech
 from conftest import cli
 
 import danlu
-from danlu.asr_eval import normalize, number_to_words
 from danlu.errors import DanluError
+from danlu.speech.normalize import normalize, number_to_words
 
 SENTENCES = [
     "The quick brown fox jumps over the lazy dog.",
@@ -140,7 +140,8 @@ def test_ctc_parallel_batches_match_one_pass_at_a_time(w2v: Path, tmp_path: Path
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
-    import danlu.asr as asr
+    import danlu.speech.recognizer as asr
+    from danlu.speech.audio import array_chunks
 
     audio = noise_speech(60.0, seed=5)
     sf.write(tmp_path / "long.wav", audio, 16000, subtype="FLOAT")
@@ -177,7 +178,7 @@ def test_ctc_parallel_batches_match_one_pass_at_a_time(w2v: Path, tmp_path: Path
 
         # memory stays flat: chunks are read at most a few passes ahead of the finished ones
         read, lead = [0], []
-        stream = asr._array_chunks(audio, 16000)
+        stream = array_chunks(audio, 16000)
 
         def counted(chunk_s: float, overlap_s: float):  # type: ignore[no-untyped-def]
             for c in stream(chunk_s, overlap_s):
@@ -432,17 +433,105 @@ def test_normalization_and_number_words() -> None:
         danlu.transcribe("/nonexistent/model/folder", "a.wav")
 
 
-def test_danlu_speech_run_folder_transcribes_like_its_recognizer(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_whisper_english_normalizer() -> None:
+    """Whisper's English normaliser (transformers' EnglishTextNormalizer with Whisper's spelling
+    list), as its rules read: titles spelled out, British spellings made American, contractions
+    expanded ("'s" -> " is", Whisper's own rule), fillers dropped, spoken numbers as digits."""
+    from danlu.speech.normalize import make_normalizer
+
+    norm = make_normalizer("whisper-en")
+    assert norm.steps == ("whisper_english",)
+    cases = {
+        "Mr. Smith's colour is 10%": "mister smith is color is 10%",
+        "Hello, World! Um, I won't go.": "hello world i will not go",
+        "It's twenty-five dollars": "it is $25",
+        "Mrs. Jones has been there": "missus jones has been there",
+        "The theatre organised a 5 km race": "the theater organized a 5 km race",
+        "one hundred and five": "105",
+        "Dr. Brown's neighbours": "doctor brown is neighbors",
+    }
+    for text, expected in cases.items():
+        assert norm(text) == expected
+    assert make_normalizer("whisper_english")("one two") == "12"  # spoken digits in a row: one number
+    # the same spec names the same normaliser wherever it is given; a bad one names what is valid
+    assert make_normalizer("none")("It's 10%") == "It's 10%"
+    with pytest.raises(DanluError, match="whisper_english"):
+        make_normalizer("whisper-fr")
+    from danlu.config import load as load_config
+
+    with pytest.raises(DanluError, match="normalizer"):
+        load_config({"data": {"path": "x"}, "eval": {"normalizer": "loud"}})
+    assert load_config({"data": {"path": "x"}, "eval": {"normalizer": "whisper-en"}}).eval.normalizer
+
+
+def test_manifest_with_whisper_normalizer(w2v: Path, tmp_path: Path) -> None:
+    sf.write(tmp_path / "a.wav", noise_speech(1.0, seed=2), 16000)
+    (tmp_path / "m.jsonl").write_text(json.dumps({"audio": "a.wav", "text": "Mr. Smith's colour"}) + "\n")
+    r = invoke("evaluate", w2v, "--manifest", tmp_path / "m.jsonl", "--normalizer", "whisper-en")
+    assert r.exit_code == 0, r.stderr
+    out = json.loads((tmp_path / "m-eval-model" / "asr_metrics.json").read_text())
+    assert out["normalization"] == ["whisper_english"]
+    assert out["utterances"][0]["reference_normalized"] == "mister smith is color"
+    assert "whisper_english" in (tmp_path / "m-eval-model" / "asr_report.md").read_text()
+    r = invoke(
+        "evaluate",
+        w2v,
+        "--manifest",
+        tmp_path / "m.jsonl",
+        "--normalizer",
+        "whisper-en",
+        "--normalize",
+        "lower",
+    )
+    assert r.exit_code == 2 and "give one" in r.stderr
+
+
+def _hand_greedy(lp: np.ndarray, vocab: list[str], step: float) -> tuple[str, list[tuple[str, float, float]]]:
+    """CTC best path written out: per-frame argmax, repeats merged, blanks (0) dropped; a word
+    spans its first character's first frame to its last character's last frame."""
+    best = lp.argmax(-1).tolist()
+    text, words, word, start, end, prev = "", [], "", 0, 0, 0
+    for t, i in enumerate(best):
+        if i != 0 and i != prev:
+            text += vocab[i - 1]
+        c = vocab[i - 1] if i else None
+        if c == " " and word:
+            words.append((word, round(start * step, 3), round((end + 1) * step, 3)))
+            word = ""
+        elif c not in (None, " "):
+            if i != prev:
+                if not word:
+                    start = t
+                word += c
+            end = t
+        prev = i
+    if word:
+        words.append((word, round(start * step, 3), round((end + 1) * step, 3)))
+    return text.strip(), words
+
+
+def _set_head(run: Path, weight: torch.Tensor, bias: torch.Tensor) -> None:
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(run / "model.safetensors")
+    assert state["head.weight"].shape == weight.shape and state["head.bias"].shape == bias.shape
+    state["head.weight"], state["head.bias"] = weight, bias
+    save_file(state, run / "model.safetensors")
+
+
+def test_danlu_speech_run_transcribes_its_best_path(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """`danlu transcribe`, `danlu predict` and the Python recognizer of a danlu speech run are one
+    path: a head that always picks one character gives exactly that text, and a random head gives
+    the best path computed by hand from the run's own features and network."""
     espeak = shutil.which("espeak-ng")
     if espeak is None:
         pytest.skip("espeak-ng is not installed (apt-get install espeak-ng; scripts/system_deps.sh)")
     rows = ["audio,text"]
-    for word in ("one", "two", "three"):
+    for words in ("one two", "two three", "three one"):
         for speed in (130, 190):
-            subprocess.run(
-                [espeak, "-s", str(speed), "-w", str(tmp_path / f"{word}{speed}.wav"), word], check=True
-            )
-            rows.append(f"{word}{speed}.wav,{word}")
+            name = f"{words.replace(' ', '_')}{speed}.wav"
+            subprocess.run([espeak, "-s", str(speed), "-w", str(tmp_path / name), words], check=True)
+            rows.append(f"{name},{words}")
     (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
     cfg = {
         "name": "asr",
@@ -458,38 +547,101 @@ def test_danlu_speech_run_folder_transcribes_like_its_recognizer(tmp_path: Path,
         "output": {"dir": str(tmp_path / "runs"), "timestamp": False},
     }
     run = danlu.train(cfg, progress="quiet")
-    recognizer = danlu.load(run.path)
-    from danlu.data.audio import load_audio
+    from danlu.speech.audio import load_audio
 
-    for name in ("two130.wav", "three190.wav"):
-        wave = load_audio(tmp_path / name, recognizer.sample_rate)
-        expected = " ".join(recognizer.transcribe(wave, recognizer.sample_rate).text.split())
-        assert danlu.transcribe(run.path, tmp_path / name).text == expected
+    vocab = danlu.load(run.path).task.vocab
+    assert " " in vocab and "o" in vocab
+    # 1. every frame's best label is "o": the text is "o", one word over the whole clip
+    bias = torch.full((len(vocab) + 1,), -5.0)
+    bias[vocab.index("o") + 1] = 5.0
+    _set_head(run.path, torch.zeros(len(vocab) + 1, 16), bias)
+    clip = tmp_path / "two_three130.wav"
+    duration = sf.info(clip).duration
+    t = danlu.transcribe(run.path, clip, timestamps="word")
+    assert t.text == "o"
+    [[word]] = [s.words for s in t.segments]
+    assert (word.text, word.start) == ("o", 0.0) and word.end == pytest.approx(duration, abs=1e-3)
+    r = invoke("predict", run.path, "--input", clip)
+    assert r.exit_code == 0, r.output
+    assert r.stdout.strip().splitlines()[1].endswith(",o")
+
+    # 2. a random head over the encoder's features, centred and scaled so that frames disagree;
+    # the transcript is the best path computed by hand from the run's own features and network
+    seen: list[torch.Tensor] = []
+    run2 = tmp_path / "run2"  # a new folder: transcribe keeps loaded models by path
+    shutil.copytree(run.path, run2)
+    rec = danlu.load(run2)
+    rec.model.head.register_forward_hook(lambda _m, inputs, _o: seen.append(inputs[0][0]))
+    rec.log_probs(load_audio(clip, 16000), 16000)
+    g = torch.Generator().manual_seed(3)
+    weight = torch.randn(len(vocab) + 1, 16, generator=g) * 3 / seen[0].std(0).clamp_min(1e-4)
+    _set_head(run2, weight, -(weight @ seen[0].mean(0)))
+    recognizer = danlu.load(run2)
+    hand = {}
+    for name in ("two_three130.wav", "three_one190.wav", "one_two130.wav"):
+        wave = load_audio(tmp_path / name, 16000)
+        x = recognizer.featurizer(torch.from_numpy(wave))
+        with torch.no_grad():
+            lp, n = recognizer.model(x[None], torch.tensor([len(x)]))
+        lp = lp[0, : int(n[0])].numpy()
+        text, words = _hand_greedy(lp, vocab, len(wave) / 16000 / len(lp))
+        assert len(set(lp.argmax(-1).tolist())) > 2 and text  # a non-trivial path
+        hand[name] = text
+        got = danlu.transcribe(run2, tmp_path / name, timestamps="word")
+        assert got.text == text
+        assert [(w.text, w.start, w.end) for s in got.segments for w in s.words] == words
+        ours = recognizer.transcribe(wave, 16000)
+        assert (ours.text, ours.words) == (text, words)
+        np.testing.assert_allclose(ours.log_probs, lp, atol=1e-5)
+    r = invoke("predict", run2, "--input", tmp_path / "three_one190.wav")
+    assert r.exit_code == 0, r.output
+    assert r.stdout.strip().splitlines()[1] == f"{tmp_path / 'three_one190.wav'},{hand['three_one190.wav']}"
     r = invoke(
-        "transcribe", run.path, tmp_path / "one130.wav", "--output-format", "json", "--timestamps", "word"
+        "transcribe", run.path, tmp_path / "one_two130.wav", "--output-format", "json", "--timestamps", "word"
     )
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["duration"] == pytest.approx(
-        sf.info(tmp_path / "one130.wav").duration, abs=1e-3
+        sf.info(tmp_path / "one_two130.wav").duration, abs=1e-3
     )
     # a long recording: chunk passes side by side (the default on CPU) give what one at a time gives
-    import danlu.asr as asr
+    import danlu.speech.recognizer as recognizer_module
 
-    clips = [load_audio(tmp_path / f"{w}{s}.wav", 16000) for w in ("one", "two", "three") for s in (130, 190)]
+    clips = [load_audio(tmp_path / r.split(",")[0], 16000) for r in rows[1:]]
     long = np.concatenate([np.concatenate([c, np.zeros(4000, np.float32)]) for c in clips * 4])
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        got = []
+        got_all = []
         for parallel, batch_size in ((1, 4), (2, None)):
-            monkeypatch.setattr(asr, "CTC_PARALLEL", parallel)
+            monkeypatch.setattr(recognizer_module, "CTC_PARALLEL", parallel)
             t = danlu.transcribe(
                 run.path, long, sample_rate=16000, chunk_length=2.0, batch_size=batch_size, timestamps="word"
             )
-            got.append((t.text, [(w.start, w.end, w.text) for s in t.segments for w in s.words]))
-        assert got[0] == got[1] and len(got[0][1]) > 0
+            got_all.append((t.text, [(w.start, w.end, w.text) for s in t.segments for w in s.words]))
+        assert got_all[0] == got_all[1] and len(got_all[0][1]) > 0
     finally:
         torch.set_num_threads(threads)
+    # evaluate of the run scores with the one normaliser its eval.normalizer names (here Whisper's,
+    # which writes spoken digits as numbers): WER/CER of the normalised predictions.csv
+    import jiwer
+    import pandas as pd
+    import yaml
+
+    config = yaml.safe_load((run2 / "config.yaml").read_text())
+    config["eval"]["normalizer"] = "whisper_english"
+    (run2 / "config.yaml").write_text(yaml.safe_dump(config))
+    summary = danlu.evaluate(run2, split="test", plots=False)
+    assert summary["normalization"] == ["whisper_english"]
+    table = pd.read_csv(run2 / "predictions.csv", keep_default_na=False)
+    from danlu.speech.normalize import make_normalizer
+
+    norm = make_normalizer("whisper_english")
+    refs = [norm(r) for r in table["reference"]]
+    hyps = [norm(h) for h in table["prediction"]]
+    assert set(refs) <= {"12", "23", "31"}  # "two three" -> "23": digits in a row make one number
+    assert summary["metrics"]["wer"] == pytest.approx(jiwer.wer(refs, hyps))
+    assert summary["metrics"]["cer"] == pytest.approx(jiwer.cer(refs, hyps))
+    assert "Normalization before scoring: whisper_english" in (run2 / "report.md").read_text()
 
 
 @pytest.mark.parametrize("arch", ["hubert", "wavlm"])

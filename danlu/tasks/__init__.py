@@ -32,14 +32,6 @@ def build(cfg: TaskConfig, schema: Any, y_train: torch.Tensor, preprocessor: Any
     return TASKS.get(schema.task, "task.type")(cfg, schema, y_train, preprocessor)
 
 
-# TASKS entries for the tasks whose constructors take other arguments (not named like their
-# modules: importing danlu.tasks.speech_recognition sets that attribute of this package)
-def speech_recognition_task(cfg: TaskConfig, schema: Any, y_train: torch.Tensor, preprocessor: Any) -> Task:
-    from danlu.tasks.speech_recognition import SpeechRecognitionTask
-
-    return SpeechRecognitionTask(cfg, schema)
-
-
 def resolved_config(cfg: TaskConfig, task: Any) -> TaskConfig:
     """The task config with data-derived values ("balanced" weights) written out, so a
     saved model rebuilds the same loss without the training data."""

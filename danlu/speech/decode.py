@@ -1,5 +1,11 @@
-"""CTC decoding of frame log-probabilities (frames, vocab + 1; blank = 0): best path (greedy),
-and prefix beam search, optionally constrained to a lexicon.
+"""CTC decoding: one interface over every decoder danlu has.
+
+`make_decoder(labels, DecoderOptions(...))` picks from DECODERS: `greedy` (best path), `beam`
+(danlu's prefix beam search, optionally constrained to a lexicon) and `pyctcdecode` (beam search
+with a KenLM model and hotwords). Every decoder has `kind`, `describe()` and
+`hypothesis(log_probs) -> (text, words)`, words as (word, first frame, frame after its last).
+`DecoderOptions.check` is the one validation of decoding options (task.decoder of a run,
+--beam-size/--kenlm/--hotwords of transcribe and evaluate --manifest).
 
 Prefix beam search (Hannun et al. 2014) keeps, for every label prefix, the probability of all
 alignments that spell it and end in a blank (pb) or in its last label (pnb); a label equal to
@@ -14,10 +20,13 @@ do this: its unigrams only weight a KenLM model's scores.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
+
+from danlu.errors import DanluError, choose_from
 
 NEG_INF = float("-inf")
 
@@ -55,17 +64,24 @@ class Decoded:
     ids: list[int]  # label ids, blanks and repeats removed
     frames: list[int]  # the frame at which each label was first emitted
     score: float  # log-probability of the label sequence (summed over its alignments)
+    # the best path: the last frame of each label's run (a word ends there); else = frames
+    ends: list[int] = field(default_factory=list)
 
 
 def greedy(log_probs: np.ndarray) -> Decoded:
-    """Best path: argmax per frame, merge repeats, drop blanks."""
-    best = np.asarray(log_probs).argmax(-1)
+    """Best path: argmax per frame, merge repeats, drop blanks. A 1-D array is the per-frame
+    argmax already taken (chunked transcription keeps only that)."""
+    lp = np.asarray(log_probs)
+    best = lp if lp.ndim == 1 else lp.argmax(-1)
     keep = np.ones(len(best), dtype=bool)
     keep[1:] = best[1:] != best[:-1]
     keep &= best != 0
     frames = np.flatnonzero(keep)
-    score = float(np.asarray(log_probs)[np.arange(len(best)), best].sum()) if len(best) else 0.0
-    return Decoded([int(i) for i in best[frames]], [int(f) for f in frames], score)
+    last = np.ones(len(best), dtype=bool)  # a run of one label ends where the next label differs
+    last[:-1] = best[:-1] != best[1:]
+    ends = np.flatnonzero(last & (best != 0))
+    score = float(lp[np.arange(len(best)), best].sum()) if lp.ndim == 2 and len(best) else 0.0
+    return Decoded([int(i) for i in best[frames]], [int(f) for f in frames], score, [int(e) for e in ends])
 
 
 def beam_search(
@@ -156,10 +172,9 @@ def _walk(pid: int, parent: list[int], label: list[int], first: list[int]) -> tu
 
 
 class CTCDecoder:
-    """Turns one utterance's log-probabilities into text over `vocab` (id = index + 1).
-
-    kind "greedy", or "beam" (prefix beam search of `beam_size`), constrained to `words`
-    when given (a lexicon: every output word is one of them)."""
+    """danlu's decoders over `vocab` (id = index + 1, blank 0): kind "greedy", or "beam" (prefix
+    beam search of `beam_size`), constrained to `words` when given (a lexicon: every output word
+    is one of them)."""
 
     def __init__(self, vocab: list[str], kind: str = "greedy", beam_size: int = 16, words: Any = None):
         self.vocab, self.kind, self.beam_size = list(vocab), kind, beam_size
@@ -177,19 +192,26 @@ class CTCDecoder:
 
     def decode(self, log_probs: Any) -> Decoded:
         lp = log_probs.float().cpu().numpy() if hasattr(log_probs, "cpu") else np.asarray(log_probs)
-        if self.kind == "greedy" or len(lp) == 0:
+        if self.kind == "greedy" or len(lp) == 0 or lp.ndim == 1:
             return greedy(lp)
         return beam_search(lp, self.beam_size, trie=self.trie, separator=self.separator)
 
     def text(self, ids: list[int]) -> str:
         return "".join(self.vocab[i - 1] for i in ids if 0 < i <= len(self.vocab)).strip()
 
+    def hypothesis(self, log_probs: Any) -> tuple[str, list[tuple[str, int, int]]]:
+        """(text, words) of one utterance's log-probabilities (or best-path ids)."""
+        d = self.decode(log_probs)
+        return self.text(d.ids), self.words_with_frames(d, len(log_probs))
+
     def words_with_frames(self, d: Decoded, n_frames: int) -> list[tuple[str, int, int]]:
-        """(word, first frame, frame after its last character) for each decoded word."""
+        """(word, first frame, frame after its last character) for each decoded word: the best
+        path's words end where their last character's run of frames ends."""
         out: list[tuple[str, int, int]] = []
         chars: list[str] = []
         start = end = 0
-        for i, f in zip(d.ids, d.frames, strict=True):
+        ends = d.ends or d.frames
+        for i, f, e in zip(d.ids, d.frames, ends, strict=True):
             c = self.vocab[i - 1]
             if c == " ":
                 if chars:
@@ -199,7 +221,117 @@ class CTCDecoder:
             if not chars:
                 start = f
             chars.append(c)
-            end = min(f + 1, n_frames)
+            end = min(e + 1, n_frames)
         if chars:
             out.append(("".join(chars), start, end))
         return out
+
+
+class PyCTCDecoder:
+    """pyctcdecode's beam search over `labels` ("" = blank, " " = word separator), with a KenLM
+    model and hotwords when given."""
+
+    kind = "pyctcdecode"
+
+    def __init__(
+        self,
+        labels: list[str],
+        beam_size: int = 1,
+        kenlm: str | None = None,
+        hotwords: list[str] | None = None,
+        hotword_weight: float = 10.0,
+    ) -> None:
+        import logging
+
+        # pyctcdecode warns at import that kenlm is missing, and about unusual labels
+        logging.getLogger("pyctcdecode").setLevel(logging.ERROR)
+        try:
+            from pyctcdecode import build_ctcdecoder
+        except ImportError:
+            raise DanluError("CTC beam search needs pyctcdecode (pip install pyctcdecode)") from None
+        self.beam_size, self.kenlm, self.hotwords, self.hotword_weight = (
+            beam_size,
+            kenlm,
+            hotwords,
+            hotword_weight,
+        )
+        self.decoder = build_ctcdecoder(list(labels), kenlm_model_path=kenlm)
+
+    def describe(self) -> str:
+        extra = (", KenLM " + Path(self.kenlm).name if self.kenlm else "") + (
+            ", hotwords" if self.hotwords else ""
+        )
+        return f"pyctcdecode beam search, beam {self.beam_size}{extra}"
+
+    def hypothesis(self, log_probs: Any) -> tuple[str, list[tuple[str, int, int]]]:
+        lp = log_probs.float().cpu().numpy() if hasattr(log_probs, "cpu") else np.asarray(log_probs)
+        beams = self.decoder.decode_beams(
+            lp,
+            beam_width=max(self.beam_size, 1),
+            hotwords=self.hotwords or None,
+            hotword_weight=self.hotword_weight,
+            prune_history=True,  # what pyctcdecode's decode() does: only the best beam is kept
+        )
+        text, word_frames = beams[0][0], beams[0][2]
+        return " ".join(text.split()), [(w, int(s), int(e)) for w, (s, e) in word_frames]
+
+
+# --------------------------------------------------------------------------- the interface
+class Decoder(Protocol):
+    kind: str
+
+    def describe(self) -> str: ...
+    def hypothesis(self, log_probs: Any) -> tuple[str, list[tuple[str, int, int]]]: ...
+
+
+@dataclass
+class DecoderOptions:
+    """How frame log-probabilities become text; `check` is the one validation of them."""
+
+    type: str = "greedy"  # a DECODERS name
+    beam_size: int = 16
+    words: list[str] | None = None  # beam: a lexicon, every output word one of these
+    kenlm: str | None = None  # pyctcdecode: a KenLM model (.arpa/.bin)
+    hotwords: list[str] | None = None  # pyctcdecode: words to favour
+    hotword_weight: float = 10.0
+
+    def check(self) -> DecoderOptions:
+        if self.type not in DECODERS:
+            raise choose_from(self.type, DECODERS, "decoder")
+        if self.beam_size < 1:
+            raise DanluError(f"--beam-size must be at least 1, got {self.beam_size}")
+        if self.hotword_weight < 0:
+            raise DanluError(f"hotword_weight must be >= 0, got {self.hotword_weight}")
+        if self.words is not None and self.type != "beam":
+            raise DanluError("a lexicon constrains a beam search; use the beam decoder")
+        if (self.kenlm or self.hotwords) and self.type != "pyctcdecode":
+            raise DanluError("--kenlm and --hotwords are pyctcdecode's; use the pyctcdecode decoder")
+        if self.kenlm is not None:
+            if not Path(self.kenlm).is_file():
+                raise DanluError(f"KenLM model '{self.kenlm}' does not exist")
+            try:
+                import kenlm  # noqa: F401
+            except ImportError:
+                raise DanluError(
+                    f"--kenlm {self.kenlm} needs the kenlm package (pip install https://github.com/kpu/"
+                    "kenlm/archive/master.zip); beam search without --kenlm works without it"
+                ) from None
+        return self
+
+
+def _own(labels: list[str], o: DecoderOptions) -> CTCDecoder:
+    return CTCDecoder(labels[1:], o.type, o.beam_size, o.words)
+
+
+def _pyctcdecode(labels: list[str], o: DecoderOptions) -> PyCTCDecoder:
+    return PyCTCDecoder(labels, o.beam_size, o.kenlm, o.hotwords, o.hotword_weight)
+
+
+# name -> builder(labels, options); labels[0] is the blank ("")
+DECODERS = {"greedy": _own, "beam": _own, "pyctcdecode": _pyctcdecode}
+
+
+def make_decoder(labels: list[str], options: DecoderOptions) -> Decoder:
+    """The decoder `options` name over `labels` (index = output unit; "" the blank at 0)."""
+    options.check()
+    return DECODERS[options.type](list(labels), options)  # type: ignore[return-value]

@@ -1,6 +1,6 @@
-"""Speech recognition with CTC: the loss over (log-probabilities, output lengths), greedy
-decoding to text, word and character error rates (jiwer). The evaluation output of audio
-runs is written by danlu.speech_run."""
+"""Speech recognition with CTC: the loss over (log-probabilities, output lengths), the run's
+decoder (danlu/speech/decode.py) and its WER/CER (danlu/speech/evaluation.py `error_rates`).
+The evaluation output of audio runs is written by danlu.speech.evaluation."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ import torch
 import torch.nn.functional as F
 
 from danlu.config import TaskConfig
-from danlu.ctc_decode import CTCDecoder
 from danlu.errors import DanluError
+from danlu.speech.decode import CTCDecoder, DecoderOptions, greedy, make_decoder
+from danlu.speech.evaluation import error_rates
 from danlu.tasks.losses import make_loss
 
 
@@ -41,31 +42,11 @@ def ctc_loss(cfg: TaskConfig, y: torch.Tensor, n_classes: int) -> CTCLoss:
 
 def greedy_ids(log_probs: torch.Tensor, length: int) -> list[int]:
     """Best path: argmax per frame, merge repeats, drop blanks (0)."""
-    from danlu.ctc_decode import greedy
-
     return greedy(log_probs[:length].float().numpy()).ids
 
 
-def error_rates(refs: list[str], hyps: list[str]) -> dict[str, float]:
-    """Corpus WER and CER (errors over reference words/characters), as jiwer computes them."""
-    import jiwer
-
-    if not refs:
-        return {"wer": float("nan"), "cer": float("nan")}
-    # jiwer rejects empty references (the error rate has no denominator there): leave them out
-    pairs = [(r, h) for r, h in zip(refs, hyps, strict=True) if r.strip()]
-    words = jiwer.process_words([r for r, _ in pairs], [h for _, h in pairs]) if pairs else None
-    chars = jiwer.process_characters([r for r, _ in pairs], [h for _, h in pairs]) if pairs else None
-    return {
-        "wer": float(words.wer) if words else float("nan"),
-        "cer": float(chars.cer) if chars else float("nan"),
-    }
-
-
-def make_decoder(cfg: Any, schema: Any) -> Any:
-    """The run's CTC decoder (danlu/ctc_decode.py) from task.decoder and the saved word list."""
-    from danlu.ctc_decode import CTCDecoder
-
+def run_decoder(cfg: Any, schema: Any) -> Any:
+    """The run's CTC decoder from task.decoder and the saved word list."""
     words = None
     if cfg.lexicon == "train":
         if schema.words is None:
@@ -73,8 +54,8 @@ def make_decoder(cfg: Any, schema: Any) -> Any:
                 "task.decoder.lexicon: train needs the training transcripts' words, which this run "
                 "folder predates; retrain it, or set task.decoder.lexicon: null"
             )
-        words = schema.words
-    return CTCDecoder(schema.vocab, cfg.type, cfg.beam_size, words)
+        words = list(schema.words)
+    return make_decoder(["", *schema.vocab], DecoderOptions(cfg.type, cfg.beam_size, words))
 
 
 class SpeechRecognitionTask:
@@ -91,7 +72,8 @@ class SpeechRecognitionTask:
         self.out_dim = len(self.vocab) + 1  # + blank
         self.loss_name = loss
         self.criterion = make_loss(loss, cfg, torch.zeros(0), self.out_dim)
-        self.decoder = make_decoder(cfg.decoder, schema)
+        self.decoder = run_decoder(cfg.decoder, schema)
+        self.normalizer: Any = None  # eval.normalizer, set by the evaluation (None: as decoded)
         # set to a list, decode_batch also appends each utterance's best-path text there
         self.best_paths: list[str] | None = None
         self.best_path = CTCDecoder(self.vocab)
@@ -107,13 +89,11 @@ class SpeechRecognitionTask:
         log_probs = log_probs.float().cpu()
         rows = [log_probs[b, : int(lengths[b])] for b in range(len(log_probs))]
         if self.best_paths is not None:  # the final evaluation's greedy figures, same forward pass
-            g = self.best_path
-            self.best_paths += [g.text(g.decode(r).ids) for r in rows]
-        d = self.decoder
-        return [d.text(d.decode(r).ids) for r in rows]
+            self.best_paths += [self.best_path.hypothesis(r)[0] for r in rows]
+        return [self.decoder.hypothesis(r)[0] for r in rows]
 
     def target(self, y: torch.Tensor) -> list[str]:
         return [self.text([int(i) for i in row if i > 0]) for row in y]
 
     def metrics(self, refs: np.ndarray, hyps: np.ndarray) -> dict[str, Any]:
-        return error_rates(list(refs), list(hyps))
+        return error_rates(list(refs), list(hyps), self.normalizer)

@@ -10,7 +10,7 @@
 Every model takes `features` (batch, frames, dim) and `lengths` (batch,); CTC models return
 (log-probabilities (batch, frames', vocab), output lengths).
 
-A trained speech run is loaded by danlu.speech_run.load_recognizer.
+A trained speech run is loaded by danlu.speech.recognizer.load_recognizer.
 """
 
 from __future__ import annotations
@@ -264,29 +264,3 @@ class Wav2Vec2CTC(nn.Module):
         # the <unk> row the tokenizer adds has no output unit; the head stays vocab + blank
         self.hf.config.pad_token_id = 0
         self.hf.save_pretrained(str(out_dir), safe_serialization=True)
-
-
-def word_times(best: list[int], vocab: list[str], step: float) -> list[tuple[str, float, float]]:
-    """Words with start/end seconds from the best path: a word spans its first to last
-    non-blank frame; the space character ends a word."""
-    words: list[tuple[str, float, float]] = []
-    chars: list[str] = []
-    start = end = 0
-    prev = 0
-    for t, i in enumerate(best):
-        if i != 0 and i != prev:
-            c = vocab[i - 1]
-            if c == " ":
-                if chars:
-                    words.append(("".join(chars), start * step, (end + 1) * step))
-                chars = []
-            else:
-                if not chars:
-                    start = t
-                chars.append(c)
-        if i != 0 and vocab[i - 1] != " ":
-            end = t
-        prev = i
-    if chars:
-        words.append(("".join(chars), start * step, (end + 1) * step))
-    return words

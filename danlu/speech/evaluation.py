@@ -1,4 +1,12 @@
-"""Speech recognition evaluation: `danlu evaluate MODEL --manifest FILE`.
+"""Speech recognition evaluation and its reports, for every path that scores transcripts:
+
+- `evaluate_audio_run` / `finish_audio`: `danlu evaluate` (and the end of `danlu train`) of a danlu
+  speech run: metrics.json, predictions.csv, report.md;
+- `evaluate_manifest`: `danlu evaluate MODEL --manifest FILE` for any speech model.
+
+Both score with `error_rates` after the one text normaliser (danlu/speech/normalize.py):
+`eval.normalizer` of a run (default: none, the transcripts as decoded), `--normalize` /
+`--normalizer` of a manifest (default: lower,punct,numbers; `whisper-en` for Whisper's).
 
 A manifest lists audio files (relative to the manifest's folder, or absolute) and their reference
 transcripts, as CSV, TSV or JSONL. Hypotheses and references are normalised the same way
@@ -11,18 +19,19 @@ from __future__ import annotations
 
 import csv
 import json
-import re
 import time
-import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from danlu.errors import DanluError, choose_from
+import numpy as np
+import torch
+
+from danlu.errors import DanluError
+from danlu.speech.normalize import Normalizer, make_normalizer
 
 AUDIO_COLUMNS = ("audio", "audio_path", "audio_filepath", "path", "file", "filename", "wav")
 TEXT_COLUMNS = ("text", "reference", "transcript", "transcription", "sentence")
-NORMALIZERS = ("lower", "punct", "numbers")
 WORST = 10
 
 
@@ -93,88 +102,170 @@ def _pick(columns: list[str], candidates: tuple[str, ...], path: Path, what: str
     )
 
 
-# ---------------------------------------------------------------------------- normalisation
-
-_ONES = [
-    "zero",
-    "one",
-    "two",
-    "three",
-    "four",
-    "five",
-    "six",
-    "seven",
-    "eight",
-    "nine",
-    "ten",
-    "eleven",
-    "twelve",
-    "thirteen",
-    "fourteen",
-    "fifteen",
-    "sixteen",
-    "seventeen",
-    "eighteen",
-    "nineteen",
-]
-_TENS = ["_", "_", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety"]
-_SCALES = ((10**12, "trillion"), (10**9, "billion"), (10**6, "million"), (1000, "thousand"))
+# ---------------------------------------------------------------------------- scoring
 
 
-def number_to_words(n: int) -> str:
-    """English words for an integer: 1205 -> 'one thousand two hundred five'."""
-    if n < 0:
-        return "minus " + number_to_words(-n)
-    if n < 20:
-        return _ONES[n]
-    if n < 100:
-        tens, ones = divmod(n, 10)
-        return _TENS[tens] + (f" {_ONES[ones]}" if ones else "")
-    if n < 1000:
-        hundreds, rest = divmod(n, 100)
-        return f"{_ONES[hundreds]} hundred" + (f" {number_to_words(rest)}" if rest else "")
-    for value, name in _SCALES:
-        if n >= value:
-            high, rest = divmod(n, value)
-            return f"{number_to_words(high)} {name}" + (f" {number_to_words(rest)}" if rest else "")
-    raise AssertionError("unreachable")
+def error_rates(refs: list[str], hyps: list[str], normalizer: Any = None) -> dict[str, float]:
+    """Corpus WER and CER (errors over reference words/characters), as jiwer computes them, of
+    the transcripts after `normalizer` (None: as they are)."""
+    import jiwer
+
+    if normalizer is not None:
+        refs, hyps = [normalizer(r) for r in refs], [normalizer(h) for h in hyps]
+    if not refs:
+        return {"wer": float("nan"), "cer": float("nan")}
+    # jiwer rejects empty references (the error rate has no denominator there): leave them out
+    pairs = [(r, h) for r, h in zip(refs, hyps, strict=True) if r.strip()]
+    words = jiwer.process_words([r for r, _ in pairs], [h for _, h in pairs]) if pairs else None
+    chars = jiwer.process_characters([r for r, _ in pairs], [h for _, h in pairs]) if pairs else None
+    return {
+        "wer": float(words.wer) if words else float("nan"),
+        "cer": float(chars.cer) if chars else float("nan"),
+    }
 
 
-def _number_words(match: re.Match[str]) -> str:
-    whole, frac = match.group(1).replace(",", ""), match.group(2)
-    words = number_to_words(int(whole))
-    if frac:
-        words += " point " + " ".join(_ONES[int(d)] for d in frac)
-    return f" {words} "
+# ---------------------------------------------------------------------------- a danlu speech run
 
 
-def parse_normalize(spec: str | None) -> tuple[str, ...]:
-    """'lower,punct,numbers' (the default) / 'none' / any subset."""
-    if spec is None:
-        return NORMALIZERS
-    parts = [p.strip() for p in spec.split(",") if p.strip()]
-    if parts in ([], ["none"]):
-        return ()
-    for p in parts:
-        if p not in NORMALIZERS:
-            raise choose_from(p, (*NORMALIZERS, "none"), "--normalize step")
-    return tuple(p for p in NORMALIZERS if p in parts)
+def evaluate_audio_run(
+    run: Any, cfg: Any, split: str, data: Any, plots: bool, trust_code: bool = False
+) -> dict[str, Any]:
+    """`danlu evaluate` of an audio run: one of its splits, or a manifest / folder given with
+    --data, featurized with the run's saved preprocessing."""
+    from danlu.speech.data import eval_split
+    from danlu.speech.recognizer import load_recognizer
+
+    rec = load_recognizer(run.path, trust_code)
+    split_data, frame, name = eval_split(cfg, rec.preprocessor, rec.schema, split, data)
+    out = run.for_data(data) if data is not None else run  # another file: beside the run's results
+    return finish_audio(out, cfg, rec.model, rec.task, rec.schema, split_data, frame, name, plots)
 
 
-def normalize(text: str, steps: tuple[str, ...] = NORMALIZERS) -> str:
-    text = unicodedata.normalize("NFKC", text)
-    if "numbers" in steps:
-        text = re.sub(r"(?<![\w.])(\d{1,3}(?:,\d{3})+|\d+)(?:\.(\d+))?(?![\w])", _number_words, text)
-    if "lower" in steps:
-        text = text.lower()
-    if "punct" in steps:
-        # keep apostrophes inside words (don't, o'clock); everything else of category P or S goes
-        text = re.sub(r"(?<=\w)'(?=\w)", "\0", text)
-        text = "".join(" " if unicodedata.category(c)[0] in "PS" else c for c in text).replace("\0", "'")
-    return " ".join(text.split())
+def finish_audio(
+    run: Any,
+    cfg: Any,
+    model: torch.nn.Module,
+    task: Any,
+    schema: Any,
+    data: Any,
+    frame: Any,
+    split: str,
+    plots: bool,
+) -> dict[str, Any]:
+    """Evaluate an audio run on one split; write metrics.json, predictions.csv and report.md
+    (and, for a fine-tuned Hugging Face model, the transformers folder hf/)."""
+    import copy
+
+    import pandas as pd
+
+    from danlu import fileio
+    from danlu.training.trainer import evaluate_split
+
+    if hasattr(model, "export") and not (run.path / "hf" / "config.json").is_file():
+        model.export(run.path / "hf", schema.vocab, schema.sample_rate)
+    frame = frame.reset_index(drop=True)
+    model.eval()
+    compare = task.kind == "speech_recognition" and task.decoder.kind != "greedy"
+    norm = None
+    if task.kind == "speech_recognition":
+        task = copy.copy(task)  # the evaluation's normaliser and best paths, not the caller's task
+        norm = make_normalizer(getattr(cfg.eval, "normalizer", None), default=())
+        task.normalizer = norm
+    if compare:  # what the decoder adds over the best path, decoded from the same log-probabilities
+        task.best_paths = []
+    metrics, decoded = evaluate_split(model, task, data, torch.device("cpu"))
+    summary = {"split": split, "rows": len(data), "task": task.kind, "metrics": metrics}
+    if task.kind == "speech_recognition":
+        summary["decoder"] = task.decoder.describe()
+        summary["normalization"] = list(norm.steps) if norm else []
+        if compare:
+            best_path = task.metrics(task.target(data.y), task.best_paths)
+            metrics.update(wer_greedy=best_path["wer"], cer_greedy=best_path["cer"])
+    if task.kind == "classification":
+        classes = np.asarray(schema.classes, dtype=object)
+        preds = pd.DataFrame({"prediction": classes[decoded.argmax(axis=1)]})
+        for j, name in enumerate(schema.class_names):
+            preds[f"proba_{name}"] = decoded[:, j]
+        table = pd.concat([frame, preds], axis=1)
+    else:
+        refs = task.target(data.y)
+        table = frame.assign(reference=refs, prediction=list(decoded))
+        n = norm or Normalizer(())
+        table["errors"] = [_word_errors(n(r), n(h)) for r, h in zip(refs, decoded, strict=True)]
+        summary["audio_seconds"] = round(sum(len(w) for w in data.waves) / data.featurizer.sample_rate, 2)
+    run.write_metrics(summary)
+    with fileio.atomic_path(run.predictions) as tmp:
+        table.to_csv(tmp, index=False)
+    if task.kind == "classification":
+        from danlu.evaluation.report import write_report
+
+        write_report(
+            run.report,
+            run.plots,
+            title=f"danlu run {run.path.name}",
+            task="classification",
+            split=split,
+            metrics=metrics,
+            history=run.read_history(),
+            steps=run.read_steps(),
+            y_true=task.target(data.y),
+            output=decoded,
+            names=schema.class_names,
+            details={"run": run.path.name, "task": "classification (audio)", "model": cfg.model.type},
+            plots=plots,
+        )
+    else:
+        _write_asr_report(run, split, metrics, table, plots, summary["decoder"], norm)
+    return summary
 
 
-# ---------------------------------------------------------------------------- evaluation
+def _word_errors(ref: str, hyp: str) -> int:
+    """Word-level edit distance of one utterance."""
+    a, b = ref.split(), hyp.split()
+    row = list(range(len(b) + 1))
+    for i, wa in enumerate(a, start=1):
+        prev, row[0] = row[0], i
+        for j, wb in enumerate(b, start=1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (wa != wb))
+    return row[-1]
+
+
+def _write_asr_report(
+    run: Any, split: str, metrics: dict[str, Any], table: Any, plots: bool, decoder: str, norm: Any
+) -> None:
+    from danlu import fileio
+
+    lines = [
+        f"# danlu run {run.path.name}",
+        "",
+        f"Decoder: {decoder}"
+        + (" (`_greedy`: the best path, for comparison)." if "wer_greedy" in metrics else "."),
+        "",
+        f"Normalization before scoring: {norm.describe() if norm else 'none'}.",
+        "",
+        f"| metric ({split} split, {len(table)} utterances) | value |",
+        "| --- | ---: |",
+        *(f"| {k} | {v:.4f} |" for k, v in metrics.items()),
+    ]
+    worst = table[table["errors"] > 0].sort_values("errors", ascending=False).head(10)
+    if len(worst):
+        lines += [
+            "",
+            "## Utterances with the most word errors",
+            "",
+            "| audio | reference | prediction | errors |",
+            "| --- | --- | --- | ---: |",
+        ]
+        lines += [f"| {r.audio} | {r.reference} | {r.prediction} | {r.errors} |" for r in worst.itertuples()]
+    if plots:
+        from danlu.evaluation.report import plot_history
+
+        if plot_history(run.read_history(), run.plots / "history.png", run.read_steps()):
+            lines += ["", "![training history](plots/history.png)"]
+    fileio.write_text(run.report, "\n".join(lines) + "\n")
+
+
+# ---------------------------------------------------------------------------- a manifest
 
 
 def default_output_dir(model_ref: str, manifest: Path) -> Path:
@@ -192,20 +283,25 @@ def evaluate_manifest(
     *,
     output_dir: str | Path | None = None,
     normalize_steps: str | None = None,
+    normalizer: str | None = None,
     device: str | None = None,
     trust_remote_code: bool = False,
     trust_code: bool = False,
     quiet: bool = True,
     **options: Any,
 ) -> dict[str, Any]:
-    """Transcribe every manifest row and score it; writes asr_metrics.json and asr_report.md."""
+    """Transcribe every manifest row and score it; writes asr_metrics.json and asr_report.md.
+    normalize_steps (--normalize) or normalizer (--normalizer, e.g. whisper-en): one of them."""
     import jiwer
 
     from danlu import fileio
-    from danlu.asr import load_cached, make_options, transcribe_one
+    from danlu.speech.recognizer import load_cached, make_options
+    from danlu.speech.transcribe import progress_bar, transcribe_one
 
     manifest = Path(manifest)
-    steps = parse_normalize(normalize_steps)
+    if normalize_steps is not None and normalizer is not None:
+        raise DanluError("--normalize and --normalizer both name the text normaliser; give one")
+    norm = make_normalizer(normalizer if normalizer is not None else normalize_steps)
     opts = make_options(**options)
     rows = read_manifest(manifest)
     out = Path(output_dir) if output_dir is not None else default_output_dir(str(model_ref), manifest)
@@ -213,12 +309,10 @@ def evaluate_manifest(
     utterances = []
     audio_seconds = elapsed = 0.0
     t_start = time.perf_counter()
-    from danlu.asr import progress_bar
-
     with progress_bar(quiet, len(rows), 0.0) as (advance_file, _):
         for row in rows:
             t = transcribe_one(model, row.audio, opts)
-            ref, hyp = normalize(row.reference, steps), normalize(t.text, steps)
+            ref, hyp = norm(row.reference), norm(t.text)
             wer = jiwer.wer(ref, hyp) if ref else float(bool(hyp))
             utterances.append(
                 {
@@ -257,7 +351,7 @@ def evaluate_manifest(
         "model": str(model_ref),
         "model_kind": model.kind,
         "manifest": str(manifest),
-        "normalization": list(steps),
+        "normalization": list(norm.steps),
         "options": {k: v for k, v in vars(opts).items() if v is not None},
         "decoder": model.describe_decoder(opts),
         "metrics": metrics,
@@ -282,7 +376,7 @@ def report(result: dict[str, Any]) -> str:
         f"Decoder: {result['decoder']}.",
         "",
         f"Normalization before scoring: {norm} (lower = lower-case, punct = punctuation removed, "
-        "numbers = digits written as words).",
+        "numbers = digits written as words; whisper_english = Whisper's English normaliser).",
         "",
         "| metric | value |",
         "|---|---|",

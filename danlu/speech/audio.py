@@ -13,7 +13,7 @@ installed libsndfile has it. Resampling is soxr's. Samples come back in [-1, 1],
 from __future__ import annotations
 
 import io
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -285,3 +285,19 @@ def find_audio(paths: Iterable[str | Path]) -> list[Path]:
         else:
             raise DanluError(f"audio file '{path}' does not exist")
     return out
+
+
+def array_chunks(samples: np.ndarray, sample_rate: int) -> Callable[[float, float], Iterator[AudioChunk]]:
+    """The same tiling as iter_audio_chunks, over samples already in memory."""
+
+    def chunks(chunk_seconds: float, overlap_seconds: float) -> Iterator[AudioChunk]:
+        chunk = int(round(chunk_seconds * sample_rate))
+        step = chunk - int(round(overlap_seconds * sample_rate))
+        n = len(samples)
+        for start in range(0, max(n, 1), step):
+            is_last = start + chunk >= n
+            yield AudioChunk(samples[start : start + chunk], start, sample_rate, is_last)
+            if is_last:
+                return
+
+    return chunks

@@ -1,12 +1,19 @@
-"""Speech recognition: audio in, text with timestamps out (`danlu transcribe`, `danlu.transcribe`).
+"""The one recognizer: a speech model -> frame log-probabilities -> text with word times, for
+`danlu transcribe`, `danlu predict` and `danlu evaluate` alike.
+
+`Recognizer` is a danlu speech run folder (what `danlu.load` returns for audio runs);
+`HFCTCModel`, `HFWhisperModel` and `FasterWhisperModel` are the other kinds of model. All are
+`SpeechModel`s: `transcribe_chunks` over streamed audio (the command, danlu/speech/transcribe.py);
+the CTC ones share `CTCRecognizer` (chunking, stitching, and decoding through one decoder
+interface, danlu/speech/decode.py).
 
 A speech model reference (see `resolve_speech`) is one of
   - a Hugging Face CTC folder (Wav2Vec2, HuBERT, WavLM ...): AutoModelForCTC + AutoProcessor, kind "hf-ctc";
   - a Hugging Face Whisper folder: WhisperForConditionalGeneration + WhisperProcessor, kind "hf-whisper";
   - a CTranslate2 Whisper folder (model.bin + config.json, no PyTorch weights): faster-whisper,
     kind "ct2-whisper";
-  - a danlu run folder of a `task: speech_recognition` run: its predictor, kind "danlu-ctc";
-  - a hub id when online (found through danlu.modelref, the place `danlu generate` resolves too).
+  - a danlu run folder of a `task: speech_recognition` run: `Recognizer`, kind "danlu-ctc";
+  - a hub id when online (found through danlu.hub, where `danlu generate` resolves too).
 
 Long audio never sits in memory whole. CTC models see overlapping chunks streamed from the file;
 each chunk's logits lose the frames of the overlap's outer halves and the rest are concatenated,
@@ -21,22 +28,22 @@ word times, segment by segment otherwise.
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import json
 import math
-import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from danlu.data.audio import AudioChunk, iter_audio_chunks, load_audio
-from danlu.errors import DanluError, choose_from
+from danlu.errors import DanluError, choose_from, one_line
+from danlu.speech.audio import AudioChunk, array_chunks
+from danlu.speech.decode import Decoder, DecoderOptions, make_decoder
 
-OUTPUT_FORMATS = ("txt", "json", "srt", "vtt")
 TIMESTAMPS = ("word", "segment", "none")
 KINDS = ("hf-ctc", "hf-whisper", "ct2-whisper", "danlu-ctc")
 CTC_CHUNK_SECONDS = 30.0  # CTC default chunk; stride (each side) is chunk / 6 like transformers
@@ -76,65 +83,6 @@ class Segment:
 
 
 @dataclass
-class Transcript:
-    """What `danlu.transcribe` returns for one input: the text and its timed segments."""
-
-    text: str
-    segments: list[Segment]
-    duration: float  # seconds of audio
-    source: str = ""
-    language: str | None = None
-    elapsed: float = 0.0  # seconds spent transcribing
-
-    @property
-    def rtf(self) -> float:
-        """Real-time factor: processing time / audio duration (lower is faster)."""
-        return self.elapsed / self.duration if self.duration else 0.0
-
-    def to_dict(self, words: bool = True) -> dict[str, Any]:
-        d = asdict(self)
-        if not words:
-            for s in d["segments"]:
-                s.pop("words", None)
-        return d
-
-    def to_json(self, words: bool = True) -> str:
-        return json.dumps(self.to_dict(words), ensure_ascii=False, indent=2)
-
-    def to_srt(self) -> str:
-        blocks = [
-            f"{i}\n{_clock(s.start, ',')} --> {_clock(s.end, ',')}\n{s.text.strip()}\n"
-            for i, s in enumerate(self.segments, 1)
-        ]
-        return "\n".join(blocks)
-
-    def to_vtt(self) -> str:
-        blocks = [
-            f"{_clock(s.start, '.')} --> {_clock(s.end, '.')}\n{s.text.strip()}\n" for s in self.segments
-        ]
-        return "WEBVTT\n\n" + "\n".join(blocks)
-
-    def render(self, fmt: str, words: bool = True) -> str:
-        if fmt == "txt":
-            return self.text.strip() + "\n"
-        if fmt == "json":
-            return self.to_json(words) + "\n"
-        if fmt == "srt":
-            return self.to_srt()
-        if fmt == "vtt":
-            return self.to_vtt()
-        raise choose_from(fmt, OUTPUT_FORMATS, "output format")
-
-
-def _clock(seconds: float, sep: str) -> str:
-    ms = int(round(max(seconds, 0.0) * 1000))
-    h, ms = divmod(ms, 3_600_000)
-    m, ms = divmod(ms, 60_000)
-    s, ms = divmod(ms, 1000)
-    return f"{h:02d}:{m:02d}:{s:02d}{sep}{ms:03d}"
-
-
-@dataclass
 class Options:
     """Decoding options shared by every model kind (None: the model's own default)."""
 
@@ -152,15 +100,23 @@ class Options:
     def check(self) -> Options:
         if self.timestamps not in TIMESTAMPS:
             raise choose_from(self.timestamps, TIMESTAMPS, "--timestamps value")
-        if self.beam_size is not None and self.beam_size < 1:
-            raise DanluError(f"--beam-size must be at least 1, got {self.beam_size}")
         if self.batch_size is not None and self.batch_size < 1:
             raise DanluError(f"--batch-size must be at least 1, got {self.batch_size}")
         if self.chunk_length is not None and self.chunk_length <= 0:
             raise DanluError(f"--chunk-length must be positive seconds, got {self.chunk_length}")
-        if self.hotword_weight < 0:
-            raise DanluError(f"hotword_weight must be >= 0, got {self.hotword_weight}")
+        # the decoding options: the one validation of danlu/speech/decode.py (kenlm when it is used)
+        beam = 1 if self.beam_size is None else self.beam_size
+        DecoderOptions(beam_size=beam, hotword_weight=self.hotword_weight).check()
         return self
+
+    def decoder_options(self) -> DecoderOptions:
+        """What a CTC model without a decoder of its own does: pyctcdecode for a beam wider than 1,
+        a KenLM model or hotwords, else the best path."""
+        if (self.beam_size or 1) > 1 or self.kenlm or self.hotwords:
+            return DecoderOptions(
+                "pyctcdecode", self.beam_size or 1, None, self.kenlm, self.hotwords, self.hotword_weight
+            )
+        return DecoderOptions("greedy")
 
 
 def make_options(**options: Any) -> Options:
@@ -260,7 +216,7 @@ def resolve_speech(
         return HFWhisperModel(path, device, trust_remote_code)
     if kind == "ct2-whisper":
         return FasterWhisperModel(path, device)
-    return RunCTCModel(path, device, trust_code)
+    return Recognizer(path, trust_code, speech_only=True)
 
 
 _CACHE: dict[tuple[Any, ...], SpeechModel] = {}
@@ -306,11 +262,6 @@ class SpeechModel:
 
 
 # -- CTC
-
-
-def _pyctcdecode_wanted(opts: Options) -> bool:
-    """A beam wider than 1, a KenLM model or hotwords: CTC decoding through pyctcdecode."""
-    return bool((opts.beam_size or 1) > 1 or opts.kenlm or opts.hotwords)
 
 
 Batch = list[tuple[np.ndarray, int, int]]  # chunks of equal length: (samples, left, right overlap)
@@ -380,11 +331,11 @@ def _map_batches(
         torch.set_num_threads(threads)
 
 
-class CTCModel(SpeechModel):
-    """Shared CTC inference: chunked logits, frame stitching, greedy or beam decoding."""
+class CTCRecognizer(SpeechModel):
+    """Shared CTC inference: chunked log-probabilities, frame stitching, one decoder."""
 
     align_to: int = 320  # samples per output frame
-    labels: list[str]  # index -> symbol for pyctcdecode ("" blank, " " word separator)
+    labels: list[str]  # index -> symbol ("" blank, " " word separator)
 
     def chunk_lengths(self, chunk_length: float | None) -> tuple[int, int]:
         """(chunk, stride) in samples, rounded to whole frames like transformers' pipeline."""
@@ -400,12 +351,20 @@ class CTCModel(SpeechModel):
         """Output frames that n_samples of input make (transformers' rescale_stride rule)."""
         return int(round(n_samples / self.align_to))
 
+    def frame_seconds(self, n_frames: int, duration: float) -> float:
+        """Seconds between output frames (word times are frame numbers times this)."""
+        return self.align_to / self.sample_rate
+
     def forward(self, batch: list[np.ndarray]) -> list[Any]:
         """Per-chunk logits (frames, vocab) as torch tensors; chunks in a batch have equal lengths."""
         raise NotImplementedError
 
-    def decode_greedy(self, ids: np.ndarray, want_words: bool) -> tuple[str, list[Word]]:
-        raise NotImplementedError
+    def decoder(self, opts: Options) -> Decoder:
+        """The decoder `opts` select (danlu/speech/decode.py)."""
+        return make_decoder(self.labels, opts.decoder_options())
+
+    def describe_decoder(self, opts: Options) -> str:
+        return self.decoder(opts).describe()
 
     def batching(self, opts: Options) -> tuple[int, int]:
         """(chunks per forward pass, passes at once): on CPU several single-threaded passes side by
@@ -414,14 +373,19 @@ class CTCModel(SpeechModel):
             return opts.batch_size or 1, CTC_PARALLEL
         return opts.batch_size or CTC_BATCH, 1
 
-    def transcribe_chunks(self, chunks, duration, opts, progress):  # type: ignore[no-untyped-def]
+    def frame_outputs(
+        self,
+        chunks: Callable[[float, float], Iterator[AudioChunk]],
+        opts: Options,
+        progress: Progress,
+        log_probs: bool = True,
+    ) -> np.ndarray | None:
+        """The stitched (frames, vocab) log-probabilities of the streamed audio, or with
+        log_probs=False only their per-frame argmax (all the best path needs); None: no audio."""
         import torch
 
-        own = self.own_decoder(opts)
-        beam = own is None and _pyctcdecode_wanted(opts)
-        decoder = self._beam_decoder(opts) if beam else own
         chunk, stride = self.chunk_lengths(opts.chunk_length)
-        kept: list[Any] = []  # per chunk: argmax ids (greedy) or log-probs (beam), overlap dropped
+        kept: list[Any] = []  # per chunk, the overlap dropped
 
         def run(items: Batch) -> list[np.ndarray]:
             with torch.inference_mode():
@@ -432,7 +396,7 @@ class CTCModel(SpeechModel):
                     lf = int(round(left / len(x) * token_n))
                     rf = int(round(right / len(x) * token_n))
                     lg = lg[lf : token_n - rf].float()
-                    out.append(torch.log_softmax(lg, -1) if decoder else lg.argmax(-1))
+                    out.append(torch.log_softmax(lg, -1) if log_probs else lg.argmax(-1))
             return [o.cpu().numpy() for o in out]
 
         size, workers = self.batching(opts)
@@ -442,74 +406,23 @@ class CTCModel(SpeechModel):
             for items, out in results:
                 kept += out
                 progress(sum(len(x) - left - right for x, left, right in items) / self.sample_rate)
-        if not kept:
+        return np.concatenate(kept, 0) if kept else None
+
+    def hypothesis(
+        self, decoder: Decoder, out: np.ndarray, duration: float, words: bool = True
+    ) -> tuple[str, list[Word]]:
+        """Text and timed words of stitched frame outputs (words=False: they may be left out)."""
+        text, frames = decoder.hypothesis(out)
+        fs = self.frame_seconds(len(out), duration)
+        return text, [Word(_t(a * fs), _t(b * fs), w) for w, a, b in frames]
+
+    def transcribe_chunks(self, chunks, duration, opts, progress):  # type: ignore[no-untyped-def]
+        decoder = self.decoder(opts)
+        out = self.frame_outputs(chunks, opts, progress, log_probs=decoder.kind != "greedy")
+        if out is None:
             return "", [], None
-        want_words = opts.timestamps != "none"
-        if own is not None:
-            text, words = self._own_decode(own, np.concatenate(kept, 0))
-        elif decoder is not None:
-            text, words = self._beam_decode(decoder, np.concatenate(kept, 0), opts)
-        else:
-            text, words = self.decode_greedy(np.concatenate(kept, 0), want_words)
-        return text, _segments_from_words(text, words, duration, opts.timestamps), None
-
-    def own_decoder(self, opts: Options) -> Any:
-        """A decoder of the model's own (danlu.ctc_decode.CTCDecoder) that replaces greedy and
-        pyctcdecode decoding; None: those."""
-        return None
-
-    def describe_decoder(self, opts: Options) -> str:
-        own = self.own_decoder(opts)
-        if own is not None:
-            return own.describe()
-        if _pyctcdecode_wanted(opts):
-            extra = (", KenLM " + Path(opts.kenlm).name if opts.kenlm else "") + (
-                ", hotwords" if opts.hotwords else ""
-            )
-            return f"pyctcdecode beam search, beam {opts.beam_size or 1}{extra}"
-        return "greedy (best path)"
-
-    def _own_decode(self, decoder: Any, logprobs: np.ndarray) -> tuple[str, list[Word]]:
-        best = decoder.decode(logprobs)
-        fs = self.align_to / self.sample_rate
-        words = [
-            Word(_t(a * fs), _t(b * fs), w) for w, a, b in decoder.words_with_frames(best, len(logprobs))
-        ]
-        return decoder.text(best.ids), words
-
-    def _beam_decoder(self, opts: Options) -> Any:
-        import logging
-
-        # pyctcdecode warns at import that kenlm is missing, and about unusual labels
-        logging.getLogger("pyctcdecode").setLevel(logging.ERROR)
-        try:
-            from pyctcdecode import build_ctcdecoder
-        except ImportError:
-            raise DanluError("CTC beam search needs pyctcdecode (pip install pyctcdecode)") from None
-        if opts.kenlm is not None:
-            if not Path(opts.kenlm).is_file():
-                raise DanluError(f"KenLM model '{opts.kenlm}' does not exist")
-            try:
-                import kenlm  # noqa: F401
-            except ImportError:
-                raise DanluError(
-                    f"--kenlm {opts.kenlm} needs the kenlm package (pip install https://github.com/kpu/"
-                    "kenlm/archive/master.zip); beam search without --kenlm works without it"
-                ) from None
-        return build_ctcdecoder(self.labels, kenlm_model_path=opts.kenlm)
-
-    def _beam_decode(self, decoder: Any, logprobs: np.ndarray, opts: Options) -> tuple[str, list[Word]]:
-        beams = decoder.decode_beams(
-            logprobs,
-            beam_width=max(opts.beam_size or 1, 1),
-            hotwords=opts.hotwords or None,
-            hotword_weight=opts.hotword_weight,
-            prune_history=True,  # what pyctcdecode's decode() does: only the best beam is kept
-        )
-        text, _, word_frames = beams[0][0], beams[0][1], beams[0][2]
-        fs = self.align_to / self.sample_rate
-        words = [Word(_t(s * fs), _t(e * fs), w) for w, (s, e) in word_frames]
-        return " ".join(text.split()), words
+        text, timed = self.hypothesis(decoder, out, duration, opts.timestamps != "none")
+        return text, _segments_from_words(text, timed, duration, opts.timestamps), None
 
 
 def _segments_from_words(text: str, words: list[Word], duration: float, timestamps: str) -> list[Segment]:
@@ -542,10 +455,10 @@ def _load_error(what: str, path: Path, e: BaseException, trust_remote_code: bool
             f"'{path}' needs its own Python code to load (auto_map in its config);"
             " pass --trust-remote-code only if you trust this folder"
         )
-    return f"cannot load the {what} model in '{path}': {_one_line(e)}"
+    return f"cannot load the {what} model in '{path}': {one_line(e)}"
 
 
-class HFCTCModel(CTCModel):
+class HFCTCModel(CTCRecognizer):
     kind = "hf-ctc"
 
     def __init__(self, path: Path, device: str, trust_remote_code: bool) -> None:
@@ -593,9 +506,15 @@ class HFCTCModel(CTCModel):
         logits = self.model(**inputs).logits
         return list(logits)
 
-    def decode_greedy(self, ids: np.ndarray, want_words: bool) -> tuple[str, list[Word]]:
-        # transformers' pipeline decodes CTC ids with skip_special_tokens=False; so do we
-        if not want_words:
+    def hypothesis(
+        self, decoder: Decoder, out: np.ndarray, duration: float, words: bool = True
+    ) -> tuple[str, list[Word]]:
+        if decoder.kind != "greedy":
+            return super().hypothesis(decoder, out, duration, words)
+        # the best path through the model's tokenizer, as transformers' pipeline decodes CTC ids
+        # (skip_special_tokens=False, word offsets): its tokens may be longer than a character
+        ids = out if out.ndim == 1 else out.argmax(-1)
+        if not words:
             return str(self.tokenizer.decode(ids, skip_special_tokens=False)), []
         out = self.tokenizer.decode(ids, skip_special_tokens=False, output_word_offsets=True)
         fs = self.align_to / self.sample_rate
@@ -605,67 +524,204 @@ class HFCTCModel(CTCModel):
         return str(out["text"]), words
 
 
-class RunCTCModel(CTCModel):
-    """A danlu `task: speech_recognition` run folder, through its predictor (danlu.speech_run.Recognizer).
+@dataclass
+class Transcription:
+    """One utterance through a run's Recognizer: text, frame log-probabilities, word times."""
 
-    The predictor turns one chunk of samples into frame log-probabilities (blank at 0, then the
-    run's character vocabulary); chunking, stitching and decoding are the shared CTC code's."""
+    text: str
+    log_probs: np.ndarray  # (frames, vocab + 1), blank at 0
+    frame_seconds: float  # time between output frames
+    words: list[tuple[str, float, float]]  # (word, start s, end s)
+
+
+class Recognizer(CTCRecognizer):
+    """A trained danlu speech run folder: `transcribe` (speech_recognition runs: frame
+    log-probabilities of chunked audio, decoded by the run's task.decoder unless options say
+    otherwise) or `classify` (audio classes); `predict_frame` over files, folders or a manifest.
+    `danlu predict`, `danlu evaluate` and `danlu transcribe` of a run all use this class."""
 
     kind = "danlu-ctc"
 
-    def __init__(self, path: Path, device: str, trust_code: bool = False) -> None:
-        self.path = path
-        try:
-            meta = json.loads((path / "model.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            meta = {}
-        schema = meta.get("schema", {}) if isinstance(meta, dict) else {}
-        task = meta.get("task") if isinstance(meta, dict) else None
-        task_type = task.get("type") if isinstance(task, dict) else task
-        if task_type != "speech_recognition" or schema.get("input_kind") != "audio":
-            raise DanluError(
-                f"this run folder is not a speech model: '{path}' was trained for task "
-                f"'{task_type or '?'}'; transcribe takes a speech_recognition run or a speech model folder"
-            )
-        from danlu.predict import load
+    def __init__(self, run_dir: str | Path, trust_code: bool = False, speech_only: bool = False) -> None:
+        import torch
 
-        self.predictor = load(path, trust_code)
-        if not hasattr(self.predictor, "transcribe"):
-            raise DanluError(f"this run folder is not a speech model: '{path}' has no speech recognizer")
-        self.sample_rate = int(self.predictor.sample_rate)
-        self.labels = ["", *self.predictor.task.vocab]  # blank first, " " separates words
-        self._decoders: dict[int, Any] = {}  # --beam-size -> CTCDecoder (see own_decoder)
-        probe = self.predictor.log_probs(np.zeros(10 * self.sample_rate, np.float32), self.sample_rate)
-        self.align_to = max(1, int(round(10 * self.sample_rate / max(len(probe), 1))))
+        from danlu import models, tasks
+        from danlu.config import TaskConfig, parse_model
+        from danlu.registry import reading_saved
+        from danlu.run import RunDir
+        from danlu.speech.data import SpeechPreprocessor, SpeechSchema
+        from danlu.training.checkpoint import load_weights
+
+        if speech_only:  # transcribe: only a speech_recognition run turns audio into text
+            try:
+                meta = json.loads((Path(run_dir) / "model.json").read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                meta = {}
+            schema = meta.get("schema", {}) if isinstance(meta, dict) else {}
+            task = meta.get("task") if isinstance(meta, dict) else None
+            task_type = task.get("type") if isinstance(task, dict) else task
+            if task_type != "speech_recognition" or schema.get("input_kind") != "audio":
+                raise DanluError(
+                    f"this run folder is not a speech model: '{run_dir}' was trained for task "
+                    f"'{task_type or '?'}'; transcribe takes a speech_recognition run or a speech"
+                    " model folder"
+                )
+        run = RunDir.open(run_dir)
+        meta = run.read_model_json()
+        if meta.get("schema", {}).get("input_kind") != "audio":
+            raise DanluError(f"{run.path}: not a speech run (its inputs are not audio)")
+        self.run = run
+        self.path = run.path
+        self.device = "cpu"
+        self.schema = SpeechSchema.from_dict(meta["schema"])
+        self.preprocessor = SpeechPreprocessor.from_state(meta["preprocessor"])
+        self.featurizer = self.preprocessor.featurizer
+        model_cfg = parse_model(meta["model"])
+        if model_cfg.type == "wav2vec2_ctc":  # the run's own export, not the original checkpoint
+            model_cfg = model_cfg.model_copy(update={"path": str(run.path / "hf")})
+        with reading_saved(run.model_json, trust_code):  # user code only from a trusted folder
+            self.task = tasks.build(
+                TaskConfig.model_validate(meta["task"]), self.schema, torch.zeros(0, dtype=torch.long)
+            )
+            self.model = models.build(model_cfg, self.schema, self.task.out_dim)
+        load_weights(self.model, run.weights)
+        self.model.eval()
+        self.sample_rate = int(self.schema.sample_rate)
+        self._decoders: dict[tuple[Any, ...], Decoder] = {}  # options -> decoder (a lexicon's trie once)
+        if self.schema.task == "speech_recognition":
+            self.labels = ["", *self.task.vocab]  # blank first, " " separates words
+
+    @functools.cached_property
+    def align_to(self) -> int:  # type: ignore[override]
+        """Samples per output frame, measured on 10 s of silence (when chunking first needs it)."""
+        probe = self.log_probs(np.zeros(10 * self.sample_rate, np.float32), self.sample_rate)
+        return max(1, int(round(10 * self.sample_rate / max(len(probe), 1))))
+
+    # -- the model
+    def _forward(self, waveform: np.ndarray, sample_rate: int) -> Any:
+        import torch
+
+        from danlu.speech.audio import resample
+
+        wave = np.asarray(waveform, dtype=np.float32)
+        if wave.ndim > 1:
+            wave = wave.mean(axis=-1)
+        if sample_rate != self.sample_rate:
+            wave = resample(wave, sample_rate, self.sample_rate)
+        x = self.featurizer(torch.from_numpy(np.ascontiguousarray(wave)))
+        with torch.no_grad():
+            return self.model(x[None], torch.tensor([len(x)]))
+
+    def log_probs(self, waveform: np.ndarray, sample_rate: int) -> Any:
+        """(frames, vocab + 1) CTC log-probabilities of one piece of audio, blank at 0."""
+        log_probs, lengths = self._forward(waveform, sample_rate)
+        return log_probs[0, : int(lengths[0])].float()
 
     def forward(self, batch: list[np.ndarray]) -> list[Any]:
-        return [self.predictor.log_probs(x, self.sample_rate) for x in batch]
-
-    def own_decoder(self, opts: Options) -> Any:
-        """The run's task.decoder (a lexicon keeps its words), its beam set by --beam-size; KenLM
-        or hotwords go through pyctcdecode instead."""
-        from danlu.ctc_decode import CTCDecoder
-
-        d = self.predictor.task.decoder
-        if opts.kenlm or opts.hotwords:
-            return None
-        if opts.beam_size is not None:
-            if opts.beam_size not in self._decoders:  # built once per beam size: the lexicon trie
-                kind = "beam" if opts.beam_size > 1 or d.trie is not None else "greedy"
-                words = d.words if d.trie is not None else None
-                self._decoders[opts.beam_size] = CTCDecoder(d.vocab, kind, opts.beam_size, words)
-            d = self._decoders[opts.beam_size]
-        return None if d.kind == "greedy" else d
+        return [self.log_probs(x, self.sample_rate) for x in batch]
 
     def frames(self, n_samples: int, logits: Any) -> int:
         return int(logits.shape[0])  # the run's front end rounds its own way
 
-    def decode_greedy(self, ids: np.ndarray, want_words: bool) -> tuple[str, list[Word]]:
-        from danlu.models.ctc import word_times  # the best-path word times the run's recognizer gives
+    def frame_seconds(self, n_frames: int, duration: float) -> float:
+        # the run's front end rounds its own way: the audio's duration over its frames
+        return duration / max(n_frames, 1) if duration else self.align_to / self.sample_rate
 
-        fs = self.align_to / self.sample_rate
-        words = [Word(_t(a), _t(b), w) for w, a, b in word_times(ids.tolist(), self.labels[1:], fs)]
-        return " ".join(w.text for w in words), words
+    # -- decoding
+    def decoder(self, opts: Options) -> Decoder:
+        """The run's task.decoder (a lexicon keeps its words), its beam set by --beam-size; KenLM
+        or hotwords go through pyctcdecode instead."""
+        run = self.task.decoder
+        if opts.kenlm or opts.hotwords:
+            o = opts.decoder_options()
+        elif opts.beam_size is not None:
+            lexicon = getattr(run, "trie", None) is not None
+            kind = "beam" if opts.beam_size > 1 or lexicon else "greedy"
+            o = DecoderOptions(kind, opts.beam_size, list(run.words) if lexicon else None)
+        else:
+            return run  # type: ignore[no-any-return]
+        key = (o.type, o.beam_size, o.kenlm, tuple(o.hotwords or ()), o.hotword_weight)
+        if key not in self._decoders:
+            self._decoders[key] = make_decoder(self.labels, o)
+        return self._decoders[key]
+
+    def transcribe(self, waveform: np.ndarray, sample_rate: int, **options: Any) -> Transcription:
+        """Text, frame log-probabilities and word times of float mono samples at `sample_rate`
+        (resampled as needed): the same chunking and decoding `danlu transcribe` does."""
+        from danlu.speech.audio import resample
+
+        if self.schema.task != "speech_recognition":
+            raise DanluError(f"{self.run.path}: this run classifies audio; use classify()")
+        opts = make_options(**options)
+        wave = np.asarray(waveform, dtype=np.float32)
+        if wave.ndim > 1:
+            wave = wave.mean(axis=-1)
+        wave = resample(wave, sample_rate, self.sample_rate) if sample_rate != self.sample_rate else wave
+        duration = len(wave) / self.sample_rate
+        lp = self.frame_outputs(array_chunks(wave, self.sample_rate), opts, lambda _s: None)
+        if lp is None:
+            lp = np.zeros((0, len(self.labels)), np.float32)
+        text, words = self.hypothesis(self.decoder(opts), lp, duration)
+        return Transcription(
+            text, lp, self.frame_seconds(len(lp), duration), [(w.text, w.start, w.end) for w in words]
+        )
+
+    # -- audio classification runs
+    def classify(self, waveform: np.ndarray, sample_rate: int) -> dict[str, float]:
+        """Class probabilities of one clip."""
+        logits = self._forward(waveform, sample_rate)
+        proba = self.task.decode(logits.float())[0]
+        return {name: float(p) for name, p in zip(self.schema.class_names, proba, strict=True)}
+
+    # -- files
+    def predict(self, paths: Any) -> list[str]:
+        """Transcripts (or class names) of audio files, folders or a manifest's files."""
+        return self.predict_frame(paths)["prediction"].tolist()  # type: ignore[no-any-return]
+
+    def predict_frame(self, paths: Any, proba: bool = False) -> Any:
+        """Audio files (or folders, or a manifest with an `audio` column) -> a table of
+        predictions: the transcript, or the class (+ probabilities)."""
+        import pandas as pd
+
+        from danlu.speech.audio import find_audio, load_audio
+
+        rows = []
+        for f in find_audio(_input_files(paths)):
+            wave = load_audio(f, self.sample_rate)
+            if self.schema.task == "speech_recognition":
+                rows.append({"audio": str(f), "prediction": self.transcribe(wave, self.sample_rate).text})
+            else:
+                p = self.classify(wave, self.sample_rate)
+                row: dict[str, Any] = {"audio": str(f), "prediction": max(p, key=p.get)}  # type: ignore[arg-type]
+                if proba:
+                    row.update({f"proba_{k}": v for k, v in p.items()})
+                rows.append(row)
+        return pd.DataFrame(rows)
+
+
+def _input_files(paths: Any) -> list[Path]:
+    """A manifest (CSV/TSV/JSONL with an `audio` column) expands to its files."""
+    from danlu.data.tabular import FORMATS, read_table
+
+    out: list[Path] = []
+    for p in [paths] if isinstance(paths, str | Path) else list(paths):
+        p = Path(p)
+        if p.is_file() and p.suffix.lower() in FORMATS:
+            df = read_table(p)
+            if "audio" not in df.columns:
+                raise DanluError(
+                    f"{p}: a manifest needs an 'audio' column; columns are: {', '.join(df.columns)}"
+                )
+            out.extend(p.parent / str(a) for a in df["audio"])
+        else:
+            out.append(p)
+    return out
+
+
+def load_recognizer(run_dir: str | Path, trust_code: bool = False) -> Recognizer:
+    """A trained speech run folder -> Recognizer (transcribe / classify / predict_frame);
+    trust_code: let its model.json name user code."""
+    return Recognizer(run_dir, trust_code)
 
 
 # -- Whisper
@@ -714,7 +770,7 @@ class FasterWhisperModel(SpeechModel):
             self.model = WhisperModel(str(path), device="cuda" if device.startswith("cuda") else "cpu")
         except (RuntimeError, ValueError, OSError) as e:
             raise DanluError(
-                f"cannot load the CTranslate2 Whisper model in '{path}': {_one_line(e)}"
+                f"cannot load the CTranslate2 Whisper model in '{path}': {one_line(e)}"
             ) from None
         self.sample_rate = int(self.model.feature_extractor.sampling_rate)
 
@@ -736,7 +792,7 @@ class FasterWhisperModel(SpeechModel):
                     word_timestamps=words,
                 )
             except ValueError as e:  # e.g. an unknown language code
-                raise DanluError(f"faster-whisper: {_one_line(e)}") from None
+                raise DanluError(f"faster-whisper: {one_line(e)}") from None
             language = language or info.language  # later blocks keep the first block's language
             block_segments = []
             done = 0.0
@@ -831,7 +887,7 @@ class HFWhisperModel(SpeechModel):
             try:
                 return self.model.generate(feats["input_features"].to(self.device), **kwargs)
             except ValueError as e:
-                raise DanluError(f"Whisper generation: {_one_line(e)}") from None
+                raise DanluError(f"Whisper generation: {one_line(e)}") from None
 
     def transcribe_chunks(self, chunks, duration, opts, progress):  # type: ignore[no-untyped-def]
         if opts.timestamps == "word":
@@ -862,272 +918,3 @@ class HFWhisperModel(SpeechModel):
                     )
             progress(block.duration * _span(block, keep_from, keep_to))
         return " ".join(s.text for s in segments), segments, opts.language
-
-
-def _one_line(e: BaseException) -> str:
-    text = " ".join(str(e).split())
-    return text if len(text) <= 300 else text[:297] + "..."
-
-
-# ---------------------------------------------------------------------------- transcribe
-
-
-def _array_chunks(samples: np.ndarray, sample_rate: int) -> Callable[[float, float], Iterator[AudioChunk]]:
-    """The same tiling as iter_audio_chunks, over samples already in memory."""
-
-    def chunks(chunk_seconds: float, overlap_seconds: float) -> Iterator[AudioChunk]:
-        chunk = int(round(chunk_seconds * sample_rate))
-        step = chunk - int(round(overlap_seconds * sample_rate))
-        n = len(samples)
-        for start in range(0, max(n, 1), step):
-            is_last = start + chunk >= n
-            yield AudioChunk(samples[start : start + chunk], start, sample_rate, is_last)
-            if is_last:
-                return
-
-    return chunks
-
-
-def transcribe_one(
-    model: SpeechModel,
-    source: str | Path | bytes | np.ndarray,
-    opts: Options,
-    *,
-    sample_rate: int | None = None,
-    progress: Progress | None = None,
-    name: str | None = None,
-) -> Transcript:
-    """Transcribe one input: a file path (streamed), the bytes of a file, or samples + sample_rate."""
-    from danlu.data.audio import audio_info, resample
-
-    progress = progress or (lambda _s: None)
-    t0 = time.perf_counter()
-    if isinstance(source, np.ndarray):
-        if sample_rate is None:
-            raise DanluError("a numpy array of samples needs sample_rate=...")
-        samples = np.asarray(source, dtype=np.float32)
-        if samples.ndim == 2:  # (samples, channels) or (channels, samples): average the short axis
-            samples = samples.mean(axis=1 if samples.shape[1] < samples.shape[0] else 0)
-        if samples.ndim != 1 or samples.size == 0:
-            raise DanluError(
-                f"audio array must be 1-D (or 2-D with channels) and non-empty, got shape {source.shape}"
-            )
-        samples = resample(samples, sample_rate, model.sample_rate)
-        chunks = _array_chunks(samples, model.sample_rate)
-        duration = len(samples) / model.sample_rate
-        label = name or "<array>"
-    elif isinstance(source, bytes):
-        samples = load_audio(source, model.sample_rate)
-        chunks = _array_chunks(samples, model.sample_rate)
-        duration = len(samples) / model.sample_rate
-        label = name or "<stdin>"
-    else:
-        info = audio_info(source)
-        duration = info.duration
-
-        def chunks(chunk_seconds: float, overlap_seconds: float) -> Iterator[AudioChunk]:
-            return iter_audio_chunks(source, model.sample_rate, chunk_seconds, overlap_seconds)
-
-        label = name or str(source)
-    text, segments, language = model.transcribe_chunks(chunks, duration, opts, progress)
-    return Transcript(
-        text=text.strip(),
-        segments=segments,
-        duration=round(duration, 3),
-        source=label,
-        language=language,
-        elapsed=time.perf_counter() - t0,
-    )
-
-
-def transcribe(
-    model_ref: str | Path | SpeechModel,
-    audio: str | Path | np.ndarray | bytes | list[str | Path],
-    *,
-    sample_rate: int | None = None,
-    device: str | None = None,
-    trust_remote_code: bool = False,
-    trust_code: bool = False,
-    **options: Any,
-) -> Transcript | list[Transcript]:
-    """Transcribe audio with a speech model.
-
-        t = danlu.transcribe("path/to/whisper-tiny.en", "talk.wav", timestamps="word")
-        t.text, t.segments[0].start, t.segments[0].words
-
-    audio: a file path, a list of paths (-> a list of Transcripts), the bytes of a file, or a numpy
-    array with sample_rate=. options: language, beam_size, timestamps ("word" | "segment" | "none"),
-    chunk_length, batch_size, kenlm, hotwords, hotword_weight."""
-    opts = make_options(**options)
-    model = (
-        model_ref
-        if isinstance(model_ref, SpeechModel)
-        else load_cached(model_ref, device=device, trust_remote_code=trust_remote_code, trust_code=trust_code)
-    )
-    if isinstance(audio, list | tuple):
-        return [transcribe_one(model, a, opts) for a in audio]
-    return transcribe_one(model, audio, opts, sample_rate=sample_rate)
-
-
-# ---------------------------------------------------------------------------- the command
-
-
-def limit_heap_growth() -> None:
-    """Keep the memory of a long transcription flat (glibc only; `danlu transcribe` calls this, the
-    Python API leaves the process's allocator alone).
-
-    After a large buffer is freed glibc raises its mmap threshold (up to 32 MB), so later model
-    activations come from the heap, which fragments: over a 30-minute file the resident size crept
-    from 600 to 700 MB and kept growing. A fixed 1 MB threshold keeps large buffers in mmap,
-    returned to the system when freed (peak 576 MB at 5 and at 30 minutes)."""
-    import ctypes
-    import sys
-
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD; setting it also stops the dynamic raise
-    except (OSError, AttributeError):  # musl and others: no mallopt, nothing to do
-        pass
-
-
-@dataclass
-class Job:
-    source: Path | bytes
-    label: str  # shown and used in failure messages
-    out_name: str  # relative output path without extension
-
-
-def expand_inputs(audio: list[str]) -> list[Job]:
-    """Files, folders (recursively) and '-' (the bytes on stdin) as jobs; a missing path fails early."""
-    import sys
-
-    from danlu.data.audio import find_audio
-
-    if not audio:
-        raise DanluError("no audio given; pass files, folders or '-' for stdin")
-    jobs: list[Job] = []
-    for a in audio:
-        if a == "-":
-            if sys.stdin.isatty():
-                raise DanluError("'-' reads audio from stdin, but stdin is a terminal; pipe a file in")
-            data = sys.stdin.buffer.read()
-            jobs.append(Job(data, "<stdin>", "stdin"))
-            continue
-        p = Path(a)
-        if p.is_dir():
-            for f in find_audio([p]):
-                jobs.append(Job(f, str(f), str(f.relative_to(p).with_suffix(""))))
-        else:
-            for f in find_audio([p]):
-                jobs.append(Job(f, str(f), f.stem))
-    seen: dict[str, int] = {}
-    for j in jobs:  # two inputs named alike must not overwrite each other's output
-        n = seen.get(j.out_name, 0)
-        seen[j.out_name] = n + 1
-        if n:
-            j.out_name = f"{j.out_name}-{n + 1}"
-    return jobs
-
-
-def run_command(
-    model_ref: str,
-    audio: list[str],
-    *,
-    output_format: str = "txt",
-    output_dir: Path | None = None,
-    device: str | None = None,
-    trust_remote_code: bool = False,
-    trust_code: bool = False,
-    quiet: bool = False,
-    echo: Callable[[str], None] = print,
-    warn: Callable[[str], None] = print,
-    **options: Any,
-) -> int:
-    """`danlu transcribe`: returns the number of inputs that failed (each already reported)."""
-    from danlu import fileio
-    from danlu.data.audio import audio_info
-
-    if output_format not in OUTPUT_FORMATS:
-        raise choose_from(output_format, OUTPUT_FORMATS, "--output-format")
-    opts = make_options(**options)
-    jobs = expand_inputs(audio)
-    limit_heap_growth()
-    failures: list[str] = []
-    durations: dict[int, float] = {}
-    for i, j in enumerate(jobs):  # headers first: unreadable files are reported before the model loads
-        if isinstance(j.source, Path):
-            try:
-                durations[i] = audio_info(j.source).duration
-            except DanluError as e:
-                failures.append(str(e))
-                warn(f"error: {e}")
-    if len(failures) == len(jobs):
-        warn(f"error: all {len(jobs)} inputs failed")
-        return len(failures)
-    model = load_cached(model_ref, device=device, trust_remote_code=trust_remote_code, trust_code=trust_code)
-    if opts.language is not None and isinstance(model, CTCModel):
-        raise DanluError(f"--language is for Whisper models; '{model.path}' is a CTC model of one language")
-    with progress_bar(quiet, len(jobs), sum(durations.values())) as (advance_file, advance_audio):
-        for i, j in enumerate(jobs):
-            if isinstance(j.source, Path) and i not in durations:
-                advance_file()
-                continue
-            try:
-                t = transcribe_one(model, j.source, opts, progress=advance_audio, name=j.label)
-            except DanluError as e:
-                failures.append(str(e))
-                warn(f"error: {e}")
-                advance_file()
-                continue
-            words = opts.timestamps == "word"
-            if output_dir is not None:
-                fileio.write_text(
-                    Path(output_dir) / f"{j.out_name}.{output_format}", t.render(output_format, words)
-                )
-            elif output_format == "json" and len(jobs) > 1:
-                echo(json.dumps(t.to_dict(words), ensure_ascii=False))
-            elif len(jobs) > 1:
-                echo(f"==> {j.label} <==\n{t.render(output_format, words).rstrip()}\n")
-            else:
-                echo(t.render(output_format, words).rstrip("\n"))
-            advance_file()
-    if failures:
-        warn(f"error: {len(failures)} of {len(jobs)} inputs failed; the others were transcribed")
-    elif output_dir is not None and not quiet:
-        warn(f"wrote {len(jobs)} {output_format} file(s) to {output_dir}")
-    return len(failures)
-
-
-class progress_bar:
-    """A rich bar over files and audio seconds; nothing when quiet or not on a terminal."""
-
-    def __init__(self, quiet: bool, files: int, seconds: float) -> None:
-        import sys
-
-        self.on = not quiet and sys.stderr.isatty()
-        self.files, self.seconds = files, seconds
-
-    def __enter__(self) -> tuple[Callable[[], None], Progress]:
-        if not self.on:
-            return (lambda: None), (lambda _s: None)
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self.bar = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeRemainingColumn(),
-            console=Console(stderr=True),
-            transient=True,
-        )
-        self.bar.__enter__()
-        f = self.bar.add_task("files", total=self.files)
-        a = self.bar.add_task("audio seconds", total=max(int(self.seconds), 1))
-        return (lambda: self.bar.advance(f)), (lambda s: self.bar.advance(a, s))
-
-    def __exit__(self, *exc: object) -> None:
-        if self.on:
-            self.bar.__exit__(None, None, None)

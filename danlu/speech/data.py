@@ -2,7 +2,7 @@
 by a file-name rule), the character vocabulary, log-mel features computed in torch,
 train-only augmentation (speed, noise, SpecAugment) and batches of similar length.
 
-Decoding and resampling are danlu/data/audio.py's; everything here works on float32 mono
+Decoding and resampling are danlu/speech/audio.py's; everything here works on float32 mono
 samples at the configured sample rate. Features of un-perturbed audio are computed once
 and kept in memory, so an epoch costs only the model.
 """
@@ -47,7 +47,6 @@ class SpeechSchema(SchemaMethods):
     input_kind: str = "audio"
     # the words of the training transcripts: the lexicon of `task.decoder.lexicon: train`
     words: list[str] | None = None
-
 
 
 # --------------------------------------------------------------------------- features
@@ -299,7 +298,7 @@ def _label_key(classify: bool) -> str:
 
 
 def _folder_examples(folder: Path, acfg: AudioDataConfig, classify: bool) -> list[Example]:
-    from danlu.data.audio import find_audio
+    from danlu.speech.audio import find_audio
 
     out = []
     for f in find_audio([folder]):
@@ -515,7 +514,7 @@ def _vocab(acfg: AudioDataConfig, train: list[Example]) -> list[str]:
 
 
 def load_waves(examples: list[Example], sample_rate: int) -> list[torch.Tensor]:
-    from danlu.data.audio import load_audio
+    from danlu.speech.audio import load_audio
 
     out = []
     for e in examples:
@@ -635,7 +634,12 @@ class SpeechBatches:
     def plan(self, epoch: int) -> list[torch.Tensor]:
         """The epoch's batches as index tensors, fixed by (seed, epoch)."""
         order, g = epoch_order(
-            len(self.data), self.rows, shuffle=self.shuffle, seed=self.seed, epoch=epoch, rank=self.rank,
+            len(self.data),
+            self.rows,
+            shuffle=self.shuffle,
+            seed=self.seed,
+            epoch=epoch,
+            rank=self.rank,
             world=self.world,
         )
         if g is None:
