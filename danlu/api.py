@@ -120,7 +120,7 @@ def train(
     seed_everything(cfg.seed)
     pretrained = None
     if getattr(cfg.model, "from_", None):  # fine-tuning: the checkpoint decides the architecture
-        from danlu.models.lm import load_pretrained
+        from danlu.lm.build import load_pretrained
 
         pretrained = load_pretrained(cfg.model)
         cfg = cfg.model_copy(update={"model": pretrained.config})
@@ -165,7 +165,7 @@ def train(
         model_section = cfg.model.model_dump(mode="json")
         if pretrained is not None:
             # the saved model is a plain GPT: adapters merged, no need of the base checkpoint
-            from danlu.models.lm import merge_lora
+            from danlu.lm.build import merge_lora
 
             if cfg.model.lora is not None:
                 model.save_pretrained(str(run.path / "adapter"))  # peft's own format, for reuse

@@ -152,9 +152,9 @@ def test_one_decoder_interface_over_greedy_beam_and_pyctcdecode(tmp_path) -> Non
         with pytest.raises(DanluError, match=message):
             make_decoder(labels, options)
     # transcribe's options are checked by the same validation
-    from danlu.speech.recognizer import make_options
+    from danlu.speech.recognizer import speech_options
 
     with pytest.raises(DanluError, match="--beam-size must be at least 1, got 0"):
-        make_options(beam_size=0)
+        speech_options(beam_size=0)
     with pytest.raises(DanluError, match="hotword_weight must be >= 0"):
-        make_options(beam_size=4, hotword_weight=-2.0)
+        speech_options(beam_size=4, hotword_weight=-2.0)

@@ -88,7 +88,10 @@ def test_evaluate_gives_the_recorded_metrics(runs: Path, kind: str) -> None:
     got = json.loads((runs / kind / "metrics.json").read_text(encoding="utf-8"))
     want = json.loads((EXPECTED / kind / "metrics.json").read_text(encoding="utf-8"))
     assert want["metrics"], want
-    assert_same(got, want)
+    # a newer danlu may state more (speech: the text normalization it scored with); every
+    # recorded entry stays the same
+    assert set(got) >= set(want), (got, want)
+    assert_same({k: got[k] for k in want}, want)
 
 
 def test_runs_lists_every_old_run_with_its_status(runs: Path) -> None:

@@ -145,7 +145,7 @@ def test_ctc_parallel_batches_match_one_pass_at_a_time(w2v: Path, tmp_path: Path
 
     audio = noise_speech(60.0, seed=5)
     sf.write(tmp_path / "long.wav", audio, 16000, subtype="FLOAT")
-    model = asr.load_cached(w2v, device="cpu")
+    model = asr.load_speech(w2v, device="cpu")
     seen: list[tuple[str, int]] = []
     forward = model.forward
 
@@ -185,7 +185,7 @@ def test_ctc_parallel_batches_match_one_pass_at_a_time(w2v: Path, tmp_path: Path
                 read[0] += 1
                 yield c
 
-        opts = asr.make_options(chunk_length=4.0, timestamps="none")  # one chunk per pass
+        opts = asr.speech_options(chunk_length=4.0, timestamps="none")  # one chunk per pass
         text, _, _ = model.transcribe_chunks(counted, 60.0, opts, lambda _s: lead.append(read[0] - len(lead)))
         assert text == one_at_a_time[0] and read[0] > 20 and max(lead) <= 4
     finally:

@@ -295,17 +295,17 @@ def evaluate_manifest(
     import jiwer
 
     from danlu import fileio
-    from danlu.speech.recognizer import load_cached, make_options
+    from danlu.speech.recognizer import load_speech, speech_options
     from danlu.speech.transcribe import progress_bar, transcribe_one
 
     manifest = Path(manifest)
     if normalize_steps is not None and normalizer is not None:
         raise DanluError("--normalize and --normalizer both name the text normaliser; give one")
     norm = make_normalizer(normalizer if normalizer is not None else normalize_steps)
-    opts = make_options(**options)
+    opts = speech_options(**options)
     rows = read_manifest(manifest)
     out = Path(output_dir) if output_dir is not None else default_output_dir(str(model_ref), manifest)
-    model = load_cached(model_ref, device=device, trust_remote_code=trust_remote_code, trust_code=trust_code)
+    model = load_speech(model_ref, device=device, trust_remote_code=trust_remote_code, trust_code=trust_code)
     utterances = []
     audio_seconds = elapsed = 0.0
     t_start = time.perf_counter()

@@ -119,7 +119,7 @@ class Options:
         return DecoderOptions("greedy")
 
 
-def make_options(**options: Any) -> Options:
+def speech_options(**options: Any) -> Options:
     names = set(Options.__dataclass_fields__)
     unknown = sorted(set(options) - names)
     if unknown:
@@ -222,7 +222,7 @@ def resolve_speech(
 _CACHE: dict[tuple[Any, ...], SpeechModel] = {}
 
 
-def load_cached(
+def load_speech(
     ref: str | Path, *, device: str | None = None, trust_remote_code: bool = False, trust_code: bool = False
 ) -> SpeechModel:
     p = Path(str(ref)).expanduser()
@@ -652,7 +652,7 @@ class Recognizer(CTCRecognizer):
 
         if self.schema.task != "speech_recognition":
             raise DanluError(f"{self.run.path}: this run classifies audio; use classify()")
-        opts = make_options(**options)
+        opts = speech_options(**options)
         wave = np.asarray(waveform, dtype=np.float32)
         if wave.ndim > 1:
             wave = wave.mean(axis=-1)

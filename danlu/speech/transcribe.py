@@ -21,8 +21,8 @@ from danlu.speech.recognizer import (
     Progress,
     Segment,
     SpeechModel,
-    load_cached,
-    make_options,
+    load_speech,
+    speech_options,
 )
 
 OUTPUT_FORMATS = ("txt", "json", "srt", "vtt")
@@ -163,11 +163,11 @@ def transcribe(
     audio: a file path, a list of paths (-> a list of Transcripts), the bytes of a file, or a numpy
     array with sample_rate=. options: language, beam_size, timestamps ("word" | "segment" | "none"),
     chunk_length, batch_size, kenlm, hotwords, hotword_weight."""
-    opts = make_options(**options)
+    opts = speech_options(**options)
     model = (
         model_ref
         if isinstance(model_ref, SpeechModel)
-        else load_cached(model_ref, device=device, trust_remote_code=trust_remote_code, trust_code=trust_code)
+        else load_speech(model_ref, device=device, trust_remote_code=trust_remote_code, trust_code=trust_code)
     )
     if isinstance(audio, list | tuple):
         return [transcribe_one(model, a, opts) for a in audio]
@@ -256,7 +256,7 @@ def run_command(
 
     if output_format not in OUTPUT_FORMATS:
         raise choose_from(output_format, OUTPUT_FORMATS, "--output-format")
-    opts = make_options(**options)
+    opts = speech_options(**options)
     jobs = expand_inputs(audio)
     limit_heap_growth()
     failures: list[str] = []
@@ -271,7 +271,7 @@ def run_command(
     if len(failures) == len(jobs):
         warn(f"error: all {len(jobs)} inputs failed")
         return len(failures)
-    model = load_cached(model_ref, device=device, trust_remote_code=trust_remote_code, trust_code=trust_code)
+    model = load_speech(model_ref, device=device, trust_remote_code=trust_remote_code, trust_code=trust_code)
     if opts.language is not None and isinstance(model, CTCRecognizer):
         raise DanluError(f"--language is for Whisper models; '{model.path}' is a CTC model of one language")
     with progress_bar(quiet, len(jobs), sum(durations.values())) as (advance_file, advance_audio):

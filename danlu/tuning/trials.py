@@ -97,7 +97,7 @@ def _run_trial(search: Search, study: optuna.Study, trial: optuna.Trial) -> Froz
         _write_trial_json(run_path, trial.number, values, "FAIL", None, "interrupted (Ctrl-C)")
         raise SearchInterrupted() from None
     except Exception as e:
-        state, error = TrialState.FAIL, _one_line(e)
+        state, error = TrialState.FAIL, _failure_reason(e)
         if run_path.is_dir():
             fileio.write_text(run_path / "error.txt", traceback.format_exc())
     frozen = _tell(study, trial, state, value, error, started)
@@ -131,7 +131,9 @@ def _write_trial_json(
         )
 
 
-def _one_line(e: BaseException) -> str:
+def _failure_reason(e: BaseException) -> str:
+    """What a failed trial's row says: the first line, with the exception's type unless it is
+    a user error (a library's error type is half the story)."""
     text = str(e).strip().splitlines()
     msg = text[0] if text else ""
     return msg if isinstance(e, DanluError) else f"{type(e).__name__}: {msg}".rstrip(": ")
