@@ -751,12 +751,12 @@ def data_get(
         from danlu import datasets
 
         ds = datasets.get(name)
-        datasets.remove_stale_temps(datasets.data_dir())  # a killed download's leftovers
         where, n = datasets.status(ds)
         if n == ds.files:
+            datasets.remove_stale_temps(datasets.data_dir())  # a killed download's leftovers
             typer.echo(f"{name} is already present: {where}")
             return
-        where = datasets.ensure(ds, file=file)
+        where = datasets.ensure(ds, file=file)  # removes them too
         typer.echo(f"{name}: {where} ({ds.license})")
 
 

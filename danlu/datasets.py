@@ -369,10 +369,7 @@ def remove_stale_temps(directory: Path) -> list[Path]:
         for p in directory.iterdir():
             m = _TEMP.match(p.name)
             if m and m["host"] == _host() and not _alive(int(m["pid"])):
-                if p.is_dir() and not p.is_symlink():
-                    shutil.rmtree(p, ignore_errors=True)
-                else:
-                    p.unlink(missing_ok=True)
+                fileio.remove(p)
                 removed.append(p)
     return removed
 

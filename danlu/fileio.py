@@ -12,6 +12,7 @@ import errno
 import functools
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -42,6 +43,14 @@ def make_user_cache(name: str = "") -> Path:
             why = f"not yours (owner uid {owner}), so danlu does not use it"
             raise PermissionError(errno.EPERM, why, str(folder))
     return base / name if name else base
+
+
+def remove(path: Path) -> None:
+    """Remove a file or a folder tree (never following a link into a folder); gone is fine."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager

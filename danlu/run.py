@@ -281,10 +281,7 @@ class RunDir:
         (.*.tmp) of atomic writes and unfinished checkpoints."""
         removed = []
         for p in sorted(self.path.rglob(".*.tmp")):
-            if p.is_dir() and not p.is_symlink():
-                shutil.rmtree(p, ignore_errors=True)
-            else:
-                p.unlink(missing_ok=True)
+            fileio.remove(p)
             removed.append(p)
         return removed
 

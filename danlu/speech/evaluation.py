@@ -169,7 +169,7 @@ def finish_audio(
     norm = None
     if task.kind == "speech_recognition":
         task = copy.copy(task)  # the evaluation's normaliser and best paths, not the caller's task
-        norm = make_normalizer(getattr(cfg.eval, "normalizer", None), default=())
+        norm = make_normalizer(cfg.eval.normalizer, default=())
         task.normalizer = norm
     if compare:  # what the decoder adds over the best path, decoded from the same log-probabilities
         task.best_paths = []

@@ -20,8 +20,6 @@ from pathlib import Path
 from danlu.config import NORMALIZER_STEPS, WHISPER_ENGLISH, normalizer_spec
 from danlu.errors import DanluError
 
-NORMALIZERS = NORMALIZER_STEPS  # danlu's steps, in the order they apply
-
 _ONES = [
     "zero",
     "one",
@@ -75,7 +73,7 @@ def _number_words(match: re.Match[str]) -> str:
     return f" {words} "
 
 
-def normalize(text: str, steps: tuple[str, ...] = NORMALIZERS) -> str:
+def normalize(text: str, steps: tuple[str, ...] = NORMALIZER_STEPS) -> str:
     text = unicodedata.normalize("NFKC", text)
     if "numbers" in steps:
         text = re.sub(r"(?<![\w.])(\d{1,3}(?:,\d{3})+|\d+)(?:\.(\d+))?(?![\w])", _number_words, text)
@@ -106,7 +104,7 @@ class Normalizer:
         return ", ".join(self.steps) or "none"
 
 
-def make_normalizer(spec: str | None, default: tuple[str, ...] = NORMALIZERS) -> Normalizer:
+def make_normalizer(spec: str | None, default: tuple[str, ...] = NORMALIZER_STEPS) -> Normalizer:
     """`none`, a comma list of steps, or `whisper_english` / `whisper-en`; None: `default`."""
     if spec is None:
         return Normalizer(default)
@@ -114,11 +112,6 @@ def make_normalizer(spec: str | None, default: tuple[str, ...] = NORMALIZERS) ->
     if steps == (WHISPER_ENGLISH,):
         return Normalizer(steps, whisper_english())
     return Normalizer(steps)
-
-
-def parse_normalize(spec: str | None) -> tuple[str, ...]:
-    """'lower,punct,numbers' (the default) / 'none' / any subset."""
-    return make_normalizer(spec).steps
 
 
 def _spelling_file() -> Path | None:

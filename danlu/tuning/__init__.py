@@ -57,6 +57,7 @@ from danlu.tuning.study import (
     mask_url,
     open_storage,
     prepare,
+    read_study_json,
     trial_config,
 )
 from danlu.tuning.trials import run_trial, run_workers, search_loop, work
@@ -113,7 +114,7 @@ def tune(
     if saved is not None:
         config = saved / "study.yaml"
         registry.distrust(config, trust_code)  # the trials of this process, the workers' below
-        meta = _read_study_json(saved)
+        meta = read_study_json(saved)
         study = study or meta.get("study")
         storage = storage or meta.get("storage")
     search = prepare(config, overrides=overrides, space=space, study=study, storage=storage, **options)
@@ -170,20 +171,6 @@ def _saved_study(config: Any) -> Path | None:
             raise DanluError(f"{p}: not a study folder (no study.json and study.yaml); give a config YAML")
         return None
     return folder
-
-
-def _read_study_json(folder: Path) -> dict[str, Any]:
-    import json
-
-    try:
-        meta = json.loads((folder / "study.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise DanluError(
-            f"{folder / 'study.json'}: cannot read it ({e}); the study folder is damaged"
-        ) from None
-    if not isinstance(meta, dict):
-        raise DanluError(f"{folder / 'study.json'}: not a JSON object; the study folder is damaged")
-    return meta
 
 
 def _open_study(search: Search, resume: bool, reporter: Reporter) -> optuna.Study:

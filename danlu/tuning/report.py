@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import os
 import sys
@@ -22,7 +21,7 @@ from optuna.trial import FrozenTrial, TrialState
 from danlu import config as config_mod
 from danlu import fileio
 from danlu.errors import DanluError, did_you_mean
-from danlu.tuning.study import Search, counted, mask_url, open_storage, trial_config
+from danlu.tuning.study import Search, counted, mask_url, open_storage, read_study_json, trial_config
 
 
 @dataclass
@@ -373,7 +372,7 @@ def show(target: str | Path, study: str | None = None) -> StudySummary:
     if folder.is_dir():
         if not (folder / "study.json").is_file():
             raise DanluError(f"{folder}: not a danlu study folder (no study.json)")
-        meta = json.loads((folder / "study.json").read_text(encoding="utf-8"))
+        meta = read_study_json(folder)
         storage = open_storage(meta.get("storage"), folder)
         name = study or meta["study"]
     elif "://" in str(target):

@@ -343,3 +343,16 @@ def counted(trials: list[FrozenTrial], below: int | None = None) -> int:
         and t.number not in again
         and not any(t.user_attrs.get(k) for k in skip)
     )
+
+
+def read_study_json(folder: Path) -> dict[str, Any]:
+    """A study folder's study.json (its study name and storage); damage is one line."""
+    try:
+        meta = json.loads((folder / "study.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise DanluError(
+            f"{folder / 'study.json'}: cannot read it ({e}); the study folder is damaged"
+        ) from None
+    if not isinstance(meta, dict):
+        raise DanluError(f"{folder / 'study.json'}: not a JSON object; the study folder is damaged")
+    return meta
