@@ -71,15 +71,22 @@ def test_disk_full_in_checkpoint_state_is_one_line_and_keeps_the_last_checkpoint
     assert (run / "model.safetensors").is_file()
 
 
-def test_disk_full_in_checkpoint_weights_is_one_line(tmp_path, invoke_cli, monkeypatch):
+def fill_disk_on(monkeypatch, full_for) -> None:
+    """safetensors' save_model writes a little, then fails as on a full disk, for the files
+    `full_for(filename)` picks; the others are written as usual."""
+
     def full(model, filename, *args, **kwargs):
-        if ".last-" not in filename:  # best.safetensors
+        if not full_for(filename):
             return real(model, filename, *args, **kwargs)
         Path(filename).write_bytes(b"\0" * 10)
         raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
 
     real = checkpoint.save_model
     monkeypatch.setattr(checkpoint, "save_model", full)
+
+
+def test_disk_full_in_checkpoint_weights_is_one_line(tmp_path, invoke_cli, monkeypatch):
+    fill_disk_on(monkeypatch, lambda filename: ".last-" in filename)  # not best.safetensors
     result = invoke_cli("train", write_config(tmp_path), "--quiet")
     (run,) = (tmp_path / "runs").iterdir()
     line = assert_user_error(result, "model.safetensors: cannot write: No space left on device", "free some")
@@ -90,15 +97,7 @@ def test_disk_full_in_checkpoint_weights_is_one_line(tmp_path, invoke_cli, monke
 def test_disk_full_in_the_best_weights_is_one_line(tmp_path, invoke_cli, monkeypatch):
     """best.safetensors (like the run's model.safetensors) goes through fileio.atomic_path:
     its temporary is removed."""
-
-    def full(model, filename, *args, **kwargs):
-        if ".last-" in filename:
-            return real(model, filename, *args, **kwargs)
-        Path(filename).write_bytes(b"\0" * 10)
-        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
-
-    real = checkpoint.save_model
-    monkeypatch.setattr(checkpoint, "save_model", full)
+    fill_disk_on(monkeypatch, lambda filename: ".last-" not in filename)
     result = invoke_cli("train", write_config(tmp_path), "--quiet")
     (run,) = (tmp_path / "runs").iterdir()
     assert_user_error(result, "best.safetensors: cannot write: No space left on device", "free some space")

@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from danlu.errors import DanluError, choose_from, one_line
+from danlu.hub import WEIGHT_FILES, locate_model
 from danlu.speech.audio import AudioChunk, array_chunks
 from danlu.speech.decode import Decoder, DecoderOptions, make_decoder
 
@@ -131,7 +132,6 @@ def speech_options(**options: Any) -> Options:
 
 # ---------------------------------------------------------------------------- model resolution
 
-_TORCH_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 _CTC_TYPES = {"wav2vec2", "hubert", "wavlm", "data2vec-audio", "sew", "sew-d", "unispeech", "unispeech-sat"}
 
 
@@ -145,7 +145,7 @@ def speech_kind(path: Path) -> str:
             f"'{path}' has no config.json; expected a Hugging Face speech model folder (Wav2Vec2-style CTC "
             "or Whisper), a CTranslate2 Whisper folder (model.bin) or a danlu speech run folder"
         )
-    has_torch = any((path / f).is_file() for f in _TORCH_WEIGHTS) or any(path.glob("*.safetensors"))
+    has_torch = any((path / f).is_file() for f in WEIGHT_FILES) or any(path.glob("*.safetensors"))
     if (path / "model.bin").is_file() and not has_torch:
         return "ct2-whisper"
     try:
@@ -199,8 +199,6 @@ def resolve_speech(
     """Load the speech model `ref` names (see the module docstring). trust_remote_code: a
     Hugging Face folder may run its own Python code; trust_code: a danlu run folder may name
     user code in its model.json. Both only for folders you trust."""
-    from danlu.hub import locate_model
-
     path = locate_model(ref)
     if not path.is_dir():
         raise DanluError(f"'{path}' is a file; give the model's folder")
