@@ -20,18 +20,23 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import yaml
 
 WORDS = ["great", "slow", "friendly", "rude", "cheap", "pricey", "clean", "late", "helpful", "broken",
          "fast", "support", "app", "bill", "plan", "service"]
 
 
 def tutorial_rows(n: int) -> pd.DataFrame:
-    """The last n rows of the tutorial's data, features rounded to 3 decimals."""
-    from sklearn.datasets import make_classification
+    """The last n rows of the tutorial's data (its data section, read the way a run reads it),
+    features rounded to 3 decimals."""
+    from danlu.data.tabular import load_builtin
 
-    x, y = make_classification(n_samples=1000, n_features=10, n_informative=5, random_state=42)
-    frame = pd.DataFrame(x[-n:].round(3), columns=[f"x{i}" for i in range(10)])
-    frame["target"] = y[-n:]
+    config = Path(__file__).resolve().parent / "tutorial.yaml"
+    data = yaml.safe_load(config.read_text(encoding="utf-8"))["data"]
+    frame, targets = load_builtin(data["source"], data["params"])
+    frame = frame.tail(n).reset_index(drop=True)
+    features = [c for c in frame.columns if c not in targets]
+    frame[features] = frame[features].round(3)
     return frame
 
 
