@@ -232,6 +232,32 @@ def test_unsupported_model_type_names_the_supported_ones(tmp_path: Path, invoke_
     )
 
 
+def test_gguf_quantisation_transformers_cannot_dequantise(tmp_path: Path, invoke_cli: Any) -> None:
+    """A tiny Llama GGUF whose embedding is Q8_1 (a type gguf's dequantize lacks)."""
+    gguf = pytest.importorskip("gguf", reason="pip install 'danlu[llm]'")
+    import numpy as np
+
+    writer = gguf.GGUFWriter(str(tmp_path / "tiny.gguf"), "llama")
+    for add, value in [("context_length", 64), ("embedding_length", 32), ("block_count", 1),
+                       ("feed_forward_length", 64), ("head_count", 4), ("head_count_kv", 4),
+                       ("rope_freq_base", 10000.0), ("layer_norm_rms_eps", 1e-6), ("tokenizer_model", "gpt2"),
+                       ("token_list", [f"t{i}" for i in range(32)]), ("token_types", [1] * 32),
+                       ("token_merges", []), ("eos_token_id", 0)]:
+        getattr(writer, f"add_{add}")(value)
+    q8_1_rows = np.zeros((32, 40), dtype=np.uint8)  # 32 values per 40-byte block
+    writer.add_tensor("token_embd.weight", q8_1_rows, raw_dtype=gguf.GGMLQuantizationType.Q8_1)
+    for name, shape in [("attn_norm", (32,)), ("ffn_norm", (32,)), ("attn_q", (32, 32)), ("attn_k", (32, 32)),
+                        ("attn_v", (32, 32)), ("attn_output", (32, 32)), ("ffn_gate", (64, 32)),
+                        ("ffn_up", (64, 32)), ("ffn_down", (32, 64))]:
+        writer.add_tensor(f"blk.0.{name}.weight", np.zeros(shape, dtype=np.float32))
+    writer.add_tensor("output_norm.weight", np.ones(32, dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    assert_user_error(invoke_cli("generate", tmp_path, "-p", "t1"), "tiny.gguf", "Q8_1")
+
+
 # ---------------------------------------------------------------------------- SmolLM2 (real model)
 
 

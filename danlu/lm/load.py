@@ -21,12 +21,15 @@ fine-tuning (`model.from`) and the Python API load through here.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import torch
 
@@ -239,8 +242,8 @@ def _eos_from_config(path: Path, hf_config: dict[str, Any], vocab_size: int | No
 
 
 def _danlu_kind(hf_config: dict[str, Any], where: str, engine: str) -> str | None:
-    """"hf-gpt2" or "hf-llama" where danlu's engine implements the config, else None
-    (transformers runs it); with engine "danlu" the reason why not, as a DanluError."""
+    """The kind ("hf-gpt2" or "hf-llama") where danlu's engine implements the config, else
+    None (transformers runs it); with engine "danlu" the reason why not, as a DanluError."""
     from danlu.lm import llama_hf
     from danlu.lm.hf import config_from_hf
 
@@ -276,6 +279,19 @@ def _hf_lm(model: GPT | Llama, path: Path, hf_config: dict[str, Any], kind: str)
     return LoadedLM(model, tokenizer, kind, model.config.block_size, str(path), eos_token_id=eos or None)
 
 
+@contextlib.contextmanager
+def _no_gguf_progress_bar() -> Iterator[None]:
+    """transformers' GGUF loader draws its own tqdm bar, which disable_progress_bar leaves on
+    (it would sit on stderr beside a one-line error)."""
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+
+    if not hasattr(gguf_utils, "tqdm"):
+        yield
+        return
+    with mock.patch.object(gguf_utils, "tqdm", lambda iterable, *args, **kwargs: iterable):
+        yield
+
+
 def _load_gguf(file: Path, engine: str) -> LoadedLM:
     """A GGUF file: transformers dequantises it to float32 (needs the `gguf` package), then
     danlu's Llama takes the weights where it implements the architecture."""
@@ -293,8 +309,9 @@ def _load_gguf(file: Path, engine: str) -> LoadedLM:
     hf_logging.disable_progress_bar()
     folder, name = str(file.parent), file.name
     try:
-        hf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
-        hf_tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+        with _no_gguf_progress_bar():
+            hf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+            hf_tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
     except Exception as e:  # gguf and transformers raise ValueError, NotImplementedError, KeyError, ...
         raise DanluError(f"cannot load the GGUF file '{file}': {one_line(e)}") from None
     gen = getattr(hf_model, "generation_config", None)
