@@ -525,7 +525,7 @@ def generate(
     "  danlu chat path/to/Qwen2.5-0.5B-Instruct --system 'Answer in one sentence.' --temperature 0.7\n\n"
     "  printf 'Hi!\\n/reset\\nWhat is 2+2?\\n' | danlu chat path/to/model\n\n"
     "Type a message and press Enter; /reset clears the history, /system TEXT sets the system prompt, "
-    "/quit (or end of input) ends. Replies stream; a [tokens, tokens/s] line follows each on stderr."
+    "/quit (or end of input) ends. Replies stream; then a tokens and tokens/s line on stderr."
 )
 def chat(
     model: Annotated[str, typer.Argument(help="Hugging Face model folder, GGUF file, run folder or hub id.")],
