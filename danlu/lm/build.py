@@ -38,7 +38,7 @@ def load_pretrained(cfg: GPTModelConfig) -> Pretrained:
 
     ref = cfg.from_ or ""
     lm = resolve_lm(ref, device="cpu", dtype="float32")
-    if not lm.is_danlu:
+    if not isinstance(lm.model, GPT):
         raise DanluError(
             f"model.from: '{ref}' is a {type(lm.model).__name__} ({lm.kind}); model.type gpt fine-tunes"
             " a danlu language-model run or a GPT-2-family checkpoint"

@@ -40,7 +40,17 @@ def encode_prompts(lm: LoadedLM, prompts: list[str], opts: GenerationOptions) ->
     """Token ids of each prompt, checked against the model's context (truncated from the
     left with opts.truncate_prompt)."""
     out = []
-    # danlu's own GPT samples past its context (a sliding window); beam search and
+    for i, prompt in enumerate(prompts):
+        if not isinstance(prompt, str):
+            raise DanluError(f"prompt {i} is a {type(prompt).__name__}, not a string")
+        out.append(fit_prompt(lm, lm.tokenizer.encode(prompt), opts, i))
+    return out
+
+
+def fit_prompt(lm: LoadedLM, ids: list[int], opts: GenerationOptions, index: int = 0) -> list[int]:
+    """Prompt `index`'s token ids checked against the model's context (truncated from the
+    left with opts.truncate_prompt)."""
+    # danlu's own models decode past their context (a sliding window); beam search and
     # transformers' models need prompt and new tokens to fit
     slide = lm.is_danlu and opts.num_beams == 1
     limit = None if lm.block_size is None else lm.block_size - (0 if slide else opts.max_new_tokens)
@@ -49,25 +59,20 @@ def encode_prompts(lm: LoadedLM, prompts: list[str], opts: GenerationOptions) ->
             f"max_new_tokens {opts.max_new_tokens} leaves no room for a prompt in the model's context "
             f"of {lm.block_size} tokens; use at most {lm.block_size - 1}"
         )
-    for i, prompt in enumerate(prompts):
-        if not isinstance(prompt, str):
-            raise DanluError(f"prompt {i} is a {type(prompt).__name__}, not a string")
-        ids = lm.tokenizer.encode(prompt)
-        if not ids:
-            raise DanluError(f"prompt {i} is empty; give at least one token of text")
-        if limit is not None and len(ids) > limit:
-            if not opts.truncate_prompt:
-                room = f"the model's context of {lm.block_size}"
-                if not slide:
-                    room += f" minus max_new_tokens {opts.max_new_tokens}"
-                raise DanluError(
-                    f"prompt {i} has {len(ids)} tokens but {room} allows {limit}; shorten it"
-                    f"{'' if slide else ', lower max_new_tokens'} or truncate it from the left"
-                    " (--truncate-prompt, truncate_prompt=True)"
-                )
-            ids = ids[-limit:]
-        out.append(ids)
-    return out
+    if not ids:
+        raise DanluError(f"prompt {index} is empty; give at least one token of text")
+    if limit is not None and len(ids) > limit:
+        if not opts.truncate_prompt:
+            room = f"the model's context of {lm.block_size}"
+            if not slide:
+                room += f" minus max_new_tokens {opts.max_new_tokens}"
+            raise DanluError(
+                f"prompt {index} has {len(ids)} tokens but {room} allows {limit}; shorten it"
+                f"{'' if slide else ', lower max_new_tokens'} or truncate it from the left"
+                " (--truncate-prompt, truncate_prompt=True)"
+            )
+        ids = ids[-limit:]
+    return ids
 
 
 def complete(
@@ -107,6 +112,13 @@ def stream_text(lm: LoadedLM, prompt: str, opts: GenerationOptions) -> Iterator[
     if opts.num_return_sequences > 1:
         raise DanluError("streaming gives one sequence; set num_return_sequences=1")
     (ids,) = encode_prompts(lm, [prompt], opts)
+    return stream_ids(lm, ids, opts)
+
+
+def stream_ids(lm: LoadedLM, ids: list[int], opts: GenerationOptions) -> Iterator[str]:
+    """stream_text for a prompt already in token ids (fitted to the context: fit_prompt),
+    such as a rendered chat (danlu/lm/chat.py)."""
+    opts.validate(stream=True)
     tokens = _danlu_stream(lm, ids, opts) if lm.is_danlu else hf_generate.stream(lm, ids, opts)
     return _pieces(lm, tokens, opts)
 
@@ -194,17 +206,21 @@ def generate(
     *,
     trust_remote_code: bool = False,
     device: str | None = None,
+    engine: str = "auto",
     **options: object,
 ) -> str | list[str] | list[list[str]]:
     """Completion of `prompt` by the model `model_ref` names (a danlu run folder, a Hugging
-    Face folder or a hub id; loaded once per process). `options` are GenerationOptions
+    Face folder, a GGUF file or a hub id; loaded once per process; engine: "auto", "danlu"
+    or "transformers", danlu/lm/load.py). `options` are GenerationOptions
     fields (max_new_tokens, temperature, top_k, top_p, min_p, repetition_penalty, num_beams,
     num_return_sequences, stop, seed, truncate_prompt, dtype, ...).
 
     A string prompt gives a string, a list of prompts a list; with num_return_sequences > 1
     each prompt gives a list of sequences. `danlu.generate(...)` is this function."""
     dtype = options.get("dtype")
-    lm = load_cached(model_ref, trust_remote_code=trust_remote_code, dtype=dtype, device=device)  # type: ignore[arg-type]
+    lm = load_cached(
+        model_ref, trust_remote_code=trust_remote_code, dtype=dtype, device=device, engine=engine  # type: ignore[arg-type]
+    )
     opts = make_options(lm, **options)
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
     if not prompts:
@@ -223,6 +239,7 @@ def generate_stream(
     *,
     trust_remote_code: bool = False,
     device: str | None = None,
+    engine: str = "auto",
     **options: object,
 ) -> Iterator[str]:
     """The completion of one prompt as text pieces while it is generated (same options as
@@ -230,5 +247,7 @@ def generate_stream(
     if not isinstance(prompt, str):
         raise DanluError("stream takes one prompt (a string)")
     dtype = options.get("dtype")
-    lm = load_cached(model_ref, trust_remote_code=trust_remote_code, dtype=dtype, device=device)  # type: ignore[arg-type]
+    lm = load_cached(
+        model_ref, trust_remote_code=trust_remote_code, dtype=dtype, device=device, engine=engine  # type: ignore[arg-type]
+    )
     return stream_text(lm, prompt, make_options(lm, **options))

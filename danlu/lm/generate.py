@@ -1,4 +1,6 @@
-"""danlu's decoding engine for its own GPT: greedy decoding, sampling and beam search.
+"""danlu's decoding engine for its own models, GPT (danlu/lm/model.py) and the Llama family
+(danlu/lm/llama.py; same forward signature and KVCache): greedy decoding, sampling and beam
+search.
 
 Prompts of different lengths are left-padded into one batch; the prompt runs through the
 model once (prefill) and every later step feeds one token per sequence through the

@@ -68,7 +68,7 @@ def config_from_hf(hf: dict[str, Any], config_file: Path) -> GPTConfig:
     )
 
 
-def _read_hf_weights(path: Path) -> dict[str, torch.Tensor]:
+def read_hf_weights(path: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
     single = path / "model.safetensors"
@@ -108,7 +108,7 @@ def from_hf(path: str | Path) -> GPT:
     except (OSError, ValueError) as e:
         raise DanluError(f"cannot read '{config_file}': {e}") from e
     config = config_from_hf(hf, config_file)
-    state = _read_hf_weights(path)
+    state = read_hf_weights(path)
 
     model = GPT(config)
     ours = model.state_dict()

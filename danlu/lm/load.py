@@ -1,12 +1,19 @@
 """Loading a language model: a model reference (danlu/hub.py) becomes a `LoadedLM`.
 
-A reference names one of three kinds of model:
+A reference names one of four kinds of model:
   - "danlu-run": a danlu run folder of a language-modeling run (config.yaml + model.json +
     model.safetensors + tokenizer.json): danlu's GPT;
   - "hf-gpt2": a Hugging Face folder whose config.json says model_type gpt2: loaded into
     danlu's GPT (danlu/lm/hf.py), so generation takes danlu's KV-cache path;
-  - "hf-causal-lm": any other Hugging Face causal-LM folder: transformers'
+  - "hf-llama": a Hugging Face folder of the Llama family (llama, qwen2, mistral, phi3,
+    gemma; danlu/lm/llama_hf.py), or a GGUF file of one: danlu's Llama (danlu/lm/llama.py),
+    on danlu's KV-cache path too;
+  - "hf-causal-lm": any other Hugging Face causal-LM folder (or GGUF file): transformers'
     AutoModelForCausalLM, which then generates with its own `generate`.
+The engine decides between the last ones: "auto" (danlu's where it implements the model),
+"danlu" (an error where it does not), "transformers" (always transformers). A GGUF file
+(llama.cpp's format; a folder holding one) is dequantised to float32 by transformers
+(`from_pretrained(folder, gguf_file=...)`, the `gguf` package) and then converted.
 A hub id is fetched to a folder first. Text generation from a LoadedLM, whatever its kind,
 is danlu/lm/complete.py; `danlu generate`, `danlu evaluate --text`, `danlu export`,
 fine-tuning (`model.from`) and the Python API load through here.
@@ -14,22 +21,27 @@ fine-tuning (`model.from`) and the Python API load through here.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import torch
 
 from danlu import hub
 from danlu.errors import DanluError, choose_from, one_line
+from danlu.lm.llama import Llama
 from danlu.lm.model import GPT, GPTConfig
 from danlu.lm.options import DTYPES
 from danlu.lm.tokenizer import HFTokenizer, TextTokenizer, Tokenizer
 
-KINDS = ("danlu-run", "hf-gpt2", "hf-causal-lm")
+KINDS = ("danlu-run", "hf-gpt2", "hf-llama", "hf-causal-lm")
+ENGINES = ("auto", "danlu", "transformers")
 
 
 # ---------------------------------------------------------------------------- the loaded model
@@ -58,7 +70,7 @@ class LoadedLM:
 
     @property
     def is_danlu(self) -> bool:
-        return self.kind in ("danlu-run", "hf-gpt2")
+        return self.kind in ("danlu-run", "hf-gpt2", "hf-llama")
 
 
 def resolve_lm(
@@ -67,14 +79,17 @@ def resolve_lm(
     trust_remote_code: bool = False,
     dtype: str | None = None,
     device: str | None = None,
+    engine: str = "auto",
 ) -> LoadedLM:
     """Load the language model `ref` names (see the module docstring) in eval mode.
 
     dtype: "float32" | "bfloat16" (default: as stored for HF models, float32 for danlu's);
-    device: "cpu", "cuda", ... (default: cuda when available)."""
+    device: "cpu", "cuda", ... (default: cuda when available); engine: one of ENGINES."""
     if dtype is not None and dtype not in DTYPES:
         raise choose_from(dtype, DTYPES, "dtype")
-    lm = _from_path(hub.locate_model(ref), trust_remote_code)
+    if engine not in ENGINES:
+        raise choose_from(engine, ENGINES, "engine")
+    lm = _from_path(hub.locate_model(ref), trust_remote_code, engine)
     return _place(lm, dtype, device)
 
 
@@ -83,14 +98,21 @@ _CACHE_LOCK = threading.Lock()
 
 
 def load_cached(
-    ref: str | Path, *, trust_remote_code: bool = False, dtype: str | None = None, device: str | None = None
+    ref: str | Path,
+    *,
+    trust_remote_code: bool = False,
+    dtype: str | None = None,
+    device: str | None = None,
+    engine: str = "auto",
 ) -> LoadedLM:
     """resolve_lm, once per (ref, options) in this process."""
     path = Path(str(ref)).expanduser()
-    key = (str(path.resolve()) if path.exists() else str(ref), trust_remote_code, dtype, device)
+    key = (str(path.resolve()) if path.exists() else str(ref), trust_remote_code, dtype, device, engine)
     with _CACHE_LOCK:
         if key not in _CACHE:
-            _CACHE[key] = resolve_lm(ref, trust_remote_code=trust_remote_code, dtype=dtype, device=device)
+            _CACHE[key] = resolve_lm(
+                ref, trust_remote_code=trust_remote_code, dtype=dtype, device=device, engine=engine
+            )
         return _CACHE[key]
 
 
@@ -106,19 +128,26 @@ def _place(lm: LoadedLM, dtype: str | None, device: str | None) -> LoadedLM:
         if dtype is not None:
             from danlu.lm import cpu
 
-            # danlu's GPT keeps float32 activations beside bf16 weights on CPU (cpu.cast)
-            is_gpt = isinstance(lm.model, GPT)
-            lm.model = cpu.cast(lm.model, DTYPES[dtype]) if is_gpt else lm.model.to(DTYPES[dtype])
+            # danlu's models keep float32 activations beside bf16 weights on CPU (cpu.cast)
+            ours = isinstance(lm.model, GPT | Llama)
+            lm.model = cpu.cast(lm.model, DTYPES[dtype]) if ours else lm.model.to(DTYPES[dtype])
     except (RuntimeError, AssertionError) as e:
         raise DanluError(f"cannot move the model to {device}/{dtype}: {e}") from None
     lm.model.eval()
     return lm
 
 
-def _from_path(path: Path, trust_remote_code: bool) -> LoadedLM:
+def _from_path(path: Path, trust_remote_code: bool, engine: str = "auto") -> LoadedLM:
+    gguf = hub.gguf_file(path)
+    if gguf is not None:
+        return _load_gguf(gguf, engine)
     if not path.is_dir():
-        raise DanluError(f"'{path}' is a file; give the model's folder")
+        raise DanluError(f"'{path}' is a file; give the model's folder (or a .gguf file)")
     if (path / "model.json").is_file() or (path / "config.yaml").is_file():
+        if engine == "transformers":
+            raise DanluError(
+                f"'{path}' is a danlu run, which runs on danlu's engine only; drop engine transformers"
+            )
         return load_run(path)
     if not (path / "config.json").is_file():
         raise DanluError(
@@ -140,15 +169,14 @@ def _from_path(path: Path, trust_remote_code: bool) -> LoadedLM:
             f"no tokenizer files in '{path}': expected tokenizer.json (or vocab.json + merges.txt, "
             "or tokenizer.model); save the tokenizer into the model folder"
         )
-    if hf_config.get("model_type") == "gpt2":
-        from danlu.lm.hf import config_from_hf
-
-        try:
-            config_from_hf(hf_config, config_file)
-        except DanluError:
-            pass  # a GPT-2 variant danlu's GPT does not implement: transformers runs it
-        else:
+    if engine != "transformers":
+        kind = _danlu_kind(hf_config, str(config_file), engine)
+        if kind == "hf-gpt2":
             return _load_hf_gpt2(path, hf_config)
+        if kind == "hf-llama":
+            from danlu.lm import llama_hf
+
+            return _hf_lm(llama_hf.from_hf(path, hf_config), path, hf_config, "hf-llama")
     return _load_hf_causal_lm(path, hf_config, trust_remote_code)
 
 
@@ -213,17 +241,91 @@ def _eos_from_config(path: Path, hf_config: dict[str, Any], vocab_size: int | No
     return [i for i in ids if isinstance(i, int) and 0 <= i < (vocab_size or 1 << 62)]
 
 
+def _danlu_kind(hf_config: dict[str, Any], where: str, engine: str) -> str | None:
+    """The kind ("hf-gpt2" or "hf-llama") where danlu's engine implements the config, else
+    None (transformers runs it); with engine "danlu" the reason why not, as a DanluError."""
+    from danlu.lm import llama_hf
+    from danlu.lm.hf import config_from_hf
+
+    model_type = hf_config.get("model_type")
+    try:
+        if model_type == "gpt2":
+            config_from_hf(hf_config, Path(where))
+            return "hf-gpt2"
+        if model_type in llama_hf.FAMILIES:
+            llama_hf.config_from_hf(hf_config, where)
+            return "hf-llama"
+        raise llama_hf.unsupported(f"'{where}' has model_type {model_type!r}")
+    except DanluError:
+        if engine == "danlu":
+            raise
+        return None  # a model (or variant) danlu's engine does not implement
+
+
 def _load_hf_gpt2(path: Path, hf_config: dict[str, Any]) -> LoadedLM:
     from danlu.lm.hf import from_hf
 
-    model = from_hf(path)
+    return _hf_lm(from_hf(path), path, hf_config, "hf-gpt2")
+
+
+def _hf_lm(model: GPT | Llama, path: Path, hf_config: dict[str, Any], kind: str) -> LoadedLM:
+    """A Hugging Face folder's weights in one of danlu's models, with the folder's tokenizer."""
     hf_tok = _auto_tokenizer(path)
     eos = _eos_from_config(path, hf_config, model.config.vocab_size)
     if not eos and hf_tok.eos_token_id is not None:
         eos = [hf_tok.eos_token_id]
     pad = hf_tok.pad_token_id if hf_tok.pad_token_id is not None else hf_config.get("pad_token_id")
     tokenizer = HFTokenizer(hf_tok, eos[0] if eos else None, pad)
-    return LoadedLM(model, tokenizer, "hf-gpt2", model.config.block_size, str(path), eos_token_id=eos or None)
+    return LoadedLM(model, tokenizer, kind, model.config.block_size, str(path), eos_token_id=eos or None)
+
+
+@contextlib.contextmanager
+def _no_gguf_progress_bar() -> Iterator[None]:
+    """transformers' GGUF loader draws its own tqdm bar, which disable_progress_bar leaves on
+    (it would sit on stderr beside a one-line error)."""
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+
+    if not hasattr(gguf_utils, "tqdm"):
+        yield
+        return
+    with mock.patch.object(gguf_utils, "tqdm", lambda iterable, *args, **kwargs: iterable):
+        yield
+
+
+def _load_gguf(file: Path, engine: str) -> LoadedLM:
+    """A GGUF file: transformers dequantises it to float32 (needs the `gguf` package), then
+    danlu's Llama takes the weights where it implements the architecture."""
+    import importlib.util
+
+    if importlib.util.find_spec("gguf") is None:
+        raise DanluError(
+            f"'{file}' is a GGUF file; reading one needs the gguf package (pip install 'danlu[llm]')"
+        )
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    from danlu.lm import llama_hf
+
+    hf_logging.disable_progress_bar()
+    folder, name = str(file.parent), file.name
+    try:
+        with _no_gguf_progress_bar():
+            hf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+            hf_tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    except Exception as e:  # gguf and transformers raise ValueError, NotImplementedError, KeyError, ...
+        raise DanluError(f"cannot load the GGUF file '{file}': {one_line(e)}") from None
+    gen = getattr(hf_model, "generation_config", None)
+    eos = getattr(gen, "eos_token_id", None)
+    if eos is None:
+        eos = hf_tok.eos_token_id
+    eos_ids = list(eos) if isinstance(eos, list | tuple) else eos
+    tokenizer = HFTokenizer(hf_tok)
+    if engine != "transformers" and _danlu_kind(hf_model.config.to_dict(), str(file), engine) == "hf-llama":
+        model = llama_hf.from_transformers(hf_model, str(file))
+        block = model.config.block_size
+        return LoadedLM(model, tokenizer, "hf-llama", block, str(file), eos_token_id=eos_ids)
+    block = getattr(hf_model.config, "max_position_embeddings", None)
+    return LoadedLM(hf_model.eval(), tokenizer, "hf-causal-lm", block, str(file), eos_token_id=eos_ids)
 
 
 def _load_hf_causal_lm(path: Path, hf_config: dict[str, Any], trust_remote_code: bool) -> LoadedLM:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -54,6 +55,15 @@ class GPTConfig:
             valid = ", ".join(_APPROXIMATE)
             raise DanluError(f"GPTConfig.activation must be one of {valid}, got {self.activation!r}")
 
+    # what KVCache reads (danlu/lm/llama.py's config has them as fields: grouped-query attention)
+    @property
+    def n_kv_head(self) -> int:
+        return self.n_head
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
 
 # danlu's activation names -> F.gelu's `approximate`
 _APPROXIMATE = {"gelu": "none", "gelu_tanh": "tanh"}
@@ -69,7 +79,7 @@ class KVCache:
 
     def __init__(
         self,
-        config: GPTConfig,
+        config: GPTConfig | Any,  # any config with block_size, n_layer, n_kv_head, head_dim
         batch_size: int,
         max_len: int,
         dtype: torch.dtype = torch.float32,
@@ -77,8 +87,7 @@ class KVCache:
     ) -> None:
         if max_len > config.block_size:
             raise DanluError(f"KV cache length {max_len} exceeds the model's block_size {config.block_size}")
-        head_dim = config.n_embd // config.n_head
-        shape = (batch_size, config.n_head, max_len, head_dim)
+        shape = (batch_size, config.n_kv_head, max_len, config.head_dim)
         self.k = [torch.empty(shape, dtype=dtype, device=device) for _ in range(config.n_layer)]
         self.v = [torch.empty(shape, dtype=dtype, device=device) for _ in range(config.n_layer)]
         self.max_len = max_len
@@ -244,24 +253,7 @@ class GPT(nn.Module):
     def _attention_mask(
         attention_mask: torch.Tensor | None, past: int, T: int, device: torch.device
     ) -> tuple[torch.Tensor | None, bool]:
-        """(boolean SDPA mask or None, is_causal) for T queries after `past` cached keys."""
-        end = past + T
-        if attention_mask is None:
-            if T == 1:
-                return None, False  # one new token may see every cached key
-            if past == 0:
-                return None, True  # SDPA's fast causal path
-        keys = torch.arange(end, device=device)
-        queries = keys[past:, None]
-        allowed = keys <= queries  # (T, end), causal with the cache offset
-        if attention_mask is None:
-            return allowed, False
-        real = attention_mask[:, :end].bool()[:, None, None, :]  # (B, 1, 1, end)
-        if T == 1:
-            return real, False
-        # a padding query still sees itself: a row with no visible key would make SDPA
-        # return NaN, and those outputs are ignored anyway
-        return (allowed & real) | (keys == queries), False
+        return causal_mask(attention_mask, past, T, device)
 
     @property
     def compute_dtype(self) -> torch.dtype:
@@ -297,3 +289,32 @@ class GPT(nn.Module):
         cfg = self.config
         T = seq_len or cfg.block_size
         return 6 * self.num_params() + 12 * cfg.n_layer * cfg.n_embd * T
+
+
+def causal_mask(
+    attention_mask: torch.Tensor | None, past: int, T: int, device: torch.device, window: int | None = None
+) -> tuple[torch.Tensor | None, bool]:
+    """(boolean SDPA mask or None, is_causal) for T queries after `past` cached keys.
+
+    attention_mask: (B, past + T) as GPT.forward takes it; window: a query sees only the
+    `window` most recent keys, itself included (Mistral's sliding window)."""
+    end = past + T
+    windowed = window is not None and end > window  # some key lies outside some query's window
+    if attention_mask is None and not windowed:
+        if T == 1:
+            return None, False  # one new token may see every cached key
+        if past == 0:
+            return None, True  # SDPA's fast causal path
+    keys = torch.arange(end, device=device)
+    queries = keys[past:, None]
+    allowed = keys <= queries  # (T, end), causal with the cache offset
+    if windowed:
+        allowed = allowed & (keys > queries - window)
+    if attention_mask is None:
+        return allowed, False
+    real = attention_mask[:, :end].bool()[:, None, None, :]  # (B, 1, 1, end)
+    if T == 1 and not windowed:
+        return real, False
+    # a padding query still sees itself: a row with no visible key would make SDPA
+    # return NaN, and those outputs are ignored anyway
+    return (allowed & real) | (keys == queries), False

@@ -1,8 +1,8 @@
-"""Everything danlu's GPT has only for decoding speed on a CPU, installed by one call.
+"""Everything danlu's decoders (GPT, Llama) have only for decoding speed on a CPU, installed by one call.
 
     model = danlu.lm.cpu.accelerate(model, batch_size=8)
 
-`accelerate` swaps the model's nn.Linear layers for `FastLinear` and its blocks for
+`accelerate` swaps the model's nn.Linear layers for `FastLinear` and GPT's blocks for
 `KernelBlock` (same parameters and state_dict; only `forward` differs, see layers.py) and
 lays the weights out in memory for one-token steps of `batch_size` rows. danlu's decoding
 engine (danlu/lm/generate.py) calls it before every generation. Where danlu's C kernels
@@ -18,12 +18,12 @@ import torch.nn as nn
 
 from danlu.lm.cpu import kernels
 from danlu.lm.cpu.layers import FastLinear, KernelBlock, StepBuffers
-from danlu.lm.model import GPT, Block
+from danlu.lm.model import Block
 
 __all__ = ["FastLinear", "KernelBlock", "accelerate", "cast", "kernels", "lay_out"]
 
 
-def accelerate(model: GPT, batch_size: int = 1) -> GPT:
+def accelerate(model: nn.Module, batch_size: int = 1) -> nn.Module:
     """`model`, in place, with danlu's CPU decoding path installed for `batch_size` rows per
     step (see the module docstring); a model on another device is returned as it is."""
     if model.lm_head.weight.device.type != "cpu":
@@ -40,7 +40,7 @@ def accelerate(model: GPT, batch_size: int = 1) -> GPT:
     return model
 
 
-def cast(model: GPT, dtype: torch.dtype) -> GPT:
+def cast(model: nn.Module, dtype: torch.dtype) -> nn.Module:
     """The model in `dtype` for inference, in place.
 
     bfloat16 on CPU casts only the weight matrices (and the tied embedding) and keeps
@@ -53,15 +53,17 @@ def cast(model: GPT, dtype: torch.dtype) -> GPT:
     if dtype != torch.bfloat16 or model.lm_head.weight.device.type != "cpu":
         return model.to(dtype)
     model.float()
+    # GPT-2's position embeddings stay float32 (the Llama family has none: rotary positions)
+    wpe = getattr(getattr(model, "transformer", None), "wpe", None)
     with torch.no_grad():
         for module in model.modules():
-            if isinstance(module, nn.Linear | nn.Embedding) and module is not model.transformer.wpe:
+            if isinstance(module, nn.Linear | nn.Embedding) and module is not wpe:
                 module.weight.data = module.weight.data.to(dtype)
     _install_linear(model)
     return model
 
 
-def lay_out(model: GPT, batch_size: int = 1) -> GPT:
+def lay_out(model: nn.Module, batch_size: int = 1) -> nn.Module:
     """Lay the Linear weights out in memory for one-token steps of `batch_size` rows;
     values are unchanged.
 
@@ -89,13 +91,13 @@ def lay_out(model: GPT, batch_size: int = 1) -> GPT:
     return model
 
 
-def _install_linear(model: GPT) -> None:
+def _install_linear(model: nn.Module) -> None:
     for module in model.modules():
         if type(module) is nn.Linear:
             module.__class__ = FastLinear  # forward only: the parameters stay where they are
 
 
-def _huge_pages_for_kernel(model: GPT) -> None:
+def _huge_pages_for_kernel(model: nn.Module) -> None:
     """Move the weight matrices the CPU kernel streams into 2 MB pages, once."""
     weights = list({id(m.weight): m.weight for m in model.modules() if isinstance(m, nn.Linear)}.values())
     if len({w.untyped_storage().data_ptr() for w in weights}) == 1:
