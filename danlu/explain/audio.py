@@ -20,7 +20,7 @@ from danlu.explain import Explanation, check_method, load_predictor, target_inde
 from danlu.fileio import atomic_path
 
 WINDOWS = 20
-MAX_PNGS = 64
+MAX_PNGS = 32  # waveform plots written per call (the table has every clip)
 
 
 class AudioExplainer:

@@ -23,7 +23,7 @@ from danlu.explain import attribution as A
 from danlu.fileio import atomic_path
 
 METHODS = ("ig", "occlusion")
-MAX_PNGS = 64  # saliency images written per call (the table has every row)
+MAX_PNGS = 32  # saliency images written per call (the table has every row)
 
 
 class ImageExplainer:
