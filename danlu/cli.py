@@ -648,6 +648,61 @@ def export(
 
 
 @app.command(
+    epilog="Examples:\n\n  danlu explain runs/tutorial-20261124-101500 --split test\n\n"
+    "  danlu explain runs/wine-20261124-101500 -i rows.csv --method shap --target class_1 -o attr.csv\n\n"
+    "  danlu explain runs/wine-20261124-101500 --split test --method permutation"
+)
+def explain(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder.")],
+    input: Annotated[
+        Path | None, typer.Option("--input", "-i", help="Rows to explain (CSV, TSV, Parquet or JSONL).")
+    ] = None,
+    split: Annotated[
+        str | None, typer.Option(help="Explain one of the run's splits instead: test, val or train.")
+    ] = None,
+    method: Annotated[
+        str | None,
+        typer.Option(
+            help="ig (Integrated Gradients; the default), shap (exact up to 11 features, else KernelSHAP),"
+            " occlusion (audio's default), or permutation (importance on rows that hold the target)."
+        ),
+    ] = None,
+    target: Annotated[
+        str | None,
+        typer.Option(help="The class (regression: target column) to explain; default: the predicted one."),
+    ] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Write here (format from the extension); default: CSV, stdout."),
+    ] = None,
+    report: Annotated[
+        bool, typer.Option(help="Add the global importance plot and table to the run's report.md.")
+    ] = True,
+    trust_code: TrustCode = False,
+    debug: Debug = False,
+) -> None:
+    """Attribute predictions to input features: one row per input row, one column per feature."""
+    with _errors(debug):
+        from danlu.explain.command import run_command
+
+        if output is not None:
+            _check_output(output, "--output", example="attributions.csv")
+        result = run_command(
+            run_dir, input, split, method, target, trust_code, report, lambda line: typer.echo(line, err=True)
+        )
+        if output is None:
+            result.frame.to_csv(sys.stdout, index=False)
+        elif output.suffix.lower() in (".html", ".htm") and result.html is not None:  # text: the page
+            from danlu import fileio
+
+            fileio.write_text(output, result.html)
+            typer.echo(f"wrote {output}", err=True)
+        else:
+            _write_table(result.frame, output)
+            typer.echo(f"wrote {len(result.frame)} rows to {output}", err=True)
+
+
+@app.command(
     epilog="Examples:\n\n  danlu transcribe path/to/whisper-tiny.en talk.wav\n\n"
     "  danlu transcribe path/to/wav2vec2 recordings/ --output-format srt --output-dir subs/\n\n"
     "  cat talk.flac | danlu transcribe path/to/whisper - --timestamps word --output-format json\n\n"

@@ -22,6 +22,9 @@ The hooks, and what each is called with:
 - evaluate(run, cfg, split, data, plots, trust_code) -> summary dict: `danlu evaluate`.
 - describe_inputs(schema) -> list of {"name", "type", ...} or None: what one input row holds.
   The slot the server, explainer and exporter (issues after 15) read; filled where it is easy.
+- explain(run_dir, trust_code, loaded) -> the run's explainer (`danlu explain`,
+  `Predictor.explain`): its `methods`, and what the kind attributes: the baseline input and
+  the forward whose output is attributed (danlu/explain/; `loaded`: the predictor, if built).
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ class Kind:
     detect: Hook = None
     preprocessor: Hook = None
     describe_inputs: Hook = None
+    explain: Hook = None
 
     def hook(self, name: str) -> Callable[..., Any]:
         """The hook `name` as a callable (imported on first use)."""
@@ -189,6 +193,7 @@ TEXT = Kind(  # text or numeric-sequence columns (danlu/data/sequences.py)
     prepare="danlu.data:build_sequences",
     preprocessor="danlu.data.sequences:preprocessor_from_state",
     describe_inputs=describe_text,
+    explain="danlu.explain.text:explainer",
     **ROWS,
 )
 IMAGE = Kind(
@@ -197,6 +202,7 @@ IMAGE = Kind(
     prepare="danlu.data.images:build",
     preprocessor="danlu.data.images:ImagePreprocessor.from_state",
     describe_inputs=describe_image,
+    explain="danlu.explain.image:explainer",
     **ROWS,
 )
 TABULAR = Kind(
@@ -205,5 +211,6 @@ TABULAR = Kind(
     prepare="danlu.data:build_table",
     preprocessor="danlu.data.tabular:TabularPreprocessor.from_state",
     describe_inputs=describe_table,
+    explain="danlu.explain.tabular:explainer",
     **ROWS,
 )

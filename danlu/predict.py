@@ -32,6 +32,7 @@ class Predictor:
         # the kind is looked up by the name model.json gives it (user code only if trusted);
         # its preprocessor hook rebuilds the fitted preprocessing: (state, run_dir) -> it
         kind = kinds.of_run(meta, run.model_json, trust_code)
+        self.kind, self.trust_code = kind, trust_code
         self.preprocessor = kind.hook("preprocessor")(meta["preprocessor"], run.path)
         self.schema = self.preprocessor.schema()
         task_cfg = TaskConfig.model_validate(meta["task"])
@@ -95,6 +96,15 @@ class Predictor:
         out = prediction_frame(self, self.outputs(rows, str(path)), proba)
         arrays = [c for c in rows.columns if len(rows) and type(rows[c].iloc[0]).__name__ == "ndarray"]
         return pd.concat([rows.drop(columns=arrays).reset_index(drop=True), out], axis=1)
+
+    def explain(self, rows: Any, method: str = "ig", target: Any = None) -> pd.DataFrame:
+        """Attributions of the rows' predictions, one row per input row and one column per
+        feature (danlu/explain/; the kind's explain hook says how): method ig, shap,
+        occlusion or permutation (a table per feature; the rows must hold the target)."""
+        if self.kind.explain is None:
+            raise DanluError(f"danlu cannot explain {self.kind.name} runs yet")
+        explainer = self.kind.hook("explain")(self.run.path, self.trust_code, self)
+        return explainer.explain(rows, method=method, target=target).frame
 
     def predict_proba(self, rows: Any) -> np.ndarray:
         if self.schema.task != "classification":

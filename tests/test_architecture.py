@@ -42,6 +42,7 @@ ABOVE_CORE = (
     "danlu.predict",
     "danlu.finish",
     "danlu.export",
+    "danlu.explain",  # `danlu explain`: attributions over a run folder
 )
 # domain packages above the core: language models (danlu/lm/) and speech (danlu/speech/)
 DOMAINS = (

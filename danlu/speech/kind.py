@@ -52,4 +52,5 @@ AUDIO = Kind(
     finish=finish,
     evaluate="danlu.speech.evaluation:evaluate_audio_run",
     describe_inputs=describe_inputs,
+    explain="danlu.explain.audio:explainer",  # audio classifiers: occlusion over time
 )
