@@ -22,6 +22,10 @@ The hooks, and what each is called with:
 - evaluate(run, cfg, split, data, plots, trust_code) -> summary dict: `danlu evaluate`.
 - describe_inputs(schema) -> list of {"name", "type", ...} or None: what one input row holds.
   The slot the server, explainer and exporter (issues after 15) read; filled where it is easy.
+- export_onnx(run_dir, trust_code) -> danlu.onnx.graph.Graph: the run's exportable forward
+  (an nn.Module from graph inputs to outputs, with names, dynamic axes, sample batches for
+  the parity check and the preprocessing left outside); `danlu export --format onnx`. None:
+  the kind cannot be exported.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ class Kind:
     detect: Hook = None
     preprocessor: Hook = None
     describe_inputs: Hook = None
+    export_onnx: Hook = None
 
     def hook(self, name: str) -> Callable[..., Any]:
         """The hook `name` as a callable (imported on first use)."""
@@ -181,6 +186,7 @@ MULTIMODAL = Kind(
     prepare="danlu.data.multimodal:build",
     preprocessor="danlu.data.multimodal:MultimodalPreprocessor.from_state",
     describe_inputs=describe_multimodal,
+    export_onnx="danlu.onnx.rows:graph",
     **ROWS,
 )
 TEXT = Kind(  # text or numeric-sequence columns (danlu/data/sequences.py)
@@ -189,6 +195,7 @@ TEXT = Kind(  # text or numeric-sequence columns (danlu/data/sequences.py)
     prepare="danlu.data:build_sequences",
     preprocessor="danlu.data.sequences:preprocessor_from_state",
     describe_inputs=describe_text,
+    export_onnx="danlu.onnx.rows:graph",
     **ROWS,
 )
 IMAGE = Kind(
@@ -197,6 +204,7 @@ IMAGE = Kind(
     prepare="danlu.data.images:build",
     preprocessor="danlu.data.images:ImagePreprocessor.from_state",
     describe_inputs=describe_image,
+    export_onnx="danlu.onnx.rows:graph",
     **ROWS,
 )
 TABULAR = Kind(
@@ -205,5 +213,6 @@ TABULAR = Kind(
     prepare="danlu.data:build_table",
     preprocessor="danlu.data.tabular:TabularPreprocessor.from_state",
     describe_inputs=describe_table,
+    export_onnx="danlu.onnx.rows:graph",
     **ROWS,
 )

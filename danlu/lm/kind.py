@@ -63,4 +63,12 @@ def task(cfg: Any, schema: Any, y_train: Any, preprocessor: Any) -> Any:
     return LanguageModelingTask(cfg, schema, preprocessor)
 
 
-CORPUS = Kind("corpus", detect=is_corpus, prepare=prepare, load=load, finish=finish, evaluate=evaluate)
+CORPUS = Kind(
+    "corpus",
+    detect=is_corpus,
+    prepare=prepare,
+    load=load,
+    finish=finish,
+    evaluate=evaluate,
+    export_onnx="danlu.lm.onnx:graph",  # logits for a sequence of token ids
+)

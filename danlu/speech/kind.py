@@ -52,4 +52,5 @@ AUDIO = Kind(
     finish=finish,
     evaluate="danlu.speech.evaluation:evaluate_audio_run",
     describe_inputs=describe_inputs,
+    export_onnx="danlu.speech.onnx:graph",  # features in, log-probabilities (or logits) out
 )
