@@ -157,6 +157,49 @@ def test_language_model_and_speech_runs_export(invoke_cli: Any, runs: Path) -> N
         assert meta["outputs"][0]["name"] == first and meta["inputs"][0]["shape"][:2] == ["batch", "frames"]
 
 
+@pytest.mark.parametrize(
+    "cell,pooling,bidirectional,layers",
+    [("lstm", "last", True, 2), ("gru", "attention", True, 1), ("rnn", "mean", False, 2)],
+)
+def test_recurrent_encoders_export_without_packed_sequences(
+    cell: str, pooling: str, bidirectional: bool, layers: int, tmp_path: Path
+) -> None:
+    """The exportable form of an RNN text encoder (danlu/onnx/rnn.py) gives the packed
+    model's outputs, eagerly and through onnxruntime, on rows of different lengths."""
+    from types import SimpleNamespace
+
+    import onnxruntime as ort
+    import torch
+
+    from danlu.config import RNNConfig
+    from danlu.models.rnn import RNNEncoder
+    from danlu.onnx.rnn import without_packing
+
+    torch.manual_seed(0)
+    cfg = RNNConfig(cell=cell, pooling=pooling, bidirectional=bidirectional, layers=layers, hidden=8)
+    schema = SimpleNamespace(input_kind="text", vocab_size=30, pad_id=0)
+    model = RNNEncoder(cfg.model_copy(update={"embedding_dim": 6}), schema, 3).eval()
+    lengths = torch.tensor([7, 3, 1, 5])
+    mask = (torch.arange(7)[None, :] < lengths[:, None]).long()
+    ids = torch.randint(1, 30, (4, 7)) * mask
+    exportable = without_packing(model).eval()
+    with torch.no_grad():
+        want = model(input_ids=ids, attention_mask=mask)
+        torch.testing.assert_close(exportable(input_ids=ids, attention_mask=mask), want, atol=1e-6, rtol=1e-5)
+    path = tmp_path / "rnn.onnx"
+    axes = {"input_ids": {0: "batch", 1: "tokens"}, "attention_mask": {0: "batch", 1: "tokens"}}
+    with pytest.warns(DeprecationWarning):  # TorchScript's exporter: fast, and enough here
+        torch.onnx.export(
+            exportable, (ids, mask), str(path), input_names=list(axes), dynamic_axes=axes, dynamo=False
+        )
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})
+    np.testing.assert_allclose(got, want.numpy(), atol=1e-5, rtol=1e-4)
+    # another batch size and width than the traced ones
+    (got,) = session.run(None, {"input_ids": ids[1:3, :4].numpy(), "attention_mask": mask[1:3, :4].numpy()})
+    np.testing.assert_allclose(got, want[1:3].numpy(), atol=1e-5, rtol=1e-4)
+
+
 # --------------------------------------------------------------------------- bad input
 def test_out_exists_is_refused_without_force(invoke_cli: Any, runs: Path) -> None:
     out = runs / "tabular_classification" / "onnx"

@@ -42,7 +42,7 @@ def graph(run_dir: str | Path, trust_code: bool = False) -> Graph:
         rng = np.random.default_rng(0)
         ids, sample_from = rng.integers(0, cfg.vocab_size, (4, length)).astype(np.int64), "generated inputs"
     return Graph(
-        module=Logits(model),
+        module=Logits(model).eval(),
         inputs=["input_ids"],
         outputs=["logits"],
         dynamic_axes={"input_ids": {0: "batch", 1: "tokens"}, "logits": {0: "batch", 1: "tokens"}},

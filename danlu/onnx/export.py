@@ -18,6 +18,7 @@ import inspect
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -63,6 +64,11 @@ def export_onnx(
             "--format onnx needs onnx, onnxscript and onnxruntime: pip install 'danlu[onnx]'"
         ) from None
     graph: Graph = kind.hook("export_onnx")(run.path, trust_code)
+    # inference mode throughout: a wrapper made in training mode would put dropout back
+    # (TorchScript's exporter restores the mode it found, recursively, after exporting)
+    for module in (graph.module, graph.reference):
+        if module is not None:
+            module.eval()
     model_type = (meta.get("model") or {}).get("type", "?")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -195,7 +201,8 @@ def export_graph(graph: Graph, path: Path, model_type: str, dynamo: bool) -> Non
                 **axes,
             )
     except Exception as e:  # each exporter has its own errors
-        raise DanluError(f"cannot export this {model_type} model to ONNX: {one_line(e, 240)}") from None
+        why = re.sub(r"\x1b\[[0-9;]*m", "", one_line(e, 240))  # dynamo's messages hold terminal colours
+        raise DanluError(f"cannot export this {model_type} model to ONNX: {why}") from None
     finally:
         quiet.setLevel(level)
 
@@ -215,7 +222,8 @@ def check_parity(graph: Graph, sess: Any, model_type: str) -> dict[str, Any]:
         feeds = {n: batch[n] for n in graph.inputs}
         got = sess.run(graph.outputs, feeds)
         with torch.no_grad():
-            want = graph.module(*(torch.from_numpy(np.ascontiguousarray(batch[n])) for n in graph.inputs))
+            eager = graph.reference or graph.module
+            want = eager(*(torch.from_numpy(np.ascontiguousarray(batch[n])) for n in graph.inputs))
         want = [w.numpy() for w in (want if isinstance(want, tuple | list) else (want,))]
         rows += len(want[0])
         for name, g, w in zip(graph.outputs, got, want, strict=True):

@@ -28,6 +28,9 @@ class Graph:
     predicted: Callable[[np.ndarray], np.ndarray] | None = None
     files: dict[str, Path] = field(default_factory=dict)  # name in OUT -> file copied there
     about: dict[str, Any] = field(default_factory=dict)  # kind, model type, task: for metadata.json
+    # what the parity check compares against, when `module` is an exportable rewrite of it
+    # (recurrent layers without packed sequences: danlu/onnx/rnn.py); None: `module` itself
+    reference: nn.Module | None = None
 
 
 def argmax(out: np.ndarray) -> np.ndarray:

@@ -36,6 +36,7 @@ from danlu.data.sequences import SequencePreprocessor, TextPreprocessor, _mask
 from danlu.data.tabular import TabularPreprocessor
 from danlu.errors import DanluError
 from danlu.onnx.graph import Batch, Graph, argmax
+from danlu.onnx.rnn import without_packing
 from danlu.predict import Predictor
 from danlu.registry import distrust
 from danlu.run import RunDir
@@ -343,6 +344,10 @@ def graph(run_dir: str | Path, trust_code: bool = False) -> Graph:
         if hasattr(m, "merge_lora"):
             m.merge_lora()
     forward = RowsForward(predictor.model, predictor.preprocessor).eval()
+    exportable = without_packing(predictor.model)
+    module = (
+        forward if exportable is predictor.model else RowsForward(exportable, predictor.preprocessor).eval()
+    )
     rows, sample_from = split_rows(predictor.run, predictor.schema.task, trust_code)
     sample = list(forward.batches(rows, sample_from)) if rows is not None else [forward.generate()]
     schema, task = predictor.schema, predictor.task
@@ -362,7 +367,8 @@ def graph(run_dir: str | Path, trust_code: bool = False) -> Graph:
     output = "logits" if classification else "outputs"
     axes = forward.dynamic_axes() | {output: {0: "batch"}}
     return Graph(
-        module=forward,
+        module=module,
+        reference=forward if module is not forward else None,
         inputs=forward.names,
         outputs=[output],
         dynamic_axes=axes,

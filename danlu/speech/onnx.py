@@ -14,9 +14,12 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from danlu.onnx.graph import Graph, argmax
+from danlu.onnx.rnn import Unpacked
+from danlu.speech.model import CTCModel
 
 
 class Network(nn.Module):
@@ -28,6 +31,22 @@ class Network(nn.Module):
 
     def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> Any:
         return self.model(features, lengths)
+
+
+class UnpackedCTC(nn.Module):
+    """CTCModel.forward of a GRU/LSTM encoder with the recurrence unpacked (danlu/onnx/rnn.py):
+    what the exporters can write faithfully; the same parameters."""
+
+    def __init__(self, model: CTCModel) -> None:
+        super().__init__()
+        self.model, self.rnn = model, Unpacked(model.rnn)
+
+    def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        m = self.model
+        x, lengths = m.subsample(features, lengths)
+        lengths = lengths.clamp(1, x.shape[1])
+        x, _ = self.rnn(m.drop(x), lengths)
+        return F.log_softmax(m.head(m.drop(x)), dim=-1), lengths
 
 
 def graph(run_dir: str | Path, trust_code: bool = False) -> Graph:
@@ -45,8 +64,10 @@ def graph(run_dir: str | Path, trust_code: bool = False) -> Graph:
     axes = {"features": {0: "batch", 1: "frames"}, "lengths": {0: "batch"}}
     axes |= {"log_probs": {0: "batch", 1: "out_frames"}, "out_lengths": {0: "batch"}} if ctc else {}
     axes |= {} if ctc else {"logits": {0: "batch"}}
+    unpacked = isinstance(rec.model, CTCModel) and rec.model.encoder_kind in ("gru", "lstm")
     return Graph(
-        module=Network(rec.model),
+        module=(UnpackedCTC(rec.model) if unpacked else Network(rec.model)).eval(),
+        reference=Network(rec.model).eval() if unpacked else None,
         inputs=["features", "lengths"],
         outputs=outputs,
         dynamic_axes=axes,
