@@ -71,7 +71,8 @@ def export_onnx(
             module.eval()
     model_type = (meta.get("model") or {}).get("type", "?")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    # ".*.tmp": what a killed export leaves is removed like any partial write (RunDir.clean_partial)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
         path = tmp / "model.onnx"
         # the dynamo exporter first; TorchScript's where dynamo cannot export the model or
@@ -157,7 +158,7 @@ def replace(tmp: Path, out: Path) -> None:
     """Move the finished folder into place; an earlier export is swapped out, then removed."""
     old = None
     if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        old = out.with_name(f".{out.name}.old-{os.getpid()}.tmp")
         out.rename(old)
     tmp.rename(out)
     if old is not None:
