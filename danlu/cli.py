@@ -273,17 +273,27 @@ def predict(
         ),
     ] = None,
     proba: Annotated[bool, typer.Option(help="Add one probability column per class.")] = False,
+    runtime: Annotated[
+        str,
+        typer.Option(
+            help="torch, onnx (the export in RUN/onnx) or auto: onnx when RUN/onnx holds an export"
+            " and onnxruntime was the faster when it was exported."
+        ),
+    ] = "auto",
     trust_code: TrustCode = False,
     debug: Debug = False,
 ) -> None:
     """Predict for new rows; extra input columns are passed through."""
     with _errors(debug):
-        from danlu.predict import load
+        from danlu.onnx.runtime import load
 
         if output is not None:
             _check_output(output, "--output", example="predictions.csv")
         # the run's kind builds its predictor (danlu/kinds.py); each reads its own inputs
-        result = load(run_dir, trust_code).predict_frame(input, proba)
+        predictor, which = load(run_dir, trust_code, runtime)
+        if which:
+            typer.echo(which, err=True)
+        result = predictor.predict_frame(input, proba)
         if output is None:
             result.to_csv(sys.stdout, index=False)
         else:
@@ -623,17 +633,29 @@ def _read_prompts(prompt: str | None, prompts: Path | None) -> list[str]:
     epilog="Examples:\n\n  danlu export runs/shakespeare-20261124-101500 --format hf exported/\n\n"
     '  python -c "from transformers import AutoModelForCausalLM; '
     "AutoModelForCausalLM.from_pretrained('exported')\"\n\n"
-    "  danlu export runs/sentiment-minilm-20261125-010000 --format hf classifier/"
+    "  danlu export runs/sentiment-minilm-20261125-010000 --format hf classifier/\n\n"
+    "  danlu export runs/tutorial-20261124-101500 --format onnx runs/tutorial-20261124-101500/onnx\n\n"
+    "  danlu predict runs/tutorial-20261124-101500 --input rows.csv --runtime onnx"
 )
 def export(
-    run_dir: Annotated[Path, typer.Argument(help="A language-model or pretrained_encoder run folder.")],
-    out_dir: Annotated[Path, typer.Argument(help="New folder to write (must not exist or be empty).")],
-    format: Annotated[str, typer.Option("--format", "-f", help="hf: a Hugging Face model folder.")] = "hf",
+    run_dir: Annotated[
+        Path, typer.Argument(help="A run folder (hf: a language-model or pretrained_encoder run).")
+    ],
+    out_dir: Annotated[Path, typer.Argument(help="New folder to write (hf: may be an empty one).")],
+    format: Annotated[
+        str,
+        typer.Option(
+            "--format", "-f", help="hf: a Hugging Face model folder; onnx: model.onnx + metadata.json."
+        ),
+    ] = "hf",
+    force: Annotated[bool, typer.Option(help="onnx: replace an earlier ONNX export in OUT_DIR.")] = False,
     trust_code: TrustCode = False,
     debug: Debug = False,
 ) -> None:
     """Export a run for other tools (hf: a transformers folder with its tokenizer: GPT-2 for
-    language models, AutoModelForSequenceClassification for fine-tuned encoders)."""
+    language models, AutoModelForSequenceClassification for fine-tuned encoders; onnx: the
+    model with its fitted preprocessing, checked against PyTorch on the run's test split;
+    RUN/onnx is where `danlu predict --runtime onnx` looks)."""
     with _errors(debug):
         from danlu.export import export_run
 
@@ -641,7 +663,7 @@ def export(
             raise DanluError(f"OUT_DIR {out_dir}: is a file; give a new folder to write the export to")
         _check_output(out_dir, "OUT_DIR", folder=True)
         try:
-            path = export_run(run_dir, out_dir, format=format, trust_code=trust_code)
+            path = export_run(run_dir, out_dir, format=format, trust_code=trust_code, force=force)
         except OSError as e:  # e.g. the disk filled up: the folder is written beside OUT_DIR first
             raise DanluError(f"OUT_DIR {out_dir}: cannot write the export: {e.strerror or e}") from None
         typer.echo(f"wrote {path}")

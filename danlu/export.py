@@ -1,4 +1,5 @@
-"""`danlu export RUN --format hf OUT`: a trained run folder -> a Hugging Face folder.
+"""`danlu export RUN --format hf|onnx OUT`: a trained run folder -> a Hugging Face folder,
+or an ONNX model with its metadata (danlu/onnx/export.py).
 
 A language-model (GPT) run becomes a GPT-2 folder (GPT2LMHeadModel + AutoTokenizer;
 danlu/lm/export.py); a pretrained_encoder run becomes an AutoModelForSequenceClassification
@@ -19,13 +20,26 @@ from danlu.run import RunDir
 
 
 def export_run(
-    run_dir: str | Path, out_dir: str | Path, format: str = "hf", trust_code: bool = False
+    run_dir: str | Path,
+    out_dir: str | Path,
+    format: str = "hf",
+    trust_code: bool = False,
+    force: bool = False,
 ) -> Path:
-    """Write a language-model run as a Hugging Face GPT-2 folder (config.json,
+    """hf: write a language-model run as a Hugging Face GPT-2 folder (config.json,
     model.safetensors, tokenizer files) that GPT2LMHeadModel and AutoTokenizer load.
+    onnx: model.onnx and metadata.json, parity checked (danlu/onnx/export.py); force: replace
+    an earlier ONNX export in OUT.
     trust_code: a pretrained_encoder run may name user code (e.g. its task.loss)."""
-    if format != "hf":
-        raise DanluError(f"unknown export format '{format}'; supported: hf (language-model runs)")
+    if format not in ("hf", "onnx"):
+        raise DanluError(
+            f"unknown export format '{format}'; supported: hf (language-model and pretrained_encoder"
+            " runs), onnx (any run of tables, images, text, multimodal rows, GPT or CTC speech)"
+        )
+    if format == "onnx":
+        from danlu.onnx.export import export_onnx
+
+        return export_onnx(run_dir, out_dir, force=force, trust_code=trust_code)
     run_path, out_dir = Path(run_dir), Path(out_dir)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise DanluError(f"'{out_dir}' already exists and is not empty; choose a new folder")

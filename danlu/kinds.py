@@ -25,6 +25,10 @@ The hooks, and what each is called with:
 - explain(run_dir, trust_code, loaded) -> the run's explainer (`danlu explain`,
   `Predictor.explain`): its `methods`, and what the kind attributes: the baseline input and
   the forward whose output is attributed (danlu/explain/; `loaded`: the predictor, if built).
+- export_onnx(run_dir, trust_code) -> danlu.onnx.graph.Graph: the run's exportable forward
+  (an nn.Module from graph inputs to outputs, with names, dynamic axes, sample batches for
+  the parity check and the preprocessing left outside); `danlu export --format onnx`. None:
+  the kind cannot be exported.
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ class Kind:
     preprocessor: Hook = None
     describe_inputs: Hook = None
     explain: Hook = None
+    export_onnx: Hook = None
 
     def hook(self, name: str) -> Callable[..., Any]:
         """The hook `name` as a callable (imported on first use)."""
@@ -185,6 +190,7 @@ MULTIMODAL = Kind(
     prepare="danlu.data.multimodal:build",
     preprocessor="danlu.data.multimodal:MultimodalPreprocessor.from_state",
     describe_inputs=describe_multimodal,
+    export_onnx="danlu.onnx.rows:graph",
     **ROWS,
 )
 TEXT = Kind(  # text or numeric-sequence columns (danlu/data/sequences.py)
@@ -194,6 +200,7 @@ TEXT = Kind(  # text or numeric-sequence columns (danlu/data/sequences.py)
     preprocessor="danlu.data.sequences:preprocessor_from_state",
     describe_inputs=describe_text,
     explain="danlu.explain.text:explainer",
+    export_onnx="danlu.onnx.rows:graph",
     **ROWS,
 )
 IMAGE = Kind(
@@ -203,6 +210,7 @@ IMAGE = Kind(
     preprocessor="danlu.data.images:ImagePreprocessor.from_state",
     describe_inputs=describe_image,
     explain="danlu.explain.image:explainer",
+    export_onnx="danlu.onnx.rows:graph",
     **ROWS,
 )
 TABULAR = Kind(
@@ -212,5 +220,6 @@ TABULAR = Kind(
     preprocessor="danlu.data.tabular:TabularPreprocessor.from_state",
     describe_inputs=describe_table,
     explain="danlu.explain.tabular:explainer",
+    export_onnx="danlu.onnx.rows:graph",
     **ROWS,
 )

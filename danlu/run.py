@@ -18,6 +18,8 @@ runs/<name>-<YYYYmmdd-HHMMSS>/
   tensorboard/         event files when train.tensorboard is on
   tokenizer.json       language models and text inputs: the tokenizer (Hugging Face tokenizers format)
   samples.md           language models: a sample of generated text at each evaluation
+  onnx/                `danlu export RUN --format onnx RUN/onnx`: model.onnx, metadata.json (and
+                       tokenizer.json); where `danlu predict --runtime onnx|auto` looks
   failed.json          only when training stopped on an error (a divergence, a full disk):
                        {"reason": ..., "when": ...}; removed when the run is resumed
 """

@@ -55,8 +55,9 @@ def test_detection_order(tmp_path, keys, task_type, model, expected):
 def test_every_built_in_hook_imports():
     for name in KINDS.names():
         kind = kinds.get(name)
-        for hook in ("detect", "prepare", "preprocessor", "load", "finish", "evaluate", "describe_inputs",
-                     "explain"):
+        hooks = ("detect", "prepare", "preprocessor", "load", "finish", "evaluate", "describe_inputs")
+        hooks += ("explain", "export_onnx")
+        for hook in hooks:
             ref = getattr(kind, hook)
             assert ref is None or callable(import_object(ref) if isinstance(ref, str) else ref), (name, hook)
 

@@ -368,29 +368,46 @@ class MultimodalPreprocessor:
         return ~absent
 
     # ---- rows -> model inputs
-    def dataset(
-        self, df: pd.DataFrame, where: str = "data", with_target: bool = True, augment: bool = False
-    ) -> MultimodalData:
-        parts: dict[str, Any] = {}
-        present: dict[str, torch.Tensor] = {}
-        for name, pre in self.inputs.items():
+    def input_frames(
+        self, df: pd.DataFrame, where: str = "data"
+    ) -> tuple[dict[str, pd.DataFrame], dict[str, np.ndarray]]:
+        """Each input's own frame, for its own preprocessor (an absent value blanked, image
+        paths resolved), and the rows where it is present. Shared by `dataset` and the ONNX
+        export (danlu/onnx/rows.py), which feeds each input to its part of the graph."""
+        frames: dict[str, pd.DataFrame] = {}
+        present: dict[str, np.ndarray] = {}
+        for name in self.inputs:
             ok = self.present(df, name, where)
             kind, cols = self.kinds[name], self.columns[name]
             if kind == "tabular":
                 frame = (
                     df if ok.all() else df[cols].where(pd.DataFrame({c: ok for c in cols}, index=df.index))
                 )
-                parts[name] = TensorData(pre.transform(frame, where), None)
             elif kind == "text":
                 text = np.where(ok, df[cols[0]].to_numpy(dtype=object), "")
                 frame = pd.DataFrame({cols[0]: text}, index=df.index)  # the file's rows, for errors
-                parts[name] = pre.dataset(frame, where, with_target=False)
             else:
                 items = self._image_items(df, name, where, ok)
                 frame = pd.DataFrame({cols[0]: pd.Series(items, index=df.index, dtype=object)})
+            frames[name], present[name] = frame, ok
+        return frames, present
+
+    def dataset(
+        self, df: pd.DataFrame, where: str = "data", with_target: bool = True, augment: bool = False
+    ) -> MultimodalData:
+        parts: dict[str, Any] = {}
+        present: dict[str, torch.Tensor] = {}
+        frames, ok = self.input_frames(df, where)
+        for name, pre in self.inputs.items():
+            kind, frame = self.kinds[name], frames[name]
+            if kind == "tabular":
+                parts[name] = TensorData(pre.transform(frame, where), None)
+            elif kind == "text":
+                parts[name] = pre.dataset(frame, where, with_target=False)
+            else:
                 parts[name] = pre.split(frame, where, pre.augment if augment else None, with_target=False)
             if name in self.allow_missing:
-                present[name] = torch.as_tensor(ok)
+                present[name] = torch.as_tensor(ok[name])
         y = self.target.transform_target(df, where) if with_target else None
         return MultimodalData(parts, self.kinds, present, y, len(df))
 

@@ -264,7 +264,10 @@ class TabularPreprocessor:
             self.target_scale = [1.0] * arr.shape[1]
 
     # ---- transforming
-    def transform(self, df: pd.DataFrame, where: str = "data") -> dict[str, torch.Tensor]:
+    def raw(self, df: pd.DataFrame, where: str = "data") -> tuple[np.ndarray, np.ndarray]:
+        """Rows -> (numeric columns (n, numeric), unscaled, gaps filled; category codes
+        (n, categorical): each value's index in `categories`, -1 for one training never saw).
+        What `transform` scales and encodes, and what an ONNX export takes as its inputs."""
         missing = [c for c in self.features if c not in df.columns]
         if missing:
             hint = did_you_mean(missing[0], [str(c) for c in df.columns])
@@ -274,24 +277,29 @@ class TabularPreprocessor:
                 f"{', '.join(self.features)}"
             )
         num = self._numeric_block(df, where)
-        num = (num - np.asarray(self.center)) / np.asarray(self.scale)
-        blocks = [num]
-        codes = []
-        for c in self.categorical:
+        codes = np.empty((len(df), len(self.categorical)), dtype=np.int64)
+        for j, c in enumerate(self.categorical):
             col = _as_category_strings(df[c])
             if col.isna().any():
                 if self.missing == "error":
                     raise _missing_error(where, c, col.isna().to_numpy(), df.index)
                 col = col.fillna(self.fill[c])
-            cats = self.categories[c]
-            index = pd.Index(cats).get_indexer(col)  # unseen -> -1
+            codes[:, j] = pd.Index(self.categories[c]).get_indexer(col)  # unseen -> -1
+        return num, codes
+
+    def transform(self, df: pd.DataFrame, where: str = "data") -> dict[str, torch.Tensor]:
+        num, index = self.raw(df, where)
+        num = (num - np.asarray(self.center)) / np.asarray(self.scale)
+        blocks = [num]
+        codes = []
+        for j, c in enumerate(self.categorical):
             if self.encoding == "onehot":
-                onehot = np.zeros((len(df), len(cats)))
-                seen = index >= 0  # an unseen category is all zeros
-                onehot[np.nonzero(seen)[0], index[seen]] = 1.0
+                onehot = np.zeros((len(df), len(self.categories[c])))
+                seen = index[:, j] >= 0  # an unseen category is all zeros
+                onehot[np.nonzero(seen)[0], index[seen, j]] = 1.0
                 blocks.append(onehot)
             else:
-                codes.append(index + 1)  # 0 is the unseen-category row
+                codes.append(index[:, j] + 1)  # 0 is the unseen-category row
         x = np.concatenate(blocks, axis=1) if blocks else np.zeros((len(df), 0))
         inputs = {"x": torch.as_tensor(x, dtype=torch.float32)}
         if codes:

@@ -71,4 +71,5 @@ CORPUS = Kind(
     finish=finish,
     evaluate=evaluate,
     explain="danlu.explain.lm:explainer",  # prompt tokens -> the generated token (danlu/explain/lm.py)
+    export_onnx="danlu.lm.onnx:graph",  # logits for a sequence of token ids
 )

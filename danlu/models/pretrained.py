@@ -190,6 +190,11 @@ class PretrainedEncoder(nn.Module):
         return self.head(self.drop(pooled))
 
     # ---- export
+    def merge_lora(self) -> None:
+        """Fold LoRA adapters into the weights: one plain transformers model (ONNX export)."""
+        if self.cfg.strategy == "lora" and hasattr(self.hf, "merge_and_unload"):
+            self.hf = self.hf.merge_and_unload()
+
     def export_hf(self, out_dir: Path, tokenizer_dir: Path | None, tokenizer_file: Path) -> None:
         """A transformers folder: AutoModelForSequenceClassification gives the same logits
         (LoRA adapters merged into the weights)."""

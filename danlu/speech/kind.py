@@ -53,4 +53,5 @@ AUDIO = Kind(
     evaluate="danlu.speech.evaluation:evaluate_audio_run",
     describe_inputs=describe_inputs,
     explain="danlu.explain.audio:explainer",  # audio classifiers: occlusion over time
+    export_onnx="danlu.speech.onnx:graph",  # features in, log-probabilities (or logits) out
 )
