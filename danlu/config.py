@@ -659,7 +659,8 @@ class MFConfig(Section):
 
     type: Literal["mf"] = "mf"
     factors: int = Field(64, ge=1)
-    reg: float = Field(0.05, ge=0.0)  # L2 on the biases and factors a batch uses, per rating
+    reg: float = Field(0.1, ge=0.0)  # L2 on the factors a batch uses, per rating
+    bias_reg: float = Field(0.01, ge=0.0)  # L2 on the biases a batch uses, per rating
     init_std: float = Field(0.1, gt=0.0)
 
 

@@ -13,7 +13,7 @@ Ranking, binary relevance, per user then averaged over users with at least one t
   unseen in training (no model can rank them).
 - sampled: each test positive ranked against `negatives` items the user never interacted
   with, drawn with the run's seed (as NCF/SASRec papers report): HR@K, NDCG@K, MRR per
-  positive. Always labelled "sampled" beside the numbers.
+  positive, named sampled_hr@K, sampled_ndcg@K, sampled_mrr.
 """
 
 from __future__ import annotations
@@ -78,13 +78,14 @@ def ranking_metrics(
 
 
 def sampled_metrics(ranks: np.ndarray, ks: Sequence[int]) -> dict[str, float]:
-    """ranks: for each test positive, how many of its sampled negatives score higher (0: first)."""
+    """ranks: for each test positive, how many of its sampled negatives score higher (0: first).
+    Named sampled_* wherever they appear, never to be read as full-ranking numbers."""
     out: dict[str, float] = {}
     for k in ks:
         hit = ranks < k
-        out[f"hr@{k}"] = float(hit.mean())
-        out[f"ndcg@{k}"] = float(np.where(hit, 1.0 / np.log2(ranks + 2), 0.0).mean())
-    out["mrr"] = float((1.0 / (ranks + 1)).mean())
+        out[f"sampled_hr@{k}"] = float(hit.mean())
+        out[f"sampled_ndcg@{k}"] = float(np.where(hit, 1.0 / np.log2(ranks + 2), 0.0).mean())
+    out["sampled_mrr"] = float((1.0 / (ranks + 1)).mean())
     return out
 
 

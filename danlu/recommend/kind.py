@@ -106,9 +106,8 @@ def score(run: Any, cfg: Any, rec: Any, frames: dict[str, Any], split: str, info
         }
         rows = len(data)
     protocol = evaluation.protocol(cfg, split, objective)
-    what = "ratings" if objective == "rating" else f"users, {protocol['ranking'].split(':')[0]} ranking"
     summary = {
-        "title": f"{split} split ({rows} {what}; the floor is in report.md)",
+        "title": f"{split} split ({rows} {'ratings' if objective == 'rating' else 'users'})",
         "task": "recommendation",
         "split": split,
         "rows": rows,

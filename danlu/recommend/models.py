@@ -88,8 +88,10 @@ class _Factors(nn.Module):
     def items_of(self, items: torch.Tensor | None, device: torch.device) -> torch.Tensor:
         return torch.arange(self.n_items, device=device)[None] if items is None else items
 
-    def penalty(self, *rows: torch.Tensor) -> torch.Tensor:
-        return self.reg * sum(r.pow(2).sum(-1).mean() for r in rows)  # type: ignore[return-value]
+    @staticmethod
+    def penalty(reg: float, *rows: torch.Tensor) -> torch.Tensor:
+        """reg x the mean over the batch of each row's squared norm (SGD-style L2)."""
+        return reg * sum(r.pow(2).sum(-1).mean() for r in rows)  # type: ignore[return-value]
 
 
 class MF(_Factors):
@@ -97,6 +99,7 @@ class MF(_Factors):
 
     def __init__(self, cfg: Any, schema: Any, out_dim: int = 1) -> None:
         super().__init__(schema, cfg.factors, cfg.init_std, cfg.reg)
+        self.bias_reg = cfg.bias_reg
         self.register_buffer("mean", torch.tensor(float(schema.rating_mean)))
 
     def forward(self, users: torch.Tensor, items: torch.Tensor | None = None, history: Any = None) -> Any:
@@ -105,7 +108,8 @@ class MF(_Factors):
         bu, bi = self.user_bias(users), self.item_bias(items)[..., 0]
         scores = self.mean + bu + bi + (p * q).sum(-1)
         if self.training:
-            return scores, self.penalty(p[:, 0], q.flatten(0, 1), bu, bi.flatten()[:, None])
+            factors = self.penalty(self.reg, p[:, 0], q.flatten(0, 1))
+            return scores, factors + self.penalty(self.bias_reg, bu, bi.flatten()[:, None])
         return scores
 
 
@@ -120,5 +124,5 @@ class BPR(_Factors):
         p, q = self.user(users)[:, None], self.item(items)
         scores = self.item_bias(items)[..., 0] + (p * q).sum(-1)
         if self.training:
-            return scores, self.penalty(p[:, 0], q.flatten(0, 1))
+            return scores, self.penalty(self.reg, p[:, 0], q.flatten(0, 1))
         return scores
