@@ -254,6 +254,18 @@ def test_ease_trains_predicts_and_evaluates(tmp_path, csv, invoke_cli):
     assert json.loads((run / "metrics.json").read_text())["metrics"] == pytest.approx(summary["metrics"])
 
 
+def test_sampled_protocol_is_labelled(tmp_path, csv, invoke_cli):
+    ease = _write(tmp_path, {"type": "ease", "lambda": 10.0})
+    over = ("eval.k=[5]", "eval.protocol=sampled", "eval.negatives=5")
+    r = invoke_cli("train", ease, *[a for o in over for a in ("--set", o)])
+    assert r.exit_code == 0, (r.stderr, r.exception)
+    summary = json.loads((tmp_path / "runs" / "rec" / "metrics.json").read_text())
+    assert summary["protocol"]["ranking"] == "sampled: each positive against 5 sampled negatives"
+    assert set(summary["metrics"]) == {"sampled_hr@5", "sampled_ndcg@5", "sampled_mrr"}
+    assert set(summary["floor"]["popularity"]) == set(summary["metrics"])
+    assert summary["metrics"]["sampled_hr@5"] > summary["floor"]["popularity"]["sampled_hr@5"]
+
+
 def test_learned_models_train_through_the_trainer(tmp_path, csv, invoke_cli):
     bpr = invoke_cli(
         "train",

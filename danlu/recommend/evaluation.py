@@ -24,6 +24,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from danlu.errors import DanluError
+
 RANKING = ("precision", "recall", "hr", "ndcg", "map", "mrr")
 
 
@@ -148,14 +150,20 @@ def _sampled_ranks(
             if not len(pos):
                 continue
             touched = set(seen[u].indices.tolist()) | set(pos.tolist())
+            if index.n_items - len(touched) < negatives:
+                raise DanluError(
+                    f"eval.negatives: {negatives} per positive, but user {index.users[u]} has only"
+                    f" {index.n_items - len(touched)} items never interacted with; lower eval.negatives"
+                )
             history = torch.from_numpy(index.positives[[u]].toarray())
             scores = model(users=torch.tensor([u]), history=history)[0].numpy()
             for p in pos:
                 neg = rng.integers(index.n_items, size=negatives * 2)
-                neg = np.array([n for n in neg if n not in touched][:negatives])
+                neg = np.array([n for n in neg if n not in touched][:negatives], dtype=np.int64)
                 while len(neg) < negatives:  # nearly every item touched: draw until enough
-                    more = rng.integers(index.n_items, size=negatives)
-                    neg = np.concatenate([neg, [n for n in more if n not in touched]])[:negatives]
+                    draw = rng.integers(index.n_items, size=negatives)
+                    more = np.array([n for n in draw if n not in touched], dtype=np.int64)
+                    neg = np.concatenate([neg, more])[:negatives]
                 ranks.append(int((scores[neg] > scores[p]).sum()))
     return np.asarray(ranks)
 
