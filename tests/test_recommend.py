@@ -4,6 +4,7 @@ scikit-learn, the splits, duplicates and negative sampling, tiny runs through th
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from pathlib import Path
@@ -228,7 +229,7 @@ def test_ease_trains_predicts_and_evaluates(tmp_path, csv, invoke_cli):
 
     out = invoke_cli("predict", run, "--users", "u0,u1", "--k", "3")
     assert out.exit_code == 0, out.stderr
-    recs = pd.read_csv(__import__("io").StringIO(out.stdout))
+    recs = pd.read_csv(io.StringIO(out.stdout))
     assert list(recs.columns) == ["user", "rank", "item", "score"] and len(recs) == 6
     liked = {"u0": range(15), "u1": range(15, 30)}
     for u, items in liked.items():
@@ -240,15 +241,26 @@ def test_ease_trains_predicts_and_evaluates(tmp_path, csv, invoke_cli):
     seen = {index.items[i] for i in index.exclusion("test")[index.user_index["u0"]].indices}
     assert len(seen) >= 9 and not seen & set(recs[recs["user"] == "u0"]["item"])  # training items left out
     with_seen = pd.read_csv(
-        __import__("io").StringIO(
-            invoke_cli("predict", run, "--users", "u0", "--k", "15", "--include-seen").stdout
-        )
+        io.StringIO(invoke_cli("predict", run, "--users", "u0", "--k", "15", "--include-seen").stdout)
     )
     assert seen & set(with_seen["item"])
 
     assert (
         danlu.load(run).recommend(["u0"], k=3)["item"].tolist() == recs[recs["user"] == "u0"]["item"].tolist()
     )
+    pd.DataFrame({"user": ["u1", "u0"]}).to_csv(tmp_path / "users.csv", index=False)
+    from_file = invoke_cli("predict", run, "--input", "users.csv", "--k", "3")
+    assert from_file.exit_code == 0, from_file.stderr
+    by_file = pd.read_csv(io.StringIO(from_file.stdout))
+    assert by_file["user"].tolist() == ["u1"] * 3 + ["u0"] * 3
+    assert (
+        by_file.sort_values(["user", "rank"])["item"].tolist()
+        == recs.sort_values(["user", "rank"])["item"].tolist()
+    )
+    assert_user_error(
+        invoke_cli("predict", run), "give --input FILE (or, for a recommendation run, --users 1,2,3)"
+    )
+
     evaluated = invoke_cli("evaluate", run)
     assert evaluated.exit_code == 0, evaluated.stderr
     assert json.loads((run / "metrics.json").read_text())["metrics"] == pytest.approx(summary["metrics"])
@@ -334,7 +346,8 @@ def test_k_larger_than_the_items(tmp_path, invoke_cli, csv):
     assert result.exit_code == 0, result.stderr
     assert_user_error(
         invoke_cli("predict", tmp_path / "runs" / "rec", "--users", "u0", "--k", "500"),
-        "k: 500 is not between 1 and the", "items the model ranks",
+        "k: 500 is not between 1 and the",
+        "items the model ranks",
     )
 
 
