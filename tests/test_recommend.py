@@ -278,6 +278,7 @@ def test_sampled_protocol_is_labelled(tmp_path, csv, invoke_cli):
     assert summary["metrics"]["sampled_hr@5"] > summary["floor"]["popularity"]["sampled_hr@5"]
 
 
+@pytest.mark.slow  # several trainings: seconds
 def test_learned_models_train_through_the_trainer(tmp_path, csv, invoke_cli):
     bpr = invoke_cli(
         "train",
@@ -297,6 +298,24 @@ def test_learned_models_train_through_the_trainer(tmp_path, csv, invoke_cli):
     summary = json.loads((tmp_path / "runs" / "mf" / "metrics.json").read_text())
     assert summary["protocol"]["objective"] == "rating" and summary["metrics"]["rmse"] < 2.0
     assert set(summary["floor"]) == {"mean rating"}
+
+
+@pytest.mark.slow  # several trainings: seconds
+def test_bpr_resume_equals_uninterrupted(tmp_workdir, tmp_path, csv):
+    # negatives are drawn per (seed, epoch): a run resumed after epoch 2 draws epoch 3's again
+    import danlu
+
+    def metrics_csv(run: Path) -> list[dict]:
+        return [
+            {k: v for k, v in r.items() if k != "time"}
+            for r in pd.read_csv(run / "metrics.csv").to_dict("records")
+        ]
+
+    path = _write(tmp_path, {"type": "bpr", "factors": 8, "negatives": 2}, train__monitor="val.ndcg@10")
+    full = danlu.train(path, {"train.epochs": 4, "name": "full"}, progress="quiet")
+    part = danlu.train(path, {"train.epochs": 2, "name": "part"}, progress="quiet")
+    resumed = danlu.train(None, {"train.epochs": 4}, resume=part.path, progress="quiet")
+    assert metrics_csv(resumed.path) == metrics_csv(full.path)
 
 
 # --------------------------------------------------------------------------- bad input
