@@ -306,7 +306,7 @@ MAIN_METRIC = {
     "regression": "rmse",
     "language_modeling": "perplexity",
     "speech_recognition": "wer",
-    "recommendation": "ndcg@10",  # a ratings (mf) run has rmse instead: shown as its loss-less blank
+    "recommendation": "ndcg@10",  # a ratings (mf) run has none: its row shows no test metric
 }
 
 
