@@ -675,6 +675,16 @@ class BPRConfig(Section):
     init_std: float = Field(0.1, gt=0.0)
 
 
+@model_type("dae", "danlu.recommend.models:DAE")
+class DAEConfig(Section):
+    """Mult-DAE: a user's history (dropout on the input) -> tanh hidden layer -> a score per item,
+    trained with the softmax cross-entropy of the user's items over all items."""
+
+    type: Literal["dae"] = "dae"
+    hidden: int = Field(600, ge=1)
+    dropout: float = Field(0.5, ge=0.0, lt=1.0)  # of the input history, in training
+
+
 @model_type("cnn", "danlu.models.cnn:CNN", encoder=True)
 class CNNConfig(Section):
     """A plain convolutional network (danlu/models/cnn.py): one block per `channels` entry

@@ -30,6 +30,7 @@ GENRES = [  # the 19 flags of u.item, in order
 ]
 PREDEFINED = ("ua", "ub", "u1", "u2", "u3", "u4", "u5")  # MovieLens 100K's split files
 RATING_MODELS = ("mf",)  # models that learn ratings; the others rank items
+HISTORY_MODELS = ("dae",)  # trained on whole users (history in, the same items as targets), not pairs
 
 
 @dataclass
@@ -390,15 +391,18 @@ class RankingSplit:
     def batches(
         self, batch_size: int, *, shuffle: bool, seed: int, rank: int = 0, world: int = 1, device: Any = "cpu"
     ) -> Any:
-        split = self
+        split, n = self, len(self) // world
 
         class Source:
             def __len__(self) -> int:
-                return -(-len(split) // batch_size)
+                return -(-n // batch_size)
 
             def epoch(self, epoch: int, start: int = 0) -> Any:
+                order, _ = epoch_order(
+                    len(split), n, shuffle=shuffle, seed=seed, epoch=epoch, rank=rank, world=world
+                )
                 for b in range(start, len(self)):
-                    rows = slice(b * batch_size, (b + 1) * batch_size)
+                    rows = order[b * batch_size : (b + 1) * batch_size]
                     users = split.users[rows]
                     hist = torch.from_numpy(split.history[users.numpy()].toarray())
                     yield {"users": users.to(device), "history": hist.to(device)}, split.y[rows].to(device)
@@ -538,6 +542,8 @@ def prepare(
                     "users": int((u >= index.n_users).sum()),
                     "items": int((i >= index.n_items).sum()),
                 }
+        elif name == "train" and model_type in HISTORY_MODELS:
+            splits[name], _ = ranking_split(index, df)
         elif name == "train":
             coo = index.positives.tocoo()  # type: ignore[union-attr]
             negatives = getattr(model_cfg, "negatives", 1)

@@ -126,3 +126,26 @@ class BPR(_Factors):
         if self.training:
             return scores, self.penalty(self.reg, p[:, 0], q.flatten(0, 1))
         return scores
+
+
+class DAE(nn.Module):
+    """Mult-DAE (Liang et al. 2018): the user's history, L2-normalised and (in training) with
+    inputs dropped, through one tanh layer back to a score per item; trained with the softmax
+    cross-entropy of the user's items over all items (task.py), so it ranks, like EASE, from the
+    history alone (a user is their items, no user table)."""
+
+    def __init__(self, cfg: Any, schema: Any, out_dim: int = 1) -> None:
+        super().__init__()
+        self.dropout = cfg.dropout
+        self.encode = nn.Linear(schema.n_items, cfg.hidden)
+        self.decode = nn.Linear(cfg.hidden, schema.n_items)
+
+    def forward(
+        self, users: torch.Tensor, items: torch.Tensor | None = None, history: Any = None
+    ) -> torch.Tensor:
+        if history is None:
+            raise ValueError("DAE scores a user's history: give history")
+        x = torch.nn.functional.normalize(history.float(), dim=1)
+        x = torch.nn.functional.dropout(x, self.dropout, self.training)
+        scores = self.decode(torch.tanh(self.encode(x)))
+        return scores if items is None else scores.gather(1, items)
