@@ -223,6 +223,8 @@ def _check_before_training(cfg: RunConfig, task: Any, splits: dict[str, Any], st
     """What the trainer or the final evaluation would otherwise find only after the run folder
     exists (at the first evaluation, or at the end): checked before anything is written.
     steps: the model trains (no monitor for one fitted in closed form)."""
+    if hasattr(task, "check"):  # the task's own checks of the config against the data
+        task.check(cfg, splits)
     monitor = cfg.train.monitor
     if steps and monitor.startswith("val.") and "val" not in splits:
         raise DanluError(

@@ -370,6 +370,23 @@ def test_k_larger_than_the_items(tmp_path, invoke_cli, csv):
     )
 
 
+def test_eval_k_past_the_items_is_refused_before_the_run_folder(tmp_path, invoke_cli, csv):
+    result = invoke_cli("train", _write(tmp_path, {"type": "ease"}), "--set", "eval.k=[10,31]")
+    assert_user_error(result, "eval.k: 31 is more than the 30 items", runs_dir=tmp_path / "runs")
+
+
+def test_too_few_items_for_sampled_negatives_is_refused_before_the_run_folder(tmp_path, invoke_cli, csv):
+    # every user has touched 12-13 of the 30 items: 20 negatives per positive cannot be drawn
+    over = ("eval.k=[5]", "eval.protocol=sampled", "eval.negatives=20")
+    result = invoke_cli("train", _write(tmp_path, {"type": "ease"}), *[a for o in over for a in ("--set", o)])
+    assert_user_error(
+        result,
+        "eval.negatives: 20 per positive, but user",
+        "lower eval.negatives",
+        runs_dir=tmp_path / "runs",
+    )
+
+
 def test_predict_for_an_unknown_user(tmp_path, invoke_cli, csv):
     assert invoke_cli("train", _write(tmp_path, {"type": "ease"})).exit_code == 0
     assert_user_error(

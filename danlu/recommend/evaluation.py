@@ -132,6 +132,33 @@ def evaluate_ranking(
     return ranking_metrics(list(ranked), positives, eval_cfg.k, index.n_items)
 
 
+def check(eval_cfg: Any, index: Any, splits: dict[str, Any]) -> None:
+    """What the final evaluation would refuse, refused before the run folder exists: a cut-off
+    past the items ranked, or (sampled protocol) a user of an evaluated split with fewer
+    untouched items than eval.negatives."""
+    if max(eval_cfg.k) > index.n_items:
+        raise DanluError(f"eval.k: {max(eval_cfg.k)} is more than the {index.n_items} items the model ranks")
+    if eval_cfg.protocol != "sampled":
+        return
+    for name, split in splits.items():
+        if name == "train":
+            continue
+        seen = index.exclusion(name)
+        for u, row in zip(split.users.numpy(), split.y[:, 1:].numpy(), strict=True):
+            pos = row[(row >= 0) & (row < index.n_items)]
+            if len(pos):
+                touched = set(seen[u].indices.tolist()) | set(pos.tolist())
+                _check_untouched(index, int(u), touched, eval_cfg.negatives)
+
+
+def _check_untouched(index: Any, u: int, touched: set[int], negatives: int) -> None:
+    if index.n_items - len(touched) < negatives:
+        raise DanluError(
+            f"eval.negatives: {negatives} per positive, but user {index.users[u]} has only"
+            f" {index.n_items - len(touched)} items never interacted with; lower eval.negatives"
+        )
+
+
 def _sampled_ranks(
     model: Any,
     seen: Any,
@@ -151,10 +178,7 @@ def _sampled_ranks(
                 continue
             touched = set(seen[u].indices.tolist()) | set(pos.tolist())
             if index.n_items - len(touched) < negatives:
-                raise DanluError(
-                    f"eval.negatives: {negatives} per positive, but user {index.users[u]} has only"
-                    f" {index.n_items - len(touched)} items never interacted with; lower eval.negatives"
-                )
+                _check_untouched(index, int(u), touched, negatives)
             history = torch.from_numpy(index.positives[[u]].toarray())
             scores = model(users=torch.tensor([u]), history=history)[0].numpy()
             for p in pos:

@@ -68,6 +68,10 @@ class RankingTask:
             "loss"
         ]
 
+    def check(self, cfg: Any, splits: dict[str, Any]) -> None:
+        """Before the run folder exists (api._check_before_training): eval.k and eval.negatives."""
+        evaluation.check(cfg.eval, self.index, splits)
+
     def loss(self, output: Any, y: torch.Tensor) -> torch.Tensor:
         scores, penalty = _split(output)
         if y.ndim == 2:  # validation: held-out items (-1 pads, n_items: unseen) over all items
