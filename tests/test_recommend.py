@@ -451,8 +451,8 @@ def test_dae_on_ua(tmp_path):
         progress="quiet",
     )
     m = run.metrics["metrics"]
-    # 0.309 reached: above BPR (0.254), below EASE (0.316); the 0.33 is not reached
-    assert m["ndcg@10"] >= 0.30 and m["precision@10"] >= 0.26
+    # 0.312 reached: above BPR (0.254) and implicit ALS, below EASE (0.316); the 0.33 is not
+    assert m["ndcg@10"] >= 0.305 and m["precision@10"] >= 0.265
     assert m["ndcg@10"] > run.metrics["floor"]["popularity"]["ndcg@10"] + 0.15
 
 
