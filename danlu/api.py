@@ -127,8 +127,9 @@ def train(
     kind = kinds.detect(cfg.data, cfg.task.type, cfg.model)
     prepared = kind.hook("prepare")(cfg.data, cfg.task.type, cfg.seed, cfg.model, pretrained)
     task = tasks.build(cfg.task, prepared.schema, prepared.splits["train"].y, prepared.preprocessor)
-    _check_before_training(cfg, task, prepared.splits)
     model = pretrained.model if pretrained else _build_model(cfg, prepared.schema, task.out_dim)
+    # a model fitted in closed form when built (no trainable parameters) takes no steps: no monitor
+    _check_before_training(cfg, task, prepared.splits, any(p.requires_grad for p in model.parameters()))
     device = pick_device(cfg.train.device)
     dist = distributed.init(device.type)
 
@@ -218,17 +219,20 @@ def evaluate(
     return kind.hook("evaluate")(run, cfg, split, data, plots, trust_code)
 
 
-def _check_before_training(cfg: RunConfig, task: Any, splits: dict[str, Any]) -> None:
+def _check_before_training(cfg: RunConfig, task: Any, splits: dict[str, Any], steps: bool = True) -> None:
     """What the trainer or the final evaluation would otherwise find only after the run folder
-    exists (at the first evaluation, or at the end): checked before anything is written."""
+    exists (at the first evaluation, or at the end): checked before anything is written.
+    steps: the model trains (no monitor for one fitted in closed form)."""
+    if hasattr(task, "check"):  # the task's own checks of the config against the data
+        task.check(cfg, splits)
     monitor = cfg.train.monitor
-    if monitor.startswith("val.") and "val" not in splits:
+    if steps and monitor.startswith("val.") and "val" not in splits:
         raise DanluError(
             f"train.monitor is {monitor} but there is no validation split (data.split.val is"
             f" {cfg.data.split.val}); set data.split.val > 0 or monitor a train.* metric"
         )
     names = getattr(task, "metric_names", None)
-    if names is not None:  # the names of the trainer's metrics.csv row (training/trainer.py)
+    if names is not None and steps:  # the names of the trainer's metrics.csv row (training/trainer.py)
         logged = ["train.loss"]
         logged += ["train.l1_penalty"] if cfg.train.l1 else []
         logged += ["train.l2_penalty"] if cfg.train.l2 else []

@@ -258,14 +258,15 @@ def evaluate(
 def predict(
     run_dir: Annotated[Path, typer.Argument(help="A run folder.")],
     input: Annotated[
-        Path,
+        Path | None,
         typer.Option(
             "--input",
             "-i",
             help="CSV, TSV, Parquet or JSONL rows (audio runs: a file, folder or manifest;"
-            " image runs: a CSV of image paths, a folder of images, one image or an .npz).",
+            " image runs: a CSV of image paths, a folder of images, one image or an .npz;"
+            " recommendation runs: a table with a user column).",
         ),
-    ],
+    ] = None,
     output: Annotated[
         Path | None,
         typer.Option(
@@ -280,20 +281,39 @@ def predict(
             " and onnxruntime was the faster when it was exported."
         ),
     ] = "auto",
+    users: Annotated[
+        str | None, typer.Option(help="Recommendation runs: users to recommend for, e.g. 1,2,3.")
+    ] = None,
+    k: Annotated[int, typer.Option(help="Recommendation runs: items per user.")] = 10,
+    include_seen: Annotated[
+        bool, typer.Option(help="Recommendation runs: keep items the user has already interacted with.")
+    ] = False,
     trust_code: TrustCode = False,
     debug: Debug = False,
 ) -> None:
-    """Predict for new rows; extra input columns are passed through."""
+    """Predict for new rows; extra input columns are passed through. Recommendation runs: the
+    top --k items of each of --users (or of the --input table's user column)."""
     with _errors(debug):
         from danlu.onnx.runtime import load
 
         if output is not None:
             _check_output(output, "--output", example="predictions.csv")
+        if (input is None) == (users is None):
+            raise DanluError("give --input FILE (or, for a recommendation run, --users 1,2,3)")
         # the run's kind builds its predictor (danlu/kinds.py); each reads its own inputs
         predictor, which = load(run_dir, trust_code, runtime)
         if which:
             typer.echo(which, err=True)
-        result = predictor.predict_frame(input, proba)
+        if users is not None or hasattr(predictor, "recommend"):  # danlu/recommend/recommender.py
+            if not hasattr(predictor, "recommend"):
+                raise DanluError(f"--users: {run_dir} is not a recommendation run; give --input rows")
+            if users is not None:
+                wanted = [u.strip() for u in users.split(",") if u.strip()]
+                result = predictor.recommend(wanted, k, include_seen)
+            else:
+                result = predictor.predict_frame(input, proba, k=k, include_seen=include_seen)
+        else:
+            result = predictor.predict_frame(input, proba)
         if output is None:
             result.to_csv(sys.stdout, index=False)
         else:

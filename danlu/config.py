@@ -72,7 +72,9 @@ class DecoderConfig(Section):
 class TaskConfig(Section):
     """What is predicted and how it is scored. Loss `auto` picks from the data."""
 
-    type: Literal["auto", "classification", "regression", "language_modeling", "speech_recognition"] = "auto"
+    type: Literal[
+        "auto", "classification", "regression", "language_modeling", "speech_recognition", "recommendation"
+    ] = "auto"
     loss: str = "auto"
     class_weights: list[float] | Literal["balanced"] | None = None
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
@@ -99,6 +101,11 @@ class SplitConfig(Section):
     test: float = Field(0.2, ge=0.0, lt=1.0)
     stratify: bool = True
     seed: int | None = None  # defaults to the run's seed
+    # recommendation (danlu/recommend/data.py): random over interactions, a ratio of each user's,
+    # each user's last by time (leave_last_out), one global time cut (temporal), or the
+    # dataset's own files (predefined: ua, ub, u1..u5 of MovieLens 100K)
+    method: Literal["random", "per_user", "leave_last_out", "temporal", "predefined"] = "random"
+    predefined: str | None = None
 
     _seed = field_validator("seed")(_seed_range)
 
@@ -267,6 +274,24 @@ class ImageFieldConfig(ImageDataConfig):
     kind: Literal["image"] = "image"
 
 
+class InteractionColumnsConfig(Section):
+    """Recommendation: the columns of an interactions table (rating and timestamp optional)."""
+
+    user: str = "user"
+    item: str = "item"
+    rating: str | None = None
+    timestamp: str | None = None
+
+
+class ImplicitConfig(Section):
+    """Recommendation: which interactions are positives for ranking (None: all of them)."""
+
+    min_rating: float | None = None
+
+
+# data.source values read by danlu/recommend (the interactions kind) from data.path
+RECOMMEND_SOURCES = ("interactions", "movielens_100k")
+
 InputConfig = Annotated[
     TabularInputConfig | TextFieldConfig | ImageFieldConfig, Field(discriminator="kind")
 ]
@@ -311,6 +336,10 @@ class DataConfig(Section):
     # several named inputs of one row, each with its kind, for model.type fusion (danlu/data/multimodal.py)
     inputs: dict[str, InputConfig] | None = None
     allow_missing: bool | list[str] = False  # inputs that may be empty in a row (true: all)
+    # recommendation (source: interactions or movielens_100k; danlu/recommend/data.py)
+    columns: InteractionColumnsConfig | None = None
+    implicit: ImplicitConfig | None = None
+    duplicates: Literal["last", "mean", "error"] = "last"  # (user, item) twice: keep the last, mean, refuse
 
     @field_validator("kind")
     @classmethod
@@ -354,6 +383,8 @@ class DataConfig(Section):
         name = v.get("source") if isinstance(v, dict) else None
         if not isinstance(name, str) or name not in datasets.DATASETS:
             return v
+        if name in RECOMMEND_SOURCES:  # its reader needs the name; data.path defaults to its folder
+            return v if v.get("path") else {**v, "path": f"{datasets.SCHEME}{name}"}
         given = [k for k in ("path", "train", "val", "test") if v.get(k)]
         if given:
             raise ValueError(
@@ -382,6 +413,20 @@ class DataConfig(Section):
 
     @model_validator(mode="after")
     def _one_source(self) -> DataConfig:
+        if self.source in RECOMMEND_SOURCES:
+            if not self.path or self.train:
+                raise ValueError(
+                    f"source: {self.source} reads data.path (a file; movielens_100k: its folder); set"
+                    " data.path and no data.train"
+                )
+            return self
+        rec = [k for k in ("columns", "implicit") if getattr(self, k) is not None]
+        rec += ["split.method"] if self.split.method != "random" or self.split.predefined else []
+        if rec:
+            raise ValueError(
+                f"data.{rec[0]} is for recommendation data: set data.source to one of"
+                f" {', '.join(RECOMMEND_SOURCES)}"
+            )
         given = [k for k in ("source", "path", "train") if getattr(self, k)]
         if len(given) != 1:
             raise ValueError(
@@ -588,6 +633,56 @@ class Wav2Vec2CTCConfig(Section):
     type: Literal["wav2vec2_ctc"] = "wav2vec2_ctc"
     path: str  # a transformers folder (config.json + weights)
     freeze_feature_encoder: bool = True
+
+
+# recommendation models (danlu/recommend/models.py); popularity and ease are fitted in closed
+# form when built, so they have no trainable parameters and the trainer takes no steps
+@model_type("popularity", "danlu.recommend.models:Popularity")
+class PopularityConfig(Section):
+    type: Literal["popularity"] = "popularity"
+
+
+@model_type("ease", "danlu.recommend.models:EASE")
+class EASEConfig(Section):
+    """Steck's EASE: item-item weights B = closed form of ||X - XB||² + lambda ||B||², diag 0."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True,
+                              serialize_by_alias=True, allow_inf_nan=False)
+
+    type: Literal["ease"] = "ease"
+    lambda_: float = Field(500.0, gt=0.0, alias="lambda")
+
+
+@model_type("mf", "danlu.recommend.models:MF")
+class MFConfig(Section):
+    """Biased matrix factorisation of ratings: mean + user bias + item bias + p_u . q_i."""
+
+    type: Literal["mf"] = "mf"
+    factors: int = Field(64, ge=1)
+    reg: float = Field(0.1, ge=0.0)  # L2 on the factors a batch uses, per rating
+    bias_reg: float = Field(0.01, ge=0.0)  # L2 on the biases a batch uses, per rating
+    init_std: float = Field(0.1, gt=0.0)
+
+
+@model_type("bpr", "danlu.recommend.models:BPR")
+class BPRConfig(Section):
+    """Pairwise ranking (BPR) over user and item factors with an item bias, sampled negatives."""
+
+    type: Literal["bpr"] = "bpr"
+    factors: int = Field(64, ge=1)
+    reg: float = Field(1e-4, ge=0.0)  # L2 on the factors a batch uses
+    negatives: int = Field(1, ge=1)  # sampled per positive, fixed by (seed, epoch)
+    init_std: float = Field(0.1, gt=0.0)
+
+
+@model_type("dae", "danlu.recommend.models:DAE")
+class DAEConfig(Section):
+    """Mult-DAE: a user's history (dropout on the input) -> tanh hidden layer -> a score per item,
+    trained with the softmax cross-entropy of the user's items over all items."""
+
+    type: Literal["dae"] = "dae"
+    hidden: int = Field(600, ge=1)
+    dropout: float = Field(0.5, ge=0.0, lt=1.0)  # of the input history, in training
 
 
 @model_type("cnn", "danlu.models.cnn:CNN", encoder=True)
@@ -827,6 +922,13 @@ class EvalConfig(Section):
     plots: bool = True
     # speech recognition: text normaliser before WER/CER (None: transcripts as decoded)
     normalizer: str | None = None
+    # recommendation: cut-offs of the ranking metrics; full ranking of every item, or each test
+    # positive against `negatives` sampled items (as NCF/SASRec papers report, labelled so);
+    # the user's training items left out of the ranking unless exclude_seen is false
+    k: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [10], min_length=1)
+    protocol: Literal["full", "sampled"] = "full"
+    negatives: int = Field(100, ge=1)
+    exclude_seen: bool = True
 
     @field_validator("normalizer")
     @classmethod

@@ -214,6 +214,7 @@ ACTIVATIONS = Registry(
 KINDS = Registry(
     "kind",
     {
+        "interactions": "danlu.recommend.kind:INTERACTIONS",  # data.source interactions / movielens_100k
         "multimodal": "danlu.kinds:MULTIMODAL",
         "audio": "danlu.speech.kind:AUDIO",
         "text": "danlu.kinds:TEXT",
@@ -232,6 +233,7 @@ TASKS = Registry(  # by schema.task; each called as (task config, schema, train 
         "regression": "danlu.tasks.regression:RegressionTask",
         "language_modeling": "danlu.lm.kind:task",
         "speech_recognition": "danlu.speech.kind:task",
+        "recommendation": "danlu.recommend.kind:task",
     },
     key="task.type",
 )

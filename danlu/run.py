@@ -66,6 +66,9 @@ class RunDir:
     tokenizer = property(lambda self: self.path / "tokenizer.json")  # language models, text inputs
     samples = property(lambda self: self.path / "samples.md")  # language models: text at each evaluation
     failed = property(lambda self: self.path / "failed.json")  # why training stopped, when it failed
+    # recommendation: the training interactions (what each user has seen) and the item catalog
+    interactions = property(lambda self: self.path / "interactions.npz")
+    items = property(lambda self: self.path / "items.csv")
 
     # ---- creating and opening
     @classmethod
@@ -305,6 +308,7 @@ MAIN_METRIC = {
     "regression": "rmse",
     "language_modeling": "perplexity",
     "speech_recognition": "wer",
+    "recommendation": "ndcg@10",  # a ratings (mf) run has none: its row shows no test metric
 }
 
 

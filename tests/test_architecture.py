@@ -45,10 +45,12 @@ ABOVE_CORE = (
     "danlu.explain",  # `danlu explain`: attributions over a run folder
     "danlu.onnx",  # ONNX export and the onnxruntime predictor (danlu/onnx/)
 )
-# domain packages above the core: language models (danlu/lm/) and speech (danlu/speech/)
+# domain packages above the core: language models (danlu/lm/), speech (danlu/speech/) and
+# recommendation (danlu/recommend/)
 DOMAINS = (
     "danlu.lm",
     "danlu.speech",
+    "danlu.recommend",
 )
 # what models/ may never import: they are nn.Modules, built from a config and a schema
 NOT_FROM_MODELS = ("danlu.predict", "danlu.tasks", "danlu.run", "danlu.api", *ABOVE_CORE)
@@ -170,6 +172,9 @@ def test_domains_are_reached_from_the_core_only_through_registry_strings(graph: 
         "audio": registry.KINDS._entries["audio"],
         "language_modeling": registry.TASKS._entries["language_modeling"],
         "speech_recognition": registry.TASKS._entries["speech_recognition"],
+        **{n: registry.MODELS._entries[n] for n in ("popularity", "ease", "mf", "bpr")},
+        "interactions": registry.KINDS._entries["interactions"],
+        "recommendation": registry.TASKS._entries["recommendation"],
     }
     for name, ref in refs.items():
         if isinstance(ref, str):
@@ -178,7 +183,7 @@ def test_domains_are_reached_from_the_core_only_through_registry_strings(graph: 
             module = ref.hook("prepare").__module__
         else:
             module = ref.__module__
-        assert module.startswith(("danlu.lm.", "danlu.speech.")), (name, ref)
+        assert module.startswith(("danlu.lm.", "danlu.speech.", "danlu.recommend.")), (name, ref)
         if isinstance(ref, str):  # not yet imported by an earlier test
             assert module in graph, (name, ref)
             assert registry.import_object(ref) is not None

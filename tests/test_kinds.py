@@ -94,7 +94,7 @@ def test_unknown_kind_is_one_line(invoke_cli, tmp_path):
     line = assert_user_error(invoke_cli("train", "c.yaml"), runs_dir=tmp_path / "runs")
     assert line == (
         "error: c.yaml: data.kind: unknown kind 'tabluar' (did you mean 'tabular'?);"
-        " valid: audio, corpus, image, multimodal, sequence, tabular, text"
+        " valid: audio, corpus, image, interactions, multimodal, sequence, tabular, text"
     )
 
 

@@ -200,6 +200,14 @@ def test_speech_training_tour(tour: Tour):
     run_section(tour, "Speech: train a recognizer or an audio classifier")
 
 
+@needs_data("ml-100k")
+@pytest.mark.slow
+def test_recommendation_tour(tour: Tour):
+    run_section(tour, "Recommendation: EASE, matrix factorisation, BPR")
+    (ease,) = (tour.cwd / "runs").glob("movielens-ease-*")
+    assert "popularity (floor)" in (ease / "report.md").read_text(encoding="utf-8")
+
+
 @needs_data("fsdd", "tinyshakespeare.txt", "sentiment")
 def test_data_commands(tour: Tour):
     run_section(tour, "Data")

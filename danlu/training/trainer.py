@@ -175,6 +175,9 @@ def fit(
         device = torch.device("cuda", dist.local_rank)
     amp = autocast_dtype(cfg.precision, device)
     model.to(device)
+    if not any(p.requires_grad for p in model.parameters()):
+        # fitted in closed form when it was built (danlu/recommend: popularity, ease): no steps
+        return _fitted_in_closed_form(model, task, splits.get("val"), device, run, dist.is_main)
     if hasattr(task, "criterion") and isinstance(task.criterion, nn.Module):
         task.criterion.to(device)  # class weights live on the model's device
     ddp = nn.parallel.DistributedDataParallel(model) if dist.enabled else model
@@ -415,6 +418,20 @@ def fit(
         writer.close()
     model.to("cpu")
     return FitResult(state.history, state.best_epoch, state.best, stopped_early, state.step)
+
+
+def _fitted_in_closed_form(
+    model: nn.Module, task: Any, val: Any, device: torch.device, run: RunDir, main: bool
+) -> FitResult:
+    """A model without trainable parameters: one metrics.csv row, its validation metrics."""
+    row: dict[str, float] = {"epoch": 0, "step": 0}
+    if val is not None:
+        metrics, _ = evaluate_split(model, task, val, device)
+        row.update({f"val.{k}": float(v) for k, v in metrics.items() if _is_number(v)})
+    if main:
+        run.write_history([row])
+    model.to("cpu")
+    return FitResult([row], 0, None, False, 0)
 
 
 def _diverged(what: str, step: int, cfg: TrainConfig) -> DanluError:
