@@ -42,6 +42,7 @@ ABOVE_CORE = (
     "danlu.predict",
     "danlu.finish",
     "danlu.export",
+    "danlu.serve",  # `danlu serve`: the HTTP server over predict, lm/ and speech/
 )
 # domain packages above the core: language models (danlu/lm/) and speech (danlu/speech/)
 DOMAINS = (

@@ -8,7 +8,7 @@ public `danlu.generate` and `danlu.generate_stream` are `generate` and `generate
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -99,16 +99,27 @@ def complete(
     return results
 
 
-def stream_text(lm: LoadedLM, prompt: str, opts: GenerationOptions) -> Iterator[str]:
+def stream_text(
+    lm: LoadedLM, prompt: str, opts: GenerationOptions, on_token: Callable[[int], None] | None = None
+) -> Iterator[str]:
     """The completion of one prompt as text pieces, as the tokens come (num_beams=1 and
     num_return_sequences=1). Text that might begin a stop string is held back until it
-    cannot."""
+    cannot. `on_token` sees each new token id first (the server counts them there, and
+    stops a stream whose client went away by raising from it)."""
     opts.validate(stream=True)
     if opts.num_return_sequences > 1:
         raise DanluError("streaming gives one sequence; set num_return_sequences=1")
     (ids,) = encode_prompts(lm, [prompt], opts)
     tokens = _danlu_stream(lm, ids, opts) if lm.is_danlu else hf_generate.stream(lm, ids, opts)
+    if on_token is not None:
+        tokens = _observed(tokens, on_token)
     return _pieces(lm, tokens, opts)
+
+
+def _observed(tokens: Iterator[int], on_token: Callable[[int], None]) -> Iterator[int]:
+    for tok in tokens:
+        on_token(tok)
+        yield tok
 
 
 def _pieces(lm: LoadedLM, tokens: Iterator[int], opts: GenerationOptions) -> Iterator[str]:

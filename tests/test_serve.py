@@ -1,0 +1,491 @@
+"""`danlu serve`: a real uvicorn server in a subprocess, driven by the official `openai` client
+and plain HTTP. One server (module-scoped) serves a tabular, a text, a speech and a language
+model run for most tests: the old runs of tests/fixtures/runs_v1 and a tiny random GPT run
+written by hand (char-level, 64 positions), so no test trains anything."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+from conftest import TINY_SENTENCES, _env, assert_user_error
+
+openai = pytest.importorskip("openai", reason="the openai client is not installed (pip install danlu[test])")
+pytest.importorskip("fastapi", reason="fastapi is not installed (pip install 'danlu[serve]')")
+import httpx2 as httpx  # noqa: E402  (the openai client's own HTTP library)
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "runs_v1"
+KEY = "test-key-123"
+CHARS = "".join(TINY_SENTENCES) + "UserAssistant:\n"
+
+
+def make_chat_lm(path: Path) -> Path:
+    """A danlu language-model run folder written by hand: a random 2-layer GPT (64 positions)
+    over the characters of TINY_SENTENCES and the plain chat template."""
+    from safetensors.torch import save_model
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    from danlu.lm.model import GPT, GPTConfig
+
+    chars = sorted(set(CHARS))
+    vocab = {"<eos>": 0, **{c: i + 1 for i, c in enumerate(chars)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<eos>"))
+    tok.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    tok.add_special_tokens(["<eos>"])
+    path.mkdir(parents=True)
+    tok.save(str(path / "tokenizer.json"))
+    model_cfg = {"type": "gpt", "n_layer": 2, "n_head": 2, "n_embd": 32, "block_size": 64, "dropout": 0.0,
+                 "bias": True, "tie_embeddings": True}
+    torch.manual_seed(0)
+    gpt = GPT(GPTConfig(vocab_size=len(vocab), **{k: v for k, v in model_cfg.items() if k != "type"}))
+    save_model(gpt, str(path / "model.safetensors"))
+    meta = {"format": 1, "task": {"type": "language_modeling"}, "model": model_cfg,
+            "schema": {"vocab_size": len(vocab), "eos_token_id": 0},
+            "preprocessor": {"kind": "char", "file": "tokenizer.json"}}
+    (path / "model.json").write_text(json.dumps(meta), encoding="utf-8")
+    (path / "config.yaml").write_text(
+        yaml.safe_dump({"task": {"type": "language_modeling"}, "model": model_cfg}), encoding="utf-8"
+    )
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Server:
+    url: str
+    proc: subprocess.Popen[bytes]
+    root: Path
+    out: Path  # the server's stdout and stderr
+    err: Path
+
+    def client(self, key: str | None = KEY) -> Any:
+        return openai.OpenAI(base_url=f"{self.url}/v1", api_key=key or "none", max_retries=0, timeout=120)
+
+    def post(self, path: str, key: str | None = KEY, headers: dict[str, str] | None = None,
+             **kwargs: Any) -> httpx.Response:
+        auth = {"Authorization": f"Bearer {key}"} if key else {}
+        return httpx.post(f"{self.url}{path}", headers={**auth, **(headers or {})}, timeout=120, **kwargs)
+
+    def get(self, path: str, key: str | None = KEY) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        return httpx.get(f"{self.url}{path}", headers=headers, timeout=120)
+
+
+def start(root: Path, *args: Any, name: str = "server") -> Server:
+    """`python -m danlu serve ARGS --port FREE` in root, once /health answers (polled until a
+    deadline; the process dying first fails with its stderr)."""
+    port = free_port()
+    out, err = root / f"{name}.out", root / f"{name}.err"
+    with out.open("wb") as o, err.open("wb") as e:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "danlu", "serve", *map(str, args), "--port", str(port)],
+            cwd=root, env=_env(), stdout=o, stderr=e,
+        )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    while True:
+        if proc.poll() is not None:
+            raise AssertionError(f"the server exited with {proc.returncode}:\n{err.read_text()[-3000:]}")
+        try:
+            if httpx.get(f"{url}/health", timeout=5).status_code == 200:
+                return Server(url, proc, root, out, err)
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"no /health within 180 s:\n{err.read_text()[-3000:]}")
+        time.sleep(0.05)
+
+
+def stop(server: Server, sig: int = signal.SIGTERM) -> int:
+    server.proc.send_signal(sig)
+    try:
+        return server.proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        server.proc.kill()
+        raise
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = Path(shutil.copytree(FIXTURES, tmp_path_factory.mktemp("serve") / "runs_v1"))
+    make_chat_lm(root / "chat-lm")
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(root: Path) -> Iterator[Server]:
+    s = start(
+        root, "tabular_classification", "text", "speech_recognition", "chat-lm",
+        "--name", "iris=tabular_classification", "--api-key", KEY, "--max-batch", "8", "--body-limit", "1",
+        "--quiet",
+    )
+    yield s
+    stop(s)
+
+
+def generate(root: Path, *args: Any) -> str:
+    """`danlu generate` greedy, its stdout (bytes decoded: a random model may write "\\r")."""
+    r = subprocess.run([sys.executable, "-m", "danlu", "generate", *map(str, args), "--no-stream"],
+                       cwd=root, env=_env(), capture_output=True, timeout=300)
+    assert r.returncode == 0, r.stderr.decode()
+    return r.stdout.decode("utf-8")
+
+
+def error_of(r: httpx.Response, status: int) -> dict[str, Any]:
+    """The OpenAI error shape, exactly: one key, four fields, no traceback."""
+    assert r.status_code == status, (r.status_code, r.text)
+    body = r.json()
+    assert list(body) == ["error"] and set(body["error"]) == {"message", "type", "param", "code"}, body
+    assert "Traceback" not in r.text
+    return body["error"]  # type: ignore[no-any-return]
+
+
+# ---------------------------------------------------------------------------- start-up, listing
+
+
+def test_banner_health_and_model_list(server: Server) -> None:
+    banner = server.out.read_text()
+    assert f"danlu serve: {server.url} (API key required)" in banner
+    assert "iris: rows model" in banner and "POST /v1/predict/iris" in banner
+    assert "chat-lm: text model" in banner and "POST /v1/chat/completions" in banner
+    assert "speech_recognition: speech model" in banner
+    health = server.get("/health", key=None)  # open without the key
+    assert health.status_code == 200 and health.json()["status"] == "ok"
+    models = server.client().models.list()
+    assert {m.id for m in models.data} == {"iris", "text", "speech_recognition", "chat-lm"}
+    assert all(m.object == "model" and m.owned_by == "danlu" for m in models.data)
+
+
+def test_the_playground_page_is_served_without_the_key(server: Server) -> None:
+    page = server.get("/", key=None)
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "danlu playground" in page.text and 'src="playground.js"' in page.text
+    script = server.get("/playground.js", key=None)
+    assert script.status_code == 200 and "/v1/chat/completions" in script.text
+
+
+def test_model_card_gives_the_input_schema(server: Server) -> None:
+    card = server.get("/v1/models/iris").json()
+    assert card["id"] == "iris" and card["task"] == "classification"
+    assert card["labels"] == ["setosa", "versicolor", "virginica"]
+    columns = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
+    assert [f["name"] for f in card["inputs"]] == columns
+    assert {f["type"] for f in card["inputs"]} == {"number"}
+    assert server.get("/v1/models/chat-lm").json()["context_length"] == 64
+    error_of(server.get("/v1/models/nope"), 404)
+
+
+# ---------------------------------------------------------------------------- language models
+
+
+def test_completion_equals_danlu_generate(server: Server) -> None:
+    want = generate(server.root, "chat-lm", "--prompt", "The quick", "--max-new-tokens", 12)
+    c = server.client().completions.create(model="chat-lm", prompt="The quick", max_tokens=12, temperature=0)
+    assert c.object == "text_completion" and c.model == "chat-lm"
+    text = c.choices[0].text
+    assert text and want == text + "\n"
+    assert c.usage.prompt_tokens == len("The quick") and 0 < c.usage.completion_tokens <= 12
+    assert c.choices[0].finish_reason in ("stop", "length")
+
+
+def test_chat_stream_equals_chat_and_danlu_generate(server: Server) -> None:
+    client = server.client()
+    messages = [{"role": "user", "content": "The quick"}]
+    whole = client.chat.completions.create(model="chat-lm", messages=messages, max_tokens=20, temperature=0)
+    text = whole.choices[0].message.content
+    assert whole.object == "chat.completion" and whole.choices[0].message.role == "assistant"
+    chunks = list(client.chat.completions.create(
+        model="chat-lm", messages=messages, max_tokens=20, temperature=0, stream=True,
+        stream_options={"include_usage": True},
+    ))
+    assert len({c.id for c in chunks}) == 1 and chunks[0].id.startswith("chatcmpl-")
+    assert chunks[0].choices[0].delta.role == "assistant"
+    with_choices = [c for c in chunks if c.choices]
+    assert [c.choices[0].finish_reason for c in with_choices][-1] in ("stop", "length")
+    assert all(c.choices[0].finish_reason is None for c in with_choices[:-1])
+    streamed = "".join(c.choices[0].delta.content or "" for c in with_choices)
+    assert streamed == text
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+    # the plain chat template (no chat template in a danlu run): "User: ...\nAssistant:"
+    want = generate(server.root, "chat-lm", "--prompt", "User: The quick\nAssistant:", "--max-new-tokens", 20,
+                    "--stop", "\nUser:")
+    assert want == text + "\n"
+
+
+def test_sse_framing(server: Server) -> None:
+    body = {"model": "chat-lm", "prompt": "A", "max_tokens": 5, "temperature": 0, "stream": True}
+    with httpx.stream("POST", f"{server.url}/v1/completions", json=body, timeout=60,
+                      headers={"Authorization": f"Bearer {KEY}"}) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        lines = [line for line in r.iter_lines() if line]
+    assert all(line.startswith("data: ") for line in lines) and lines[-1] == "data: [DONE]"
+    events = [json.loads(line[6:]) for line in lines[:-1]]
+    assert len({e["id"] for e in events}) == 1 and all(e["object"] == "text_completion" for e in events)
+    assert events[-1]["choices"][0]["finish_reason"] in ("stop", "length")
+
+
+def test_eight_concurrent_streams_each_get_their_own_text(server: Server) -> None:
+    client = server.client()
+    prompts = [s[:6] for s in TINY_SENTENCES] + [s[6:12] for s in TINY_SENTENCES]
+    alone = [
+        client.completions.create(model="chat-lm", prompt=p, max_tokens=10, temperature=0).choices[0].text
+        for p in prompts
+    ]
+    got: dict[int, str] = {}
+
+    def stream(i: int) -> None:
+        pieces = client.completions.create(model="chat-lm", prompt=prompts[i], max_tokens=10, temperature=0,
+                                           stream=True)
+        got[i] = "".join(c.choices[0].text for c in pieces)
+
+    threads = [threading.Thread(target=stream, args=(i,)) for i in range(len(prompts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert [got.get(i) for i in range(len(prompts))] == alone
+
+
+def test_seeded_sampling_repeats_and_n_gives_n_choices(server: Server) -> None:
+    client = server.client()
+    ask = dict(model="chat-lm", prompt="Once", max_tokens=8, temperature=1.0, seed=7)
+    first, again = (client.completions.create(**ask).choices[0].text for _ in range(2))
+    assert first == again
+    c = client.completions.create(**{**ask, "n": 3})
+    assert [ch.index for ch in c.choices] == [0, 1, 2]
+
+
+# ---------------------------------------------------------------------------- predict
+
+
+@pytest.mark.parametrize("run,name,data", [
+    ("tabular_classification", "iris", "data/iris.csv"),
+    ("text", "text", "data/sentences.csv"),
+])
+def test_predict_equals_danlu_predict(server: Server, run: str, name: str, data: str) -> None:
+    import danlu
+
+    frame = pd.read_csv(server.root / data)
+    # what `danlu predict RUN --input DATA --proba` writes
+    want = danlu.load(server.root / run).predict_frame(server.root / data, proba=True)
+    rows = json.loads(frame.to_json(orient="records"))
+    r = server.post(f"/v1/predict/{name}", json={"rows": rows})
+    assert r.status_code == 200, r.text
+    got = r.json()["predictions"]
+    assert [g["label"] for g in got] == want["prediction"].tolist()
+    for col in [c for c in want.columns if c.startswith("proba_")]:
+        probs = [g["probabilities"][col[len("proba_"):]] for g in got]
+        assert probs == pytest.approx(want[col].tolist(), abs=1e-6)
+
+
+def test_concurrent_predicts_are_answered_row_by_row(server: Server) -> None:
+    import danlu
+
+    frame = pd.read_csv(server.root / "data/iris.csv")
+    want = danlu.load(server.root / "tabular_classification").predict(frame).tolist()
+    rows = json.loads(frame.to_json(orient="records"))
+    got: dict[int, Any] = {}
+
+    async def main() -> None:
+        async with httpx.AsyncClient(headers={"Authorization": f"Bearer {KEY}"}, timeout=120) as c:
+            async def one(i: int) -> None:
+                r = await c.post(f"{server.url}/v1/predict/iris", json={"rows": [rows[i]]})
+                got[i] = r.json()["predictions"][0]["label"]
+
+            await asyncio.gather(*(one(i) for i in range(len(rows))))
+
+    asyncio.run(main())
+    assert [got[i] for i in range(len(rows))] == want
+
+
+# ---------------------------------------------------------------------------- speech
+
+
+def test_transcription_equals_danlu_transcribe(server: Server) -> None:
+    import danlu
+
+    wav = server.root / "data/tones/high/0.wav"
+    want = danlu.transcribe(server.root / "speech_recognition", wav).text  # what `danlu transcribe` prints
+    client = server.client()
+    with wav.open("rb") as f:
+        t = client.audio.transcriptions.create(model="speech_recognition", file=f)
+    assert t.text == want and want
+    with wav.open("rb") as f:
+        text = client.audio.transcriptions.create(model="speech_recognition", file=f, response_format="text")
+    assert text.strip() == want
+    with wav.open("rb") as f:
+        r = server.post("/v1/audio/transcriptions", files={"file": ("0.wav", f, "audio/wav")},
+                        data={"model": "speech_recognition", "response_format": "verbose_json",
+                              "timestamp_granularities[]": "word"})
+    verbose = r.json()
+    assert verbose["text"] == want and verbose["duration"] > 0 and verbose["segments"]
+    assert " ".join(w["word"] for w in verbose["words"]) == want
+    with wav.open("rb") as f:
+        r = server.post("/v1/audio/transcriptions", files={"file": ("0.wav", f)},
+                        data={"model": "speech_recognition", "response_format": "srt"})
+    assert r.text.startswith("1\n00:00:00,") and " --> " in r.text and want in r.text
+
+
+# ---------------------------------------------------------------------------- bad input
+
+
+def test_wrong_or_missing_key_is_401(server: Server) -> None:
+    with pytest.raises(openai.AuthenticationError):
+        server.client(key="wrong").models.list()
+    e = error_of(server.get("/v1/models", key=None), 401)
+    assert "Authorization: Bearer" in e["message"] and e["type"] == "authentication_error"
+
+
+def test_unknown_model_and_route_are_404(server: Server) -> None:
+    with pytest.raises(openai.NotFoundError, match="nope"):
+        server.client().completions.create(model="nope", prompt="hi")
+    error_of(server.post("/v1/predict/nope", json={"rows": [{}]}), 404)
+    error_of(server.get("/v2/anything"), 404)
+
+
+def test_bad_parameters_are_400_naming_the_field(server: Server) -> None:
+    client = server.client()
+    with pytest.raises(openai.BadRequestError) as e:
+        client.completions.create(model="chat-lm", prompt="hi", presence_penalty=0.5)
+    assert e.value.body["param"] == "presence_penalty"
+    with pytest.raises(openai.BadRequestError) as e:
+        client.completions.create(model="chat-lm", prompt="", max_tokens=4)
+    assert e.value.body["param"] == "prompt" and "empty" in e.value.body["message"]
+    with pytest.raises(openai.BadRequestError) as e:
+        client.completions.create(model="iris", prompt="hi")
+    assert "POST /v1/predict/iris" in e.value.body["message"]
+    ask = {"model": "chat-lm", "prompt": "hi"}
+    e2 = error_of(server.post("/v1/completions", json={**ask, "max_tokens": "many"}), 400)
+    assert e2["param"] == "max_tokens" and "integer" in e2["message"]
+    e2 = error_of(server.post("/v1/completions", json={**ask, "max_tokens": 65}), 400)
+    assert e2["param"] == "max_tokens" and "64" in e2["message"]
+    e2 = error_of(server.post("/v1/chat/completions", json={"model": "chat-lm", "messages": []}), 400)
+    assert e2["param"] == "messages"
+    e2 = error_of(server.post("/v1/completions", json={"model": "chat-lm", "prompt": "x" * 100_000}), 400)
+    assert e2["param"] == "prompt" and "context" in e2["message"]
+
+
+def test_malformed_json_is_400(server: Server) -> None:
+    e = error_of(server.post("/v1/completions", content=b'{"model": "chat-lm", "prompt": ',
+                             headers={"Content-Type": "application/json"}), 400)
+    assert "not valid JSON" in e["message"]
+    e = error_of(server.post("/v1/predict/iris", json=[1, 2]), 400)
+    assert "JSON object" in e["message"]
+
+
+def test_predict_bad_rows_are_400_and_do_not_spoil_a_batch(server: Server) -> None:
+    e = error_of(server.post("/v1/predict/iris", json={"rows": [{"sepal_length": 5.1}]}), 400)
+    assert "petal_width" in e["message"]
+    e = error_of(server.post("/v1/predict/iris", json={"rows": "all of them"}), 400)
+    assert e["param"] == "rows"
+    good = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
+    bad = {**good, "petal_width": "wide"}
+    e = error_of(server.post("/v1/predict/iris", json={"rows": [bad]}), 400)
+    assert "petal_width" in e["message"]
+
+    async def both() -> list[httpx.Response]:
+        async with httpx.AsyncClient(headers={"Authorization": f"Bearer {KEY}"}, timeout=120) as c:
+            calls = [c.post(f"{server.url}/v1/predict/iris", json={"rows": [r]}) for r in (good, bad, good)]
+            return list(await asyncio.gather(*calls))
+
+    answers = asyncio.run(both())
+    assert [a.status_code for a in answers] == [200, 400, 200]
+    assert answers[0].json()["predictions"][0]["label"] == "setosa"
+
+
+def test_non_audio_file_is_400(server: Server) -> None:
+    with pytest.raises(openai.BadRequestError):
+        server.client().audio.transcriptions.create(model="speech_recognition", file=("x.wav", b"not audio"))
+    e = error_of(server.post("/v1/audio/transcriptions", data={"model": "speech_recognition"}), 400)
+    assert e["param"] == "file"
+
+
+def test_oversized_body_is_413(server: Server) -> None:
+    big = {"model": "chat-lm", "prompt": "x" * (2 * 1024 * 1024)}  # the server's limit: --body-limit 1 (MB)
+    e = error_of(server.post("/v1/completions", json=big), 413)
+    assert "1 MB" in e["message"]
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: counted as it comes
+        yield b'{"model": "chat-lm", "prompt": "'
+        for _ in range(40):
+            yield b"x" * 65536
+        yield b'"}'
+
+    json_type = {"Content-Type": "application/json"}
+    error_of(server.post("/v1/completions", content=chunks(), headers=json_type), 413)
+    assert server.get("/health").status_code == 200
+
+
+def test_metrics_count_requests_and_tokens(server: Server) -> None:
+    server.client().completions.create(model="chat-lm", prompt="The", max_tokens=3, temperature=0)
+    text = server.get("/metrics").text
+    assert 'danlu_requests_total{route="/v1/completions",status="200"}' in text
+    assert 'danlu_generated_tokens_total{model="chat-lm"}' in text
+    assert "danlu_request_seconds_bucket" in text
+
+
+# ---------------------------------------------------------------------------- the command
+
+
+def test_command_line_errors(invoke_cli: Any, tmp_path: Path) -> None:
+    assert_user_error(invoke_cli("serve"), "no model given")
+    assert_user_error(invoke_cli("serve", tmp_path / "missing", "--quiet"), "does not exist")
+    assert_user_error(invoke_cli("serve", "a", "--name", "oops"), "NAME=MODEL")
+
+
+@pytest.mark.slow
+def test_sigint_and_sigterm_stop_with_exit_0(root: Path) -> None:
+    for sig, name in ((signal.SIGINT, "int"), (signal.SIGTERM, "term")):
+        s = start(root, "tabular_classification", "--host", "0.0.0.0", name=name)
+        assert "without an API key" in s.err.read_text()
+        assert stop(s, sig) == 0, s.err.read_text()
+
+
+# ---------------------------------------------------------------------------- in process
+
+
+def test_micro_batcher_runs_waiting_requests_together_and_isolates_a_bad_one() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from danlu.serve.batching import MicroBatcher
+
+    seen: list[list[int]] = []
+
+    def run(items: list[int]) -> list[int]:
+        seen.append(list(items))
+        if -1 in items:
+            raise ValueError("bad item")
+        return [i * 10 for i in items]
+
+    async def main() -> list[Any]:
+        b = MicroBatcher(run, lambda _i: 1, ThreadPoolExecutor(1), max_rows=8, wait=0.01)
+        out = await asyncio.gather(*(b.submit(i) for i in range(5)))
+        bad = await asyncio.gather(b.submit(1), b.submit(-1), b.submit(2), return_exceptions=True)
+        await b.close()
+        return [out, bad]
+
+    out, bad = asyncio.run(main())
+    assert out == [0, 10, 20, 30, 40] and seen[0] == [0, 1, 2, 3, 4]  # one forward for all five
+    assert bad[0] == 10 and isinstance(bad[1], ValueError) and bad[2] == 20
