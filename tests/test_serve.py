@@ -201,11 +201,13 @@ def test_model_card_gives_the_input_schema(server: Server) -> None:
 
 
 def test_completion_equals_danlu_generate(server: Server) -> None:
-    want = generate(server.root, "chat-lm", "--prompt", "The quick", "--max-new-tokens", 12)
+    import danlu
+
+    want = danlu.generate(server.root / "chat-lm", "The quick", max_new_tokens=12, device="cpu")
     c = server.client().completions.create(model="chat-lm", prompt="The quick", max_tokens=12, temperature=0)
     assert c.object == "text_completion" and c.model == "chat-lm"
     text = c.choices[0].text
-    assert text and want == text + "\n"
+    assert text and text == want
     assert c.usage.prompt_tokens == len("The quick") and 0 < c.usage.completion_tokens <= 12
     assert c.choices[0].finish_reason in ("stop", "length")
 
@@ -229,9 +231,29 @@ def test_chat_stream_equals_chat_and_danlu_generate(server: Server) -> None:
     assert streamed == text
     assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
     # the plain chat template (no chat template in a danlu run): "User: ...\nAssistant:"
+    import danlu
+
+    prompt = "User: The quick\nAssistant:"
+    want = danlu.generate(server.root / "chat-lm", prompt, max_new_tokens=20, stop=["\nUser:"], device="cpu")
+    assert text == want
+
+
+@pytest.mark.slow
+def test_greedy_answers_equal_the_danlu_generate_command(server: Server) -> None:
+    client = server.client()
+    c = client.completions.create(model="chat-lm", prompt="The quick", max_tokens=12, temperature=0)
+    want = generate(server.root, "chat-lm", "--prompt", "The quick", "--max-new-tokens", 12)
+    assert want == c.choices[0].text + "\n"
+    messages = [{"role": "user", "content": "The quick"}]
+    streamed = "".join(
+        chunk.choices[0].delta.content or ""
+        for chunk in client.chat.completions.create(
+            model="chat-lm", messages=messages, max_tokens=20, temperature=0, stream=True
+        )
+    )
     want = generate(server.root, "chat-lm", "--prompt", "User: The quick\nAssistant:", "--max-new-tokens", 20,
                     "--stop", "\nUser:")
-    assert want == text + "\n"
+    assert want == streamed + "\n"
 
 
 def test_sse_framing(server: Server) -> None:
