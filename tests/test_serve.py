@@ -23,7 +23,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from conftest import TINY_SENTENCES, _env, assert_user_error
+from conftest import TINY_SENTENCES, _env, assert_user_error, make_tiny_gpt2
 
 openai = pytest.importorskip("openai", reason="the openai client is not installed (pip install danlu[test])")
 pytest.importorskip("fastapi", reason="fastapi is not installed (pip install 'danlu[serve]')")
@@ -92,16 +92,16 @@ class Server:
         return httpx.get(f"{self.url}{path}", headers=headers, timeout=120)
 
 
-def start(root: Path, *args: Any, name: str = "server") -> Server:
-    """`python -m danlu serve ARGS --port FREE` in root, once /health answers (polled until a
-    deadline; the process dying first fails with its stderr)."""
+def start(root: Path, *args: Any, name: str = "server", python: str | None = None) -> Server:
+    """`python -m danlu serve ARGS --port FREE` in root (or `python -c CODE` with the port as
+    its argument), once /health answers (polled until a deadline; the process dying first
+    fails with its stderr)."""
     port = free_port()
     out, err = root / f"{name}.out", root / f"{name}.err"
+    command = ["-m", "danlu", "serve", *map(str, args), "--port", str(port)] if python is None else [
+        "-c", python, str(port)]
     with out.open("wb") as o, err.open("wb") as e:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "danlu", "serve", *map(str, args), "--port", str(port)],
-            cwd=root, env=_env(), stdout=o, stderr=e,
-        )
+        proc = subprocess.Popen([sys.executable, *command], cwd=root, env=_env(), stdout=o, stderr=e)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 180
     while True:
@@ -483,6 +483,69 @@ def test_sigint_and_sigterm_stop_with_exit_0(root: Path) -> None:
         s = start(root, "tabular_classification", "--host", "0.0.0.0", name=name)
         assert "without an API key" in s.err.read_text()
         assert stop(s, sig) == 0, s.err.read_text()
+
+
+@pytest.mark.slow
+def test_python_app_and_a_chat_template(root: Path, tmp_path: Path) -> None:
+    """danlu.serve.app under uvicorn, serving a Hugging Face GPT-2 folder whose tokenizer has a
+    chat template: chat renders it (as transformers does) and answers as danlu.generate would."""
+    import danlu
+
+    folder = make_tiny_gpt2(tmp_path / "tiny-gpt2")
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config["chat_template"] = "{% for m in messages %}<{{ m.role }}>{{ m.content }}\n{% endfor %}<assistant>"
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    code = (
+        "import sys, uvicorn, danlu.serve\n"
+        f"app = danlu.serve.app({{'tiny': {str(folder)!r}}})\n"
+        "uvicorn.run(app, host='127.0.0.1', port=int(sys.argv[1]), log_level='warning')\n"
+    )
+    s = start(tmp_path, python=code)
+    try:
+        messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "The quick"}]
+        c = s.client().chat.completions.create(model="tiny", messages=messages, max_tokens=8, temperature=0)
+        prompt = "<system>Be brief.\n<user>The quick\n<assistant>"
+        assert c.choices[0].message.content == danlu.generate(folder, prompt, max_new_tokens=8, device="cpu")
+        from transformers import AutoTokenizer
+
+        assert c.usage.prompt_tokens == len(AutoTokenizer.from_pretrained(folder).encode(prompt))
+    finally:
+        stop(s)
+
+
+@pytest.mark.slow
+def test_two_hundred_mixed_requests_leave_the_server_healthy(server: Server) -> None:
+    import danlu
+
+    frame = pd.read_csv(server.root / "data/iris.csv")
+    want = danlu.load(server.root / "tabular_classification").predict(frame).tolist()
+    rows = json.loads(frame.to_json(orient="records"))
+    bad = [
+        ("/v1/predict/iris", {"rows": [{"sepal_length": 1}]}),
+        ("/v1/predict/nope", {"rows": [rows[0]]}),
+        ("/v1/completions", {"model": "chat-lm", "prompt": ""}),
+        ("/v1/completions", {"model": "chat-lm", "prompt": "A", "max_tokens": -1}),
+        ("/v1/chat/completions", {"model": "iris", "messages": [{"role": "user", "content": "hi"}]}),
+    ]
+
+    async def main() -> list[tuple[str, int, Any]]:
+        async with httpx.AsyncClient(headers={"Authorization": f"Bearer {KEY}"}, timeout=300) as c:
+            async def one(i: int) -> tuple[str, int, Any]:
+                if i % 2:
+                    path, body = bad[i % len(bad)]
+                    r = await c.post(f"{server.url}{path}", json=body)
+                    return "bad", r.status_code, r.json()
+                r = await c.post(f"{server.url}/v1/predict/iris", json={"rows": [rows[i % len(rows)]]})
+                return "good", r.status_code, (i % len(rows), r.json()["predictions"][0]["label"])
+
+            return list(await asyncio.gather(*(one(i) for i in range(200))))
+
+    for kind, status, value in asyncio.run(main()):
+        if kind == "good":
+            assert status == 200 and value[1] == want[value[0]]
+        else:
+            assert 400 <= status < 500 and set(value["error"]) == {"message", "type", "param", "code"}
+    assert server.get("/health").status_code == 200
 
 
 # ---------------------------------------------------------------------------- in process
