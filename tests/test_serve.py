@@ -574,3 +574,37 @@ def test_micro_batcher_runs_waiting_requests_together_and_isolates_a_bad_one() -
     out, bad = asyncio.run(main())
     assert out == [0, 10, 20, 30, 40] and seen[0] == [0, 1, 2, 3, 4]  # one forward for all five
     assert bad[0] == 10 and isinstance(bad[1], ValueError) and bad[2] == 20
+
+
+def test_a_stream_whose_client_left_stops_decoding(root: Path) -> None:
+    """The client reads one piece and goes away: decoding stops at the next token (the model
+    is held after its third forward pass until the stream is closed, so this is no race)."""
+    from danlu.serve import text
+    from danlu.serve.models import load_model
+    from danlu.serve.protocol import CompletionRequest
+
+    served = load_model("lm", str(root / "chat-lm"), device="cpu")
+    calls: list[int] = []
+    gate = threading.Event()
+
+    def hold(*_: Any) -> None:
+        calls.append(1)
+        if len(calls) == 3:
+            gate.wait(timeout=60)
+
+    served.model.model.register_forward_hook(hold)
+
+    async def main() -> str:
+        req = CompletionRequest(model="lm", prompt="The quick", max_tokens=60, temperature=0, stream=True)
+        events = (await text.completions(served, req, lambda _m, _n: None)).body_iterator
+        first = await events.__anext__()
+        await events.aclose()  # what Starlette does when the client disconnects
+        gate.set()
+        # the loop keeps running (as the server's does) until the worker is free again
+        await asyncio.get_running_loop().run_in_executor(served.worker, lambda: None)
+        return str(first)
+
+    first = asyncio.run(main())
+    assert first.startswith("data: ") and json.loads(first[6:])["choices"][0]["text"]
+    assert len(calls) <= 4  # prefill, two steps, the one held; never the 60 asked for
+    served.worker.shutdown()
