@@ -210,6 +210,11 @@ def test_completion_equals_danlu_generate(server: Server) -> None:
     assert text and text == want
     assert c.usage.prompt_tokens == len("The quick") and 0 < c.usage.completion_tokens <= 12
     assert c.choices[0].finish_reason in ("stop", "length")
+    ask = dict(model="chat-lm", prompt="The quick", max_tokens=12, temperature=0)
+    scored = server.client().completions.create(**ask, logprobs=1).choices[0]
+    assert scored.text == want and "".join(scored.logprobs.tokens) == want
+    assert len(scored.logprobs.token_logprobs) == c.usage.completion_tokens
+    assert all(lp <= 0 for lp in scored.logprobs.token_logprobs)
 
 
 def test_chat_stream_equals_chat_and_danlu_generate(server: Server) -> None:
