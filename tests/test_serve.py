@@ -295,6 +295,120 @@ def test_eight_concurrent_streams_each_get_their_own_text(server: Server) -> Non
     assert [got.get(i) for i in range(len(prompts))] == alone
 
 
+def test_greedy_streams_of_different_lengths_together_equal_each_alone(root: Path) -> None:
+    """Eight streaming greedy requests with different prompts and max_tokens at once: each gets
+    the text of danlu.generate alone, and they were decoded in one batch (the first prefill
+    waits until the other seven are queued, so batching is no race)."""
+    import danlu
+    from danlu.serve import text
+    from danlu.serve.models import load_model
+    from danlu.serve.protocol import CompletionRequest
+
+    served = load_model("lm", str(root / "chat-lm"), device="cpu")
+    served.max_rows = 8
+    prompts = [s[i : i + 3 + 2 * i] for i, s in enumerate(TINY_SENTENCES * 2)]
+    lengths = [4 + 5 * i for i in range(8)]
+    alone = [danlu.generate(root / "chat-lm", p, max_new_tokens=n, device="cpu")
+             for p, n in zip(prompts, lengths, strict=True)]
+
+    held: list[int] = []
+
+    def hold_first(*_: Any) -> None:
+        if held:
+            return
+        held.append(1)
+        deadline = time.monotonic() + 60
+        while served.decoder.waiting < 7 and time.monotonic() < deadline:
+            time.sleep(0.001)
+
+    hook = served.model.model.register_forward_hook(hold_first)
+
+    async def one(prompt: str, n: int) -> str:
+        req = CompletionRequest(model="lm", prompt=prompt, max_tokens=n, temperature=0, stream=True)
+        events = (await text.completions(served, req, lambda _m, _n: None)).body_iterator
+        out = ""
+        async for event in events:
+            if event.strip() == "data: [DONE]":
+                break
+            out += json.loads(event[6:])["choices"][0]["text"]
+        return out
+
+    async def main() -> list[str]:
+        return list(await asyncio.gather(*(one(p, n) for p, n in zip(prompts, lengths, strict=True))))
+
+    assert asyncio.run(main()) == alone
+    hook.remove()
+    assert served.decoder.peak_rows == 8
+    served.worker.shutdown()
+
+
+def test_sequences_joining_and_leaving_a_running_batch_decode_as_alone(root: Path) -> None:
+    """Sequences join mid-run (submitted from another sequence's tokens, so at known steps),
+    with prompts longer than the columns filled so far, past the 64-position cache (its columns
+    move left), greedy and seeded sampling with top-p and a stop string side by side: every
+    one's tokens equal danlu.generate's alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import danlu
+    from danlu.lm.complete import encode_prompts
+    from danlu.lm.continuous import ContinuousDecoder, Sequence
+    from danlu.lm.load import load_cached
+    from danlu.lm.options import make_options
+
+    lm = load_cached(root / "chat-lm", device="cpu")
+    asks = [  # prompt, options, (index of the sequence whose token starts it, at which token)
+        ("The", dict(max_new_tokens=40), None),
+        ("A furnace turns base metal into gold", dict(max_new_tokens=20), (0, 1)),
+        ("Once", dict(max_new_tokens=50, temperature=0.9, top_p=0.9, seed=3), (0, 2)),
+        ("Language models", dict(max_new_tokens=30, temperature=1.2, seed=11), (1, 5)),
+        ("tiny", dict(max_new_tokens=25, temperature=1.0, top_k=5, seed=5, stop=["o"]), (2, 30)),
+        ("The quick brown fox jumps over the lazy", dict(max_new_tokens=22), (2, 35)),
+        ("b", dict(max_new_tokens=1), (3, 10)),
+    ]
+    want = [danlu.generate(root / "chat-lm", p, device="cpu", **o) for p, o, _ in asks]
+    worker = ThreadPoolExecutor(1)
+    decoder = ContinuousDecoder(lm.model, lm.tokenizer.decode, worker, max_rows=4)
+    moves: list[tuple[int, int, int]] = []  # (rows, columns dropped, columns inserted)
+    move = decoder._move_columns
+
+    def moving(rows: list[Sequence], drop: int, pad: int) -> None:
+        moves.append((len(rows), drop, pad))
+        move(rows, drop, pad)
+
+    decoder._move_columns = moving  # type: ignore[method-assign]
+    got: dict[int, list[int]] = {i: [] for i in range(len(asks))}
+    ended: dict[int, str] = {}
+    done = threading.Event()
+
+    def sequence(i: int) -> Sequence:
+        prompt, options, _ = asks[i]
+        opts = make_options(lm, **options)
+        (ids,) = encode_prompts(lm, [prompt], opts)
+        return Sequence(ids, opts, lambda tok: on_token(i, tok), lambda reason, _e: on_end(i, reason))
+
+    def on_token(i: int, tok: int) -> None:
+        got[i].append(tok)
+        for j, (_, _, after) in enumerate(asks):
+            if after == (i, len(got[i])):
+                decoder.submit(sequence(j))
+
+    def on_end(i: int, reason: str) -> None:
+        ended[i] = reason
+        if len(ended) == len(asks):
+            done.set()
+
+    decoder.submit(sequence(0))
+    assert done.wait(timeout=120), ended
+    worker.shutdown()
+    from danlu.lm.complete import completion_of
+
+    texts = [completion_of(lm, p, got[i], make_options(lm, **o)).text for i, (p, o, _) in enumerate(asks)]
+    assert texts == want
+    assert ended[4] == "stop" and ended[6] == "length"
+    assert decoder.peak_rows == 4 and decoder.length == 0 and not decoder.running
+    assert any(n and drop for n, drop, _ in moves) and any(n and pad for n, _, pad in moves), moves
+
+
 def test_seeded_sampling_repeats_and_n_gives_n_choices(server: Server) -> None:
     client = server.client()
     ask = dict(model="chat-lm", prompt="Once", max_tokens=8, temperature=1.0, seed=7)
@@ -471,6 +585,7 @@ def test_metrics_count_requests_and_tokens(server: Server) -> None:
     assert 'danlu_requests_total{route="/v1/completions",status="200"}' in text
     assert 'danlu_generated_tokens_total{model="chat-lm"}' in text
     assert "danlu_request_seconds_bucket" in text
+    assert 'danlu_decode_batch_rows_count{model="chat-lm"}' in text  # the steps of its continuous batch
 
 
 # ---------------------------------------------------------------------------- the command

@@ -31,6 +31,14 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.decode_rows = Histogram(
+            "danlu_decode_batch_rows",
+            "Sequences decoded together in one step of a language model's continuous batch, by model",
+            ["model"],
+            registry=self.registry,
+            buckets=(1, 2, 4, 8, 16, 32, 64),
+        )
+
     def observe(self, route: str, status: int, seconds: float) -> None:
         self.requests.labels(route, str(status)).inc()
         self.latency.labels(route).observe(seconds)

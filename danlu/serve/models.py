@@ -33,6 +33,10 @@ class Served:
     created: int = 0
     inputs: list[dict[str, Any]] | None = None  # rows: the kind's describe_inputs of its schema
     worker: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(1, "danlu-serve"))
+    # danlu's own GPT: the continuous-batching loop on the worker (danlu/serve/text.py makes it)
+    decoder: Any = None
+    max_rows: int = 16  # rows of that loop's batch
+    on_step: Any = None  # sees each step's number of rows (the server's metrics)
 
     @property
     def endpoints(self) -> list[str]:

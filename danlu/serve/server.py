@@ -132,6 +132,9 @@ def create_app(
                 lambda items, s=served: predict_rows(s, items), len, served.worker, max_rows=max_batch
             )
             metrics.watch_queue(name, lambda b=batchers[name]: b.depth)
+        elif served.kind == "text":  # the continuous batch of danlu's GPT (danlu/serve/text.py)
+            served.max_rows = min(max_batch, 16)  # danlu's CPU kernels step up to 16 rows
+            served.on_step = metrics.decode_rows.labels(name).observe
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -1,10 +1,13 @@
 """POST /v1/completions and /v1/chat/completions: OpenAI's shapes over danlu/lm/complete.py.
 
-Decoding runs on the model's one worker thread (models.Served.worker), so requests to one
-language model decode one after another, in the order they came; the event loop only moves
-text. A stream's tokens are handed to the loop as they come; when its client goes away, the
-stream's `on_token` raises at the next token and its decoding stops, freeing the worker.
-Not yet: continuous batching (requests joining a running decoding batch over the KV cache).
+Decoding runs on the model's one worker thread (models.Served.worker); the event loop only
+moves text. For danlu's own GPT that thread runs a continuous-batching loop
+(danlu/lm/continuous.py): each request with one sequence (streamed or not, n=1, no logprobs,
+prompt and max_tokens within the context) joins the running batch at its next step and leaves
+it when it ends, so streams interleave; everything else (n > 1, logprobs, text outgrowing the
+context) runs whole between two steps of that loop. Transformers' causal LMs decode one request
+after another, in the order they came (their generate has no batch to join). When a client goes
+away its sequence stops at its next token and frees its row.
 
 Sampling follows OpenAI's defaults: temperature 1 (0 is greedy), top_p 1 (no filter),
 max_tokens 16 for completions and up to 256 (within the context) for chat. Chat uses the
@@ -119,14 +122,71 @@ def _finish(reason: str) -> str:
 # ---------------------------------------------------------------------------- whole answers
 
 
-async def _complete(served: Served, prompts: list[str], opts: Any, n: int, logprobs: bool) -> list[Any]:
+def _decoder(served: Served) -> Any:
+    """The model's continuous-batching loop (danlu's own GPT), made on first use; None for
+    transformers' models."""
+    if served.decoder is None and served.model.is_danlu:
+        from danlu.lm.continuous import ContinuousDecoder
+
+        lm = served.model
+        served.decoder = ContinuousDecoder(lm.model, lm.tokenizer.decode, served.worker, served.max_rows,
+                                           served.on_step)
+    return served.decoder
+
+
+def _batchable(served: Served, ids: list[int], opts: Any) -> bool:
+    from danlu.lm.continuous import batchable
+
+    return _decoder(served) is not None and batchable(served.model.model, len(ids), opts)
+
+
+async def _on_worker(served: Served, fn: Callable[[], Any]) -> Any:
+    """fn() on the model's worker thread: between two steps of its decoding loop, if it has one."""
+    decoder = _decoder(served)
+    if decoder is not None:
+        return await asyncio.wrap_future(decoder.call(fn))
+    return await asyncio.get_running_loop().run_in_executor(served.worker, fn)
+
+
+async def _decode(served: Served, prompt: str, ids: list[int], opts: Any) -> Any:
+    """One sequence through the decoding loop: its Completion."""
+    from danlu.lm.complete import completion_of
+    from danlu.lm.continuous import Sequence
+
+    loop = asyncio.get_running_loop()
+    ended: asyncio.Future[None] = loop.create_future()
+
+    def settle(error: BaseException | None) -> None:
+        if ended.done():
+            return
+        if error is not None:
+            ended.set_exception(error)
+        else:
+            ended.set_result(None)
+
+    seq = Sequence(ids, opts, lambda _tok: None, lambda _r, e: loop.call_soon_threadsafe(settle, e))
+    _decoder(served).submit(seq)
+    try:
+        await ended
+    finally:
+        seq.cancelled.set()  # a request whose client left frees its row
+    return completion_of(served.model, prompt, seq.new, opts)
+
+
+async def _complete(
+    served: Served, prompts: list[str], ids: list[list[int]], opts: Any, n: int, logprobs: bool
+) -> list[Any]:
     """Completions of every prompt, n per prompt (greedy: one decoded, repeated)."""
     from danlu.lm.complete import complete
 
-    loop = asyncio.get_running_loop()
-    results = await loop.run_in_executor(
-        served.worker, lambda: complete(served.model, prompts, opts, logprobs=logprobs)
-    )
+    one_each = opts.num_return_sequences == 1 and not logprobs
+    if one_each and all(_batchable(served, i, opts) for i in ids):
+        results = list(await asyncio.gather(*(_decode(served, p, i, opts) for p, i in zip(prompts, ids,
+                                                                                          strict=True))))
+        for k, c in enumerate(results):
+            c.prompt_index = k
+    else:
+        results = await _on_worker(served, lambda: complete(served.model, prompts, opts, logprobs=logprobs))
     if opts.num_return_sequences == n:
         return results
     return [c for c in results for _ in range(n)]
@@ -161,8 +221,8 @@ async def completions(served: Served, req: CompletionRequest, count: Callable[[s
     ids = _encode(served, prompts, opts, "prompt")
     rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
     if req.stream:
-        return _stream(served, req, prompts[0], opts, len(ids[0]), rid, created, "text_completion", count)
-    results = await _complete(served, prompts, opts, req.n, req.logprobs is not None)
+        return _stream(served, req, prompts[0], ids[0], opts, rid, created, "text_completion", count)
+    results = await _complete(served, prompts, ids, opts, req.n, req.logprobs is not None)
     new = sum(len(c.token_ids) for c in results)
     count(served.name, new)
     choices = [
@@ -201,8 +261,8 @@ async def chat(served: Served, req: ChatRequest, count: Callable[[str, int], Non
     _encode(served, [prompt], opts, "messages")
     rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
     if req.stream:
-        return _stream(served, req, prompt, opts, len(ids), rid, created, "chat.completion.chunk", count)
-    results = await _complete(served, [prompt], opts, req.n, False)
+        return _stream(served, req, prompt, ids, opts, rid, created, "chat.completion.chunk", count)
+    results = await _complete(served, [prompt], [ids], opts, req.n, False)
     new = sum(len(c.token_ids) for c in results)
     count(served.name, new)
     choices = [
@@ -239,8 +299,8 @@ def _stream(
     served: Served,
     req: Sampling,
     prompt: str,
+    ids: list[int],
     opts: Any,
-    prompt_tokens: int,
     rid: str,
     created: int,
     obj: str,
@@ -249,23 +309,44 @@ def _stream(
     """Server-sent events: one chunk per piece of text, every chunk with the same id; chat's
     first delta carries the role; the last chunk has the finish_reason; then the usage chunk
     (stream_options.include_usage) and `data: [DONE]`."""
-    from danlu.lm.complete import stream_text
+    from danlu.lm.complete import Pieces, stream_text
+    from danlu.lm.continuous import Sequence
 
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
     gone = threading.Event()
     tokens: list[int] = []
     lm = served.model
+    prompt_tokens = len(ids)
+
+    def put(item: tuple[str, Any]) -> None:
+        loop.call_soon_threadsafe(queue.put_nowait, item)
 
     def on_token(tok: int) -> None:
         if gone.is_set():
             raise _Gone
         tokens.append(tok)
 
-    def work() -> None:
-        def put(item: tuple[str, Any]) -> None:
-            loop.call_soon_threadsafe(queue.put_nowait, item)
+    # in the decoding loop: tokens become text pieces on the worker thread, as they come
+    pieces = Pieces(lm, opts)
 
+    def on_batched_token(tok: int) -> None:
+        on_token(tok)
+        piece = pieces.push(tok)
+        if piece:
+            put(("text", piece))
+
+    def on_end(reason: str, error: BaseException | None) -> None:
+        if error is not None:
+            put(("error", error))
+            return
+        piece = pieces.close()
+        if piece:
+            put(("text", piece))
+        put(("end", None))
+
+    # anything else: the whole generation as one job on the worker
+    def work() -> None:
         try:
             if gone.is_set():
                 return
@@ -276,6 +357,15 @@ def _stream(
             pass
         except Exception as e:  # reported in the stream: the headers have gone out
             put(("error", e))
+
+    def begin() -> Any:
+        if _batchable(served, ids, opts):
+            _decoder(served).submit(Sequence(ids, opts, on_batched_token, on_end, cancelled=gone))
+            return None
+        decoder = _decoder(served)
+        if decoder is not None:
+            return decoder.call(work)
+        return loop.run_in_executor(served.worker, work)
 
     chat = obj == "chat.completion.chunk"
 
@@ -299,7 +389,7 @@ def _stream(
         return "length" if len(tokens) >= opts.max_new_tokens else "stop"
 
     async def events() -> AsyncIterator[str]:
-        job = loop.run_in_executor(served.worker, work)
+        job = begin()
         try:
             if chat:
                 yield _sse(chunk(None, None, first=True))
@@ -325,6 +415,7 @@ def _stream(
             yield "data: [DONE]\n\n"
         finally:
             gone.set()  # a client that left mid-stream: its decoding stops at the next token
-            job.cancel()  # and one still waiting for the worker never starts
+            if job is not None:
+                job.cancel()  # and one still waiting for the worker never starts
 
     return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
