@@ -6,6 +6,7 @@ set -u
 need=()
 command -v espeak-ng >/dev/null 2>&1 || need+=(espeak-ng)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)  # the serve playground's browser test
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
   echo "system_deps: cannot install ${need[*]} (needs root and apt-get); their tests will skip" >&2

@@ -728,3 +728,61 @@ def test_a_stream_whose_client_left_stops_decoding(root: Path) -> None:
     assert first.startswith("data: ") and json.loads(first[6:])["choices"][0]["text"]
     assert len(calls) <= 4  # prefill, two steps, the one held; never the 60 asked for
     served.worker.shutdown()
+
+
+# ---------------------------------------------------------------------------- the playground
+
+
+@pytest.mark.slow
+def test_the_playground_works_in_a_real_browser(server: Server) -> None:
+    """Chromium (the Debian package, driven by Playwright) at phone width: a streamed
+    completion, a prediction's label, a WAV's transcript, and no console error; the screenshot
+    is docs/playground.png."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (danlu[test])")
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("no chromium binary: install the Debian package (scripts/system_deps.sh)")
+    import danlu
+
+    want = danlu.generate(server.root / "chat-lm", "The quick", max_new_tokens=12, device="cpu")
+    wav = server.root / "data/tones/high/0.wav"
+    heard = danlu.transcribe(server.root / "speech_recognition", wav).text
+    row = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
+    label = str(danlu.load(server.root / "tabular_classification").predict(pd.DataFrame([row]))[0])
+    errors: list[str] = []
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 390, "height": 844})
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.add_init_script(f"localStorage.setItem('danlu-key', {json.dumps(KEY)})")
+            page.goto(f"{server.url}/")
+            expect = sync_api.expect
+
+            page.click("nav button[data-kind=text]")
+            page.select_option("#text-model", "chat-lm")
+            page.select_option("#mode", "completion")
+            page.fill("#prompt", "The quick")
+            page.fill("#max-tokens", "12")
+            page.click("#send")
+            expect(page.locator("#text-out")).to_have_text(want, timeout=60_000)
+
+            page.click("nav button[data-kind=rows]")
+            page.select_option("#rows-model", "iris")
+            expect(page.locator("#field-petal_width")).to_be_visible()
+            for name, value in row.items():
+                page.fill(f"#field-{name}", str(value))
+            page.click("#predict")
+            expect(page.locator("#rows-out strong")).to_have_text(label, timeout=60_000)
+
+            page.click("nav button[data-kind=speech]")
+            page.set_input_files("#audio", str(wav))
+            page.click("#transcribe")
+            expect(page.locator("#speech-out")).to_contain_text(heard, timeout=60_000)
+
+            page.click("nav button[data-kind=text]")
+            page.screenshot(path=str(Path(__file__).resolve().parent.parent / "docs" / "playground.png"))
+        finally:
+            browser.close()
+    assert errors == []
