@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# System programs some tests use: espeak-ng (synthesized speech) and PostgreSQL
+# System programs some tests use: espeak-ng (synthesized speech), chromium (the serve
+# playground in a browser) and PostgreSQL
 # (a shared Optuna study). Best effort: the tests that need them skip with a reason
 # when they are missing, so a machine without apt (or root) still runs the suite.
 set -u
