@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import signal
 import socket
@@ -736,8 +737,8 @@ def test_a_stream_whose_client_left_stops_decoding(root: Path) -> None:
 @pytest.mark.slow
 def test_the_playground_works_in_a_real_browser(server: Server) -> None:
     """Chromium (the Debian package, driven by Playwright) at phone width: a streamed
-    completion, a prediction's label, a WAV's transcript, and no console error; the screenshot
-    is docs/playground.png."""
+    completion, a prediction's label, a WAV's transcript, and no console error; its screenshot
+    is docs/playground.png (rewritten with DANLU_UPDATE_SCREENSHOT=1)."""
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (danlu[test])")
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
@@ -782,7 +783,11 @@ def test_the_playground_works_in_a_real_browser(server: Server) -> None:
             expect(page.locator("#speech-out")).to_contain_text(heard, timeout=60_000)
 
             page.click("nav button[data-kind=text]")
-            page.screenshot(path=str(Path(__file__).resolve().parent.parent / "docs" / "playground.png"))
+            shot = server.root / "playground.png"  # DANLU_UPDATE_SCREENSHOT=1: docs/playground.png
+            if os.environ.get("DANLU_UPDATE_SCREENSHOT") == "1":
+                shot = Path(__file__).resolve().parent.parent / "docs" / "playground.png"
+            page.screenshot(path=str(shot))
+            assert shot.stat().st_size > 0
         finally:
             browser.close()
     assert errors == []
