@@ -810,6 +810,64 @@ def transcribe(
             raise typer.Exit(2)
 
 
+# --------------------------------------------------------------------------- danlu serve
+@app.command(
+    epilog="Examples:\n\n  danlu serve runs/tutorial-20261124-101500\n\n"
+    "  danlu serve runs/shakespeare-20261124-101500 path/to/whisper --port 8080\n\n"
+    "  DANLU_API_KEY=secret danlu serve --name chat=path/to/gpt2 --host 0.0.0.0\n\n"
+    "MODEL is any run folder or model folder the other commands take; each is served under its "
+    "folder's name (--name NAME=MODEL renames one). Endpoints: /v1/predict/{model}, "
+    "/v1/completions, /v1/chat/completions, /v1/audio/transcriptions (OpenAI's shapes), /v1/models, "
+    "/health, /metrics."
+)
+def serve(
+    models: Annotated[
+        list[str] | None, typer.Argument(help="Run folders, model folders or hub ids to serve.")
+    ] = None,
+    host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0: every interface).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port (0: any free one, printed at start).")] = 8000,
+    api_key: Annotated[
+        str | None,
+        typer.Option(envvar="DANLU_API_KEY", help="Require 'Authorization: Bearer KEY' (env DANLU_API_KEY)."),
+    ] = None,
+    name: Annotated[
+        list[str] | None, typer.Option("--name", help="NAME=MODEL: serve MODEL as NAME (repeatable).")
+    ] = None,
+    max_batch: Annotated[int, typer.Option(help="Most rows in one predict forward pass.")] = 64,
+    cors: Annotated[
+        list[str] | None, typer.Option("--cors", help="Allow browser requests from this origin (repeatable).")
+    ] = None,
+    body_limit: Annotated[float, typer.Option(help="Largest request body, in MB.")] = 25,
+    dtype: Annotated[str | None, typer.Option(help="Language models: float32 or bfloat16.")] = None,
+    trust_remote_code: Annotated[
+        bool, typer.Option(help="Let a Hugging Face folder run its own model code.")
+    ] = False,
+    trust_code: TrustCode = False,
+    quiet: Quiet = False,
+    debug: Debug = False,
+) -> None:
+    """Serve models over HTTP: OpenAI's API for text and speech, JSON predict for the rest."""
+    with _errors(debug):
+        from danlu.serve.command import run
+
+        run(
+            models or [],
+            names=name or [],
+            host=host,
+            port=port,
+            api_key=api_key,
+            max_batch=max_batch,
+            cors=cors or [],
+            body_limit_mb=body_limit,
+            dtype=dtype,
+            trust_code=trust_code,
+            trust_remote_code=trust_remote_code,
+            quiet=quiet,
+            echo=typer.echo,
+            warn=lambda line: typer.echo(line, err=True),
+        )
+
+
 @app.command(
     epilog="Examples:\n\n  danlu tune examples/tune_tutorial.yaml\n\n"
     "  danlu tune examples/tune_tutorial.yaml --trials 40 --jobs 2 --refit\n\n"

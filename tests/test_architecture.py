@@ -44,6 +44,7 @@ ABOVE_CORE = (
     "danlu.export",
     "danlu.explain",  # `danlu explain`: attributions over a run folder
     "danlu.onnx",  # ONNX export and the onnxruntime predictor (danlu/onnx/)
+    "danlu.serve",  # `danlu serve`: the HTTP server over predict, lm/ and speech/
 )
 # domain packages above the core: language models (danlu/lm/), speech (danlu/speech/) and
 # recommendation (danlu/recommend/)

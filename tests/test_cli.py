@@ -213,7 +213,8 @@ def test_help_and_a_tabular_run_import_no_heavy_packages(tmp_path: Path) -> None
         "danlu.train({'data': {'source': 'iris'}, 'train': {'epochs': 2},"
         f" 'output': {{'dir': {str(tmp_path)!r}}}}}, progress='quiet')\n"
         "heavy = ['transformers', 'optuna', 'faster_whisper', 'ctranslate2', 'peft',"
-        " 'soundfile', 'tokenizers', 'jiwer']\n"
+        " 'soundfile', 'tokenizers', 'jiwer',"
+        " 'fastapi', 'uvicorn', 'starlette', 'prometheus_client']\n"
         "loaded = [m for m in heavy if m in sys.modules]\n"
         "assert not loaded, loaded\n"
     )

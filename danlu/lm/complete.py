@@ -8,7 +8,7 @@ public `danlu.generate` and `danlu.generate_stream` are `generate` and `generate
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -86,28 +86,40 @@ def complete(
     else:
         new = hf_generate.generate(lm, ids, opts)
     n = opts.num_return_sequences
-    eos = set(opts.eos_ids)
     results = []
     for r, tokens in enumerate(new):
         p = r // n
-        body = tokens[:-1] if tokens and tokens[-1] in eos else tokens
-        text = lm.tokenizer.decode(body)
-        cut = _stop_index(text, opts.stop)
-        if cut is not None:
-            reason, text = "stop", text[:cut]
-        elif len(body) < len(tokens):
-            reason = "eos"
-        else:
-            reason = "length"
-        lp = token_logprobs(lm, ids[p], tokens) if logprobs else None
-        results.append(Completion(p, r % n, prompts[p], text, list(tokens), reason, lp))
+        c = completion_of(lm, prompts[p], tokens, opts, p, r % n)
+        c.logprobs = token_logprobs(lm, ids[p], tokens) if logprobs else None
+        results.append(c)
     return results
 
 
-def stream_text(lm: LoadedLM, prompt: str, opts: GenerationOptions) -> Iterator[str]:
+def completion_of(
+    lm: LoadedLM, prompt: str, tokens: list[int], opts: GenerationOptions, prompt_index: int = 0,
+    sequence_index: int = 0,
+) -> Completion:
+    """The Completion of `prompt` given its new tokens (up to an EOS or a stop string)."""
+    eos = set(opts.eos_ids)
+    body = tokens[:-1] if tokens and tokens[-1] in eos else tokens
+    text = lm.tokenizer.decode(body)
+    cut = _stop_index(text, opts.stop)
+    if cut is not None:
+        reason, text = "stop", text[:cut]
+    elif len(body) < len(tokens):
+        reason = "eos"
+    else:
+        reason = "length"
+    return Completion(prompt_index, sequence_index, prompt, text, list(tokens), reason)
+
+
+def stream_text(
+    lm: LoadedLM, prompt: str, opts: GenerationOptions, on_token: Callable[[int], None] | None = None
+) -> Iterator[str]:
     """The completion of one prompt as text pieces, as the tokens come (num_beams=1 and
     num_return_sequences=1). Text that might begin a stop string is held back until it
-    cannot."""
+    cannot. `on_token` sees each new token id first (the server counts them there, and
+    stops a stream whose client went away by raising from it)."""
     opts.validate(stream=True)
     if opts.num_return_sequences > 1:
         raise DanluError("streaming gives one sequence; set num_return_sequences=1")
@@ -120,36 +132,72 @@ def stream_ids(lm: LoadedLM, ids: list[int], opts: GenerationOptions) -> Iterato
     such as a rendered chat (danlu/lm/chat.py)."""
     opts.validate(stream=True)
     tokens = _danlu_stream(lm, ids, opts) if lm.is_danlu else hf_generate.stream(lm, ids, opts)
+    if on_token is not None:
+        tokens = _observed(tokens, on_token)
     return _pieces(lm, tokens, opts)
 
 
-def _pieces(lm: LoadedLM, tokens: Iterator[int], opts: GenerationOptions) -> Iterator[str]:
-    eos = set(opts.eos_ids)
-    hold = max((len(s) for s in opts.stop), default=1) - 1
-    ids: list[int] = []
-    sent = 0
-    text = ""
+def _observed(tokens: Iterator[int], on_token: Callable[[int], None]) -> Iterator[int]:
     for tok in tokens:
-        if tok in eos:
-            break
-        ids.append(tok)
-        text = lm.tokenizer.decode(ids)
-        cut = _stop_index(text, opts.stop)
-        if cut is not None:
-            if cut > sent:
-                yield text[sent:cut]
+        on_token(tok)
+        yield tok
+
+
+def _pieces(lm: LoadedLM, tokens: Iterator[int], opts: GenerationOptions) -> Iterator[str]:
+    pieces = Pieces(lm, opts)
+    for tok in tokens:
+        piece = pieces.push(tok)
+        if piece:
+            yield piece
+        if pieces.done:
             return
+    piece = pieces.close()
+    if piece:
+        yield piece
+
+
+class Pieces:
+    """The text of a sequence of new tokens, handed out in pieces as it becomes final: up to
+    the EOS token or before a stop string; text that might begin a stop string is held back
+    until it cannot, a character split across tokens until it is whole. `push` each token,
+    then `close` (both return the new piece, maybe empty)."""
+
+    def __init__(self, lm: LoadedLM, opts: GenerationOptions) -> None:
+        self.decode, self.stop = lm.tokenizer.decode, opts.stop
+        self.eos = set(opts.eos_ids)
+        self.hold = max((len(s) for s in opts.stop), default=1) - 1
+        self.ids: list[int] = []
+        self.sent = 0  # characters handed out
+        self.done = False
+
+    def push(self, tok: int) -> str:
+        if self.done:
+            return ""
+        if tok in self.eos:
+            return self.close()
+        self.ids.append(tok)
+        text = self.decode(self.ids)
+        cut = _stop_index(text, self.stop)
+        if cut is not None:
+            self.done = True
+            return self._take(text, cut)
         if text.endswith("\ufffd"):
-            continue  # a character split across tokens: wait for the rest
-        safe = len(text) - hold
-        if safe > sent:
-            yield text[sent:safe]
-            sent = safe
-    text = lm.tokenizer.decode(ids)
-    cut = _stop_index(text, opts.stop)
-    end = len(text) if cut is None else cut
-    if end > sent:
-        yield text[sent:end]
+            return ""  # a character split across tokens: wait for the rest
+        return self._take(text, len(text) - self.hold)
+
+    def close(self) -> str:
+        if self.done:
+            return ""
+        self.done = True
+        text = self.decode(self.ids)
+        cut = _stop_index(text, self.stop)
+        return self._take(text, len(text) if cut is None else cut)
+
+    def _take(self, text: str, end: int) -> str:
+        if end <= self.sent:
+            return ""
+        piece, self.sent = text[self.sent : end], end
+        return piece
 
 
 def _stop_index(text: str, stop: list[str]) -> int | None:

@@ -1,0 +1,245 @@
+"""The ASGI app: routes, the guard (API key, body limit, metrics) and the error shape.
+
+    GET  /health                      open even with an API key
+    GET  /v1/models                   OpenAI's list shape
+    GET  /v1/models/{model}           the model object + its inputs (rows), context (text)
+    POST /v1/predict/{model}          rows models (danlu/serve/rows.py)
+    POST /v1/completions              language models (danlu/serve/text.py)
+    POST /v1/chat/completions
+    POST /v1/audio/transcriptions     speech models (danlu/serve/audio.py)
+    GET  /metrics                     Prometheus (danlu/serve/metrics.py)
+    GET  /                            the playground (static/index.html, playground.js)
+
+With an API key every route but /health and the playground's files needs
+`Authorization: Bearer KEY` (compared in constant time). A body over the limit (default
+25 MB, OpenAI's audio limit) is refused with a 413 before it is read whole.
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import FileResponse, JSONResponse, Response
+
+from danlu.serve import errors
+from danlu.serve.batching import MicroBatcher
+from danlu.serve.errors import APIError
+from danlu.serve.metrics import Metrics
+from danlu.serve.models import Served
+from danlu.serve.protocol import ChatRequest, CompletionRequest, PredictRequest, parse
+
+BODY_LIMIT = 25 * 1024 * 1024
+# open even with an API key: the health check, and the playground page (it asks for the key)
+OPEN_PATHS = ("/health", "/", "/playground.js")
+STATIC = Path(__file__).resolve().parent / "static"
+
+
+class Guard:
+    """Pure ASGI middleware (streams pass through untouched): the key, the body limit, and
+    the request counter and latency of every request, by route template."""
+
+    def __init__(self, app: Any, api_key: str | None, body_limit: int, metrics: Metrics) -> None:
+        self.app, self.key, self.limit, self.metrics = app, api_key, body_limit, metrics
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start, status = time.perf_counter(), [500]
+
+        async def sending(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            refusal = self._refuse(scope)
+            if refusal is None and scope["method"] in ("POST", "PUT", "PATCH"):
+                receive, refusal = await self._limited(scope, receive)
+            if refusal is not None:
+                await refusal(scope, receive, sending)
+            else:
+                await self.app(scope, receive, sending)
+        finally:
+            route = scope.get("route")
+            self.metrics.observe(getattr(route, "path", "unmatched"), status[0], time.perf_counter() - start)
+
+    def _refuse(self, scope: dict[str, Any]) -> Response | None:
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        if self.key and scope["path"] not in OPEN_PATHS and scope["method"] != "OPTIONS":
+            given = headers.get("authorization", "")
+            scheme, _, token = given.partition(" ")
+            right = hmac.compare_digest(token.strip().encode(), self.key.encode())
+            if scheme.lower() != "bearer" or not right:
+                what = "a wrong API key" if given else "no API key"
+                return errors.response(
+                    401, f"{what}: send the header 'Authorization: Bearer KEY'", code="invalid_api_key"
+                )
+        length = headers.get("content-length")
+        if length is not None:
+            if not length.isdigit():
+                return errors.response(400, f"bad Content-Length header {length!r}")
+            if int(length) > self.limit:
+                return self._too_big()
+        return None
+
+    def _too_big(self) -> Response:
+        mb = self.limit / 1024 / 1024
+        return errors.response(413, f"the request body is over the server's limit of {mb:g} MB",
+                               code="request_too_large")
+
+    async def _limited(self, scope: dict[str, Any], receive: Any) -> tuple[Any, Response | None]:
+        """A body without Content-Length (chunked) is read here up to the limit, then replayed."""
+        if any(k.lower() == b"content-length" for k, _ in scope["headers"]):
+            return receive, None
+        messages, size = [], 0
+        while True:
+            message = await receive()
+            messages.append(message)
+            size += len(message.get("body", b""))
+            if size > self.limit:
+                return receive, self._too_big()
+            if message["type"] != "http.request" or not message.get("more_body"):
+                break
+
+        async def replay() -> dict[str, Any]:
+            return messages.pop(0) if messages else await receive()
+
+        return replay, None
+
+
+def create_app(
+    models: Mapping[str, Served],
+    *,
+    api_key: str | None = None,
+    max_batch: int = 64,
+    cors: list[str] | None = None,
+    body_limit: int = BODY_LIMIT,
+) -> FastAPI:
+    metrics = Metrics()
+    batchers: dict[str, MicroBatcher] = {}
+    for name, served in models.items():
+        if served.kind == "rows":
+            from danlu.serve.rows import predict_rows
+
+            batchers[name] = MicroBatcher(
+                lambda items, s=served: predict_rows(s, items), len, served.worker, max_rows=max_batch
+            )
+            metrics.watch_queue(name, lambda b=batchers[name]: b.depth)
+        elif served.kind == "text":  # the continuous batch of danlu's GPT (danlu/serve/text.py)
+            served.max_rows = min(max_batch, 16)  # danlu's CPU kernels step up to 16 rows
+            served.on_step = metrics.decode_rows.labels(name).observe
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        for b in batchers.values():
+            await b.close()
+        for served in models.values():
+            served.worker.shutdown(wait=False, cancel_futures=True)
+
+    app = FastAPI(title="danlu", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+    errors.install(app)
+    app.add_middleware(Guard, api_key=api_key, body_limit=body_limit, metrics=metrics)
+    if cors:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=cors, allow_methods=["*"], allow_headers=["*"])
+    app.state.models = models
+    app.state.batchers = batchers
+
+    def get(name: str, kind: str, param: str = "model") -> Served:
+        served = models.get(name)
+        if served is None:
+            known = ", ".join(models) or "none"
+            raise APIError(404, f"the model '{name}' does not exist; served: {known}", param=param,
+                           code="model_not_found")
+        if served.kind != kind:
+            raise APIError(400, f"'{name}' is a {served.kind} model; it serves {', '.join(served.endpoints)}",
+                           param=param)
+        return served
+
+    def count(model: str, n: int) -> None:
+        metrics.count_tokens(model, n)
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "models": list(models)}
+
+    @app.get("/v1/models")
+    async def list_models() -> dict[str, Any]:
+        return {"object": "list", "data": [m.card() for m in models.values()]}
+
+    @app.get("/v1/models/{model:path}")
+    async def model_card(model: str) -> dict[str, Any]:
+        served = models.get(model)
+        if served is None:
+            get(model, "", param="model")
+        assert served is not None
+        card = served.card()
+        if served.kind == "rows":
+            from danlu.serve.rows import schema_card
+
+            card.update(schema_card(served))
+        elif served.kind == "text":
+            card["context_length"] = served.model.block_size
+        else:
+            card["sample_rate"] = served.model.sample_rate
+        return card
+
+    @app.post("/v1/predict/{model:path}")
+    async def predict(model: str, request: Request) -> dict[str, Any]:
+        get(model, "rows")
+        req = await parse(request, PredictRequest)
+        answers = await batchers[model].submit(req.rows)
+        return {"object": "list", "model": model, "predictions": answers}
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Any:
+        from danlu.serve import text
+
+        req = await parse(request, CompletionRequest)
+        out = await text.completions(get(req.model, "text"), req, count)
+        return out if not isinstance(out, dict) else JSONResponse(out)
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request) -> Any:
+        from danlu.serve import text
+
+        req = await parse(request, ChatRequest)
+        out = await text.chat(get(req.model, "text"), req, count)
+        return out if not isinstance(out, dict) else JSONResponse(out)
+
+    @app.post("/v1/audio/transcriptions")
+    async def transcriptions(request: Request) -> Any:
+        from danlu.serve import audio
+
+        async with request.form(max_files=1, max_fields=32) as form:
+            name = form.get("model")
+            if not isinstance(name, str) or not name:
+                raise APIError(400, "'model' is required: the name of a speech model", param="model")
+            content, media = await audio.handle(get(name, "speech"), form)
+        if isinstance(content, dict):
+            return JSONResponse(content)
+        return Response(content, media_type=media)
+
+    @app.get("/")
+    async def playground() -> Response:
+        return FileResponse(STATIC / "index.html", media_type="text/html; charset=utf-8")
+
+    @app.get("/playground.js")
+    async def playground_js() -> Response:
+        return FileResponse(STATIC / "playground.js", media_type="text/javascript; charset=utf-8")
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        data, media = metrics.render()
+        return Response(data, media_type=media)
+
+    return app
