@@ -124,10 +124,12 @@ def stream_text(
     if opts.num_return_sequences > 1:
         raise DanluError("streaming gives one sequence; set num_return_sequences=1")
     (ids,) = encode_prompts(lm, [prompt], opts)
-    return stream_ids(lm, ids, opts)
+    return stream_ids(lm, ids, opts, on_token)
 
 
-def stream_ids(lm: LoadedLM, ids: list[int], opts: GenerationOptions) -> Iterator[str]:
+def stream_ids(
+    lm: LoadedLM, ids: list[int], opts: GenerationOptions, on_token: Callable[[int], None] | None = None
+) -> Iterator[str]:
     """stream_text for a prompt already in token ids (fitted to the context: fit_prompt),
     such as a rendered chat (danlu/lm/chat.py)."""
     opts.validate(stream=True)
