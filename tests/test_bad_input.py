@@ -126,6 +126,7 @@ def test_nan_inf_without_imputation_policy(invoke_cli, tmp_path, write_config, r
     assert "'age'" in line or "'income'" in line, line
 
 
+@pytest.mark.slow
 def test_nan_inf_with_impute_trains(run_cli, tmp_path, write_config, runs_dir):
     _csv_cfg(write_config, _with_missing(tmp_path), missing="impute")
     r = run_cli("train", "config.yaml", "-q")
@@ -174,6 +175,7 @@ def test_loss_does_not_fit_task(invoke_cli, tmp_path, write_config, runs_dir, lo
 
 
 # --------------------------------------------------------------------------- resume, predict, evaluate
+@pytest.mark.slow
 def test_resume_with_shape_changing_config(invoke_cli, mixed_run, tmp_path):
     cfg = yaml.safe_load(mixed_run.config.read_text())
     cfg["model"]["hidden"] = [8, 8]

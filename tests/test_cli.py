@@ -70,6 +70,7 @@ def test_train_help_has_examples(run_cli):
     assert "--set" in out and "--resume" in out
 
 
+@pytest.mark.slow
 def test_init_to_stdout_then_train(run_cli, tmp_path):
     text = _ok(run_cli("init"))
     (tmp_path / "my.yaml").write_text(text, encoding="utf-8")
@@ -80,6 +81,7 @@ def test_init_to_stdout_then_train(run_cli, tmp_path):
     assert yaml.safe_load((run / "config.yaml").read_text())["train"]["epochs"] == 2
 
 
+@pytest.mark.slow
 def test_init_csv_template_with_output_then_train(run_cli, tmp_path):
     make_mixed_frame().to_csv(tmp_path / "data.csv", index=False)  # the template's data.path and target
     r = run_cli("init", "csv", "--output", "my.yaml")
@@ -113,6 +115,7 @@ def test_eval_plots_false_writes_no_plots(mixed_run):
     assert not [f for f in mixed_run.files if f.startswith("plots/")], mixed_run.files
 
 
+@pytest.mark.slow
 def test_train_mixed_csv_embedding(embedding_run):
     schema = json.loads((embedding_run.run / "model.json").read_text())["schema"]
     assert schema["categorical"] == ["color", "size"]
@@ -120,6 +123,7 @@ def test_train_mixed_csv_embedding(embedding_run):
     assert schema["cat_cardinalities"] == [3 + 1, 4 + 1]  # + the unseen-category row
 
 
+@pytest.mark.slow
 def test_evaluate_run(run_cli, mixed_run):
     out = _ok(run_cli("evaluate", mixed_run.run))
     assert "accuracy" in out and "test split" in out
@@ -130,6 +134,7 @@ def test_evaluate_run(run_cli, mixed_run):
     assert (mixed_run.run / "predictions.csv").is_file()
 
 
+@pytest.mark.slow
 def test_evaluate_other_data(run_cli, mixed_run, tmp_path):
     make_mixed_frame(n=30, seed=7).to_csv(tmp_path / "other.csv", index=False)
     out = _ok(run_cli("evaluate", mixed_run.run, "--data", "other.csv"))
@@ -146,6 +151,7 @@ def _rows(n: int = 12, seed: int = 5) -> pd.DataFrame:
     return rows
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("which", ["mixed_run", "embedding_run"])
 def test_predict_proba_to_file(run_cli, tmp_path, request, which):
     run = request.getfixturevalue(which).run
@@ -164,6 +170,7 @@ def test_predict_proba_to_file(run_cli, tmp_path, request, which):
     assert (np.asarray(sorted(CLASSES))[proba.argmax(axis=1)] == out["prediction"].to_numpy()).all()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("which", ["mixed_run", "embedding_run"])
 def test_predict_unseen_category_to_stdout(run_cli, tmp_path, request, which):
     run = request.getfixturevalue(which).run
@@ -185,6 +192,7 @@ def test_runs_lists_run(run_cli, mixed_run):
 
 
 # --------------------------------------------------------------------------- regression
+@pytest.mark.slow
 def test_regression_diabetes_predictions_in_target_units(run_cli, write_config, tmp_path):
     from sklearn.datasets import load_diabetes
 
@@ -205,6 +213,7 @@ def test_regression_diabetes_predictions_in_target_units(run_cli, write_config, 
     assert "rmse" in metrics or "mse" in metrics
 
 
+@pytest.mark.slow
 def test_help_and_a_tabular_run_import_no_heavy_packages(tmp_path: Path) -> None:
     # DESIGN.md: `danlu --help` and a tabular run must not import transformers, optuna,
     # faster-whisper and the like (seconds of start-up each)
@@ -222,6 +231,7 @@ def test_help_and_a_tabular_run_import_no_heavy_packages(tmp_path: Path) -> None
     assert r.returncode == 0, r.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_predict_into_a_pipe_closed_early_is_not_a_bug(mixed_run, tmp_path):
     """`danlu predict RUN --input big.csv | head -1`: the reader goes away mid-output; danlu
     stops quietly with SIGPIPE's status instead of reporting an internal error."""

@@ -7,6 +7,8 @@ import os
 import re
 from pathlib import Path
 
+import pytest
+
 PLUGIN = '''
 import torch
 from torch import nn
@@ -33,6 +35,7 @@ def broken_config(tmp_path: Path, write_config) -> tuple[Path, dict[str, str]]:
     return cfg, env
 
 
+@pytest.mark.slow
 def test_unexpected_exception_is_one_line_and_a_log(run_cli, write_config, tmp_path):
     cfg, env = broken_config(tmp_path, write_config)
     env["PYTHONPATH"] += os.pathsep + str(Path(__file__).resolve().parents[1])
@@ -48,6 +51,7 @@ def test_unexpected_exception_is_one_line_and_a_log(run_cli, write_config, tmp_p
     assert "brokenmodel.py" in text and "train" in text.splitlines()[1]  # the command line
 
 
+@pytest.mark.slow
 def test_unwritable_cache_logs_to_the_temp_folder(run_cli, write_config, tmp_path):
     cfg, env = broken_config(tmp_path, write_config)
     env["PYTHONPATH"] += os.pathsep + str(Path(__file__).resolve().parents[1])
@@ -60,6 +64,7 @@ def test_unwritable_cache_logs_to_the_temp_folder(run_cli, write_config, tmp_pat
     assert str(log) in r.stderr and "boom in forward" in log.read_text(encoding="utf-8")
 
 
+@pytest.mark.slow
 def test_debug_shows_the_traceback(run_cli, write_config, tmp_path):
     cfg, env = broken_config(tmp_path, write_config)
     env["PYTHONPATH"] += os.pathsep + str(Path(__file__).resolve().parents[1])

@@ -418,6 +418,7 @@ def test_examples_name_their_data_and_resolve_to_the_shared_copies(example: str,
     assert paths and all(Path(p).exists() and Path(p).is_relative_to(SHARED) for p in paths)
 
 
+@pytest.mark.slow
 @needs_shared("sentiment")
 def test_source_shorthand_trains_through_the_cli(write_config: Callable, run_cli: Callable) -> None:
     # data.source NAME stands for the dataset's usual files; the run keeps the resolved paths

@@ -117,6 +117,7 @@ def test_stop_string_cuts_the_text(hf_dir: Path, tmp_path: Path) -> None:
     assert result.stdout == full[: full.find(stop)] + "\n"
 
 
+@pytest.mark.slow
 def test_prompt_from_stdin_and_streaming(hf_dir: Path, tmp_path: Path) -> None:
     expected = hf_greedy(hf_dir, "A furnace", 10)
     result = danlu_cli("generate", hf_dir, "--max-new-tokens", 10, cwd=tmp_path, stdin="A furnace\n")
@@ -129,6 +130,7 @@ def test_prompt_from_stdin_and_streaming(hf_dir: Path, tmp_path: Path) -> None:
     assert streamed.stdout == expected + "\n"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("args", "needle"),
     [
@@ -147,6 +149,7 @@ def test_bad_options_are_one_line_errors(hf_dir: Path, tmp_path: Path, args: lis
     assert_user_error(danlu_cli("generate", hf_dir, *args, cwd=tmp_path), needle)
 
 
+@pytest.mark.slow
 def test_too_long_prompt_keeps_its_latest_tokens(hf_dir: Path, tmp_path: Path) -> None:
     # a GPT-2 folder runs on danlu's GPT, which samples past its context of 48 with a sliding
     # window: the truncated prompt is the last 48 tokens, and every step sees the last 48
@@ -175,6 +178,7 @@ def test_too_long_prompt_keeps_its_latest_tokens(hf_dir: Path, tmp_path: Path) -
     assert result.stdout == latest + "\n"
 
 
+@pytest.mark.slow
 def test_json_logprobs_past_the_context_use_the_sliding_window(hf_dir: Path, tmp_path: Path) -> None:
     # prompt + new tokens exceed the context of 48: each token's log-probability is the one
     # transformers gives it from the 48 tokens before it, as the sliding window generated it
@@ -197,6 +201,7 @@ def test_json_logprobs_past_the_context_use_the_sliding_window(hf_dir: Path, tmp
     assert obj["logprobs"] == pytest.approx(expected, abs=1e-4)
 
 
+@pytest.mark.slow
 def test_broken_model_folders_say_what_is_missing(hf_dir: Path, tmp_path: Path) -> None:
     import shutil
 

@@ -430,6 +430,7 @@ def test_bad_image_folders(invoke_cli, write_config, tmp_path):
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("in_memory", [True, False])
 def test_corrupt_image_is_named(run_cli, write_config, tmp_path, in_memory):
     root = write_folder(tmp_path / "imgs", per_class=6)

@@ -70,6 +70,7 @@ def make_customers(n: int = 300, seed: int = 0) -> pd.DataFrame:
 
 
 # --------------------------------------------------------------------------- init csv FILE
+@pytest.mark.slow
 def test_roles_of_every_kind_with_warnings_then_train(run_cli, tmp_path):
     make_customers().to_csv(tmp_path / "customers.csv", index=False)
     r = run_cli("init", "csv", "customers.csv", "-o", "c.yaml")
@@ -98,6 +99,7 @@ def test_roles_of_every_kind_with_warnings_then_train(run_cli, tmp_path):
     assert 0.0 <= _test_accuracy(_run(out, tmp_path)) <= 1.0
 
 
+@pytest.mark.slow
 def test_table_without_text_excludes_id_and_date_and_trains(run_cli, tmp_path):
     df = make_customers().drop(columns=["note"])
     df.loc[[3, 17], "age"] = np.nan  # a gap: the config imputes rather than failing at training
@@ -119,6 +121,7 @@ def test_table_without_text_excludes_id_and_date_and_trains(run_cli, tmp_path):
     assert _test_accuracy(run) > 0.75
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not SENTIMENT.is_file(), reason="needs ../shared/data/sentiment/train.csv")
 def test_sentiment_csv_trains_a_text_model(run_cli, tmp_path):
     """The issue's case: `init csv` on a review CSV gave a config that one-hot encoded the
@@ -133,6 +136,7 @@ def test_sentiment_csv_trains_a_text_model(run_cli, tmp_path):
     assert _test_accuracy(_run(out, tmp_path)) > 0.7  # chance is 0.5
 
 
+@pytest.mark.slow
 def test_target_guess_and_errors(run_cli, tmp_path):
     make_mixed_frame().rename(columns={"label": "animal"}).to_csv(tmp_path / "m.csv", index=False)
     out = _ok(run_cli("init", "csv", "m.csv"))
@@ -188,6 +192,7 @@ def _mixed_with(tmp_path: Path, **extra) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_free_text_is_refused_as_a_category(run_cli, write_config, tmp_path):
     rng = np.random.default_rng(1)
     csv = _mixed_with(tmp_path, review=[" ".join(rng.choice(WORDS, 8)) for _ in range(120)])
@@ -199,6 +204,7 @@ def test_free_text_is_refused_as_a_category(run_cli, write_config, tmp_path):
     assert not (tmp_path / "runs").exists()  # refused before the run folder
 
 
+@pytest.mark.slow
 def test_identifier_category_warns_and_exclude_removes_it(run_cli, write_config, tmp_path):
     csv = _mixed_with(tmp_path, ref=[f"R{i:05d}" for i in range(120)])
     write_config({"data": {"path": str(csv), "target": "label"}})
@@ -212,6 +218,7 @@ def test_identifier_category_warns_and_exclude_removes_it(run_cli, write_config,
     assert "ref" not in json.loads((run / "model.json").read_text())["schema"]["features"]
 
 
+@pytest.mark.slow
 def test_exclude_errors(run_cli, write_config, mixed_csv):
     write_config({"data": {"path": str(mixed_csv), "target": "label", "exclude": ["colour"]}})
     r = run_cli("train", "config.yaml")

@@ -16,6 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 from conftest import _env
 
@@ -83,6 +84,7 @@ def history(run: Path) -> list[dict[str, str]]:
         return [{k: v for k, v in row.items() if k != "time"} for row in csv.DictReader(f)]
 
 
+@pytest.mark.slow
 def test_kill_9_anywhere_then_resume_equals_uninterrupted(tmp_path: Path) -> None:
     (tmp_path / "k.yaml").write_text(yaml.safe_dump({**CONFIG, "output": {"dir": "runs"}}), encoding="utf-8")
     whole = danlu(tmp_path, "train", "k.yaml", "--quiet", "--name", "whole")
@@ -110,6 +112,7 @@ def test_kill_9_anywhere_then_resume_equals_uninterrupted(tmp_path: Path) -> Non
     ]
 
 
+@pytest.mark.slow
 def test_kill_9_before_the_first_checkpoint_is_listed_as_failed(tmp_path: Path) -> None:
     (tmp_path / "k.yaml").write_text(yaml.safe_dump({**CONFIG, "output": {"dir": "runs"}}), encoding="utf-8")
     # before config.yaml exists, and with the first checkpoint written but not renamed into place

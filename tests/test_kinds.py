@@ -107,6 +107,7 @@ def _bags(n: int, seed: int) -> pd.DataFrame:
     return pd.DataFrame({"numbers": [list(b) for b in bags], "label": labels})
 
 
+@pytest.mark.slow
 def test_toy_kind_trains_predicts_and_evaluates_through_the_cli(tmp_path, invoke_cli):
     train, new = tmp_path / "bags.jsonl", tmp_path / "new.jsonl"
     _bags(240, 0).to_json(train, orient="records", lines=True)

@@ -100,6 +100,7 @@ def test_full_finetune_lowers_loss_and_exports_to_transformers(hf_dir: Path, tmp
         torch.testing.assert_close(danlu_model(ids), hf(ids).logits, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_lora_trains_only_adapters_and_merges_like_peft(hf_dir: Path, tmp_path: Path) -> None:
     from peft import PeftModel
 
@@ -125,6 +126,7 @@ def test_lora_trains_only_adapters_and_merges_like_peft(hf_dir: Path, tmp_path: 
     assert changed and all(n.endswith(("c_attn.weight", "c_fc.weight")) for n in changed), changed
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("model", "data", "needle"),
     [
@@ -143,6 +145,7 @@ def test_finetune_bad_input(hf_dir: Path, tmp_path: Path, model: dict, data: dic
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow
 def test_lora_without_a_checkpoint_is_rejected(tmp_path: Path) -> None:
     cfg = write_yaml(tmp_path / "c.yaml", {"data": {"path": "x.txt"}, "model": {"type": "gpt", "lora": {}}})
     assert_user_error(cli("train", cfg, cwd=tmp_path), "set model.from")

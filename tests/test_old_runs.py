@@ -105,6 +105,7 @@ def epochs_logged(run: Path) -> list[int]:
     return pd.read_csv(run / "metrics.csv")["epoch"].astype(int).tolist()
 
 
+@pytest.mark.slow
 def test_resume_finishes_an_interrupted_old_run(runs: Path) -> None:
     run = runs / "interrupted"
     assert not (run / "model.safetensors").exists() and epochs_logged(run) == [1]

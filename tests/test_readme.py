@@ -135,6 +135,7 @@ def test_readme_parses_into_the_tour():
     assert any("make_readme_data.py" in c.line for c in SECTIONS[titles[0]].commands)
 
 
+@pytest.mark.slow
 def test_tabular_tour(tour: Tour):
     """init, init csv, train, evaluate (split and file), predict, a failing run, runs, errors."""
     for title in (

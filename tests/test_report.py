@@ -112,6 +112,7 @@ def test_binary_report(tmp_path: Path) -> None:
     assert "confusion_matrix" not in text.split("## Plots")[0]  # nested values stay out
 
 
+@pytest.mark.slow
 def test_multiclass_report_with_many_classes(tmp_path: Path) -> None:
     report, files, metrics = _classification(tmp_path, 12)
     text = _check_report(report, files, CLASSIFICATION_PNGS)
@@ -126,6 +127,7 @@ def test_single_class_truth_has_no_curves(tmp_path: Path) -> None:
     assert "nan" in text  # roc_auc is reported as undefined
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("k", [1, 3, 6])
 def test_regression_report(tmp_path: Path, k: int) -> None:
     rng = np.random.default_rng(k)

@@ -281,6 +281,7 @@ def test_runs_created_at_the_same_instant_get_distinct_folders(
 
 
 # --------------------------------------------------------------------------- evaluate --data
+@pytest.mark.slow
 def test_evaluate_on_another_file_keeps_the_runs_own_results(
     run_cli: Any, tmp_path: Path, mixed_csv: Path, write_config: Any
 ) -> None:
@@ -361,6 +362,7 @@ def test_runs_on_a_narrow_terminal_keeps_names_whole(finished: Path, tmp_path: P
 
 
 # --------------------------------------------------------------------------- umask
+@pytest.mark.slow
 @pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o007, 0o660)])
 def test_files_are_written_with_the_umask(tmp_path: Path, umask: int, mode: int) -> None:
     c = config(tmp_path, epochs=1)
@@ -376,6 +378,7 @@ def test_files_are_written_with_the_umask(tmp_path: Path, umask: int, mode: int)
 
 
 # --------------------------------------------------------------------------- data paths
+@pytest.mark.slow
 def test_evaluate_from_another_folder_finds_the_training_data(
     tmp_path: Path, mixed_csv: Path, run_cli: Any
 ) -> None:

@@ -52,6 +52,7 @@ def plant_hub_model(run: Path, marker: Path) -> None:
     (run / "model.json").write_text(json.dumps(meta), encoding="utf-8")
 
 
+@pytest.mark.slow
 def test_planted_model_json_does_not_run_its_code(mixed_run, tmp_path):
     run = tmp_path / "shared-run"
     shutil.copytree(mixed_run.run, run)
@@ -78,6 +79,7 @@ def test_planted_model_json_does_not_run_its_code(mixed_run, tmp_path):
     assert marker.read_text() == "code ran"
 
 
+@pytest.mark.slow
 def test_planted_loss_in_model_json_is_refused(mixed_run, tmp_path):
     run = tmp_path / "shared-run"
     shutil.copytree(mixed_run.run, run)
@@ -134,6 +136,7 @@ def train_user_run(tmp_path: Path, user_code_dir: Path, body: dict) -> tuple[Pat
     return run, csv, env
 
 
+@pytest.mark.slow
 def test_user_model_needs_trust_code_to_load_from_its_run(tmp_path, user_code_dir):
     body = {"model": {"type": "mymodels:TinyNet", "params": {"hidden": 8}}}
     run, csv, env = train_user_run(tmp_path, user_code_dir, body)
@@ -168,6 +171,7 @@ def test_user_model_needs_trust_code_to_load_from_its_run(tmp_path, user_code_di
         sys.modules.pop("mymodels", None)
 
 
+@pytest.mark.slow
 def test_user_metric_in_saved_config_needs_trust_code(tmp_path, user_code_dir):
     """A built-in model with a user metric: predicting needs no code, evaluating does."""
     body = {"model": {"hidden": [8]}, "eval": {"plots": False, "metrics": ["mymodels:top_share"]}}
@@ -183,6 +187,7 @@ def test_user_metric_in_saved_config_needs_trust_code(tmp_path, user_code_dir):
 
 
 # --------------------------------------------------------------------------- tune --jobs workers
+@pytest.mark.slow
 def test_tune_workers_do_not_import_from_the_working_directory(tmp_path):
     """An optuna.py in the folder `danlu tune --jobs 2` runs in must not be imported by a worker.
     (The parent is started with -P too: `python -m` puts the working directory first for it as
@@ -424,6 +429,7 @@ def danlu_with_stdin(args: list, cwd: Path, stdin: str) -> subprocess.CompletedP
     )
 
 
+@pytest.mark.slow
 def test_remote_code_speech_folder_runs_nothing_without_the_flag(tmp_path):
     """transcribe and evaluate --manifest on a folder that needs its own code: one line, exit 2,
     nothing run, nothing read from stdin (a 'y' there would have run it); with the flag it runs."""
@@ -452,6 +458,7 @@ def test_remote_code_speech_folder_runs_nothing_without_the_flag(tmp_path):
     assert marker.read_text() == "code ran", trusted.stderr
 
 
+@pytest.mark.slow
 def test_remote_code_map_on_a_known_architecture_loads_the_built_in_class(tmp_path):
     """model_type wav2vec2 with an auto_map: transformers' own Wav2Vec2ForCTC, the map ignored."""
     pytest.importorskip("transformers")
@@ -487,6 +494,7 @@ def test_wav2vec2_ctc_model_path_with_remote_code_is_one_line(tmp_path):
 
 
 # --------------------------------------------------------------------------- tune --resume of a saved study
+@pytest.mark.slow
 def test_saved_study_names_user_code_only_with_trust_code(tmp_path, user_code_dir):
     """`danlu tune STUDY --resume` continues a study from its folder's study.yaml, which someone
     else may have written: user code it names is refused in one line until --trust-code."""

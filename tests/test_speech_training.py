@@ -430,6 +430,7 @@ def test_classify_audio_clips_from_folders(espeak_set: Path, tmp_path: Path, run
 
 
 # --------------------------------------------------------------------------- bad input
+@pytest.mark.slow
 @needs_espeak
 def test_manifest_row_with_missing_audio(espeak_set: Path, tmp_path: Path, run_cli) -> None:
     df = pd.read_csv(espeak_set)
@@ -442,6 +443,7 @@ def test_manifest_row_with_missing_audio(espeak_set: Path, tmp_path: Path, run_c
     assert "broken.csv row 5" in r.stderr and "clips/nowhere.wav" in r.stderr
 
 
+@pytest.mark.slow
 @needs_espeak
 def test_transcript_characters_outside_the_vocabulary(espeak_set: Path, tmp_path: Path, run_cli) -> None:
     df = pd.read_csv(espeak_set)
@@ -464,6 +466,7 @@ def test_transcript_characters_outside_the_vocabulary(espeak_set: Path, tmp_path
     assert r.returncode == 0, r.stderr
 
 
+@pytest.mark.slow
 @needs_espeak
 def test_empty_and_non_audio_files(espeak_set: Path, tmp_path: Path, run_cli) -> None:
     clips = espeak_set.parent / "clips"

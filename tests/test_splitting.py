@@ -114,6 +114,7 @@ def test_unusable_cache_falls_back_to_sklearn(tmp_path: Path, monkeypatch: pytes
     assert df[["x0", "x1"]].to_numpy().tobytes() == x.tobytes() and (df["target"] == y).all()
 
 
+@pytest.mark.slow
 def test_tabular_run_needs_no_sklearn(tmp_path: Path) -> None:
     """A run on a file, and a run on a built-in dataset once it is cached, never import
     scikit-learn."""

@@ -120,12 +120,14 @@ def lm_config(tmp_path: Path, **train: Any) -> Path:
 # ---------------------------------------------------------------------------- on a terminal
 
 
+@pytest.mark.slow
 def test_train_tabular_on_a_terminal(tmp_path, write_config):
     cfg = write_config({"data": {"source": "iris"}})
     code, screen = on_terminal("train", cfg, cwd=tmp_path)
     assert_sane(code, screen, "run folder:", "epoch 3:")
 
 
+@pytest.mark.slow
 def test_train_language_model_with_eval_every_on_a_terminal(tmp_path):
     pytest.importorskip("tokenizers", reason="tokenizers is not installed (pip install 'danlu[hf]')")
     code, screen = on_terminal("train", lm_config(tmp_path), cwd=tmp_path)
@@ -161,6 +163,7 @@ def test_train_images_on_a_terminal(tmp_path, write_config):
     assert_sane(code, screen, "run folder:", "epoch 2:")
 
 
+@pytest.mark.slow
 def test_tune_on_a_terminal(tmp_path):
     pytest.importorskip("optuna", reason="optuna is not installed (pip install 'danlu[tune]')")
     body = {
@@ -186,6 +189,7 @@ def test_tune_on_a_terminal(tmp_path):
     assert_sane(code, screen, "best config:", "study folder:")
 
 
+@pytest.mark.slow
 def test_transcribe_on_a_terminal(tmp_path):
     pytest.importorskip("transformers", reason="transformers is not installed (pip install 'danlu[hf]')")
     sf = pytest.importorskip("soundfile", reason="soundfile is not installed (pip install 'danlu[audio]')")
@@ -198,6 +202,7 @@ def test_transcribe_on_a_terminal(tmp_path):
     assert (tmp_path / "out" / "a.txt").is_file()
 
 
+@pytest.mark.slow
 def test_generate_stream_on_a_terminal(tmp_path):
     pytest.importorskip("transformers", reason="transformers is not installed (pip install 'danlu[hf]')")
     from conftest import make_tiny_gpt2
@@ -243,6 +248,7 @@ def test_step_run_prints_lines_and_logs_steps_without_a_terminal(tmp_path):
     assert float(steps[-1]["train.loss"]) < float(steps[0]["train.loss"]) / 2
 
 
+@pytest.mark.slow
 def test_log_every_is_a_config_key_and_epoch_runs_log_no_steps(tmp_path, write_config):
     cfg = write_config({"data": {"source": "iris"}})
     r = cli("train", cfg, cwd=tmp_path)

@@ -216,6 +216,7 @@ def test_transformer_output_does_not_depend_on_padding(pooling: str, positions: 
 
 
 # --------------------------------------------------------------------------- end to end
+@pytest.mark.slow
 def test_text_classification_cli_train_predict_evaluate(
     tmp_path: Path, write_config, run_cli, monkeypatch: pytest.MonkeyPatch
 ) -> None:

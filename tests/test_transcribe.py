@@ -192,6 +192,7 @@ def test_ctc_parallel_batches_match_one_pass_at_a_time(w2v: Path, tmp_path: Path
         torch.set_num_threads(threads)
 
 
+@pytest.mark.slow
 def test_ctc_cli_json_and_beam_search(w2v: Path, pipe, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     audio = noise_speech(4.0, seed=3)
     sf.write(tmp_path / "a.wav", audio, 16000, subtype="PCM_16")
@@ -283,6 +284,7 @@ def test_whisper_tiny_en_on_espeak_speech(spoken: Path, tmp_path: Path) -> None:
     assert "WER" in report and "Normalization before scoring: lower, punct, numbers" in report
 
 
+@pytest.mark.slow
 def test_whisper_long_file_blocks_join_without_lost_or_doubled_words(spoken: Path, tmp_path: Path) -> None:
     model = whisper_dir()
     pieces, silence = [], np.zeros(8000, np.float32)
@@ -343,6 +345,7 @@ def test_output_formats_and_stdin(w2v: Path, tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------- bad input
 
 
+@pytest.mark.slow
 def test_bad_audio_in_a_batch_still_transcribes_the_rest(w2v: Path, tmp_path: Path) -> None:
     sf.write(tmp_path / "good1.wav", noise_speech(2.0, seed=6), 16000)
     sf.write(tmp_path / "good2.wav", noise_speech(2.0, seed=7), 16000)

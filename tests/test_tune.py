@@ -436,6 +436,7 @@ def assert_dead_trial_ran_again(tmp_path: Path, pid: int, reason: str) -> None:
     assert (study / "best.yaml").is_file() and (study / "report.md").is_file()
 
 
+@pytest.mark.slow
 def test_killed_worker_trial_fails_and_runs_again(tmp_path):
     """kill -9 of a --jobs worker mid-trial: its trial is failed (its process is gone) and run
     again, the search finishes without --resume, and its results were written as trials
@@ -461,6 +462,7 @@ def test_killed_worker_trial_fails_and_runs_again(tmp_path):
     assert_dead_trial_ran_again(tmp_path, pid, f"its process {pid} stopped")
 
 
+@pytest.mark.slow
 def test_stopped_worker_trial_fails_and_the_worker_goes_on(tmp_path):
     """A worker stopped (SIGSTOP) past the grace period: its trial has no heartbeat, is failed
     and run again; the worker, continued, finds its trial failed, says so in one line and
@@ -491,6 +493,7 @@ def test_stopped_worker_trial_fails_and_the_worker_goes_on(tmp_path):
     assert_dead_trial_ran_again(tmp_path, pid, "no heartbeat for 3s")
 
 
+@pytest.mark.slow
 def test_resume_keeps_a_running_orphaned_worker_trial(tmp_path):
     """The search is killed (kill -9) while its worker trains a trial; --resume, started while
     that orphaned worker still runs, runs the dead search's own trial again but leaves the

@@ -28,6 +28,7 @@ GPT_TESTS = [
 ]
 
 
+@pytest.mark.slow
 def test_gpt_suite_passes_with_the_kernel_disabled(tmp_path):
     env = _env({"DANLU_CPU_KERNELS": "0", **HUB_OFFLINE})
     r = subprocess.run(
@@ -78,6 +79,7 @@ def unwritable_cache(tmp_path: Path) -> dict[str, str]:
     return {"XDG_CACHE_HOME": str(cache)}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("setting", [no_compiler, unwritable_cache], ids=["no compiler", "unwritable cache"])
 def test_generate_and_train_without_the_kernel(tmp_path, setting):
     env = {**HUB_OFFLINE, **setting(tmp_path)}

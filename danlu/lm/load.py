@@ -310,8 +310,10 @@ def _load_gguf(file: Path, engine: str) -> LoadedLM:
     folder, name = str(file.parent), file.name
     try:
         with _no_gguf_progress_bar():
-            hf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
-            hf_tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+            hf_model = AutoModelForCausalLM.from_pretrained(
+                folder, gguf_file=name, dtype=torch.float32, trust_remote_code=False
+            )
+            hf_tok = AutoTokenizer.from_pretrained(folder, gguf_file=name, trust_remote_code=False)
     except Exception as e:  # gguf and transformers raise ValueError, NotImplementedError, KeyError, ...
         raise DanluError(f"cannot load the GGUF file '{file}': {one_line(e)}") from None
     gen = getattr(hf_model, "generation_config", None)

@@ -38,7 +38,7 @@ from danlu.errors import DanluError
 from danlu.onnx.graph import Batch, Graph, argmax
 from danlu.onnx.rnn import without_packing
 from danlu.predict import Predictor
-from danlu.registry import distrust
+from danlu.registry import reading_saved
 from danlu.run import RunDir
 
 BATCH = 256  # rows per batch, as the PyTorch predictor batches sequences
@@ -390,9 +390,9 @@ def split_rows(run: RunDir, task: str, trust_code: bool) -> tuple[pd.DataFrame |
     """Up to SAMPLE rows of the run's test split (else validation, else training), re-read and
     re-split as `danlu evaluate` does; (None, why) when its data cannot be read here."""
     try:
-        distrust(run.config, trust_code)
-        cfg = config_mod.load(run.config)
-        prepared = data_mod.build(cfg.data, task, cfg.seed, cfg.model)
+        with reading_saved(run.config, trust_code):  # the folder's names, not the caller's context
+            cfg = config_mod.load(run.config)
+            prepared = data_mod.build(cfg.data, task, cfg.seed, cfg.model)
     except (DanluError, OSError) as e:
         return None, f"generated inputs (the run's data: {e})"
     for split in ("test", "val", "train"):
