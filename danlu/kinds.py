@@ -20,6 +20,9 @@ The hooks, and what each is called with:
 - finish(trained: Trained) -> summary dict: the final evaluation after training (metrics.json,
   predictions, report.md); {} when there is nothing to evaluate on.
 - evaluate(run, cfg, split, data, plots, trust_code) -> summary dict: `danlu evaluate`.
+- serve (a name, not a hook): what its requests look like to `danlu serve`: "rows" (JSON rows
+  to POST /v1/predict), "completions" (OpenAI's completions and chat), "transcriptions"
+  (OpenAI's audio transcriptions), "" (not served yet).
 - describe_inputs(schema) -> list of {"name", "type", ...} or None: what one input row holds.
   The slot the server, explainer and exporter (issues after 15) read; filled where it is easy.
 - explain(run_dir, trust_code, loaded) -> the run's explainer (`danlu explain`,
@@ -53,6 +56,7 @@ class Kind:
     detect: Hook = None
     preprocessor: Hook = None
     describe_inputs: Hook = None
+    serve: str = "rows"
     explain: Hook = None
     export_onnx: Hook = None
 

@@ -65,6 +65,7 @@ def task(cfg: Any, schema: Any, y_train: Any, preprocessor: Any) -> Any:
 
 CORPUS = Kind(
     "corpus",
+    serve="completions",
     detect=is_corpus,
     prepare=prepare,
     load=load,

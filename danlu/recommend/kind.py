@@ -123,6 +123,7 @@ def score(run: Any, cfg: Any, rec: Any, frames: dict[str, Any], split: str, info
 
 INTERACTIONS = Kind(
     "interactions",
+    serve="",  # POST /v1/recommend is still to come (issue 18)
     detect=is_interactions,
     prepare=prepare,
     preprocessor="danlu.recommend.data:Index.from_state",

@@ -94,16 +94,21 @@ def load_model(
     run = _run_kind(path)
     now = int(time.time())
     if run is not None:
-        kind, meta = run
-        if kind == "corpus":
+        kind_name, meta = run
+        from danlu import kinds
+
+        family = kinds.of_run({**meta, "kind": kind_name}, path / "model.json", trust_code).serve
+        if family == "completions":
             return Served(name, ref, "text", _load_lm(path, trust_remote_code, dtype, device), now)
-        if kind == "audio":
+        if family == "transcriptions":
             task = meta.get("task")
             if (task.get("type") if isinstance(task, dict) else task) != "speech_recognition":
                 raise DanluError(
                     f"'{ref}' classifies audio; the server transcribes speech_recognition runs only (yet)"
                 )
             return Served(name, ref, "speech", _load_speech(path, trust_code, False, device), now)
+        if family != "rows":
+            raise DanluError(f"'{ref}' is a {kind_name} run; danlu serve does not serve that kind yet")
         from danlu.predict import load
 
         predictor = load(path, trust_code)

@@ -46,6 +46,7 @@ def task(cfg: Any, schema: Any, y_train: Any, preprocessor: Any) -> Any:
 
 AUDIO = Kind(
     "audio",
+    serve="transcriptions",  # speech_recognition runs; audio classifiers are not served yet
     detect=is_audio,
     prepare=prepare,
     load="danlu.speech.recognizer:load_recognizer",
