@@ -185,9 +185,9 @@ def test_name_too_long_for_the_file_system(tmp_path):
     assert "name" in msg, msg
 
 
-def test_cli_check_before_run_folder_exit_2(run_cli, write_config, runs_dir):
+def test_cli_check_before_run_folder_exit_2(invoke_cli, write_config, runs_dir):
     write_config({"data": {"source": "iris"}, "train": {"monitor": "val.acuracy"}})
-    r = run_cli("train", "config.yaml")
+    r = invoke_cli("train", "config.yaml")
     assert_user_error(r, "train.monitor", "'val.acuracy'", runs_dir=runs_dir)
 
 
@@ -253,22 +253,22 @@ def test_write_to_a_directory_is_one_line(tmp_path):
     assert "is a directory" in str(info.value)
 
 
-def test_predict_output_is_a_directory(run_cli, mixed_run, tmp_path):
+def test_predict_output_is_a_directory(invoke_cli, mixed_run, tmp_path):
     rows = tmp_path / "rows.csv"
     pd.read_csv(mixed_run.csv).drop(columns=["label"]).head(5).to_csv(rows, index=False)
     (tmp_path / "outdir").mkdir()
-    r = run_cli("predict", mixed_run.run, "--input", rows, "--output", "outdir")
+    r = invoke_cli("predict", mixed_run.run, "--input", rows, "--output", "outdir")
     assert_user_error(r, "--output outdir", "is a directory")
-    r = run_cli("predict", mixed_run.run, "--input", rows, "--output", "rows.csv/out.csv")
+    r = invoke_cli("predict", mixed_run.run, "--input", rows, "--output", "rows.csv/out.csv")
     assert_user_error(r, "rows.csv/out.csv", "is a file, not a folder")
 
 
-def test_init_and_export_output_not_writable(run_cli, tmp_path):
+def test_init_and_export_output_not_writable(invoke_cli, tmp_path):
     (tmp_path / "afile").write_text("x")
     (tmp_path / "adir").mkdir()
-    assert_user_error(run_cli("init", "--output", "adir"), "--output adir", "is a directory")
-    assert_user_error(run_cli("init", "--output", "afile/my.yaml"), "afile", "is a file, not a folder")
+    assert_user_error(invoke_cli("init", "--output", "adir"), "--output adir", "is a directory")
+    assert_user_error(invoke_cli("init", "--output", "afile/my.yaml"), "afile", "is a file, not a folder")
     # OUT_DIR is checked before the run is even opened
-    assert_user_error(run_cli("export", "norun", "afile/hf"), "afile", "is a file, not a folder")
-    assert_user_error(run_cli("export", "norun", "afile"), "OUT_DIR afile", "is a file")
+    assert_user_error(invoke_cli("export", "norun", "afile/hf"), "afile", "is a file, not a folder")
+    assert_user_error(invoke_cli("export", "norun", "afile"), "OUT_DIR afile", "is a file")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adir", "afile"]
