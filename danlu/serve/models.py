@@ -89,10 +89,12 @@ def load_model(
     from danlu.hub import locate_model
 
     path = locate_model(ref)
-    if not path.is_dir():
-        raise DanluError(f"model '{ref}' is a file; give a run folder or a model folder")
-    run = _run_kind(path)
     now = int(time.time())
+    if path.is_file() and path.suffix == ".gguf":  # a GGUF language model (danlu/lm/load.py)
+        return Served(name, ref, "text", _load_lm(path, trust_remote_code, dtype, device), now)
+    if not path.is_dir():
+        raise DanluError(f"model '{ref}' is a file; give a run folder, a model folder or a .gguf file")
+    run = _run_kind(path)
     if run is not None:
         kind_name, meta = run
         from danlu import kinds
