@@ -16,7 +16,6 @@ the median of `--repeats` timed passes of `--iters` calls after a warm-up.
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import sys
 import tempfile
@@ -26,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from machine import cpu_model  # benchmarks/machine.py (this folder is on sys.path)
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -37,15 +37,6 @@ MODELS = {  # name -> (example config, overrides that keep training short)
     "MiniLM (sentiment)": ("sentiment_minilm.yaml", ["train.epochs=1", "train.max_steps=5"]),
 }
 
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def batch_of(sample: list[dict[str, np.ndarray]], size: int) -> dict[str, np.ndarray]:

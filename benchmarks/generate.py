@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import platform
 import sys
 import tempfile
 import time
@@ -27,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from machine import cpu_model  # benchmarks/machine.py (this folder is on sys.path)
 
 from danlu.lm import cpu
 from danlu.lm.generate import generate_tokens
@@ -116,15 +116,6 @@ def bench_decode(
     )
     return rows, line
 
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def load_models(name: str) -> tuple[Any, Any, Any, str]:
@@ -221,7 +212,7 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"{description}, greedy, {new_tokens} new tokens after an 8-token "
         f"prompt; best of {repeats}; torch {torch.__version__}, transformers "
-        f"{transformers_version}, {torch.get_num_threads()} threads, {cpu_name()}"
+        f"{transformers_version}, {torch.get_num_threads()} threads, {cpu_model()}"
     )
     print()
     print("| measurement | danlu | transformers | speed-up | target |")

@@ -38,6 +38,7 @@ try:
     import httpx
 except ImportError:  # the openai client's fork of it (what the test extra installs)
     import httpx2 as httpx  # type: ignore[no-redef]
+from machine import cpu_model  # benchmarks/machine.py (this folder is on sys.path)
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN = ROOT / "tests" / "fixtures" / "runs_v1" / "tabular_classification"
@@ -64,15 +65,6 @@ def predict(body: dict):
 uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning")
 """
 
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def free_port() -> int:

@@ -36,6 +36,7 @@ app = typer.Typer(
 
 Debug = Annotated[bool, typer.Option("--debug", help="Show the full traceback on errors.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")]
+TrustRemoteCode = Annotated[bool, typer.Option(help="Let a Hugging Face folder run its own model code.")]
 TrustCode = Annotated[
     bool,
     typer.Option(
@@ -472,9 +473,7 @@ def generate(
     truncate_prompt: Annotated[
         bool, typer.Option(help="Drop the oldest prompt tokens when a prompt is too long.")
     ] = False,
-    trust_remote_code: Annotated[
-        bool, typer.Option(help="Let a Hugging Face folder run its own model code.")
-    ] = False,
+    trust_remote_code: TrustRemoteCode = False,
     chat: Annotated[
         bool, typer.Option("--chat", help="Each prompt is a user message in the model's chat template.")
     ] = False,
@@ -576,9 +575,7 @@ def chat(
     engine: Annotated[
         str, typer.Option(help="auto (danlu's engine where it runs the model), danlu or transformers.")
     ] = "auto",
-    trust_remote_code: Annotated[
-        bool, typer.Option(help="Let a Hugging Face folder run its own model code.")
-    ] = False,
+    trust_remote_code: TrustRemoteCode = False,
     debug: Debug = False,
 ) -> None:
     """Chat with a language model in the terminal."""
@@ -776,9 +773,7 @@ def transcribe(
     hotword: Annotated[
         list[str] | None, typer.Option("--hotword", help="CTC beam search: favour this word (repeatable).")
     ] = None,
-    trust_remote_code: Annotated[
-        bool, typer.Option(help="Let a Hugging Face folder run its own model code.")
-    ] = False,
+    trust_remote_code: TrustRemoteCode = False,
     trust_code: TrustCode = False,
     quiet: Quiet = False,
     debug: Debug = False,
@@ -839,9 +834,7 @@ def serve(
     ] = None,
     body_limit: Annotated[float, typer.Option(help="Largest request body, in MB.")] = 25,
     dtype: Annotated[str | None, typer.Option(help="Language models: float32 or bfloat16.")] = None,
-    trust_remote_code: Annotated[
-        bool, typer.Option(help="Let a Hugging Face folder run its own model code.")
-    ] = False,
+    trust_remote_code: TrustRemoteCode = False,
     trust_code: TrustCode = False,
     quiet: Quiet = False,
     debug: Debug = False,

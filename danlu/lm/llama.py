@@ -30,7 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from danlu.errors import DanluError
-from danlu.lm.model import KVCache, causal_mask
+from danlu.lm.model import KVCache, append_kv, causal_mask
 
 ACTIVATIONS = ("silu", "gelu_tanh", "gelu")
 ROPE_TYPES = ("default", "linear", "llama3")
@@ -162,11 +162,7 @@ class Attention(nn.Module):
         k = apply_rope(k.view(B, T, KV, D).transpose(1, 2), cos, sin)
         v = v.view(B, T, KV, D).transpose(1, 2)
         if cache is not None:  # keys are cached after rotation, as transformers does
-            k_cache, v_cache, start = cache
-            end = start + T
-            k_cache[:, :, start:end] = k
-            v_cache[:, :, start:end] = v
-            k, v = k_cache[:, :, :end], v_cache[:, :, :end]
+            k, v = append_kv(cache, k, v)
         y = F.scaled_dot_product_attention(
             q,
             k,

@@ -99,6 +99,18 @@ class KVCache:
         self.v = [v.index_select(0, index) for v in self.v]
 
 
+def append_kv(
+    cache: tuple[torch.Tensor, torch.Tensor, int], k: torch.Tensor, v: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Write this step's keys and values into one layer's cache slices (from position `start`)
+    and return the keys and values of every position so far."""
+    k_cache, v_cache, start = cache
+    end = start + k.shape[2]
+    k_cache[:, :, start:end] = k
+    v_cache[:, :, start:end] = v
+    return k_cache[:, :, :end], v_cache[:, :, :end]
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
@@ -120,11 +132,7 @@ class CausalSelfAttention(nn.Module):
         B, T, C = x.shape
         q, k, v = self.c_attn(x).view(B, T, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4)
         if cache is not None:
-            k_cache, v_cache, start = cache
-            end = start + T
-            k_cache[:, :, start:end] = k
-            v_cache[:, :, start:end] = v
-            k, v = k_cache[:, :, :end], v_cache[:, :, :end]
+            k, v = append_kv(cache, k, v)
         y = F.scaled_dot_product_attention(
             q,
             k,
