@@ -17,10 +17,15 @@ of their `sha256sum` listing sorted by path, which coreutils reproduce:
         | xargs sha256sum | sha256sum
 (for a one-file dataset, the listing of that one file by its name). These were computed from
 the copies in ../shared/data, and tests/test_datasets.py recomputes them there. The SHA-256
-of the download itself is pinned only where it is known: Tiny Shakespeare's download is the
-file itself. The three zip archives (FSDD, UCI sentiment, MovieLens) could not be fetched
-where this module was written (no network), so their checksums are unknown and not pinned;
-they are checked after extraction instead, which rejects any archive whose files differ.
+of the download itself is pinned where the canonical file is stable: Tiny Shakespeare's
+download is the file itself; MovieLens' ml-100k.zip (4,924,029 bytes; GroupLens' own MD5
+0e33842e... agrees) and the UCI sentiment zip are frozen archives whose SHA-256 several
+independent public projects pin alike (and whose member u.data/u.item hash to the files in
+../shared/data). FSDD comes from GitHub's generated archive of a commit, whose bytes GitHub
+does not promise to keep, so only its extracted files are pinned. An archive from the
+canonical URL must match its pinned SHA-256 before it is opened; one from a mirror
+($DANLU_DATASETS_MIRROR) or a local `--file` may be a repackaging, so it is checked after
+extraction, which rejects any archive whose files differ.
 Only the named members of an archive are extracted, under names danlu builds itself.
 """
 
@@ -234,6 +239,7 @@ DATASETS: dict[str, Dataset] = {
             " (train.csv and test.csv are made from them)",
             prepare=_prepare_sentiment,
             default={"train": "train.csv", "test": "test.csv"},
+            download_sha256="afc26626d710899948693e1a61405dce197f57ffa719fa1130d346b4cc095343",
         ),
         Dataset(
             name="movielens_100k",
@@ -248,6 +254,7 @@ DATASETS: dict[str, Dataset] = {
             layout="ml-100k/{" + ",".join(MOVIELENS_FILES) + "} from ml-100k.zip",
             prepare=_prepare_movielens,
             default={"path": ""},
+            download_sha256="50d2a982c66986937beb9ffb3aa76efe955bf3d5c6b761f4e3a7cd717c6a3229",
         ),
     )
 }
@@ -408,7 +415,10 @@ def fetch(
             download = Path(file)
             if not download.is_file():
                 raise DanluError(f"{file}: no such file")
-        if ds.download_sha256 is not None:
+        # a mirror's or a local file's archive may be a repackaging of the same files: those
+        # are checked after extraction; a one-file dataset's download is its content
+        canonical = file is None and url == ds.url
+        if ds.download_sha256 is not None and (canonical or not ds.folder):
             got = _sha256(download)
             if got != ds.download_sha256:
                 raise DanluError(

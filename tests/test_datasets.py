@@ -4,6 +4,7 @@ server: a good file, a checksum mismatch, a connection cut mid-file, no network 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import http.server
 import json
@@ -255,6 +256,23 @@ def test_download_checksum_mismatch_keeps_nothing(server: Server, data_dir: Path
     assert r.returncode == 2
     assert f"is not the pinned {datasets.get('tiny_shakespeare').download_sha256}" in r.stderr
     assert no_leftovers(data_dir) == []
+
+
+@needs_shared("ml-100k")
+def test_an_archive_from_the_canonical_url_must_be_the_pinned_one(
+    tmp_path: Path, server: Server, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the same files repackaged are fine from a mirror or --file (checked after extraction),
+    # but from the canonical URL only the pinned archive is opened at all
+    monkeypatch.delenv("DANLU_DATASETS_MIRROR", raising=False)
+    members = {f"ml-100k/{p.name}": p.read_bytes() for p in (SHARED / "ml-100k").iterdir()}
+    server.files["ml-100k.zip"] = make_zip(tmp_path / "ml-100k.zip", members).read_bytes()
+    ds = dataclasses.replace(datasets.get("movielens_100k"), url=f"{server.url}/ml-100k.zip")
+    with pytest.raises(DanluError, match=f"is not the pinned {ds.download_sha256} of dataset movielens_100k"):
+        datasets.fetch(ds)
+    assert no_leftovers(data_dir) == []
+    monkeypatch.setenv("DANLU_DATASETS_MIRROR", server.url)
+    assert datasets.fetch(datasets.get("movielens_100k")) == data_dir / "ml-100k"
 
 
 def test_connection_cut_mid_file_keeps_no_partial_dataset(
