@@ -119,14 +119,21 @@ def invoke_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[...,
     return invoke
 
 
-def assert_user_error(result: Any, *expected: str, runs_dir: Path | None = None) -> str:
+def assert_user_error(
+    result: Any, *expected: str, runs_dir: Path | None = None, after_progress: bool = False
+) -> str:
     """A user error as the CLI reports it: exit 2, stderr is exactly one `error:` line holding
     every expected substring, no traceback, and (if runs_dir is given) no run folder under it.
-    `result` is a CompletedProcess (run_cli) or a CliRunner result (invoke_cli). Returns the line."""
+    after_progress: the command showed progress (a download) before failing, so the error
+    line is the last line and the only `error:` one. `result` is a CompletedProcess (run_cli)
+    or a CliRunner result (invoke_cli). Returns the line."""
     code = result.returncode if hasattr(result, "returncode") else result.exit_code
     err = result.stderr
     assert "Traceback" not in err, err
     lines = err.strip().splitlines()
+    if after_progress:
+        assert [x for x in lines if x.startswith("error:")] == lines[-1:], err
+        lines = lines[-1:]
     crash = getattr(result, "exception", None)  # CliRunner: an exception the CLI did not handle
     assert len(lines) == 1, f"expected one line on stderr, got {len(lines)}:\n{err}{crash or ''}"
     line = lines[0]

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import _env
+from conftest import _env, assert_user_error
 
 from danlu import config, datasets
 from danlu.errors import DanluError
@@ -236,7 +236,7 @@ def test_movielens_keeps_only_the_named_files(tmp_path: Path, data_dir: Path, ru
 
 # --------------------------------------------------------------------------- download: failures
 def test_checksum_mismatch_is_an_error_and_keeps_nothing(
-    tmp_path: Path, server: Server, data_dir: Path, run_cli: Callable
+    tmp_path: Path, server: Server, data_dir: Path, invoke_cli: Callable
 ) -> None:
     top = "sentiment labelled sentences"
     names = ["amazon_cells_labelled.txt", "imdb_labelled.txt", "yelp_labelled.txt", "readme.txt"]
@@ -244,17 +244,19 @@ def test_checksum_mismatch_is_an_error_and_keeps_nothing(
     server.files[archive_name("sentiment_labelled_sentences")] = make_zip(
         tmp_path / "s.zip", members
     ).read_bytes()
-    r = run_cli("data", "get", "sentiment_labelled_sentences", env={"DANLU_DATASETS_MIRROR": server.url})
-    assert r.returncode == 2
-    assert "do not match the pinned checksum" in r.stderr and "Traceback" not in r.stderr
+    r = invoke_cli("data", "get", "sentiment_labelled_sentences", env={"DANLU_DATASETS_MIRROR": server.url})
+    assert_user_error(r, "do not match the pinned checksum", after_progress=True)
     assert no_leftovers(data_dir) == []
 
 
-def test_download_checksum_mismatch_keeps_nothing(server: Server, data_dir: Path, run_cli: Callable) -> None:
+def test_download_checksum_mismatch_keeps_nothing(
+    server: Server, data_dir: Path, invoke_cli: Callable
+) -> None:
     server.files["input.txt"] = b"First Citizen:\nNot quite Shakespeare.\n"
-    r = run_cli("data", "get", "tiny_shakespeare", env={"DANLU_DATASETS_MIRROR": server.url})
-    assert r.returncode == 2
-    assert f"is not the pinned {datasets.get('tiny_shakespeare').download_sha256}" in r.stderr
+    r = invoke_cli("data", "get", "tiny_shakespeare", env={"DANLU_DATASETS_MIRROR": server.url})
+    assert_user_error(
+        r, f"is not the pinned {datasets.get('tiny_shakespeare').download_sha256}", after_progress=True
+    )
     assert no_leftovers(data_dir) == []
 
 
@@ -276,13 +278,12 @@ def test_an_archive_from_the_canonical_url_must_be_the_pinned_one(
 
 
 def test_connection_cut_mid_file_keeps_no_partial_dataset(
-    server: Server, data_dir: Path, run_cli: Callable
+    server: Server, data_dir: Path, invoke_cli: Callable
 ) -> None:
     server.files["input.txt"] = b"To be, or not to be: that is the question.\n" * 5000
     server.cut.add("input.txt")
-    r = run_cli("data", "get", "tiny_shakespeare", env={"DANLU_DATASETS_MIRROR": server.url})
-    assert r.returncode == 2, r.stderr
-    assert "connection closed" in r.stderr and "Traceback" not in r.stderr
+    r = invoke_cli("data", "get", "tiny_shakespeare", env={"DANLU_DATASETS_MIRROR": server.url})
+    assert_user_error(r, "connection closed", after_progress=True)
     assert no_leftovers(data_dir) == []
 
 
@@ -359,20 +360,19 @@ def wait_for(condition: Callable[[], bool], proc: subprocess.Popen) -> bool:
 
 
 def test_offline_says_in_one_line_where_to_put_which_files(
-    data_dir: Path, run_cli: Callable, tmp_path: Path
+    data_dir: Path, invoke_cli: Callable, tmp_path: Path
 ) -> None:
-    r = run_cli(
+    r = invoke_cli(
         "train",
         ROOT / "examples" / "shakespeare_char.yaml",
         "--set",
         f"output.dir={tmp_path / 'runs'}",
         env={"DANLU_DATASETS_MIRROR": closed_port_url()},
     )
-    assert r.returncode == 2
-    (line,) = [x for x in r.stderr.splitlines() if x.startswith("error:")]
-    assert "data.path" in line and "tinyshakespeare.txt" in line and str(data_dir) in line
+    line = assert_user_error(
+        r, "data.path", "tinyshakespeare.txt", str(data_dir), runs_dir=tmp_path / "runs", after_progress=True
+    )
     assert "danlu data get tiny_shakespeare --file" in line
-    assert not (tmp_path / "runs").exists()
     assert no_leftovers(data_dir) == []
 
 
@@ -408,11 +408,10 @@ def test_data_list_shows_the_shared_copies_present(run_cli: Callable) -> None:
     assert where.returncode == 0 and where.stdout.strip() == str(SHARED / "fsdd")
 
 
-def test_data_list_and_path_when_absent(data_dir: Path, run_cli: Callable) -> None:
-    r = run_cli("data", "list")
-    assert r.returncode == 0 and r.stdout.count(" no ") == len(datasets.DATASETS)
-    missing = run_cli("data", "path", "fsdd")
-    assert missing.returncode == 2 and "danlu data get fsdd" in missing.stderr
+def test_data_list_and_path_when_absent(data_dir: Path, invoke_cli: Callable) -> None:
+    r = invoke_cli("data", "list")
+    assert r.exit_code == 0 and r.stdout.count(" no ") == len(datasets.DATASETS)
+    assert_user_error(invoke_cli("data", "path", "fsdd"), "danlu data get fsdd")
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import make_mixed_frame
+from conftest import assert_user_error, make_mixed_frame
 
 from danlu.config import DataConfig
 from danlu.data.tabular import TabularPreprocessor, column_role
@@ -136,19 +136,18 @@ def test_sentiment_csv_trains_a_text_model(run_cli, tmp_path):
     assert _test_accuracy(_run(out, tmp_path)) > 0.7  # chance is 0.5
 
 
-@pytest.mark.slow
-def test_target_guess_and_errors(run_cli, tmp_path):
+def test_target_guess_and_errors(invoke_cli, tmp_path):
     make_mixed_frame().rename(columns={"label": "animal"}).to_csv(tmp_path / "m.csv", index=False)
-    out = _ok(run_cli("init", "csv", "m.csv"))
-    assert yaml.safe_load(out)["data"]["target"] == "animal"  # no usual name: the last column
-    assert "guessed: the last column" in out
-    r = run_cli("init", "csv", "m.csv", "--target", "anmal")
-    assert r.returncode == 2 and "--target: column 'anmal' is not in m.csv" in r.stderr
-    assert "did you mean 'animal'" in r.stderr
-    r = run_cli("init", "tabular", "m.csv")
-    assert r.returncode == 2 and "danlu init csv FILE" in r.stderr
-    r = run_cli("init", "csv", "absent.csv")
-    assert r.returncode == 2 and "absent.csv: data file not found" in r.stderr
+    r = invoke_cli("init", "csv", "m.csv")
+    assert r.exit_code == 0, r.stderr
+    assert yaml.safe_load(r.stdout)["data"]["target"] == "animal"  # no usual name: the last column
+    assert "guessed: the last column" in r.stdout
+    r = invoke_cli("init", "csv", "m.csv", "--target", "anmal")
+    assert_user_error(r, "--target: column 'anmal' is not in m.csv", "did you mean 'animal'")
+    r = invoke_cli("init", "tabular", "m.csv")
+    assert_user_error(r, "danlu init csv FILE")
+    r = invoke_cli("init", "csv", "absent.csv")
+    assert_user_error(r, "absent.csv: data file not found")
 
 
 def test_init_reads_only_a_sample(tmp_path, monkeypatch):
@@ -192,16 +191,15 @@ def _mixed_with(tmp_path: Path, **extra) -> Path:
     return path
 
 
-@pytest.mark.slow
-def test_free_text_is_refused_as_a_category(run_cli, write_config, tmp_path):
+def test_free_text_is_refused_as_a_category(invoke_cli, write_config, tmp_path):
     rng = np.random.default_rng(1)
     csv = _mixed_with(tmp_path, review=[" ".join(rng.choice(WORDS, 8)) for _ in range(120)])
     write_config({"data": {"path": str(csv), "target": "label"}})
-    r = run_cli("train", "config.yaml")
-    assert r.returncode == 2, r.stderr
-    (line,) = r.stderr.strip().splitlines()
-    assert "column 'review' looks like free text" in line and "data.exclude" in line and "data.text" in line
-    assert not (tmp_path / "runs").exists()  # refused before the run folder
+    r = invoke_cli("train", "config.yaml")
+    # refused before the run folder
+    assert_user_error(
+        r, "column 'review' looks like free text", "data.exclude", "data.text", runs_dir=tmp_path / "runs"
+    )
 
 
 @pytest.mark.slow
@@ -218,15 +216,12 @@ def test_identifier_category_warns_and_exclude_removes_it(run_cli, write_config,
     assert "ref" not in json.loads((run / "model.json").read_text())["schema"]["features"]
 
 
-@pytest.mark.slow
-def test_exclude_errors(run_cli, write_config, mixed_csv):
+def test_exclude_errors(invoke_cli, write_config, mixed_csv):
     write_config({"data": {"path": str(mixed_csv), "target": "label", "exclude": ["colour"]}})
-    r = run_cli("train", "config.yaml")
-    assert r.returncode == 2 and "data.exclude names column 'colour'" in r.stderr
-    assert "did you mean 'color'" in r.stderr
+    r = invoke_cli("train", "config.yaml")
+    assert_user_error(r, "data.exclude names column 'colour'", "did you mean 'color'")
     write_config({"data": {"path": str(mixed_csv), "target": "label", "exclude": ["label"]}})
-    r = run_cli("train", "config.yaml")
-    assert r.returncode == 2 and "data.exclude: 'label' is the target" in r.stderr
+    assert_user_error(invoke_cli("train", "config.yaml"), "data.exclude: 'label' is the target")
 
 
 def test_exclude_with_inputs_is_an_error():

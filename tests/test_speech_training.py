@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from conftest import assert_user_error
 
 import danlu
 from danlu.config import AudioDataConfig, SpecAugmentConfig
@@ -430,22 +431,21 @@ def test_classify_audio_clips_from_folders(espeak_set: Path, tmp_path: Path, run
 
 
 # --------------------------------------------------------------------------- bad input
-@pytest.mark.slow
 @needs_espeak
-def test_manifest_row_with_missing_audio(espeak_set: Path, tmp_path: Path, run_cli) -> None:
+def test_manifest_row_with_missing_audio(espeak_set: Path, tmp_path: Path, invoke_cli) -> None:
     df = pd.read_csv(espeak_set)
     df.loc[4, "audio"] = "clips/nowhere.wav"
     df.to_csv(espeak_set.parent / "broken.csv", index=False)
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump(_config(espeak_set.parent / "broken.csv", tmp_path / "runs")))
-    r = run_cli("train", cfg)
-    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
-    assert "broken.csv row 5" in r.stderr and "clips/nowhere.wav" in r.stderr
+    assert_user_error(invoke_cli("train", cfg), "broken.csv row 5", "clips/nowhere.wav")
 
 
 @pytest.mark.slow
 @needs_espeak
-def test_transcript_characters_outside_the_vocabulary(espeak_set: Path, tmp_path: Path, run_cli) -> None:
+def test_transcript_characters_outside_the_vocabulary(
+    espeak_set: Path, tmp_path: Path, invoke_cli, run_cli
+) -> None:
     df = pd.read_csv(espeak_set)
     df.loc[2, "text"] = "up!"
     df.loc[3, "text"] = "dówn"
@@ -454,9 +454,7 @@ def test_transcript_characters_outside_the_vocabulary(espeak_set: Path, tmp_path
         espeak_set.parent / "odd.csv", tmp_path / "runs", data__audio__vocab="abcdefghijklmnopqrstuvwxyz "
     )
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
-    r = run_cli("train", "c.yaml")
-    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
-    assert "odd.csv row 3" in r.stderr and "'!'" in r.stderr and "unknown_chars" in r.stderr
+    assert_user_error(invoke_cli("train", "c.yaml"), "odd.csv row 3", "'!'", "unknown_chars")
     # mapped (ó -> o) and dropped (!) when configured
     cfg["data"]["audio"]["unknown_chars"] = "map"
     cfg["data"]["audio"]["char_map"] = {"!": ""}
@@ -466,9 +464,8 @@ def test_transcript_characters_outside_the_vocabulary(espeak_set: Path, tmp_path
     assert r.returncode == 0, r.stderr
 
 
-@pytest.mark.slow
 @needs_espeak
-def test_empty_and_non_audio_files(espeak_set: Path, tmp_path: Path, run_cli) -> None:
+def test_empty_and_non_audio_files(espeak_set: Path, tmp_path: Path, invoke_cli) -> None:
     clips = espeak_set.parent / "clips"
     (clips / "empty.wav").write_bytes(b"")
     (clips / "text.wav").write_text("not audio at all")
@@ -479,9 +476,7 @@ def test_empty_and_non_audio_files(espeak_set: Path, tmp_path: Path, run_cli) ->
         (tmp_path / "c.yaml").write_text(
             yaml.safe_dump(_config(espeak_set.parent / "bad.csv", tmp_path / "runs"))
         )
-        r = run_cli("train", "c.yaml")
-        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
-        assert bad in r.stderr and words in r.stderr and "row 1" in r.stderr
+        assert_user_error(invoke_cli("train", "c.yaml"), bad, words, "row 1")
 
 
 def test_folder_without_transcripts_is_one_line_error(tmp_path: Path) -> None:
