@@ -285,6 +285,10 @@ def predict(
     users: Annotated[
         str | None, typer.Option(help="Recommendation runs: users to recommend for, e.g. 1,2,3.")
     ] = None,
+    liked: Annotated[
+        str | None,
+        typer.Option(help="Recommendation runs: a new user's liked items, e.g. 50,172 (ease, dae)."),
+    ] = None,
     k: Annotated[int, typer.Option(help="Recommendation runs: items per user.")] = 10,
     include_seen: Annotated[
         bool, typer.Option(help="Recommendation runs: keep items the user has already interacted with.")
@@ -293,22 +297,30 @@ def predict(
     debug: Debug = False,
 ) -> None:
     """Predict for new rows; extra input columns are passed through. Recommendation runs: the
-    top --k items of each of --users (or of the --input table's user column)."""
+    top --k items of each of --users (or of the --input table's user column), or of a new
+    user who liked --liked items."""
     with _errors(debug):
         from danlu.onnx.runtime import load
 
         if output is not None:
             _check_output(output, "--output", example="predictions.csv")
-        if (input is None) == (users is None):
-            raise DanluError("give --input FILE (or, for a recommendation run, --users 1,2,3)")
+        if sum(x is not None for x in (input, users, liked)) != 1:
+            raise DanluError(
+                "give --input FILE (or, for a recommendation run, --users 1,2,3 or --liked ITEM,ITEM)"
+            )
         # the run's kind builds its predictor (danlu/kinds.py); each reads its own inputs
         predictor, which = load(run_dir, trust_code, runtime)
         if which:
             typer.echo(which, err=True)
-        if users is not None or hasattr(predictor, "recommend"):  # danlu/recommend/recommender.py
-            if not hasattr(predictor, "recommend"):
-                raise DanluError(f"--users: {run_dir} is not a recommendation run; give --input rows")
-            if users is not None:
+        recommends = hasattr(predictor, "recommend")  # danlu/recommend/recommender.py
+        if users is not None or liked is not None or recommends:
+            if not recommends:
+                flag = "--users" if users is not None else "--liked"
+                raise DanluError(f"{flag}: {run_dir} is not a recommendation run; give --input rows")
+            if liked is not None:
+                wanted = [i.strip() for i in liked.split(",") if i.strip()]
+                result = predictor.recommend_liked(wanted, k, include_seen)
+            elif users is not None:
                 wanted = [u.strip() for u in users.split(",") if u.strip()]
                 result = predictor.recommend(wanted, k, include_seen)
             else:

@@ -258,12 +258,92 @@ def test_ease_trains_predicts_and_evaluates(tmp_path, csv, invoke_cli):
         == recs.sort_values(["user", "rank"])["item"].tolist()
     )
     assert_user_error(
-        invoke_cli("predict", run), "give --input FILE (or, for a recommendation run, --users 1,2,3)"
+        invoke_cli("predict", run),
+        "give --input FILE (or, for a recommendation run, --users 1,2,3 or --liked",
     )
 
     evaluated = invoke_cli("evaluate", run)
     assert evaluated.exit_code == 0, evaluated.stderr
     assert json.loads((run / "metrics.json").read_text())["metrics"] == pytest.approx(summary["metrics"])
+
+
+def test_a_new_user_is_ranked_from_the_items_they_liked(tmp_path, csv, invoke_cli):
+    from safetensors.torch import load_file
+
+    assert invoke_cli("train", _write(tmp_path, {"type": "ease", "lambda": 10.0})).exit_code == 0
+    run = tmp_path / "runs" / "rec"
+    out = invoke_cli("predict", run, "--liked", "i16, i20,i3", "--k", "5")
+    assert out.exit_code == 0, out.stderr
+    recs = pd.read_csv(io.StringIO(out.stdout))
+    assert recs["user"].tolist() == ["new"] * 5 and recs["rank"].tolist() == [1, 2, 3, 4, 5]
+    assert not {"i16", "i20", "i3"} & set(recs["item"])  # what they liked is left out
+    # by hand: EASE scores a history h as h @ B
+    import danlu
+
+    index = danlu.load(run).index
+    weights = load_file(run / "model.safetensors")["weights"].numpy()
+    h = np.zeros(index.n_items, dtype=np.float32)
+    h[[index.item_index[i] for i in ("i16", "i20", "i3")]] = 1
+    scores = h @ weights
+    scores[h > 0] = -np.inf
+    best = np.argsort(-scores, kind="stable")[:5]
+    assert recs["item"].tolist() == [index.items[i] for i in best]
+    assert recs["score"].to_numpy() == pytest.approx(scores[best], rel=1e-5)
+    with_seen = danlu.load(run).recommend_liked(["i16"], k=30, include_seen=True)
+    assert "i16" in set(with_seen["item"])
+    assert_user_error(
+        invoke_cli("predict", run, "--liked", "i16,i99"), "--liked: item 'i99' is not in the training data"
+    )
+
+
+@pytest.mark.slow  # a training and two evaluations with plots
+def test_evaluate_data_scores_a_file_beside_the_runs_own_results(tmp_path, csv, invoke_cli):
+    ease = _write(tmp_path, {"type": "ease", "lambda": 10.0})
+    assert invoke_cli("train", ease).exit_code == 0
+    run = tmp_path / "runs" / "rec"
+    assert invoke_cli("evaluate", run).exit_code == 0
+    own = (run / "metrics.json").read_text()
+    # the run's own test split, written back as a file with the data's columns
+    cfg = _cfg(csv, split={"method": "per_user", "val": 0.1, "test": 0.2})
+    test = recdata.split(recdata.read(cfg), cfg, seed=0)["test"]
+    test.rename(columns={"user": "uid", "item": "iid", "rating": "stars", "timestamp": "when"}).to_csv(
+        tmp_path / "held_out.csv", index=False
+    )
+    r = invoke_cli("evaluate", run, "--data", tmp_path / "held_out.csv")
+    assert r.exit_code == 0, (r.stderr, r.exception)
+    assert (run / "metrics.json").read_text() == own  # the run's own results stay
+    out = run / "evaluations" / "held_out"
+    summary = json.loads((out / "metrics.json").read_text())
+    assert summary["metrics"] == pytest.approx(json.loads(own)["metrics"])
+    assert summary["protocol"]["split"] == "--data held_out.csv"
+    report = (out / "report.md").read_text()
+    assert "## Metrics at K" in report and (out / "plots" / "metric_at_k.png").stat().st_size > 1000
+    assert (out / "plots" / "ndcg_per_user.png").is_file() and "## Example users" in report
+    pd.DataFrame({"uid": ["u0"], "iid": ["i1"]}).to_csv(tmp_path / "no_rating.csv", index=False)
+    assert_user_error(
+        invoke_cli("evaluate", run, "--data", tmp_path / "no_rating.csv"),
+        "data.columns.rating: column 'stars' not found",
+    )
+
+
+def test_a_movielens_run_reads_movielens_format_for_evaluate_data(tmp_path):
+    from types import SimpleNamespace
+
+    (tmp_path / "u9.test").write_text("1\t50\t5\t881250949\n2\t172\t3\t881250950\n")
+    frame = recdata.read_file(SimpleNamespace(source="movielens_100k"), tmp_path / "u9.test")
+    assert frame.to_dict("list") == {
+        "user": ["1", "2"],
+        "item": ["50", "172"],
+        "rating": [5.0, 3.0],
+        "timestamp": [881250949.0, 881250950.0],
+    }
+    pd.DataFrame({"user": [3], "item": [7]}).to_csv(tmp_path / "t.csv", index=False)
+    assert recdata.read_file(SimpleNamespace(source="movielens_100k"), tmp_path / "t.csv").to_dict(
+        "list"
+    ) == {"user": ["3"], "item": ["7"]}
+    pd.DataFrame({"who": [3]}).to_csv(tmp_path / "bad.csv", index=False)
+    with pytest.raises(DanluError, match="needs user and item columns"):
+        recdata.read_file(SimpleNamespace(source="movielens_100k"), tmp_path / "bad.csv")
 
 
 def test_sampled_protocol_is_labelled(tmp_path, csv, invoke_cli):
@@ -298,6 +378,11 @@ def test_learned_models_train_through_the_trainer(tmp_path, csv, invoke_cli):
     summary = json.loads((tmp_path / "runs" / "mf" / "metrics.json").read_text())
     assert summary["protocol"]["objective"] == "rating" and summary["metrics"]["rmse"] < 2.0
     assert set(summary["floor"]) == {"mean rating"}
+    assert_user_error(
+        invoke_cli("predict", tmp_path / "runs" / "mf", "--liked", "i1"),
+        "a mf model ranks from its table of known users",
+        "ease, dae, popularity",
+    )
     dae_yaml = _write(tmp_path, {"type": "dae", "hidden": 8}, train__monitor="val.ndcg@10", name="dae")
     dae = invoke_cli("train", dae_yaml)
     assert dae.exit_code == 0, dae.stderr

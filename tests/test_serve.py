@@ -1,7 +1,8 @@
 """`danlu serve`: a real uvicorn server in a subprocess, driven by the official `openai` client
 and plain HTTP. One server (module-scoped) serves a tabular, a text, a speech and a language
-model run for most tests: the old runs of tests/fixtures/runs_v1 and a tiny random GPT run
-written by hand (char-level, 64 positions), so no test trains anything."""
+model run for most tests: the old runs of tests/fixtures/runs_v1, a tiny random GPT run
+written by hand (char-level, 64 positions) and an EASE recommender fitted in closed form on 40
+made-up users (no gradient steps)."""
 
 from __future__ import annotations
 
@@ -128,17 +129,39 @@ def stop(server: Server, sig: int = signal.SIGTERM) -> int:
         raise
 
 
+def make_recommender(root: Path) -> Path:
+    """An EASE run over 40 users of two tastes (even users like items 0-14, odd ones 15-29)."""
+    import danlu
+
+    rows = [(f"u{u}", f"i{(u % 2) * 15 + (u + j) % 15}") for u in range(40) for j in range(8)]
+    pd.DataFrame(rows, columns=["user", "item"]).to_csv(root / "likes.csv", index=False)
+    danlu.train(
+        {
+            "task": {"type": "recommendation"},
+            "data": {"source": "interactions", "path": str(root / "likes.csv"),
+                     "split": {"method": "per_user", "val": 0.0, "test": 0.2}},
+            "model": {"type": "ease", "lambda": 10.0},
+            "eval": {"plots": False},
+            "output": {"dir": str(root), "timestamp": False},
+            "name": "rec",
+        },
+        progress="quiet",
+    )
+    return root / "rec"
+
+
 @pytest.fixture(scope="module")
 def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = Path(shutil.copytree(FIXTURES, tmp_path_factory.mktemp("serve") / "runs_v1"))
     make_chat_lm(root / "chat-lm")
+    make_recommender(root)
     return root
 
 
 @pytest.fixture(scope="module")
 def server(root: Path) -> Iterator[Server]:
     s = start(
-        root, "tabular_classification", "text", "speech_recognition", "chat-lm",
+        root, "tabular_classification", "text", "speech_recognition", "chat-lm", "rec",
         "--name", "iris=tabular_classification", "--api-key", KEY, "--max-batch", "8", "--body-limit", "1",
         "--quiet",
     )
@@ -172,10 +195,11 @@ def test_banner_health_and_model_list(server: Server) -> None:
     assert "iris: rows model" in banner and "POST /v1/predict/iris" in banner
     assert "chat-lm: text model" in banner and "POST /v1/chat/completions" in banner
     assert "speech_recognition: speech model" in banner
+    assert "rec: recommend model" in banner and "POST /v1/recommend/rec" in banner
     health = server.get("/health", key=None)  # open without the key
     assert health.status_code == 200 and health.json()["status"] == "ok"
     models = server.client().models.list()
-    assert {m.id for m in models.data} == {"iris", "text", "speech_recognition", "chat-lm"}
+    assert {m.id for m in models.data} == {"iris", "text", "speech_recognition", "chat-lm", "rec"}
     assert all(m.object == "model" and m.owned_by == "danlu" for m in models.data)
 
 
@@ -463,6 +487,36 @@ def test_concurrent_predicts_are_answered_row_by_row(server: Server) -> None:
 
 
 # ---------------------------------------------------------------------------- speech
+
+
+def test_recommend_equals_the_python_api_and_refuses_bad_requests(server: Server) -> None:
+    import danlu
+
+    rec = danlu.load(server.root / "rec")
+    r = server.post("/v1/recommend/rec", json={"users": ["u0", "u1"], "k": 3})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["object"] == "list" and body["model"] == "rec"
+    assert [d["user"] for d in body["data"]] == ["u0", "u1"]
+    want = rec.recommend(["u0", "u1"], k=3)
+    for d in body["data"]:
+        mine = want[want["user"] == d["user"]]
+        assert [i["item"] for i in d["items"]] == mine["item"].tolist()
+        assert [i["rank"] for i in d["items"]] == [1, 2, 3]
+        assert [i["score"] for i in d["items"]] == pytest.approx(mine["score"].tolist(), rel=1e-6)
+    liked = server.post("/v1/recommend/rec", json={"liked": ["i16", "i17"], "k": 4}).json()
+    want_liked = rec.recommend_liked(["i16", "i17"], k=4)["item"].tolist()
+    assert [i["item"] for i in liked["data"][0]["items"]] == want_liked
+    assert liked["data"][0]["user"] == "new"
+    assert server.get("/v1/models/rec").json()["items"] == rec.index.n_items
+    assert "not both" in error_of(server.post("/v1/recommend/rec", json={"k": 3}), 400)["message"]
+    bad_user = error_of(server.post("/v1/recommend/rec", json={"users": ["nobody"]}), 400)["message"]
+    assert "user 'nobody' is not in the training data" in bad_user
+    assert "k: 999 is not between 1 and the 30 items" in error_of(
+        server.post("/v1/recommend/rec", json={"users": ["u0"], "k": 999}), 400)["message"]
+    assert error_of(server.post("/v1/recommend/rec", json={"users": ["u0"], "top": 3}), 400)["param"] == "top"
+    wrong = error_of(server.post("/v1/recommend/iris", json={"users": ["u0"]}), 400)["message"]
+    assert "is a rows model" in wrong
 
 
 def test_transcription_equals_danlu_transcribe(server: Server) -> None:

@@ -38,14 +38,14 @@ MAX_LABELLED_CLASSES = 30
 # figure helpers
 
 
-def _figure(nrows: int, ncols: int, width: float, height: float) -> tuple[Figure, np.ndarray]:
+def new_figure(nrows: int, ncols: int, width: float, height: float) -> tuple[Figure, np.ndarray]:
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(width * ncols, height * nrows), layout="constrained")
     return fig, fig.subplots(nrows, ncols, squeeze=False)
 
 
-def _save(fig: Figure, path: Path) -> Path:
+def save_png(fig: Figure, path: Path) -> Path:
     path = Path(path)
     with atomic_path(path) as tmp:
         # the temporary name ends in .tmp, so the format cannot be guessed from it
@@ -136,7 +136,7 @@ def plot_history(
 
     ncols = min(3, len(families))
     nrows = math.ceil(len(families) / ncols)
-    fig, axes = _figure(nrows, ncols, 4.6, 3.4)
+    fig, axes = new_figure(nrows, ncols, 4.6, 3.4)
     for ax, (title, series) in zip(axes.flat, families, strict=False):
         for key in series:
             _draw_series(ax, *curves[key], key)
@@ -153,7 +153,7 @@ def plot_history(
     for ax in list(axes.flat)[len(families) :]:
         ax.set_visible(False)
     fig.suptitle("Training history")
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 # ---------------------------------------------------------------------------
@@ -165,7 +165,7 @@ def _plot_confusion(cm: np.ndarray, names: list[str], path: Path) -> Path:
     support = cm.sum(axis=1, keepdims=True)
     normalized = np.divide(cm, support, out=np.zeros(cm.shape), where=support > 0)
     side = min(max(4.0, 0.45 * n + 2.5), 14.0)
-    fig, axes = _figure(1, 2, side + 1.0, side)
+    fig, axes = new_figure(1, 2, side + 1.0, side)
     panels = [(cm, "counts", "d"), (normalized, "normalized by true class", ".2f")]
     for ax, (data, title, fmt) in zip(axes[0], panels, strict=True):
         image = ax.imshow(data, cmap="Blues", vmin=0)
@@ -179,7 +179,7 @@ def _plot_confusion(cm: np.ndarray, names: list[str], path: Path) -> Path:
         ax.set_xlabel("predicted")
         ax.set_ylabel("true")
         ax.set_title(f"Confusion matrix ({title})")
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def _annotate(ax: Axes, data: np.ndarray, fmt: str) -> None:
@@ -215,14 +215,14 @@ def _plot_roc(y_true: np.ndarray, proba: np.ndarray, names: list[str], path: Pat
         curves.append((fpr, tpr, label))
     if not curves:
         return None
-    fig, axes = _figure(1, 1, 5.5, 5.0)
+    fig, axes = new_figure(1, 1, 5.5, 5.0)
     ax = axes[0, 0]
     for fpr, tpr, label in curves:
         ax.plot(fpr, tpr, label=label)
     ax.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1, label="chance")
     title = f"ROC curve, {names[1]} vs {names[0]}" if binary else "ROC, one-vs-rest"
     _finish_curve(ax, title + note, "false positive rate", "true positive rate")
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def _plot_pr(y_true: np.ndarray, proba: np.ndarray, names: list[str], path: Path) -> Path | None:
@@ -239,7 +239,7 @@ def _plot_pr(y_true: np.ndarray, proba: np.ndarray, names: list[str], path: Path
         curves.append((recall, precision, label))
     if not curves:
         return None
-    fig, axes = _figure(1, 1, 5.5, 5.0)
+    fig, axes = new_figure(1, 1, 5.5, 5.0)
     ax = axes[0, 0]
     for recall, precision, label in curves:
         # a step plot is what average precision integrates
@@ -250,7 +250,7 @@ def _plot_pr(y_true: np.ndarray, proba: np.ndarray, names: list[str], path: Path
         ax.axhline(rate, linestyle="--", color="grey", linewidth=1, label="chance")
     title = f"Precision-recall, {names[1]}" if binary else "Precision-recall, one-vs-rest"
     _finish_curve(ax, title + note, "recall", "precision")
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def _finish_curve(ax: Axes, title: str, xlabel: str, ylabel: str) -> None:
@@ -296,7 +296,7 @@ def _subsample(n: int) -> np.ndarray:
 def _plot_pred_vs_true(y: np.ndarray, pred: np.ndarray, names: list[str], path: Path) -> Path:
     k = min(y.shape[1], MAX_TARGETS)
     idx = _subsample(y.shape[0])
-    fig, axes = _figure(1, k, 4.6, 4.4)
+    fig, axes = new_figure(1, k, 4.6, 4.4)
     for j, ax in enumerate(axes[0]):
         ax.scatter(y[idx, j], pred[idx, j], s=8, alpha=0.5, edgecolors="none")
         lo = min(y[:, j].min(), pred[:, j].min())
@@ -308,14 +308,14 @@ def _plot_pred_vs_true(y: np.ndarray, pred: np.ndarray, names: list[str], path: 
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small", loc="upper left")
     fig.suptitle("Predicted vs true" + _target_note(y.shape[1]))
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def _plot_residuals(y: np.ndarray, pred: np.ndarray, names: list[str], path: Path) -> Path:
     k = min(y.shape[1], MAX_TARGETS)
     idx = _subsample(y.shape[0])
     residual = y - pred
-    fig, axes = _figure(2, k, 4.6, 3.4)
+    fig, axes = new_figure(2, k, 4.6, 3.4)
     for j in range(k):
         hist, scatter = axes[0, j], axes[1, j]
         hist.hist(residual[:, j], bins=min(50, max(5, int(np.sqrt(y.shape[0])))))
@@ -331,7 +331,7 @@ def _plot_residuals(y: np.ndarray, pred: np.ndarray, names: list[str], path: Pat
         for ax in (hist, scatter):
             ax.grid(alpha=0.3)
     fig.suptitle("Residuals" + _target_note(y.shape[1]))
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def _target_note(k: int) -> str:

@@ -27,7 +27,7 @@ COLUMNS = ("user", "item", "rating", "timestamp")
 GENRES = [  # the 19 flags of u.item, in order
     "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary", "Drama",
     "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War", "Western",
-]
+]  # fmt: skip
 PREDEFINED = ("ua", "ub", "u1", "u2", "u3", "u4", "u5")  # MovieLens 100K's split files
 RATING_MODELS = ("mf",)  # models that learn ratings; the others rank items
 HISTORY_MODELS = ("dae",)  # trained on whole users (history in, the same items as targets), not pairs
@@ -120,6 +120,28 @@ def read_movielens(folder: Path, split: Any) -> Table:
             for part, f in zip(("train", "test"), files, strict=True)
         }
     return Table(frame, str(folder), items, predefined)
+
+
+def read_file(cfg: Any, path: Path) -> pd.DataFrame:
+    """Interactions of another file, read as the run read its own (`danlu evaluate RUN --data`):
+    the run's data.columns; for a MovieLens run, MovieLens' own format (u1.test: tab-separated
+    user, item, rating, time) or a table with user, item[, rating, timestamp] columns."""
+    if not path.is_file():
+        raise DanluError(f"--data {path}: no such file")
+    if cfg.source == "movielens_100k":
+        with path.open("rb") as f:
+            first = f.readline().split(b"\t")
+        if len(first) == 4 and all(x.strip().isdigit() for x in first):
+            return _clean(_ml_ratings(path), str(path), {k: k for k in COLUMNS})
+        df = read_table(path)
+        names = {k: (k if k in df.columns else None) for k in COLUMNS}
+        if names["user"] is None or names["item"] is None:
+            raise DanluError(
+                f"--data {path}: needs user and item columns (or MovieLens' tab-separated format);"
+                f" columns are: {', '.join(map(str, df.columns))}"
+            )
+        return _clean(df[[c for c in names.values() if c]].copy(), str(path), names)
+    return read(cfg.model_copy(update={"path": str(path)})).frame
 
 
 def _ml_ratings(path: Path) -> pd.DataFrame:
@@ -308,6 +330,13 @@ class Index:
         if split in ("train", "val") or self.val_seen is None:
             return self.seen  # type: ignore[return-value]
         return (self.seen + self.val_seen).sign().tocsr()  # type: ignore[operator]
+
+    def history_frame(self) -> pd.DataFrame:
+        """user, item of every training interaction, from the saved matrix (for reports of a
+        run whose training data is not read again)."""
+        coo = self.seen.tocoo()  # type: ignore[union-attr]
+        users, items = np.asarray(self.users, dtype=object), np.asarray(self.items, dtype=object)
+        return pd.DataFrame({"user": users[coo.row], "item": items[coo.col]})
 
     def save_files(self, folder: Path) -> None:
         """interactions.npz (what each user has seen, and the training positives) and, when the

@@ -93,20 +93,28 @@ def sampled_metrics(ranks: np.ndarray, ks: Sequence[int]) -> dict[str, float]:
 
 # --------------------------------------------------------------------------- scoring a model
 def top_k(
-    model: Any, index: Any, users: np.ndarray, k: int, exclude: Any = None, batch_size: int = 1024
+    model: Any,
+    index: Any,
+    users: np.ndarray,
+    k: int,
+    exclude: Any = None,
+    batch_size: int = 1024,
+    history: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(items, scores), each (len(users), k): the model's best k items per user (item rows),
-    leaving out the items `exclude` (users x items, sparse) marks."""
+    leaving out the items `exclude` (rows of `users`, or of `history` when given, x items,
+    sparse) marks. history: the users' interactions (multi-hot), for users the index does not
+    hold (a new user's liked items); by default their training positives."""
     model.eval()
     items, scores = [], []
     with torch.no_grad():
         for s in range(0, len(users), batch_size):
             u = users[s : s + batch_size]
-            history = torch.from_numpy(index.positives[u].toarray())
+            h = index.positives[u].toarray() if history is None else history[s : s + batch_size]
             # contiguous: popularity's scores are one row expanded, and seen items are masked in place
-            out = model(users=torch.from_numpy(u), history=history).float().contiguous()
+            out = model(users=torch.from_numpy(u), history=torch.from_numpy(h)).float().contiguous()
             if exclude is not None:
-                seen = exclude[u].tocoo()
+                seen = (exclude[u] if history is None else exclude[s : s + batch_size]).tocoo()
                 out[
                     torch.from_numpy(seen.row.astype(np.int64)), torch.from_numpy(seen.col.astype(np.int64))
                 ] = -torch.inf
@@ -117,19 +125,35 @@ def top_k(
 
 
 def evaluate_ranking(
-    model: Any, index: Any, split: Any, eval_cfg: Any, seed: int, name: str = "test"
+    model: Any,
+    index: Any,
+    split: Any,
+    eval_cfg: Any,
+    seed: int,
+    name: str = "test",
+    ks: Sequence[int] | None = None,
 ) -> tuple[dict[str, float], np.ndarray]:
-    """A RankingSplit (users and their held-out positives, split `name`) under eval_cfg's protocol."""
+    """A RankingSplit (users and their held-out positives, split `name`) under eval_cfg's
+    protocol, at eval_cfg.k (or at `ks`: the report's metric@K curves)."""
+    ks = list(ks or eval_cfg.k)
     users = split.users.numpy()
     positives = [row[row >= 0] for row in split.y[:, 1:].numpy()]
     if eval_cfg.protocol == "sampled":
         ranks = _sampled_ranks(
             model, index.exclusion(name), index, users, positives, eval_cfg.negatives, seed
         )
-        return sampled_metrics(ranks, eval_cfg.k), np.zeros(0)
+        return sampled_metrics(ranks, ks), np.zeros(0)
     exclude = index.exclusion(name) if eval_cfg.exclude_seen else None
-    ranked, _ = top_k(model, index, users, max(eval_cfg.k), exclude)
-    return ranking_metrics(list(ranked), positives, eval_cfg.k, index.n_items)
+    ranked, _ = top_k(model, index, users, max(ks), exclude)
+    return ranking_metrics(list(ranked), positives, ks, index.n_items)
+
+
+CURVE_KS = (1, 2, 3, 5, 10, 15, 20, 30, 50, 100)
+
+
+def curve_ks(ks: Sequence[int], n_items: int) -> list[int]:
+    """The cut-offs of the report's metric@K curves: the usual ones and eval.k, up to the items."""
+    return sorted({k for k in (*CURVE_KS, *ks) if k <= n_items})
 
 
 def check(eval_cfg: Any, index: Any, splits: dict[str, Any]) -> None:

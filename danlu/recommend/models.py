@@ -26,6 +26,8 @@ class Popularity(nn.Module):
     """Score = how many training users interacted with the item: the floor every model is
     reported beside."""
 
+    from_history = True  # ranks a user from their items: a new user can be given as liked items
+
     def __init__(self, cfg: Any, schema: Any, out_dim: int = 1) -> None:
         super().__init__()
         counts = torch.zeros(schema.n_items)
@@ -43,6 +45,8 @@ class Popularity(nn.Module):
 class EASE(nn.Module):
     """Steck (2019): B = I - P diagMat(1 / diag(P)), P = (X'X + lambda I)^-1, so diag(B) = 0;
     a user's scores are history @ B."""
+
+    from_history = True  # ranks a user from their items: a new user can be given as liked items
 
     def __init__(self, cfg: Any, schema: Any, out_dim: int = 1) -> None:
         super().__init__()
@@ -133,6 +137,8 @@ class DAE(nn.Module):
     inputs dropped, through one tanh layer back to a score per item; trained with the softmax
     cross-entropy of the user's items over all items (task.py), so it ranks, like EASE, from the
     history alone (a user is their items, no user table)."""
+
+    from_history = True  # ranks a user from their items: a new user can be given as liked items
 
     def __init__(self, cfg: Any, schema: Any, out_dim: int = 1) -> None:
         super().__init__()

@@ -2,7 +2,10 @@
 `danlu predict RUN --users 1,2,3 --k 10` (or `--input users.csv` with a user column).
 
 Recommendations leave out what the user has seen (training and validation interactions,
-interactions.npz in the run folder) unless include_seen."""
+interactions.npz in the run folder) unless include_seen. A new user, unknown to the model, is
+given as the items they liked (`recommend_liked`, `--liked 50,172`): models that rank from a
+history (ease, dae; popularity ignores it) score that history; models with a user table (mf,
+bpr) have no row for them and say so."""
 
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy import sparse
 
 from danlu.errors import DanluError, did_you_mean
 from danlu.recommend.data import Index, RecSchema
@@ -59,6 +63,9 @@ class Recommender:
             raise DanluError("no users to recommend for: give at least one")
         exclude = None if include_seen else self.index.exclusion("test")
         items, scores = top_k(self.model, self.index, np.asarray(rows, dtype=np.int64), k, exclude)
+        return self._frame(users, items, scores, k)
+
+    def _frame(self, users: list[str], items: np.ndarray, scores: np.ndarray, k: int) -> pd.DataFrame:
         out = pd.DataFrame(
             {
                 "user": np.repeat(users, k),
@@ -71,6 +78,36 @@ class Recommender:
         if self.index.catalog is not None:
             out = out.merge(self.index.catalog, on="item", how="left")
         return out
+
+    def recommend_liked(self, liked: Iterable[Any], k: int = 10, include_seen: bool = False) -> pd.DataFrame:
+        """The k best items for a new user who liked `liked` (item ids): columns as recommend's,
+        user "new"; the liked items themselves are left out unless include_seen."""
+        model_type = type(self.model).__name__.lower()
+        if not getattr(self.model, "from_history", False):
+            raise DanluError(
+                f"--liked: a {model_type} model ranks from its table of known users and has no row for a"
+                " new one; models that rank a new user from liked items: ease, dae, popularity"
+            )
+        liked = [str(i) for i in ([liked] if isinstance(liked, str | int) else liked)]
+        if not liked:
+            raise DanluError("--liked: give at least one item")
+        rows = []
+        for item in liked:
+            if item not in self.index.item_index:
+                raise DanluError(
+                    f"--liked: item '{item}' is not in the training data of {self.where}"
+                    f"{did_you_mean(item, self.index.items)}; it knows {self.index.n_items} items"
+                )
+            rows.append(self.index.item_index[item])
+        if k < 1 or k > self.index.n_items:
+            raise DanluError(f"k: {k} is not between 1 and the {self.index.n_items} items the model ranks")
+        history = np.zeros((1, self.index.n_items), dtype=np.float32)
+        history[0, rows] = 1.0
+        exclude = None if include_seen else sparse.csr_matrix(history)
+        items, scores = top_k(
+            self.model, self.index, np.array([self.index.n_users]), k, exclude, history=history
+        )
+        return self._frame(["new"], items, scores, k)
 
     def predict(self, rows: Any, k: int = 10, include_seen: bool = False) -> pd.DataFrame:
         """Recommendations for a table's `user` column (or a list of users)."""

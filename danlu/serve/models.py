@@ -1,12 +1,14 @@
 """The models a server holds: each model reference (anything the other commands accept) is
-loaded through danlu's own loaders, and becomes one of three kinds of served model:
+loaded through danlu's own loaders, and becomes one of four kinds of served model:
 
   - `RowsModel`: a run of rows (tabular, text, multimodal): the run kind's `load` hook
     (`danlu.predict.load`), served at POST /v1/predict/{name};
   - `TextModel`: a language model (a danlu GPT run, a Hugging Face GPT-2 or causal-LM folder):
     `danlu.lm.load`, served at /v1/completions and /v1/chat/completions;
   - `SpeechModel`: a speech_recognition run, a Hugging Face CTC or Whisper folder, a CTranslate2
-    Whisper folder: `danlu.speech.recognizer`, served at /v1/audio/transcriptions.
+    Whisper folder: `danlu.speech.recognizer`, served at /v1/audio/transcriptions;
+  - a recommendation run: its kind's `load` hook (`danlu.recommend.recommender`), served at
+    POST /v1/recommend/{name}.
 
 Loading follows the CLI's safety rules: a run folder's user code only with trust_code, a Hugging
 Face folder's own code only with trust_remote_code. Each model owns one worker thread, where
@@ -28,7 +30,7 @@ from danlu.errors import DanluError
 class Served:
     name: str
     source: str  # the reference it was loaded from
-    kind: str  # "rows" | "text" | "speech"
+    kind: str  # "rows" | "text" | "speech" | "recommend"
     model: Any  # Predictor, LoadedLM or speech SpeechModel
     created: int = 0
     inputs: list[dict[str, Any]] | None = None  # rows: the kind's describe_inputs of its schema
@@ -44,6 +46,7 @@ class Served:
             "rows": [f"POST /v1/predict/{self.name}"],
             "text": ["POST /v1/completions", "POST /v1/chat/completions"],
             "speech": ["POST /v1/audio/transcriptions"],
+            "recommend": [f"POST /v1/recommend/{self.name}"],
         }[self.kind]
 
     def card(self) -> dict[str, Any]:
@@ -109,6 +112,10 @@ def load_model(
                     f"'{ref}' classifies audio; the server transcribes speech_recognition runs only (yet)"
                 )
             return Served(name, ref, "speech", _load_speech(path, trust_code, False, device), now)
+        if family == "recommendations":
+            from danlu.predict import load
+
+            return Served(name, ref, "recommend", load(path, trust_code), now)
         if family != "rows":
             raise DanluError(f"'{ref}' is a {kind_name} run; danlu serve does not serve that kind yet")
         from danlu.predict import load

@@ -109,6 +109,17 @@ class PredictRequest(BaseModel):
     rows: list[dict[str, Any]] = Field(min_length=1)
 
 
+class RecommendRequest(BaseModel):
+    """POST /v1/recommend/{model}: known users by id, or one new user as the items they liked
+    (models that rank from a history), as `danlu predict RUN --users/--liked --k`."""
+
+    model_config = ConfigDict(extra="forbid")
+    users: list[str | int] | None = Field(None, min_length=1, max_length=1000)
+    liked: list[str | int] | None = Field(None, min_length=1)
+    k: int = Field(10, ge=1)
+    include_seen: bool = False
+
+
 async def parse(request: Any, model_cls: type[BaseModel]) -> Any:
     """The JSON body of a Starlette request as `model_cls`; malformed JSON and wrong types are
     400s naming the field (never pydantic's raw list)."""

@@ -7,6 +7,7 @@
     POST /v1/completions              language models (danlu/serve/text.py)
     POST /v1/chat/completions
     POST /v1/audio/transcriptions     speech models (danlu/serve/audio.py)
+    POST /v1/recommend/{model}        recommendation runs: users' (or a new user's) top k items
     GET  /metrics                     Prometheus (danlu/serve/metrics.py)
     GET  /                            the playground (static/index.html, playground.js)
 
@@ -17,10 +18,12 @@ With an API key every route but /health and the playground's files needs
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +35,7 @@ from danlu.serve.batching import MicroBatcher
 from danlu.serve.errors import APIError
 from danlu.serve.metrics import Metrics
 from danlu.serve.models import Served
-from danlu.serve.protocol import ChatRequest, CompletionRequest, PredictRequest, parse
+from danlu.serve.protocol import ChatRequest, CompletionRequest, PredictRequest, RecommendRequest, parse
 
 BODY_LIMIT = 25 * 1024 * 1024
 # open even with an API key: the health check, and the playground page (it asks for the key)
@@ -189,8 +192,10 @@ def create_app(
             card.update(schema_card(served))
         elif served.kind == "text":
             card["context_length"] = served.model.block_size
-        else:
+        elif served.kind == "speech":
             card["sample_rate"] = served.model.sample_rate
+        else:  # recommend
+            card.update(users=served.model.index.n_users, items=served.model.index.n_items)
         return card
 
     @app.post("/v1/predict/{model:path}")
@@ -199,6 +204,25 @@ def create_app(
         req = await parse(request, PredictRequest)
         answers = await batchers[model].submit(req.rows)
         return {"object": "list", "model": model, "predictions": answers}
+
+    @app.post("/v1/recommend/{model:path}")
+    async def recommend(model: str, request: Request) -> dict[str, Any]:
+        served = get(model, "recommend")
+        req = await parse(request, RecommendRequest)
+        if (req.users is None) == (req.liked is None):
+            raise APIError(400, "give 'users' (known user ids) or 'liked' (a new user's items), not both",
+                           param="users")
+        rec = served.model
+        if req.liked is not None:
+            call = partial(rec.recommend_liked, [str(i) for i in req.liked], req.k, req.include_seen)
+        else:
+            call = partial(rec.recommend, [str(u) for u in req.users or []], req.k, req.include_seen)
+        frame = await asyncio.get_running_loop().run_in_executor(served.worker, call)
+        data = [
+            {"user": str(user), "items": rows.drop(columns="user").to_dict("records")}
+            for user, rows in frame.groupby("user", sort=False)
+        ]
+        return {"object": "list", "model": model, "k": req.k, "data": data}
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Any:
