@@ -268,6 +268,30 @@ def test_chat_stream_equals_chat_and_danlu_generate(server: Server) -> None:
     assert text == want
 
 
+def test_the_server_renders_a_chat_as_danlu_chat_does(root: Path, tmp_path: Path) -> None:
+    """One renderer (lm/chat.py): the server's prompt encodes to danlu chat's tokens, with a
+    chat template and in the plain format (system messages included)."""
+    from danlu.lm.chat import has_template, render
+    from danlu.lm.load import resolve_lm
+    from danlu.serve.protocol import Message
+    from danlu.serve.text import chat_prompt
+
+    folder = make_tiny_gpt2(tmp_path / "tiny-gpt2")
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    template = "{{ bos_token }}{% for m in messages %}<{{ m.role }}>{{ m.content }}\n{% endfor %}<a>"
+    config["chat_template"] = template
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    turns = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "The quick"},
+             {"role": "assistant", "content": "brown"}, {"role": "user", "content": "fox"}]
+    for ref in (folder, root / "chat-lm"):
+        lm = resolve_lm(ref, device="cpu")
+        text, stops = chat_prompt(lm, [Message(**t) for t in turns])
+        template = "model" if has_template(lm) else "plain"
+        assert lm.tokenizer.encode(text) == render(lm, turns, template)
+        assert stops == ([] if template == "model" else ["\nUser:"])
+    assert text == "System: Be brief.\nUser: The quick\nAssistant: brown\nUser: fox\nAssistant:"
+
+
 @pytest.mark.slow
 def test_greedy_answers_equal_the_danlu_generate_command(server: Server) -> None:
     client = server.client()

@@ -18,21 +18,27 @@ from danlu.lm.load import LoadedLM
 from danlu.lm.options import GenerationOptions
 
 TEMPLATES = ("model", "plain")
-PLAIN_STOP = "\nUser:"
+PLAIN_ROLES = {"system": "System", "developer": "System", "user": "User", "assistant": "Assistant"}
+PLAIN_STOP = "\nUser:"  # a model chatting in the plain format must not write the user's next turn
 
 
 def has_template(lm: LoadedLM) -> bool:
     return bool(getattr(getattr(lm.tokenizer, "hf", None), "chat_template", None))
 
 
-def render(lm: LoadedLM, messages: list[dict[str, str]], template: str = "model") -> list[int]:
-    """Token ids of `messages` followed by the start of the assistant's turn."""
+def render_text(
+    lm: LoadedLM, messages: list[dict[str, str]], template: str = "model"
+) -> tuple[str, list[str]]:
+    """(prompt text, extra stop strings) of `messages` followed by the start of the assistant's
+    turn: the tokenizer's chat template (its text holds the special tokens, BOS included), or
+    the plain format, one `Role: text` line per message then `Assistant:`, which also stops
+    at a new `\nUser:` line. `danlu chat`, `generate --chat` and the server's
+    /v1/chat/completions all render here."""
     if template not in TEMPLATES:
         raise DanluError(f"unknown chat template '{template}'; valid: {', '.join(TEMPLATES)}")
     if template == "plain":
-        lines = [m["content"] + "\n" if m["role"] == "system" else f"{m['role'].title()}: {m['content']}"
-                 for m in messages]
-        return lm.tokenizer.encode("\n".join(lines) + "\nAssistant:")
+        lines = [f"{PLAIN_ROLES.get(m['role'], m['role'].title())}: {m['content']}" for m in messages]
+        return "\n".join(lines) + "\nAssistant:", [PLAIN_STOP]
     if not has_template(lm):
         raise DanluError(
             f"'{lm.source}' has no chat template (tokenizer_config.json chat_template); "
@@ -43,8 +49,16 @@ def render(lm: LoadedLM, messages: list[dict[str, str]], template: str = "model"
         text = hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     except Exception as e:  # jinja2's TemplateError: e.g. a role the template rejects
         raise DanluError(f"the chat template of '{lm.source}' rejects the messages: {one_line(e)}") from None
+    return str(text), []
+
+
+def render(lm: LoadedLM, messages: list[dict[str, str]], template: str = "model") -> list[int]:
+    """Token ids of render_text's prompt."""
+    text, _ = render_text(lm, messages, template)
+    if template == "plain":
+        return lm.tokenizer.encode(text)
     # the template writes the special tokens (BOS included) itself
-    return list(hf.encode(text, add_special_tokens=False))
+    return list(lm.tokenizer.hf.encode(text, add_special_tokens=False))  # type: ignore[attr-defined]
 
 
 @dataclass

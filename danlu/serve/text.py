@@ -11,7 +11,8 @@ away its sequence stops at its next token and frees its row.
 
 Sampling follows OpenAI's defaults: temperature 1 (0 is greedy), top_p 1 (no filter),
 max_tokens 16 for completions and up to 256 (within the context) for chat. Chat uses the
-tokenizer's chat template when it has one, else the plain template of `plain_chat`.
+tokenizer's chat template when it has one, else the plain format (both rendered by
+lm/chat.py's `render_text`, as `danlu chat` renders them).
 """
 
 from __future__ import annotations
@@ -32,33 +33,23 @@ from danlu.serve.protocol import ChatRequest, CompletionRequest, Message, Sampli
 
 CHAT_MAX_TOKENS = 256  # chat's default max_tokens (OpenAI: until the context is full)
 COMPLETION_MAX_TOKENS = 16  # OpenAI's default for completions
-PLAIN_ROLES = {"system": "System", "developer": "System", "user": "User", "assistant": "Assistant"}
-PLAIN_STOP = "\nUser:"  # a model without a chat template must not write the user's next turn
-
-
-def plain_chat(messages: list[Message]) -> str:
-    """The chat prompt of a model without a chat template: one line per message,
-    `Role: text`, then `Assistant:` for the model to continue; generation also stops
-    at a new `\\nUser:` line."""
-    lines = [f"{PLAIN_ROLES[m.role]}: {m.text()}" for m in messages]
-    return "\n".join(lines) + "\nAssistant:"
-
-
 def chat_prompt(lm: Any, messages: list[Message]) -> tuple[str, list[str]]:
-    """(prompt text, extra stop strings) for a chat: the tokenizer's template, else plain."""
-    hf = getattr(lm.tokenizer, "hf", None)
-    if hf is None or not getattr(hf, "chat_template", None):
-        return plain_chat(messages), [PLAIN_STOP]
+    """(prompt text, extra stop strings) for a chat, rendered as `danlu chat` renders it
+    (lm/chat.py): the tokenizer's template, else the plain format (a server has no
+    --template option: a model without a template chats in the plain one)."""
+    from danlu.errors import DanluError
+    from danlu.lm.chat import has_template, render_text
+
     turns = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in messages]
     try:
-        text = hf.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
-    except Exception as e:  # jinja errors: a template that rejects this conversation
-        message = f"the model's chat template rejects these messages: {e}"
-        raise APIError(400, message, param="messages") from None
+        text, stops = render_text(lm, turns, "model" if has_template(lm) else "plain")
+    except DanluError as e:  # a template that rejects this conversation
+        raise APIError(400, str(e), param="messages") from None
+    hf = getattr(lm.tokenizer, "hf", None)
     bos = getattr(hf, "bos_token", None)
-    if bos and text.startswith(bos) and lm.tokenizer.encode("a")[:1] == [hf.bos_token_id]:
+    if not stops and bos and text.startswith(bos) and lm.tokenizer.encode("a")[:1] == [hf.bos_token_id]:
         text = text[len(bos) :]  # encoding adds it again
-    return str(text), []
+    return text, stops
 
 
 def _options(lm: Any, req: Sampling, max_tokens: int, stops: list[str], stream: bool) -> Any:
@@ -252,13 +243,10 @@ async def chat(served: Served, req: ChatRequest, count: Callable[[str, int], Non
     prompt, stops = chat_prompt(served.model, req.messages)
     block = served.model.block_size
     opts = _options(served.model, req, req.max_tokens or 1, stops, req.stream)
-    (ids,) = _encode(served, [prompt], opts, "messages")
-    max_tokens = req.max_tokens
-    if max_tokens is None:  # as much as fits, up to CHAT_MAX_TOKENS
+    (ids,) = _encode(served, [prompt], opts, "messages")  # checked against the context here
+    if req.max_tokens is None:  # as much as fits, up to CHAT_MAX_TOKENS: fits by construction
         room = CHAT_MAX_TOKENS if block is None else block - (0 if served.model.is_danlu else len(ids))
-        max_tokens = max(1, min(CHAT_MAX_TOKENS, room))
-    opts = _options(served.model, req, max_tokens, stops, req.stream)
-    _encode(served, [prompt], opts, "messages")
+        opts = _options(served.model, req, max(1, min(CHAT_MAX_TOKENS, room)), stops, req.stream)
     rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
     if req.stream:
         return _stream(served, req, prompt, ids, opts, rid, created, "chat.completion.chunk", count)
