@@ -7,6 +7,7 @@ made-up users (no gradient steps)."""
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import shutil
@@ -161,7 +162,7 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def server(root: Path) -> Iterator[Server]:
     s = start(
-        root, "tabular_classification", "text", "speech_recognition", "chat-lm", "rec",
+        root, "tabular_classification", "text", "speech_recognition", "chat-lm", "rec", "image",
         "--name", "iris=tabular_classification", "--api-key", KEY, "--max-batch", "8", "--body-limit", "1",
         "--quiet",
     )
@@ -199,7 +200,7 @@ def test_banner_health_and_model_list(server: Server) -> None:
     health = server.get("/health", key=None)  # open without the key
     assert health.status_code == 200 and health.json()["status"] == "ok"
     models = server.client().models.list()
-    assert {m.id for m in models.data} == {"iris", "text", "speech_recognition", "chat-lm", "rec"}
+    assert {m.id for m in models.data} == {"iris", "text", "speech_recognition", "chat-lm", "rec", "image"}  # noqa: E501
     assert all(m.object == "model" and m.owned_by == "danlu" for m in models.data)
 
 
@@ -488,6 +489,61 @@ def test_predict_equals_danlu_predict(server: Server, run: str, name: str, data:
     for col in [c for c in want.columns if c.startswith("proba_")]:
         probs = [g["probabilities"][col[len("proba_"):]] for g in got]
         assert probs == pytest.approx(want[col].tolist(), abs=1e-6)
+
+
+def _same_predictions(got: list[dict[str, Any]], want: pd.DataFrame) -> None:
+    assert [g["label"] for g in got] == want["prediction"].tolist()
+    for col in [c for c in want.columns if c.startswith("proba_")]:
+        probs = [g["probabilities"][col[len("proba_"):]] for g in got]
+        assert probs == pytest.approx(want[col].tolist(), abs=1e-6)
+
+
+def test_csv_and_parquet_bodies_equal_json_rows(server: Server) -> None:
+    import danlu
+
+    iris = server.root / "data/iris.csv"
+    want = danlu.load(server.root / "tabular_classification").predict_frame(iris, proba=True)
+    body = (server.root / "data/iris.csv").read_bytes()
+    r = server.post("/v1/predict/iris", content=body, headers={"Content-Type": "text/csv"})
+    assert r.status_code == 200, r.text
+    _same_predictions(r.json()["predictions"], want)
+    parquet = io.BytesIO()
+    pd.read_csv(server.root / "data/iris.csv").to_parquet(parquet)
+    r = server.post("/v1/predict/iris", content=parquet.getvalue(),
+                    headers={"Content-Type": "application/vnd.apache.parquet"})
+    assert r.status_code == 200, r.text
+    _same_predictions(r.json()["predictions"], want)
+    bad = server.post("/v1/predict/iris", content=b"\x00\x01 not parquet",
+                      headers={"Content-Type": "application/vnd.apache.parquet"})
+    assert "cannot read the parquet body" in error_of(bad, 400)["message"]
+
+
+def test_images_as_uploads_or_base64_equal_danlu_predict(server: Server) -> None:
+    import base64
+
+    import danlu
+
+    folder = server.root / "data/shapes/light"
+    files = sorted(folder.glob("*.png"))[:3]
+    want = danlu.load(server.root / "image").predict_frame(folder, proba=True).iloc[:3]
+    assert want["image"].tolist() == [str(f) for f in files]
+    uploads = [("file", (f.name, f.read_bytes(), "image/png")) for f in files]
+    r = server.post("/v1/predict/image", files=uploads)
+    assert r.status_code == 200, r.text
+    _same_predictions(r.json()["predictions"], want)
+    rows = [{"image": base64.b64encode(f.read_bytes()).decode()} for f in files]
+    rows[1]["image"] = "data:image/png;base64," + rows[1]["image"]
+    r = server.post("/v1/predict/image", json={"rows": rows})
+    assert r.status_code == 200, r.text
+    _same_predictions(r.json()["predictions"], want)
+    # a path is never read from the server's disk
+    path = error_of(server.post("/v1/predict/image", json={"rows": [{"image": str(files[0])}]}), 400)
+    assert path["param"] == "rows[0].image" and "not base64" in path["message"]
+    not_png = base64.b64encode(b"not a png").decode()
+    junk = server.post("/v1/predict/image", json={"rows": [{"image": not_png}]})
+    assert "cannot read image" in error_of(junk, 400)["message"]
+    no_file = server.post("/v1/predict/image", files={"note": (None, b"just a field")})
+    assert "no image file" in error_of(no_file, 400)["message"]
 
 
 def test_concurrent_predicts_are_answered_row_by_row(server: Server) -> None:

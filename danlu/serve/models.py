@@ -122,11 +122,6 @@ def load_model(
 
         predictor = load(path, trust_code)
         inputs = describe(predictor, meta, path, trust_code)
-        if any(f.get("type") == "image" for f in _fields(inputs)):
-            raise DanluError(
-                f"'{ref}' takes images; the server predicts from JSON rows of numbers, categories and "
-                "text only (yet)"
-            )
         return Served(name, ref, "rows", predictor, now, inputs)
     from danlu.speech.recognizer import speech_kind
 
@@ -168,6 +163,11 @@ def _fields(inputs: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
     for f in inputs or []:
         out += _fields(f["fields"]) if "fields" in f else [f]
     return out
+
+
+def image_fields(served: Served) -> list[str]:
+    """The names of a rows model's image fields (their values come as base64 or uploads)."""
+    return [f["name"] for f in _fields(served.inputs) if f.get("type") == "image"]
 
 
 def parse_specs(refs: list[str], names: list[str]) -> dict[str, str]:

@@ -3,7 +3,7 @@
     GET  /health                      open even with an API key
     GET  /v1/models                   OpenAI's list shape
     GET  /v1/models/{model}           the model object + its inputs (rows), context (text)
-    POST /v1/predict/{model}          rows models (danlu/serve/rows.py)
+    POST /v1/predict/{model}          rows models (danlu/serve/rows.py): JSON, CSV, Parquet, image uploads
     POST /v1/completions              language models (danlu/serve/text.py)
     POST /v1/chat/completions
     POST /v1/audio/transcriptions     speech models (danlu/serve/audio.py)
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import tempfile
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -200,10 +201,42 @@ def create_app(
 
     @app.post("/v1/predict/{model:path}")
     async def predict(model: str, request: Request) -> dict[str, Any]:
-        get(model, "rows")
-        req = await parse(request, PredictRequest)
-        answers = await batchers[model].submit(req.rows)
+        from danlu.serve.rows import TABLE_TYPES, table_rows, write_images
+
+        served = get(model, "rows")
+        media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        with tempfile.TemporaryDirectory(prefix="danlu-serve-") as tmp:
+            if media == "multipart/form-data":
+                rows = await uploaded_images(served, request, Path(tmp))
+            else:
+                if media in TABLE_TYPES:
+                    rows = table_rows(await request.body(), media)
+                else:
+                    rows = (await parse(request, PredictRequest)).rows
+                rows = write_images(served, rows, Path(tmp))
+            answers = await batchers[model].submit(rows)
         return {"object": "list", "model": model, "predictions": answers}
+
+    async def uploaded_images(served: Served, request: Request, folder: Path) -> list[dict[str, Any]]:
+        """A multipart upload of image files -> one row per file, for a model whose only input
+        is one image."""
+        from danlu.serve.models import image_fields
+
+        fields = image_fields(served)
+        if len(fields) != 1 or len(served.inputs or []) != 1:
+            raise APIError(400, f"'{served.name}' takes more than one image: send JSON rows with images in"
+                           " base64", param="file")
+        rows = []
+        async with request.form(max_files=256, max_fields=16) as form:
+            for i, (_, upload) in enumerate(form.multi_items()):
+                if isinstance(upload, str):
+                    continue
+                path = folder / f"upload-{i}"
+                path.write_bytes(await upload.read())
+                rows.append({fields[0]: str(path)})
+        if not rows:
+            raise APIError(400, "no image file in the upload", param="file")
+        return rows
 
     @app.post("/v1/recommend/{model:path}")
     async def recommend(model: str, request: Request) -> dict[str, Any]:
