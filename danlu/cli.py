@@ -775,6 +775,9 @@ def transcribe(
     ] = None,
     trust_remote_code: TrustRemoteCode = False,
     trust_code: TrustCode = False,
+    dtype: Annotated[
+        str | None, typer.Option(help="float32 (default) or int8: CTC models' Linear layers quantized, CPU.")
+    ] = None,
     quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:
@@ -790,6 +793,7 @@ def transcribe(
             device=device,
             trust_remote_code=trust_remote_code,
             trust_code=trust_code,
+            dtype=dtype,
             quiet=quiet,
             echo=typer.echo,
             warn=lambda line: typer.echo(line, err=True),
