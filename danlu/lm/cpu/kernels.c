@@ -152,6 +152,151 @@ LINEAR(linear_bf16, 1, 1)
 LINEAR(linear_f32_bf16w, 0, 1) /* bf16 weights, float32 activations */
 #endif
 
+/* ---------------------------------------------------------------- int8 weights (q8_0-like)
+ *
+ * The int8 tier (danlu.lm.cpu.quantize): each weight row is cut into groups of 32 and stored
+ * as int8 values q with one float32 scale per group (w ~= scale * q, symmetric, as llama.cpp's
+ * q8_0), so a decoding step streams a quarter of the float32 bytes plus an eighth for the
+ * scales. Activations stay float32: a group's 32 int8 weights are widened to float in
+ * registers, multiplied into the row's partial sum for the group, and that sum is scaled once.
+ * One tile is four weight rows times one or two activation rows, as for float32 above.
+ */
+#define Q8_GROUP 32
+#if DANLU_SIMD
+#if defined(__AVX512F__)
+/* 32 int8 weights -> two vectors of 16 floats */
+static inline void widen32_512(const int8_t *q, __m512 *lo, __m512 *hi) {
+    __m256i v = _mm256_loadu_si256((const __m256i *)q);
+    *lo = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_castsi256_si128(v)));
+    *hi = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_extracti128_si256(v, 1)));
+}
+#endif
+
+/* 32 int8 weights -> four vectors of 8 floats; each 8-byte load folds into the widening
+ * instruction (vpmovsxbd ymm, m64), which costs less than widening halves of a 32-byte load */
+static inline void widen32(const int8_t *q, __m256 out[4]) {
+    for (int t = 0; t < 4; t++)
+        out[t] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(q + 8 * t))));
+}
+
+/* Weight rows n .. n+3 (int8, K per row, scales K / 32 per row) times activation rows m0 ..
+ * m0+mr-1 (mr is 1 or 2); K is a multiple of 32. */
+static inline __attribute__((always_inline)) void tile_q8(const float *x, const int8_t *q, const float *sc,
+                                                          int64_t n, int64_t m0, int mr, int64_t K,
+                                                          float out[2][4]) {
+    const int64_t G = K / Q8_GROUP;
+    const float *x0 = x + m0 * K, *x1 = x0 + K;
+#if defined(__AVX512F__)
+    __m512 acc[2][4];
+    for (int i = 0; i < 2; i++)
+        for (int j = 0; j < 4; j++) acc[i][j] = _mm512_setzero_ps();
+    for (int64_t g = 0; g < G; g++) {
+        const int64_t k = g * Q8_GROUP;
+        const __m512 xa = _mm512_loadu_ps(x0 + k), xb = _mm512_loadu_ps(x0 + k + 16);
+        __m512 ya = xa, yb = xb;
+        if (mr == 2) ya = _mm512_loadu_ps(x1 + k), yb = _mm512_loadu_ps(x1 + k + 16);
+        for (int j = 0; j < 4; j++) {
+            __m512 lo, hi;
+            widen32_512(q + (n + j) * K + k, &lo, &hi);
+            const __m512 s = _mm512_set1_ps(sc[(n + j) * G + g]);
+            acc[0][j] = _mm512_fmadd_ps(_mm512_fmadd_ps(lo, xa, _mm512_mul_ps(hi, xb)), s, acc[0][j]);
+            if (mr == 2)
+                acc[1][j] = _mm512_fmadd_ps(_mm512_fmadd_ps(lo, ya, _mm512_mul_ps(hi, yb)), s, acc[1][j]);
+        }
+    }
+    for (int i = 0; i < 2; i++)
+        for (int j = 0; j < 4; j++) out[i][j] = _mm512_reduce_add_ps(acc[i][j]);
+#else
+    __m256 acc[2][4];
+    for (int i = 0; i < 2; i++)
+        for (int j = 0; j < 4; j++) acc[i][j] = _mm256_setzero_ps();
+    for (int64_t g = 0; g < G; g++) {
+        const int64_t k = g * Q8_GROUP;
+        __m256 xv[4], yv[4];
+        for (int t = 0; t < 4; t++) xv[t] = _mm256_loadu_ps(x0 + k + 8 * t);
+        if (mr == 2)
+            for (int t = 0; t < 4; t++) yv[t] = _mm256_loadu_ps(x1 + k + 8 * t);
+        for (int j = 0; j < 4; j++) {
+            __m256 w[4];
+            widen32(q + (n + j) * K + k, w);
+            const __m256 s = _mm256_set1_ps(sc[(n + j) * G + g]);
+            __m256 p = _mm256_mul_ps(w[0], xv[0]);
+            p = _mm256_fmadd_ps(w[1], xv[1], p);
+            p = _mm256_fmadd_ps(w[2], xv[2], p);
+            p = _mm256_fmadd_ps(w[3], xv[3], p);
+            acc[0][j] = _mm256_fmadd_ps(p, s, acc[0][j]);
+            if (mr == 2) {
+                __m256 r = _mm256_mul_ps(w[0], yv[0]);
+                r = _mm256_fmadd_ps(w[1], yv[1], r);
+                r = _mm256_fmadd_ps(w[2], yv[2], r);
+                r = _mm256_fmadd_ps(w[3], yv[3], r);
+                acc[1][j] = _mm256_fmadd_ps(r, s, acc[1][j]);
+            }
+        }
+    }
+    for (int i = 0; i < 2; i++)
+        for (int j = 0; j < 4; j++) out[i][j] = hsum(acc[i][j]);
+#endif
+}
+
+static void linear_q8(const float *x, const int8_t *q, const float *sc, const float *b, float *y, int64_t M,
+                      int64_t N, int64_t K) {
+    const int64_t G = K / Q8_GROUP;
+#pragma omp parallel for schedule(dynamic, 8)
+    for (int64_t blk = 0; blk < (N + 3) / 4; blk++) {
+        const int64_t n = blk * 4;
+        for (int64_t m = 0; m < M; m += 2) {
+            const int mr = M - m >= 2 ? 2 : 1;
+            float s[2][4] = {{0}};
+            if (n + 4 <= N) {
+                if (mr == 2)
+                    tile_q8(x, q, sc, n, m, 2, K, s);
+                else
+                    tile_q8(x, q, sc, n, m, 1, K, s);
+            } else {
+                for (int i = 0; i < mr; i++)
+                    for (int j = 0; n + j < N; j++)
+                        for (int64_t g = 0; g < G; g++) {
+                            float part = 0.f;
+                            for (int64_t k = g * Q8_GROUP; k < (g + 1) * Q8_GROUP; k++)
+                                part += (float)q[(n + j) * K + k] * x[(m + i) * K + k];
+                            s[i][j] += part * sc[(n + j) * G + g];
+                        }
+            }
+            for (int i = 0; i < mr; i++)
+                for (int j = 0; j < 4 && n + j < N; j++)
+                    y[(m + i) * N + n + j] = s[i][j] + (b ? b[n + j] : 0.f);
+        }
+    }
+}
+#endif
+
+/* y = x @ (scale * q).T + b with x (M, K) float32, q (N, K) int8, scales (N, K / 32) float32,
+ * b (N,) float32 or NULL, y (M, N) float32, all contiguous. Returns 0, or -1 when this build
+ * has no SIMD path or K is not a multiple of 32 (the caller then uses torch). */
+int danlu_linear_q8(const float *x, const int8_t *q, const float *scales, const float *b, float *y, int64_t M,
+                    int64_t N, int64_t K) {
+#if DANLU_SIMD
+    if (K % Q8_GROUP) return -1;
+    linear_q8(x, q, scales, b, y, M, N, K);
+    return 0;
+#else
+    (void)x, (void)q, (void)scales, (void)b, (void)y, (void)M, (void)N, (void)K;
+    return -1;
+#endif
+}
+
+/* 1 when this build multiplies int8 weights with AVX-512, 0 with AVX2, -1 without SIMD. */
+int danlu_q8_isa(void) {
+#if DANLU_SIMD && defined(__AVX512F__)
+    return 1;
+#elif DANLU_SIMD
+    return 0;
+#else
+    return -1;
+#endif
+}
+
 /* ---------------------------------------------------------------- one decoding step of a block
  *
  * A GPT block at batch <= 16 and one new token per row, done in one call and one OpenMP

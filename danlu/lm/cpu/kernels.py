@@ -197,6 +197,9 @@ def _load() -> ctypes.CDLL | None:
     ints = [i64] * 6  # scratch length, rows, n_embd, heads, cache length, position
     lib.danlu_block_step.argtypes = [p, p, p, p, p, i64, p, *ints, ctypes.c_float, ctypes.c_int, ctypes.c_int]
     lib.danlu_block_step.restype = ctypes.c_int
+    lib.danlu_linear_q8.argtypes = [p, p, p, p, p, i64, i64, i64]
+    lib.danlu_linear_q8.restype = ctypes.c_int
+    lib.danlu_q8_isa.restype = ctypes.c_int
     _lib = lib
     return _lib
 
@@ -276,6 +279,40 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> 
         _FLAG[weight.dtype],
     )
     return y if x.dim() == 2 else y.view(*x.shape[:-1], n)
+
+
+def linear_q8(
+    x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor:
+    """x @ (scales * qweight).T + bias for float32 `x` (..., K) of at most MAX_ROWS rows, int8
+    `qweight` (N, K) and float32 `scales` (N, K / 32), all contiguous on the CPU (see
+    danlu.lm.cpu.quant.Int8Linear, which checks that before calling)."""
+    assert _lib is not None
+    k, n = x.shape[-1], qweight.shape[0]
+    x2 = x.reshape(-1, k)
+    if not x2.is_contiguous():
+        x2 = x2.contiguous()
+    y = torch.empty(x2.shape[0], n, dtype=torch.float32)
+    status = _lib.danlu_linear_q8(
+        x2.data_ptr(),
+        qweight.data_ptr(),
+        scales.data_ptr(),
+        None if bias is None else bias.data_ptr(),
+        y.data_ptr(),
+        x2.shape[0],
+        n,
+        k,
+    )
+    assert status == 0, "danlu_linear_q8 declined a call Int8Linear checked"
+    return y if x.dim() == 2 else y.view(*x.shape[:-1], n)
+
+
+def q8_isa() -> str:
+    """Which instructions multiply int8 weights: "avx512", "avx2", or "torch" (no kernel)."""
+    if _lib is None and not available():
+        return "torch"
+    assert _lib is not None
+    return {1: "avx512", 0: "avx2"}.get(_lib.danlu_q8_isa(), "torch")
 
 
 class BlockWeights(ctypes.Structure):
