@@ -136,3 +136,33 @@ def test_cli_int8_generates_and_leaves_the_model_files_alone(tmp_path: Path, inv
     assert fp32.exit_code == 0 and int8.exit_code == 0, int8.stderr
     assert int8.stdout == fp32.stdout  # peaked logits: int8 rounding does not change greedy choices
     assert {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.iterdir()} == digest
+
+
+@pytest.mark.parametrize("rows", [1, 3])
+def test_int8_block_step_matches_the_torch_block(rows: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """GPT's one-call C block step (kernels.c danlu_block_step) with int8 weights against
+    Block.forward over the same Int8Linear layers."""
+    if not kernels.available():
+        pytest.skip("danlu's CPU kernel is not built here (no compiler or AVX2); torch does the work")
+    from danlu.lm.cpu.layers import KernelBlock
+    from danlu.lm.model import KVCache
+
+    def decode(c_step: bool) -> list[torch.Tensor]:
+        model = cpu.accelerate(cpu.quantize(_gpt()), rows)
+        calls: list[int] = []
+        real = kernels.block_step
+        with monkeypatch.context() as patch:
+            patch.setattr(kernels, "block_step", lambda *a: calls.append(1) or real(*a))
+            if not c_step:
+                patch.setattr(KernelBlock, "_c_step_usable", lambda self, x, k_cache: False)
+            idx = torch.randint(0, 96, (rows, 7), generator=torch.Generator().manual_seed(rows))
+            cache = KVCache(model.config, rows, 12)
+            with torch.inference_mode():
+                model(idx, kv_cache=cache)
+                out = [model(idx[:, i : i + 1], kv_cache=cache) for i in range(2)]
+        assert len(calls) == (2 * model.config.n_layer if c_step else 0)
+        assert model.transformer.h[0].kernel_step.weight_kind == 2  # int8 weights with scales
+        return [*out, *(k[:, :, :9] for k in cache.k), *(v[:, :, :9] for v in cache.v)]
+
+    for a, b in zip(decode(True), decode(False), strict=True):
+        torch.testing.assert_close(a, b, atol=2e-5 * b.abs().max().item(), rtol=1e-5)

@@ -377,13 +377,14 @@ static void layer_norm(const float *x, const float *g, const float *b, float *y,
 }
 
 enum { OUT_SET, OUT_ADD, OUT_GELU_TANH, OUT_GELU_ERF };
+enum { W_F32, W_BF16, W_INT8 }; /* the weights of a block: float32, bfloat16, or int8 with scales */
 
 /* y = x @ w.T + b (out = OUT_SET), y += that (OUT_ADD, the residual), or y = gelu(that), with
  * the weight rows split over the threads of the enclosing parallel region; ends with the
  * loop's barrier */
-static inline __attribute__((always_inline)) void linear_for(const float *x, const void *w, const float *b,
-                                                             float *y, int64_t M, int64_t N, int64_t K,
-                                                             int wb, int out) {
+static inline __attribute__((always_inline)) void linear_for(const float *x, const void *w, const float *sc,
+                                                             const float *b, float *y, int64_t M, int64_t N,
+                                                             int64_t K, int wb, int out) {
     const int64_t K8 = K - K % 8;
 #pragma omp for schedule(dynamic, 8)
     for (int64_t q = 0; q < (N + 3) / 4; q++) {
@@ -391,7 +392,23 @@ static inline __attribute__((always_inline)) void linear_for(const float *x, con
         for (int64_t m = 0; m < M; m += 2) {
             const int mr = M - m >= 2 ? 2 : 1;
             float s[2][4] = {{0}};
-            if (n + 4 <= N) {
+            if (wb == W_INT8) { /* K is a multiple of Q8_GROUP (prepare_block checks) */
+                if (n + 4 <= N) {
+                    if (mr == 2)
+                        tile_q8(x, (const int8_t *)w, sc, n, m, 2, K, s);
+                    else
+                        tile_q8(x, (const int8_t *)w, sc, n, m, 1, K, s);
+                } else {
+                    for (int i = 0; i < mr; i++)
+                        for (int j = 0; j < 4 && n + j < N; j++)
+                            for (int64_t g = 0; g < K / Q8_GROUP; g++) {
+                                float part = 0.f;
+                                for (int64_t k = g * Q8_GROUP; k < (g + 1) * Q8_GROUP; k++)
+                                    part += (float)((const int8_t *)w)[(n + j) * K + k] * x[(m + i) * K + k];
+                                s[i][j] += part * sc[(n + j) * (K / Q8_GROUP) + g];
+                            }
+                }
+            } else if (n + 4 <= N) {
                 if (mr == 2)
                     tile(x, w, n, m, 2, K, K8, 0, wb, s);
                 else
@@ -403,8 +420,9 @@ static inline __attribute__((always_inline)) void linear_for(const float *x, con
                         s[i][j] = 0.f;
                         continue;
                     }
-                    for (int64_t k = n + 4 <= N ? K8 : 0; k < K; k++)
-                        s[i][j] += load_scalar(w, (n + j) * K + k, wb) * x[(m + i) * K + k];
+                    if (wb != W_INT8)
+                        for (int64_t k = n + 4 <= N ? K8 : 0; k < K; k++)
+                            s[i][j] += load_scalar(w, (n + j) * K + k, wb) * x[(m + i) * K + k];
                     if (b) s[i][j] += b[n + j];
                 }
             if (out >= OUT_GELU_TANH) /* the tile's eight sums through one vector GELU */
@@ -470,6 +488,7 @@ typedef struct {
     const float *ln1_w, *ln1_b, *ln2_w, *ln2_b;
     const void *attn_w, *proj_w, *fc_w, *mlp_proj_w; /* (3C, C), (C, C), (4C, C), (C, 4C) */
     const float *attn_b, *proj_b, *fc_b, *mlp_proj_b; /* NULL without biases */
+    const float *attn_s, *proj_s, *fc_s, *mlp_proj_s; /* int8 weights: scales (N, K / 32); else NULL */
 } danlu_block;
 
 /* Scratch layout: qkv (M, 3C), attention output (M, C), MLP hidden (M, 4C), attention
@@ -487,12 +506,12 @@ static inline __attribute__((always_inline)) void block_body(const danlu_block *
     float *qkv = scratch, *att = qkv + 3 * M * C, *f = att + M * C, *scores = f + 4 * M * C;
     float *h = scratch + shared_floats(M, C, H, pos) + omp_get_thread_num() * M * C;
     layer_norm(x, p->ln1_w, p->ln1_b, h, M, C, eps);
-    linear_for(h, p->attn_w, p->attn_b, qkv, M, 3 * C, C, wb, OUT_SET);
+    linear_for(h, p->attn_w, p->attn_s, p->attn_b, qkv, M, 3 * C, C, wb, OUT_SET);
     attention_for(qkv, kc, vc, key_mask, mask_stride, att, scores, M, C, H, L, pos);
-    linear_for(att, p->proj_w, p->proj_b, x, M, C, C, wb, OUT_ADD);
+    linear_for(att, p->proj_w, p->proj_s, p->proj_b, x, M, C, C, wb, OUT_ADD);
     layer_norm(x, p->ln2_w, p->ln2_b, h, M, C, eps);
-    linear_for(h, p->fc_w, p->fc_b, f, M, 4 * C, C, wb, tanh_form ? OUT_GELU_TANH : OUT_GELU_ERF);
-    linear_for(f, p->mlp_proj_w, p->mlp_proj_b, x, M, C, 4 * C, wb, OUT_ADD);
+    linear_for(h, p->fc_w, p->fc_s, p->fc_b, f, M, 4 * C, C, wb, tanh_form ? OUT_GELU_TANH : OUT_GELU_ERF);
+    linear_for(f, p->mlp_proj_w, p->mlp_proj_s, p->mlp_proj_b, x, M, C, 4 * C, wb, OUT_ADD);
 }
 
 /* constant wb inside each region, so the inner loops carry no dtype test */
@@ -508,6 +527,12 @@ static void block_bf16w(int threads, const danlu_block *p, float *x, float *kc, 
                         int tf) {
 #pragma omp parallel num_threads(threads)
     block_body(p, x, kc, vc, km, ms, s, M, C, H, L, pos, eps, tf, 1);
+}
+static void block_q8w(int threads, const danlu_block *p, float *x, float *kc, float *vc, const uint8_t *km,
+                        int64_t ms, float *s, int64_t M, int64_t C, int64_t H, int64_t L, int64_t pos, float eps,
+                        int tf) {
+#pragma omp parallel num_threads(threads)
+    block_body(p, x, kc, vc, km, ms, s, M, C, H, L, pos, eps, tf, W_INT8);
 }
 #endif
 
@@ -535,24 +560,26 @@ int64_t danlu_block_scratch(int64_t M, int64_t C, int64_t H, int64_t pos) {
 }
 
 /* One decoding step of a block, in place on x (M, C) float32; the weights in p are all
- * float32 (w_bf16 = 0) or all bfloat16, row-major; k_cache/v_cache (M, H, L, C / H) float32;
+ * float32 (w_kind = 0), all bfloat16 (1) or all int8 with their scales (2), row-major; k_cache/v_cache (M, H, L, C / H) float32;
  * scratch holds scratch_len floats (danlu_block_scratch). Returns 0, or -1 without a SIMD path. */
 int danlu_block_step(const danlu_block *p, float *x, float *k_cache, float *v_cache, const uint8_t *key_mask,
                      int64_t mask_stride, float *scratch, int64_t scratch_len, int64_t M, int64_t C, int64_t H,
-                     int64_t L, int64_t pos, float eps, int tanh_form, int w_bf16) {
+                     int64_t L, int64_t pos, float eps, int tanh_form, int w_kind) {
 #if DANLU_SIMD
     /* no more threads than the scratch has layer-norm rows for */
     int64_t fit = (scratch_len - shared_floats(M, C, H, pos)) / (M * C);
     int threads = omp_get_max_threads() < fit ? omp_get_max_threads() : (int)fit;
     if (threads < 1) return -1;
-    if (w_bf16)
+    if (w_kind == W_INT8)
+        block_q8w(threads, p, x, k_cache, v_cache, key_mask, mask_stride, scratch, M, C, H, L, pos, eps, tanh_form);
+    else if (w_kind == W_BF16)
         block_bf16w(threads, p, x, k_cache, v_cache, key_mask, mask_stride, scratch, M, C, H, L, pos, eps, tanh_form);
     else
         block_f32w(threads, p, x, k_cache, v_cache, key_mask, mask_stride, scratch, M, C, H, L, pos, eps, tanh_form);
     return 0;
 #else
     (void)p, (void)x, (void)k_cache, (void)v_cache, (void)key_mask, (void)mask_stride, (void)scratch;
-    (void)scratch_len, (void)M, (void)C, (void)H, (void)L, (void)pos, (void)eps, (void)tanh_form, (void)w_bf16;
+    (void)scratch_len, (void)M, (void)C, (void)H, (void)L, (void)pos, (void)eps, (void)tanh_form, (void)w_kind;
     return -1;
 #endif
 }

@@ -324,6 +324,7 @@ class BlockWeights(ctypes.Structure):
             "ln1_w", "ln1_b", "ln2_w", "ln2_b",
             "attn_w", "proj_w", "fc_w", "mlp_proj_w",
             "attn_b", "proj_b", "fc_b", "mlp_proj_b",
+            "attn_s", "proj_s", "fc_s", "mlp_proj_s",
         )
     ]  # fmt: skip
 
@@ -338,7 +339,10 @@ class BlockStep:
     tensors: tuple[torch.Tensor, ...]
     eps: float
     tanh_gelu: bool
-    bf16_weights: bool
+    weight_kind: int  # 0 float32, 1 bfloat16, 2 int8 with scales (kernels.c W_F32, W_BF16, W_INT8)
+
+
+_WEIGHT_KIND = {torch.float32: 0, torch.bfloat16: 1, torch.int8: 2}
 
 
 def prepare_block(
@@ -347,28 +351,38 @@ def prepare_block(
     biases: list[torch.Tensor | None],
     eps: float,
     tanh_gelu: bool,
+    scales: list[torch.Tensor] | None = None,
 ) -> BlockStep | None:
     """The `BlockStep` of a block, or None where the C step cannot use its tensors: norms
     (ln_1 weight, ln_1 bias, ln_2 weight, ln_2 bias) and biases (c_attn, attn c_proj, c_fc,
-    mlp c_proj; None without) in float32, weights (same order) all float32 or all bfloat16,
-    every tensor contiguous on the CPU."""
+    mlp c_proj; None without) in float32, weights (same order) all float32, all bfloat16, or
+    all int8 with their float32 `scales` (groups of 32 along rows whose length is a multiple
+    of 32: danlu.lm.cpu.quant), every tensor contiguous on the CPU."""
     if _lib is None and not available():
         return None
     dtype = weights[0].dtype
     if (
         norms[0] is None
         or norms[2] is None
-        or dtype not in _FLAG
+        or dtype not in _WEIGHT_KIND
         or any(w.dtype is not dtype or not w.is_contiguous() or not w.is_cpu for w in weights)
     ):
         return None
-    small = [t for t in (*norms, *biases) if t is not None]
+    if dtype is torch.int8:
+        if scales is None or any(
+            w.shape[1] % 32 or s.shape != (w.shape[0], w.shape[1] // 32)
+            for w, s in zip(weights, scales, strict=True)
+        ):
+            return None
+    else:
+        scales = None
+    small = [t for t in (*norms, *biases, *(scales or [])) if t is not None]
     if any(t.dtype is not torch.float32 or not t.is_contiguous() or not t.is_cpu for t in small):
         return None
-    tensors = (*norms, *weights, *biases)
+    tensors = (*norms, *weights, *biases, *(scales or [None] * 4))
     pointers = BlockWeights(*(None if t is None else t.data_ptr() for t in tensors))
     kept = tuple(t for t in tensors if t is not None)
-    return BlockStep(pointers, kept, eps, tanh_gelu, dtype == torch.bfloat16)
+    return BlockStep(pointers, kept, eps, tanh_gelu, _WEIGHT_KIND[dtype])
 
 
 def gelu(x: torch.Tensor, tanh_form: bool) -> torch.Tensor:
@@ -417,6 +431,6 @@ def block_step(
         pos,
         block.eps,
         int(block.tanh_gelu),
-        int(block.bf16_weights),
+        block.weight_kind,
     )
     return status == 0
