@@ -166,3 +166,20 @@ def test_int8_block_step_matches_the_torch_block(rows: int, monkeypatch: pytest.
 
     for a, b in zip(decode(True), decode(False), strict=True):
         torch.testing.assert_close(a, b, atol=2e-5 * b.abs().max().item(), rtol=1e-5)
+
+
+def test_serve_int8_answers_as_generate_int8(tmp_path: Path) -> None:
+    """`danlu serve --dtype int8` (the ASGI app in process): a greedy completion equals
+    danlu.generate(..., dtype="int8")."""
+    from fastapi.testclient import TestClient
+
+    import danlu
+    from danlu.serve import app
+
+    folder = make_tiny_gpt2(tmp_path / "gpt2", initializer_range=0.2)
+    want = danlu.generate(folder, "The quick", max_new_tokens=6, dtype="int8", device="cpu")
+    with TestClient(app({"m": folder}, dtype="int8")) as client:
+        ask = {"model": "m", "prompt": "The quick", "max_tokens": 6, "temperature": 0}
+        r = client.post("/v1/completions", json=ask)
+    assert r.status_code == 200, r.text
+    assert r.json()["choices"][0]["text"] == want
