@@ -118,9 +118,11 @@ def _install_linear(model: nn.Module) -> None:
 
 
 def _huge_pages_for_kernel(model: nn.Module) -> None:
-    """Move the weight matrices the CPU kernel streams into 2 MB pages, once."""
+    """Move the weight matrices the CPU kernel streams into 2 MB pages, once (int8 ones with
+    their scales)."""
     weights = list({id(m.weight): m.weight for m in model.modules() if isinstance(m, nn.Linear)}.values())
-    if len({w.untyped_storage().data_ptr() for w in weights}) == 1:
+    weights += [t for m in model.modules() if isinstance(m, Int8Linear) for t in (m.qweight, m.scales)]
+    if not weights or len({w.untyped_storage().data_ptr() for w in weights}) == 1:
         return  # already views of the one mapping huge_page_copies makes
     if not kernels.available() or not all(w.is_contiguous() for w in weights):
         return
