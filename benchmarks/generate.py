@@ -174,8 +174,17 @@ def load_models(name: str) -> tuple[Any, Any, Any, Any, str]:
     return model.eval(), model_bf16, model_int8, hf.eval(), description
 
 
+AGREEMENT_PROMPTS = [
+    "The capital of France is",
+    "Once upon a time, in a small village,",
+    "To make a cup of tea, first",
+    "ROMEO: But soft, what light",
+]
+
+
 def perplexity(ref: str, window: int, chars: int | None) -> None:
-    """float32 against int8 perplexity of `ref` on Tiny Shakespeare's validation split."""
+    """float32 against int8 perplexity of `ref` on Tiny Shakespeare's validation split, and
+    greedy agreement (32 new tokens) on AGREEMENT_PROMPTS."""
     import os
 
     from danlu.lm.evaluation import text_perplexity
@@ -186,12 +195,17 @@ def perplexity(ref: str, window: int, chars: int | None) -> None:
     val = text[int(len(text) * 0.9) :]  # the last 10%, as data.split {val: 0.1} takes it
     if chars:
         val = val[:chars]
-    results = {}
+    results, greedy = {}, {}
     for dtype in ("float32", "int8"):
         lm = resolve_lm(ref, dtype=dtype, device="cpu")
         start = time.perf_counter()
         results[dtype] = text_perplexity(lm, val, max_length=window, stride=window // 2)
         results[dtype]["seconds"] = time.perf_counter() - start
+        new = min(32, (lm.block_size or 10**6) - max(len(lm.tokenizer.encode(p)) for p in AGREEMENT_PROMPTS))
+        greedy[dtype] = [
+            generate_tokens(lm.model, [lm.tokenizer.encode(p)], GenerationOptions(max_new_tokens=new))[0]
+            for p in AGREEMENT_PROMPTS
+        ]
         del lm
     p32, p8 = results["float32"]["perplexity"], results["int8"]["perplexity"]
     print(
@@ -201,6 +215,15 @@ def perplexity(ref: str, window: int, chars: int | None) -> None:
     change = 100 * (p8 / p32 - 1)
     print(f"| perplexity | float32 {p32:.4f} | int8 {p8:.4f} | {change:+.2f}% relative (goal within 1%) |")
     print(f"seconds: float32 {results['float32']['seconds']:.1f}, int8 {results['int8']['seconds']:.1f}")
+    pairs = list(zip(greedy["float32"], greedy["int8"], strict=True))
+    same = sum(a == b for f, q in pairs for a, b in zip(f, q, strict=True)) / sum(len(f) for f, _ in pairs)
+    prefix = [
+        next((i for i, (a, b) in enumerate(zip(f, q, strict=True)) if a != b), len(f)) for f, q in pairs
+    ]
+    print(
+        f"int8 vs fp32 greedy tokens on {len(pairs)} text prompts: {same:.1%} identical; tokens identical "
+        f"before the first difference: {prefix} of {len(pairs[0][0])}"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
