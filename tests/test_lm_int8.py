@@ -71,9 +71,9 @@ def _llama() -> Llama:
     return model
 
 
-def _gpt() -> GPT:
+def _gpt(n_embd: int = 64) -> GPT:
     torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=96, block_size=64, n_layer=2, n_head=2, n_embd=64)).eval()
+    model = GPT(GPTConfig(vocab_size=96, block_size=64, n_layer=2, n_head=2, n_embd=n_embd)).eval()
     with torch.no_grad():
         for p in model.parameters():
             if p.dim() == 2:
@@ -81,9 +81,10 @@ def _gpt() -> GPT:
     return model
 
 
-@pytest.mark.parametrize("family", ["gpt", "llama"])
+@pytest.mark.parametrize("family", ["gpt", "llama", "gpt-rows-of-48"])
 def test_int8_logits_close_to_float32(family: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    model = _gpt() if family == "gpt" else _llama()
+    # rows of 48 (no multiple of 32): one scale per row, and torch does every product
+    model = {"gpt": _gpt, "llama": _llama, "gpt-rows-of-48": lambda: _gpt(48)}[family]()
     int8 = cpu.cast(copy.deepcopy(model), torch.int8)
     assert not any(type(m) is nn.Linear for m in int8.modules()) and int8.lm_head.weight.dtype is torch.int8
     assert all(type(m) is nn.Linear for m in (model.lm_head,))  # the float model is left as it was
