@@ -29,6 +29,7 @@ from danlu.lm.model import GPT, GPTConfig
 from danlu.lm.options import GenerationOptions
 
 transformers = pytest.importorskip("transformers")
+NO_KERNEL = "danlu's CPU kernel is off (DANLU_CPU_KERNELS=0, no compiler or no AVX2): torch does the work"
 
 
 def test_quantized_weight_is_within_half_a_step() -> None:
@@ -47,7 +48,7 @@ def test_quantized_weight_is_within_half_a_step() -> None:
 @pytest.mark.parametrize(("rows", "n", "k"), [(1, 5, 32), (2, 64, 96), (3, 130, 768), (16, 67, 64)])
 def test_kernel_matches_the_torch_fallback(rows: int, n: int, k: int) -> None:
     if not kernels.available():
-        pytest.skip("danlu's CPU kernel is not built here (no compiler or AVX2); torch does the work")
+        pytest.skip(NO_KERNEL)
     torch.manual_seed(rows)
     layer = quant.Int8Linear.from_linear(nn.Linear(k, n, bias=rows % 2 == 1))
     x = torch.randn(rows, k)
@@ -144,7 +145,7 @@ def test_int8_block_step_matches_the_torch_block(rows: int, monkeypatch: pytest.
     """GPT's one-call C block step (kernels.c danlu_block_step) with int8 weights against
     Block.forward over the same Int8Linear layers."""
     if not kernels.available():
-        pytest.skip("danlu's CPU kernel is not built here (no compiler or AVX2); torch does the work")
+        pytest.skip(NO_KERNEL)
     from danlu.lm.cpu.layers import KernelBlock
     from danlu.lm.model import KVCache
 
