@@ -9,7 +9,12 @@
    attention and linear layers are ~90% of its work) on a long file: danlu
    against transformers' ASR pipeline, both with 30 s chunks and 5 s strides (the same output,
    checked). Ratio pipeline / danlu (goal >= 1.2).
-3. Peak memory (max RSS of a fresh `danlu transcribe` process) for a 5 and a 30 minute file,
+3. The int8 tier (`--dtype int8`: the CTC model's Linear layers dynamically quantized): the same
+   Wav2Vec2 and file, danlu int8 against the pipeline in float32 (goal >= 1.5x) and danlu
+   float32, side by side; and WER, float32 against int8 (goal: <= 0.5 points worse), of a danlu
+   CTC run trained with examples/fsdd_ctc.yaml (--fsdd-run) on FSDD's test split (recordings
+   0-4, 300 files) and on the ten digits spoken by espeak-ng (3 voices x 3 speeds).
+4. Peak memory (max RSS of a fresh `danlu transcribe` process) for a 5 and a 30 minute file,
    for the CTC model and for Whisper tiny.en: flat means the 30-minute peak is within ~10 % of
    the 5-minute one.
 
@@ -26,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -42,8 +46,10 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))  # the tiny-model builders the tests use
+sys.path.insert(0, str(REPO / "benchmarks"))
 
 from asr_models import make_wav2vec2, noise_speech  # noqa: E402
+from machine import cpu_model  # noqa: E402
 
 from danlu.speech.recognizer import load_speech, speech_options  # noqa: E402
 from danlu.speech.transcribe import transcribe_one  # noqa: E402
@@ -72,7 +78,8 @@ SENTENCES = [
 ]
 
 
-PARTS = ("whisper", "ctc", "memory-ctc", "memory-whisper")
+PARTS = ("whisper", "ctc", "int8", "memory-ctc", "memory-whisper")
+DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 
 
 def best_times(fns: list[Callable[[], Any]], repeats: int) -> list[tuple[float, Any]]:
@@ -229,6 +236,95 @@ def ctc_speed(folder: Path, seconds: float, repeats: int) -> dict[str, Any]:
     }
 
 
+def int8_speed(folder: Path, seconds: float, repeats: int) -> dict[str, Any]:
+    """danlu int8 and float32 against the pipeline (float32) on ctc_speed's model and file."""
+    from transformers import AutoModelForCTC, AutoProcessor, pipeline
+
+    model_dir = make_wav2vec2(folder / "w2v", hidden=256, layers=4)
+    audio = noise_speech(seconds, seed=0)
+    wav = folder / "ctc.wav"
+    sf.write(wav, audio, 16000, subtype="FLOAT")
+    proc = AutoProcessor.from_pretrained(model_dir)
+    pipe = pipeline(
+        "automatic-speech-recognition",
+        model=AutoModelForCTC.from_pretrained(model_dir),
+        tokenizer=proc.tokenizer,
+        feature_extractor=proc.feature_extractor,
+        device="cpu",
+    )
+    fp32 = load_speech(model_dir, device="cpu")
+    int8 = load_speech(model_dir, dtype="int8")
+    opts = speech_options(chunk_length=30.0, timestamps="none")
+
+    def run_pipe() -> str:
+        return str(pipe(audio.copy(), chunk_length_s=30.0, stride_length_s=5.0)["text"])
+
+    def run(model: Any) -> Callable[[], str]:
+        return lambda: transcribe_one(model, wav, opts).text
+
+    (t_p, _), (t_f, out_f), (t_q, out_q) = best_times([run_pipe, run(fp32), run(int8)], repeats)
+    import jiwer
+
+    return {
+        "audio_seconds": seconds,
+        "rtf_pipeline": t_p / seconds,
+        "rtf_danlu_fp32": t_f / seconds,
+        "rtf_danlu_int8": t_q / seconds,
+        "speed_ratio_int8": t_p / t_q,
+        "speed_ratio_fp32": t_p / t_f,
+        "cer_int8_vs_fp32_random_model": float(jiwer.cer(out_f, out_q)),
+    }
+
+
+def espeak_digits(folder: Path) -> list[tuple[Path, str]]:
+    """The ten digits spoken by espeak-ng, 3 voices x 3 speeds (22.05 kHz WAV; danlu resamples)."""
+    espeak = shutil.which("espeak-ng")
+    if espeak is None:
+        return []
+    out = []
+    for voice in ("en-us", "en-gb", "en-us+f3"):
+        for speed in (120, 160, 200):
+            for word in DIGITS:
+                f = folder / f"{word}_{voice.replace('+', '-')}_{speed}.wav"
+                subprocess.run([espeak, "-v", voice, "-s", str(speed), "-w", str(f), word], check=True)
+                out.append((f, word))
+    return out
+
+
+def int8_wer(run: Path, folder: Path) -> dict[str, Any]:
+    """WER of the FSDD run in float32 and int8, on FSDD's test split and on espeak-ng digits."""
+    import re
+
+    import danlu
+    from danlu.speech.evaluation import error_rates
+
+    fsdd = REPO.parent / "shared" / "data" / "fsdd" / "recordings"
+    if not fsdd.is_dir():
+        fsdd = Path(os.environ.get("DANLU_DATA", "")) / "fsdd" / "recordings"
+    sets = {
+        "fsdd_test": [
+            (f, DIGITS[int(f.name[0])])
+            for f in sorted(fsdd.glob("*.wav"))
+            if re.search(r"_[0-4]\.wav$", f.name)  # FSDD's standard test split
+        ],
+        "espeak_digits": espeak_digits(folder),
+    }
+    results: dict[str, Any] = {}
+    for name, items in sets.items():
+        if not items:
+            continue
+        files, refs = [f for f, _ in items], [r for _, r in items]
+        row: dict[str, Any] = {"files": len(files)}
+        for dtype in ("float32", "int8"):
+            t0 = time.perf_counter()
+            hyps = [t.text for t in danlu.transcribe(run, files, dtype=dtype)]
+            row[f"wer_{dtype}"] = error_rates(refs, hyps)["wer"]
+            row[f"seconds_{dtype}"] = time.perf_counter() - t0
+        row["wer_points_worse"] = 100 * (row["wer_int8"] - row["wer_float32"])
+        results[name] = row
+    return results
+
+
 def memory(
     folder: Path, model_dir: Path, minutes: list[float], sentences: list[Path] | None
 ) -> dict[str, Any]:
@@ -255,6 +351,10 @@ def main() -> None:
         help=f"comma-separated parts to run (default all): {', '.join(PARTS)}",
     )
     ap.add_argument(
+        "--fsdd-run", type=Path, default=None,
+        help="int8: a run folder of examples/fsdd_ctc.yaml, for the WER comparison (skipped without)",
+    )
+    ap.add_argument(
         "--minutes", default=None, help="file lengths for the memory parts (default 5,30; --quick 0.5,1.5)"
     )
     args = ap.parse_args()
@@ -266,7 +366,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     results: dict[str, Any] = {
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cpus, "
+        "machine": f"{cpu_model()}, {os.cpu_count()} cpus, "
         f"torch {torch.__version__} threads {torch.get_num_threads()}",
         "quick": args.quick,
     }
@@ -286,6 +386,12 @@ def main() -> None:
         if "ctc" in parts:
             results["ctc"] = ctc_speed(folder, 40.0 if args.quick else 300.0, repeats)
             print("ctc:", json.dumps(results["ctc"]), flush=True)
+        if "int8" in parts:
+            results["int8"] = int8_speed(folder, 40.0 if args.quick else 300.0, repeats)
+            print("int8:", json.dumps(results["int8"]), flush=True)
+            if args.fsdd_run:
+                results["int8_wer"] = int8_wer(args.fsdd_run, folder)
+                print("int8 wer:", json.dumps(results["int8_wer"]), flush=True)
         minutes = (
             [float(m) for m in args.minutes.split(",")]
             if args.minutes
@@ -315,6 +421,18 @@ def main() -> None:
         print(
             f"| CTC (random Wav2Vec2) RTF, {c['audio_seconds']:g} s file | {c['rtf_danlu']:.4f} | pipeline "
             f"{c['rtf_pipeline']:.4f} | {c['speed_ratio']:.2f}x (>= 1.2x) |"
+        )
+    if "int8" in results:
+        c = results["int8"]
+        print(
+            f"| CTC int8 RTF, {c['audio_seconds']:g} s file | {c['rtf_danlu_int8']:.4f} (float32 "
+            f"{c['rtf_danlu_fp32']:.4f}) | pipeline {c['rtf_pipeline']:.4f} | "
+            f"{c['speed_ratio_int8']:.2f}x (>= 1.5x) |"
+        )
+    for name, row in results.get("int8_wer", {}).items():
+        print(
+            f"| WER {name}, {row['files']} files | int8 {row['wer_int8']:.4f} | "
+            f"float32 {row['wer_float32']:.4f} | {row['wer_points_worse']:+.2f} points (<= +0.5) |"
         )
     for key in ("memory_ctc", "memory_whisper"):
         if key in results:

@@ -481,7 +481,9 @@ def generate(
             "--json", help="One JSON object per sequence: text, token ids, per-token log-probabilities."
         ),
     ] = False,
-    dtype: Annotated[str | None, typer.Option(help="float32 or bfloat16.")] = None,
+    dtype: Annotated[
+        str | None, typer.Option(help="float32, bfloat16 or int8 (int8 weights: danlu's engine).")
+    ] = None,
     truncate_prompt: Annotated[
         bool, typer.Option(help="Drop the oldest prompt tokens when a prompt is too long.")
     ] = False,
@@ -506,8 +508,8 @@ def generate(
         from danlu.lm.load import load_cached
         from danlu.lm.options import make_options
 
-        if dtype is not None and dtype not in ("float32", "bfloat16"):
-            raise DanluError(f"unknown dtype '{dtype}'; valid: bfloat16, float32")
+        if dtype is not None and dtype not in ("float32", "bfloat16", "int8"):
+            raise DanluError(f"unknown dtype '{dtype}'; valid: bfloat16, float32, int8")
         if chat and json_:
             raise DanluError("--chat prints the replies as text; drop --json")
         texts = _read_prompts(prompt, prompts)
@@ -583,7 +585,9 @@ def chat(
     min_p: Annotated[float | None, typer.Option(help="Drop tokens below min_p x the top one.")] = None,
     repetition_penalty: Annotated[float | None, typer.Option(help="> 1 discourages seen tokens.")] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed for sampling.")] = None,
-    dtype: Annotated[str | None, typer.Option(help="float32 or bfloat16.")] = None,
+    dtype: Annotated[
+        str | None, typer.Option(help="float32, bfloat16 or int8 (int8 weights: danlu's engine).")
+    ] = None,
     engine: Annotated[
         str, typer.Option(help="auto (danlu's engine where it runs the model), danlu or transformers.")
     ] = "auto",
@@ -596,8 +600,8 @@ def chat(
         from danlu.lm.load import load_cached
         from danlu.lm.options import make_options
 
-        if dtype is not None and dtype not in ("float32", "bfloat16"):
-            raise DanluError(f"unknown dtype '{dtype}'; valid: bfloat16, float32")
+        if dtype is not None and dtype not in ("float32", "bfloat16", "int8"):
+            raise DanluError(f"unknown dtype '{dtype}'; valid: bfloat16, float32, int8")
         options: dict[str, Any] = dict(
             max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
             min_p=min_p, repetition_penalty=repetition_penalty, seed=seed, dtype=dtype,
@@ -787,6 +791,9 @@ def transcribe(
     ] = None,
     trust_remote_code: TrustRemoteCode = False,
     trust_code: TrustCode = False,
+    dtype: Annotated[
+        str | None, typer.Option(help="float32 (default) or int8: CTC models' Linear layers quantized, CPU.")
+    ] = None,
     quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:
@@ -802,6 +809,7 @@ def transcribe(
             device=device,
             trust_remote_code=trust_remote_code,
             trust_code=trust_code,
+            dtype=dtype,
             quiet=quiet,
             echo=typer.echo,
             warn=lambda line: typer.echo(line, err=True),
@@ -845,7 +853,7 @@ def serve(
         list[str] | None, typer.Option("--cors", help="Allow browser requests from this origin (repeatable).")
     ] = None,
     body_limit: Annotated[float, typer.Option(help="Largest request body, in MB.")] = 25,
-    dtype: Annotated[str | None, typer.Option(help="Language models: float32 or bfloat16.")] = None,
+    dtype: Annotated[str | None, typer.Option(help="Language models: float32, bfloat16 or int8.")] = None,
     trust_remote_code: TrustRemoteCode = False,
     trust_code: TrustCode = False,
     quiet: Quiet = False,

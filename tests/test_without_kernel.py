@@ -22,6 +22,7 @@ HUB_OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 GPT_TESTS = [
     "tests/test_gpt.py",
     "tests/test_generate_cli.py",
+    "tests/test_lm_int8.py",  # the int8 tier's torch fallback (dequantise on the fly)
     # training with a sample generated at every evaluation, generation from the run, export
     "tests/test_language_model.py::test_train_generate_export",
     "tests/test_lm_finetune.py::test_samples_are_logged_without_disturbing_training",

@@ -83,7 +83,8 @@ def resolve_lm(
 ) -> LoadedLM:
     """Load the language model `ref` names (see the module docstring) in eval mode.
 
-    dtype: "float32" | "bfloat16" (default: as stored for HF models, float32 for danlu's);
+    dtype: "float32" | "bfloat16" (default: as stored for HF models, float32 for danlu's) | "int8"
+    (danlu's engine only: int8 weights, danlu/lm/cpu/quant.py; the files are never rewritten);
     device: "cpu", "cuda", ... (default: cuda when available); engine: one of ENGINES."""
     if dtype is not None and dtype not in DTYPES:
         raise choose_from(dtype, DTYPES, "dtype")
@@ -130,6 +131,12 @@ def _place(lm: LoadedLM, dtype: str | None, device: str | None) -> LoadedLM:
 
             # danlu's models keep float32 activations beside bf16 weights on CPU (cpu.cast)
             ours = isinstance(lm.model, GPT | Llama)
+            if dtype == "int8" and not ours:
+                model_type = getattr(getattr(lm.model, "config", None), "model_type", "?")
+                raise DanluError(
+                    f"--dtype int8 covers {cpu.quant.COVERED}; '{lm.source}' is a '{model_type}' model"
+                    " that transformers runs: use float32 or bfloat16"
+                )
             lm.model = cpu.cast(lm.model, DTYPES[dtype]) if ours else lm.model.to(DTYPES[dtype])
     except (RuntimeError, AssertionError) as e:
         raise DanluError(f"cannot move the model to {device}/{dtype}: {e}") from None

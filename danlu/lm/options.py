@@ -12,7 +12,9 @@ import torch
 
 from danlu.errors import DanluError, choose_from, did_you_mean
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# the weights' dtype by name; "int8" is danlu's int8 weight-only tier (danlu/lm/cpu/quant.py:
+# int8 weights in groups, float32 activations), for danlu's own engine only
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "int8": torch.int8}
 
 
 @dataclass
@@ -30,7 +32,7 @@ class GenerationOptions:
     seed: int | None = None
     eos_token_id: int | list[int] | None = None
     truncate_prompt: bool = False  # drop the oldest prompt tokens instead of failing
-    dtype: str | None = None  # "bfloat16" runs a cast copy of the model
+    dtype: str | None = None  # "bfloat16" or "int8" runs a cast (quantized) copy of the model
 
     def __post_init__(self) -> None:
         self.validate()

@@ -41,8 +41,8 @@ def run(
         raise DanluError(f"--port must be 0-65535, got {port}")
     if body_limit_mb <= 0:
         raise DanluError(f"--body-limit must be positive megabytes, got {body_limit_mb}")
-    if dtype is not None and dtype not in ("float32", "bfloat16"):
-        raise DanluError(f"unknown --dtype '{dtype}'; valid: bfloat16, float32")
+    if dtype is not None and dtype not in ("float32", "bfloat16", "int8"):
+        raise DanluError(f"unknown --dtype '{dtype}'; valid: bfloat16, float32, int8")
     specs = parse_specs(models, names or [])
     api_key = api_key or os.environ.get("DANLU_API_KEY") or None
     served = {}

@@ -194,16 +194,33 @@ def check_files(path: Path, kind: str) -> None:
 
 
 def resolve_speech(
-    ref: str | Path, *, device: str | None = None, trust_remote_code: bool = False, trust_code: bool = False
+    ref: str | Path,
+    *,
+    device: str | None = None,
+    trust_remote_code: bool = False,
+    trust_code: bool = False,
+    dtype: str | None = None,
 ) -> SpeechModel:
     """Load the speech model `ref` names (see the module docstring). trust_remote_code: a
     Hugging Face folder may run its own Python code; trust_code: a danlu run folder may name
-    user code in its model.json. Both only for folders you trust."""
+    user code in its model.json. Both only for folders you trust. dtype: "float32" (default)
+    or "int8", the CTC models' dynamically quantized tier (danlu/speech/quantize.py)."""
+    from danlu.speech.quantize import check_dtype, quantize_linear
+
     path = locate_model(ref)
     if not path.is_dir():
         raise DanluError(f"'{path}' is a file; give the model's folder")
     kind = speech_kind(path)
+    check_dtype(dtype, kind, device)
     check_files(path, kind)  # before torch is imported: a broken folder fails fast
+    if dtype == "int8":
+        ctc: HFCTCModel | Recognizer
+        if kind == "hf-ctc":
+            ctc = HFCTCModel(path, "cpu", trust_remote_code)
+        else:
+            ctc = Recognizer(path, trust_code, speech_only=True)
+        ctc.model = quantize_linear(ctc.model)
+        return ctc
     if device is None:
         import torch
 
@@ -221,13 +238,18 @@ _CACHE: dict[tuple[Any, ...], SpeechModel] = {}
 
 
 def load_speech(
-    ref: str | Path, *, device: str | None = None, trust_remote_code: bool = False, trust_code: bool = False
+    ref: str | Path,
+    *,
+    device: str | None = None,
+    trust_remote_code: bool = False,
+    trust_code: bool = False,
+    dtype: str | None = None,
 ) -> SpeechModel:
     p = Path(str(ref)).expanduser()
-    key = (str(p.resolve()) if p.exists() else str(ref), device, trust_remote_code, trust_code)
+    key = (str(p.resolve()) if p.exists() else str(ref), device, trust_remote_code, trust_code, dtype)
     if key not in _CACHE:
         _CACHE[key] = resolve_speech(
-            ref, device=device, trust_remote_code=trust_remote_code, trust_code=trust_code
+            ref, device=device, trust_remote_code=trust_remote_code, trust_code=trust_code, dtype=dtype
         )
     return _CACHE[key]
 

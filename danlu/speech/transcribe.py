@@ -153,6 +153,7 @@ def transcribe(
     device: str | None = None,
     trust_remote_code: bool = False,
     trust_code: bool = False,
+    dtype: str | None = None,
     **options: Any,
 ) -> Transcript | list[Transcript]:
     """Transcribe audio with a speech model.
@@ -162,12 +163,15 @@ def transcribe(
 
     audio: a file path, a list of paths (-> a list of Transcripts), the bytes of a file, or a numpy
     array with sample_rate=. options: language, beam_size, timestamps ("word" | "segment" | "none"),
-    chunk_length, batch_size, kenlm, hotwords, hotword_weight."""
+    chunk_length, batch_size, kenlm, hotwords, hotword_weight. dtype: "float32" or "int8" (CTC
+    models: their Linear layers dynamically quantized, on CPU)."""
     opts = speech_options(**options)
     model = (
         model_ref
         if isinstance(model_ref, SpeechModel)
-        else load_speech(model_ref, device=device, trust_remote_code=trust_remote_code, trust_code=trust_code)
+        else load_speech(
+            model_ref, device=device, trust_remote_code=trust_remote_code, trust_code=trust_code, dtype=dtype
+        )
     )
     if isinstance(audio, list | tuple):
         return [transcribe_one(model, a, opts) for a in audio]
@@ -245,6 +249,7 @@ def run_command(
     device: str | None = None,
     trust_remote_code: bool = False,
     trust_code: bool = False,
+    dtype: str | None = None,
     quiet: bool = False,
     echo: Callable[[str], None] = print,
     warn: Callable[[str], None] = print,
@@ -271,7 +276,9 @@ def run_command(
     if len(failures) == len(jobs):
         warn(f"error: all {len(jobs)} inputs failed")
         return len(failures)
-    model = load_speech(model_ref, device=device, trust_remote_code=trust_remote_code, trust_code=trust_code)
+    model = load_speech(
+        model_ref, device=device, trust_remote_code=trust_remote_code, trust_code=trust_code, dtype=dtype
+    )
     if opts.language is not None and isinstance(model, CTCRecognizer):
         raise DanluError(f"--language is for Whisper models; '{model.path}' is a CTC model of one language")
     with progress_bar(quiet, len(jobs), sum(durations.values())) as (advance_file, advance_audio):

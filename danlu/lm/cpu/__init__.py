@@ -8,7 +8,8 @@ lays the weights out in memory for one-token steps of `batch_size` rows. danlu's
 engine (danlu/lm/generate.py) calls it before every generation. Where danlu's C kernels
 cannot be used (no compiler, no AVX2/FMA, an unsafe or unwritable cache, DANLU_CPU_KERNELS=0;
 see kernels.py) torch does the work and the results are the same up to float32 rounding.
-`cast` gives the model bfloat16 weight matrices beside float32 activations.
+`cast` gives the model bfloat16 weight matrices beside float32 activations, or int8 ones
+(`quantize`, the int8 weight-only tier: quant.py).
 """
 
 from __future__ import annotations
@@ -16,11 +17,23 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from danlu.errors import DanluError
 from danlu.lm.cpu import kernels
 from danlu.lm.cpu.layers import FastLinear, KernelBlock, StepBuffers
+from danlu.lm.cpu.quant import Int8Linear, is_quantized, quantize
 from danlu.lm.model import Block
 
-__all__ = ["FastLinear", "KernelBlock", "accelerate", "cast", "kernels", "lay_out"]
+__all__ = [
+    "FastLinear",
+    "Int8Linear",
+    "KernelBlock",
+    "accelerate",
+    "cast",
+    "is_quantized",
+    "kernels",
+    "lay_out",
+    "quantize",
+]
 
 
 def accelerate(model: nn.Module, batch_size: int = 1) -> nn.Module:
@@ -48,8 +61,15 @@ def cast(model: nn.Module, dtype: torch.dtype) -> nn.Module:
     beside 16-bit weights: decoding is bound by reading the weights, which this halves,
     while CPUs without bf16 instructions run bf16 element-wise ops and attention slower
     than float32 ones (`FastLinear` takes the mixed dtypes). Elsewhere (CUDA) the whole
-    model is cast.
+    model is cast. torch.int8 quantizes the Linear layers (`quantize`, any device; danlu's
+    kernel on CPU). An int8 model is not cast back: its float weights are gone.
     """
+    if is_quantized(model):
+        if dtype == torch.int8:
+            return model
+        raise DanluError(f"this model was quantized to int8; load it again to run it in {str(dtype)[6:]}")
+    if dtype == torch.int8:
+        return quantize(model.float())
     if dtype != torch.bfloat16 or model.lm_head.weight.device.type != "cpu":
         return model.to(dtype)
     model.float()
@@ -98,9 +118,11 @@ def _install_linear(model: nn.Module) -> None:
 
 
 def _huge_pages_for_kernel(model: nn.Module) -> None:
-    """Move the weight matrices the CPU kernel streams into 2 MB pages, once."""
+    """Move the weight matrices the CPU kernel streams into 2 MB pages, once (int8 ones with
+    their scales)."""
     weights = list({id(m.weight): m.weight for m in model.modules() if isinstance(m, nn.Linear)}.values())
-    if len({w.untyped_storage().data_ptr() for w in weights}) == 1:
+    weights += [t for m in model.modules() if isinstance(m, Int8Linear) for t in (m.qweight, m.scales)]
+    if not weights or len({w.untyped_storage().data_ptr() for w in weights}) == 1:
         return  # already views of the one mapping huge_page_copies makes
     if not kernels.available() or not all(w.is_contiguous() for w in weights):
         return

@@ -152,6 +152,151 @@ LINEAR(linear_bf16, 1, 1)
 LINEAR(linear_f32_bf16w, 0, 1) /* bf16 weights, float32 activations */
 #endif
 
+/* ---------------------------------------------------------------- int8 weights (q8_0-like)
+ *
+ * The int8 tier (danlu.lm.cpu.quantize): each weight row is cut into groups of 32 and stored
+ * as int8 values q with one float32 scale per group (w ~= scale * q, symmetric, as llama.cpp's
+ * q8_0), so a decoding step streams a quarter of the float32 bytes plus an eighth for the
+ * scales. Activations stay float32: a group's 32 int8 weights are widened to float in
+ * registers, multiplied into the row's partial sum for the group, and that sum is scaled once.
+ * One tile is four weight rows times one or two activation rows, as for float32 above.
+ */
+#define Q8_GROUP 32
+#if DANLU_SIMD
+#if defined(__AVX512F__)
+/* 32 int8 weights -> two vectors of 16 floats */
+static inline void widen32_512(const int8_t *q, __m512 *lo, __m512 *hi) {
+    __m256i v = _mm256_loadu_si256((const __m256i *)q);
+    *lo = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_castsi256_si128(v)));
+    *hi = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_extracti128_si256(v, 1)));
+}
+#endif
+
+/* 32 int8 weights -> four vectors of 8 floats; each 8-byte load folds into the widening
+ * instruction (vpmovsxbd ymm, m64), which costs less than widening halves of a 32-byte load */
+static inline void widen32(const int8_t *q, __m256 out[4]) {
+    for (int t = 0; t < 4; t++)
+        out[t] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(q + 8 * t))));
+}
+
+/* Weight rows n .. n+3 (int8, K per row, scales K / 32 per row) times activation rows m0 ..
+ * m0+mr-1 (mr is 1 or 2); K is a multiple of 32. */
+static inline __attribute__((always_inline)) void tile_q8(const float *x, const int8_t *q, const float *sc,
+                                                          int64_t n, int64_t m0, int mr, int64_t K,
+                                                          float out[2][4]) {
+    const int64_t G = K / Q8_GROUP;
+    const float *x0 = x + m0 * K, *x1 = x0 + K;
+#if defined(__AVX512F__)
+    __m512 acc[2][4];
+    for (int i = 0; i < 2; i++)
+        for (int j = 0; j < 4; j++) acc[i][j] = _mm512_setzero_ps();
+    for (int64_t g = 0; g < G; g++) {
+        const int64_t k = g * Q8_GROUP;
+        const __m512 xa = _mm512_loadu_ps(x0 + k), xb = _mm512_loadu_ps(x0 + k + 16);
+        __m512 ya = xa, yb = xb;
+        if (mr == 2) ya = _mm512_loadu_ps(x1 + k), yb = _mm512_loadu_ps(x1 + k + 16);
+        for (int j = 0; j < 4; j++) {
+            __m512 lo, hi;
+            widen32_512(q + (n + j) * K + k, &lo, &hi);
+            const __m512 s = _mm512_set1_ps(sc[(n + j) * G + g]);
+            acc[0][j] = _mm512_fmadd_ps(_mm512_fmadd_ps(lo, xa, _mm512_mul_ps(hi, xb)), s, acc[0][j]);
+            if (mr == 2)
+                acc[1][j] = _mm512_fmadd_ps(_mm512_fmadd_ps(lo, ya, _mm512_mul_ps(hi, yb)), s, acc[1][j]);
+        }
+    }
+    for (int i = 0; i < 2; i++)
+        for (int j = 0; j < 4; j++) out[i][j] = _mm512_reduce_add_ps(acc[i][j]);
+#else
+    __m256 acc[2][4];
+    for (int i = 0; i < 2; i++)
+        for (int j = 0; j < 4; j++) acc[i][j] = _mm256_setzero_ps();
+    for (int64_t g = 0; g < G; g++) {
+        const int64_t k = g * Q8_GROUP;
+        __m256 xv[4], yv[4];
+        for (int t = 0; t < 4; t++) xv[t] = _mm256_loadu_ps(x0 + k + 8 * t);
+        if (mr == 2)
+            for (int t = 0; t < 4; t++) yv[t] = _mm256_loadu_ps(x1 + k + 8 * t);
+        for (int j = 0; j < 4; j++) {
+            __m256 w[4];
+            widen32(q + (n + j) * K + k, w);
+            const __m256 s = _mm256_set1_ps(sc[(n + j) * G + g]);
+            __m256 p = _mm256_mul_ps(w[0], xv[0]);
+            p = _mm256_fmadd_ps(w[1], xv[1], p);
+            p = _mm256_fmadd_ps(w[2], xv[2], p);
+            p = _mm256_fmadd_ps(w[3], xv[3], p);
+            acc[0][j] = _mm256_fmadd_ps(p, s, acc[0][j]);
+            if (mr == 2) {
+                __m256 r = _mm256_mul_ps(w[0], yv[0]);
+                r = _mm256_fmadd_ps(w[1], yv[1], r);
+                r = _mm256_fmadd_ps(w[2], yv[2], r);
+                r = _mm256_fmadd_ps(w[3], yv[3], r);
+                acc[1][j] = _mm256_fmadd_ps(r, s, acc[1][j]);
+            }
+        }
+    }
+    for (int i = 0; i < 2; i++)
+        for (int j = 0; j < 4; j++) out[i][j] = hsum(acc[i][j]);
+#endif
+}
+
+static void linear_q8(const float *x, const int8_t *q, const float *sc, const float *b, float *y, int64_t M,
+                      int64_t N, int64_t K) {
+    const int64_t G = K / Q8_GROUP;
+#pragma omp parallel for schedule(dynamic, 8)
+    for (int64_t blk = 0; blk < (N + 3) / 4; blk++) {
+        const int64_t n = blk * 4;
+        for (int64_t m = 0; m < M; m += 2) {
+            const int mr = M - m >= 2 ? 2 : 1;
+            float s[2][4] = {{0}};
+            if (n + 4 <= N) {
+                if (mr == 2)
+                    tile_q8(x, q, sc, n, m, 2, K, s);
+                else
+                    tile_q8(x, q, sc, n, m, 1, K, s);
+            } else {
+                for (int i = 0; i < mr; i++)
+                    for (int j = 0; n + j < N; j++)
+                        for (int64_t g = 0; g < G; g++) {
+                            float part = 0.f;
+                            for (int64_t k = g * Q8_GROUP; k < (g + 1) * Q8_GROUP; k++)
+                                part += (float)q[(n + j) * K + k] * x[(m + i) * K + k];
+                            s[i][j] += part * sc[(n + j) * G + g];
+                        }
+            }
+            for (int i = 0; i < mr; i++)
+                for (int j = 0; j < 4 && n + j < N; j++)
+                    y[(m + i) * N + n + j] = s[i][j] + (b ? b[n + j] : 0.f);
+        }
+    }
+}
+#endif
+
+/* y = x @ (scale * q).T + b with x (M, K) float32, q (N, K) int8, scales (N, K / 32) float32,
+ * b (N,) float32 or NULL, y (M, N) float32, all contiguous. Returns 0, or -1 when this build
+ * has no SIMD path or K is not a multiple of 32 (the caller then uses torch). */
+int danlu_linear_q8(const float *x, const int8_t *q, const float *scales, const float *b, float *y, int64_t M,
+                    int64_t N, int64_t K) {
+#if DANLU_SIMD
+    if (K % Q8_GROUP) return -1;
+    linear_q8(x, q, scales, b, y, M, N, K);
+    return 0;
+#else
+    (void)x, (void)q, (void)scales, (void)b, (void)y, (void)M, (void)N, (void)K;
+    return -1;
+#endif
+}
+
+/* 1 when this build multiplies int8 weights with AVX-512, 0 with AVX2, -1 without SIMD. */
+int danlu_q8_isa(void) {
+#if DANLU_SIMD && defined(__AVX512F__)
+    return 1;
+#elif DANLU_SIMD
+    return 0;
+#else
+    return -1;
+#endif
+}
+
 /* ---------------------------------------------------------------- one decoding step of a block
  *
  * A GPT block at batch <= 16 and one new token per row, done in one call and one OpenMP
@@ -232,13 +377,14 @@ static void layer_norm(const float *x, const float *g, const float *b, float *y,
 }
 
 enum { OUT_SET, OUT_ADD, OUT_GELU_TANH, OUT_GELU_ERF };
+enum { W_F32, W_BF16, W_INT8 }; /* the weights of a block: float32, bfloat16, or int8 with scales */
 
 /* y = x @ w.T + b (out = OUT_SET), y += that (OUT_ADD, the residual), or y = gelu(that), with
  * the weight rows split over the threads of the enclosing parallel region; ends with the
  * loop's barrier */
-static inline __attribute__((always_inline)) void linear_for(const float *x, const void *w, const float *b,
-                                                             float *y, int64_t M, int64_t N, int64_t K,
-                                                             int wb, int out) {
+static inline __attribute__((always_inline)) void linear_for(const float *x, const void *w, const float *sc,
+                                                             const float *b, float *y, int64_t M, int64_t N,
+                                                             int64_t K, int wb, int out) {
     const int64_t K8 = K - K % 8;
 #pragma omp for schedule(dynamic, 8)
     for (int64_t q = 0; q < (N + 3) / 4; q++) {
@@ -246,7 +392,23 @@ static inline __attribute__((always_inline)) void linear_for(const float *x, con
         for (int64_t m = 0; m < M; m += 2) {
             const int mr = M - m >= 2 ? 2 : 1;
             float s[2][4] = {{0}};
-            if (n + 4 <= N) {
+            if (wb == W_INT8) { /* K is a multiple of Q8_GROUP (prepare_block checks) */
+                if (n + 4 <= N) {
+                    if (mr == 2)
+                        tile_q8(x, (const int8_t *)w, sc, n, m, 2, K, s);
+                    else
+                        tile_q8(x, (const int8_t *)w, sc, n, m, 1, K, s);
+                } else {
+                    for (int i = 0; i < mr; i++)
+                        for (int j = 0; j < 4 && n + j < N; j++)
+                            for (int64_t g = 0; g < K / Q8_GROUP; g++) {
+                                float part = 0.f;
+                                for (int64_t k = g * Q8_GROUP; k < (g + 1) * Q8_GROUP; k++)
+                                    part += (float)((const int8_t *)w)[(n + j) * K + k] * x[(m + i) * K + k];
+                                s[i][j] += part * sc[(n + j) * (K / Q8_GROUP) + g];
+                            }
+                }
+            } else if (n + 4 <= N) {
                 if (mr == 2)
                     tile(x, w, n, m, 2, K, K8, 0, wb, s);
                 else
@@ -258,8 +420,9 @@ static inline __attribute__((always_inline)) void linear_for(const float *x, con
                         s[i][j] = 0.f;
                         continue;
                     }
-                    for (int64_t k = n + 4 <= N ? K8 : 0; k < K; k++)
-                        s[i][j] += load_scalar(w, (n + j) * K + k, wb) * x[(m + i) * K + k];
+                    if (wb != W_INT8)
+                        for (int64_t k = n + 4 <= N ? K8 : 0; k < K; k++)
+                            s[i][j] += load_scalar(w, (n + j) * K + k, wb) * x[(m + i) * K + k];
                     if (b) s[i][j] += b[n + j];
                 }
             if (out >= OUT_GELU_TANH) /* the tile's eight sums through one vector GELU */
@@ -325,6 +488,7 @@ typedef struct {
     const float *ln1_w, *ln1_b, *ln2_w, *ln2_b;
     const void *attn_w, *proj_w, *fc_w, *mlp_proj_w; /* (3C, C), (C, C), (4C, C), (C, 4C) */
     const float *attn_b, *proj_b, *fc_b, *mlp_proj_b; /* NULL without biases */
+    const float *attn_s, *proj_s, *fc_s, *mlp_proj_s; /* int8 weights: scales (N, K / 32); else NULL */
 } danlu_block;
 
 /* Scratch layout: qkv (M, 3C), attention output (M, C), MLP hidden (M, 4C), attention
@@ -342,12 +506,12 @@ static inline __attribute__((always_inline)) void block_body(const danlu_block *
     float *qkv = scratch, *att = qkv + 3 * M * C, *f = att + M * C, *scores = f + 4 * M * C;
     float *h = scratch + shared_floats(M, C, H, pos) + omp_get_thread_num() * M * C;
     layer_norm(x, p->ln1_w, p->ln1_b, h, M, C, eps);
-    linear_for(h, p->attn_w, p->attn_b, qkv, M, 3 * C, C, wb, OUT_SET);
+    linear_for(h, p->attn_w, p->attn_s, p->attn_b, qkv, M, 3 * C, C, wb, OUT_SET);
     attention_for(qkv, kc, vc, key_mask, mask_stride, att, scores, M, C, H, L, pos);
-    linear_for(att, p->proj_w, p->proj_b, x, M, C, C, wb, OUT_ADD);
+    linear_for(att, p->proj_w, p->proj_s, p->proj_b, x, M, C, C, wb, OUT_ADD);
     layer_norm(x, p->ln2_w, p->ln2_b, h, M, C, eps);
-    linear_for(h, p->fc_w, p->fc_b, f, M, 4 * C, C, wb, tanh_form ? OUT_GELU_TANH : OUT_GELU_ERF);
-    linear_for(f, p->mlp_proj_w, p->mlp_proj_b, x, M, C, 4 * C, wb, OUT_ADD);
+    linear_for(h, p->fc_w, p->fc_s, p->fc_b, f, M, 4 * C, C, wb, tanh_form ? OUT_GELU_TANH : OUT_GELU_ERF);
+    linear_for(f, p->mlp_proj_w, p->mlp_proj_s, p->mlp_proj_b, x, M, C, 4 * C, wb, OUT_ADD);
 }
 
 /* constant wb inside each region, so the inner loops carry no dtype test */
@@ -363,6 +527,12 @@ static void block_bf16w(int threads, const danlu_block *p, float *x, float *kc, 
                         int tf) {
 #pragma omp parallel num_threads(threads)
     block_body(p, x, kc, vc, km, ms, s, M, C, H, L, pos, eps, tf, 1);
+}
+static void block_q8w(int threads, const danlu_block *p, float *x, float *kc, float *vc, const uint8_t *km,
+                        int64_t ms, float *s, int64_t M, int64_t C, int64_t H, int64_t L, int64_t pos, float eps,
+                        int tf) {
+#pragma omp parallel num_threads(threads)
+    block_body(p, x, kc, vc, km, ms, s, M, C, H, L, pos, eps, tf, W_INT8);
 }
 #endif
 
@@ -390,24 +560,26 @@ int64_t danlu_block_scratch(int64_t M, int64_t C, int64_t H, int64_t pos) {
 }
 
 /* One decoding step of a block, in place on x (M, C) float32; the weights in p are all
- * float32 (w_bf16 = 0) or all bfloat16, row-major; k_cache/v_cache (M, H, L, C / H) float32;
+ * float32 (w_kind = 0), all bfloat16 (1) or all int8 with their scales (2), row-major; k_cache/v_cache (M, H, L, C / H) float32;
  * scratch holds scratch_len floats (danlu_block_scratch). Returns 0, or -1 without a SIMD path. */
 int danlu_block_step(const danlu_block *p, float *x, float *k_cache, float *v_cache, const uint8_t *key_mask,
                      int64_t mask_stride, float *scratch, int64_t scratch_len, int64_t M, int64_t C, int64_t H,
-                     int64_t L, int64_t pos, float eps, int tanh_form, int w_bf16) {
+                     int64_t L, int64_t pos, float eps, int tanh_form, int w_kind) {
 #if DANLU_SIMD
     /* no more threads than the scratch has layer-norm rows for */
     int64_t fit = (scratch_len - shared_floats(M, C, H, pos)) / (M * C);
     int threads = omp_get_max_threads() < fit ? omp_get_max_threads() : (int)fit;
     if (threads < 1) return -1;
-    if (w_bf16)
+    if (w_kind == W_INT8)
+        block_q8w(threads, p, x, k_cache, v_cache, key_mask, mask_stride, scratch, M, C, H, L, pos, eps, tanh_form);
+    else if (w_kind == W_BF16)
         block_bf16w(threads, p, x, k_cache, v_cache, key_mask, mask_stride, scratch, M, C, H, L, pos, eps, tanh_form);
     else
         block_f32w(threads, p, x, k_cache, v_cache, key_mask, mask_stride, scratch, M, C, H, L, pos, eps, tanh_form);
     return 0;
 #else
     (void)p, (void)x, (void)k_cache, (void)v_cache, (void)key_mask, (void)mask_stride, (void)scratch;
-    (void)scratch_len, (void)M, (void)C, (void)H, (void)L, (void)pos, (void)eps, (void)tanh_form, (void)w_bf16;
+    (void)scratch_len, (void)M, (void)C, (void)H, (void)L, (void)pos, (void)eps, (void)tanh_form, (void)w_kind;
     return -1;
 #endif
 }

@@ -197,6 +197,9 @@ def _load() -> ctypes.CDLL | None:
     ints = [i64] * 6  # scratch length, rows, n_embd, heads, cache length, position
     lib.danlu_block_step.argtypes = [p, p, p, p, p, i64, p, *ints, ctypes.c_float, ctypes.c_int, ctypes.c_int]
     lib.danlu_block_step.restype = ctypes.c_int
+    lib.danlu_linear_q8.argtypes = [p, p, p, p, p, i64, i64, i64]
+    lib.danlu_linear_q8.restype = ctypes.c_int
+    lib.danlu_q8_isa.restype = ctypes.c_int
     _lib = lib
     return _lib
 
@@ -278,6 +281,40 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> 
     return y if x.dim() == 2 else y.view(*x.shape[:-1], n)
 
 
+def linear_q8(
+    x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor:
+    """x @ (scales * qweight).T + bias for float32 `x` (..., K) of at most MAX_ROWS rows, int8
+    `qweight` (N, K) and float32 `scales` (N, K / 32), all contiguous on the CPU (see
+    danlu.lm.cpu.quant.Int8Linear, which checks that before calling)."""
+    assert _lib is not None
+    k, n = x.shape[-1], qweight.shape[0]
+    x2 = x.reshape(-1, k)
+    if not x2.is_contiguous():
+        x2 = x2.contiguous()
+    y = torch.empty(x2.shape[0], n, dtype=torch.float32)
+    status = _lib.danlu_linear_q8(
+        x2.data_ptr(),
+        qweight.data_ptr(),
+        scales.data_ptr(),
+        None if bias is None else bias.data_ptr(),
+        y.data_ptr(),
+        x2.shape[0],
+        n,
+        k,
+    )
+    assert status == 0, "danlu_linear_q8 declined a call Int8Linear checked"
+    return y if x.dim() == 2 else y.view(*x.shape[:-1], n)
+
+
+def q8_isa() -> str:
+    """Which instructions multiply int8 weights: "avx512", "avx2", or "torch" (no kernel)."""
+    if _lib is None and not available():
+        return "torch"
+    assert _lib is not None
+    return {1: "avx512", 0: "avx2"}.get(_lib.danlu_q8_isa(), "torch")
+
+
 class BlockWeights(ctypes.Structure):
     """Pointers to one GPT block's parameters, in the order of `danlu_block` in the C file."""
 
@@ -287,6 +324,7 @@ class BlockWeights(ctypes.Structure):
             "ln1_w", "ln1_b", "ln2_w", "ln2_b",
             "attn_w", "proj_w", "fc_w", "mlp_proj_w",
             "attn_b", "proj_b", "fc_b", "mlp_proj_b",
+            "attn_s", "proj_s", "fc_s", "mlp_proj_s",
         )
     ]  # fmt: skip
 
@@ -301,7 +339,10 @@ class BlockStep:
     tensors: tuple[torch.Tensor, ...]
     eps: float
     tanh_gelu: bool
-    bf16_weights: bool
+    weight_kind: int  # 0 float32, 1 bfloat16, 2 int8 with scales (kernels.c W_F32, W_BF16, W_INT8)
+
+
+_WEIGHT_KIND = {torch.float32: 0, torch.bfloat16: 1, torch.int8: 2}
 
 
 def prepare_block(
@@ -310,28 +351,38 @@ def prepare_block(
     biases: list[torch.Tensor | None],
     eps: float,
     tanh_gelu: bool,
+    scales: list[torch.Tensor] | None = None,
 ) -> BlockStep | None:
     """The `BlockStep` of a block, or None where the C step cannot use its tensors: norms
     (ln_1 weight, ln_1 bias, ln_2 weight, ln_2 bias) and biases (c_attn, attn c_proj, c_fc,
-    mlp c_proj; None without) in float32, weights (same order) all float32 or all bfloat16,
-    every tensor contiguous on the CPU."""
+    mlp c_proj; None without) in float32, weights (same order) all float32, all bfloat16, or
+    all int8 with their float32 `scales` (groups of 32 along rows whose length is a multiple
+    of 32: danlu.lm.cpu.quant), every tensor contiguous on the CPU."""
     if _lib is None and not available():
         return None
     dtype = weights[0].dtype
     if (
         norms[0] is None
         or norms[2] is None
-        or dtype not in _FLAG
+        or dtype not in _WEIGHT_KIND
         or any(w.dtype is not dtype or not w.is_contiguous() or not w.is_cpu for w in weights)
     ):
         return None
-    small = [t for t in (*norms, *biases) if t is not None]
+    if dtype is torch.int8:
+        if scales is None or any(
+            w.shape[1] % 32 or s.shape != (w.shape[0], w.shape[1] // 32)
+            for w, s in zip(weights, scales, strict=True)
+        ):
+            return None
+    else:
+        scales = None
+    small = [t for t in (*norms, *biases, *(scales or [])) if t is not None]
     if any(t.dtype is not torch.float32 or not t.is_contiguous() or not t.is_cpu for t in small):
         return None
-    tensors = (*norms, *weights, *biases)
+    tensors = (*norms, *weights, *biases, *(scales or [None] * 4))
     pointers = BlockWeights(*(None if t is None else t.data_ptr() for t in tensors))
     kept = tuple(t for t in tensors if t is not None)
-    return BlockStep(pointers, kept, eps, tanh_gelu, dtype == torch.bfloat16)
+    return BlockStep(pointers, kept, eps, tanh_gelu, _WEIGHT_KIND[dtype])
 
 
 def gelu(x: torch.Tensor, tanh_form: bool) -> torch.Tensor:
@@ -380,6 +431,6 @@ def block_step(
         pos,
         block.eps,
         int(block.tanh_gelu),
-        int(block.bf16_weights),
+        block.weight_kind,
     )
     return status == 0

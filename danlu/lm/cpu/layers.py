@@ -15,6 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from danlu.lm.cpu import kernels
+from danlu.lm.cpu.quant import Int8Linear
 from danlu.lm.model import Block
 
 
@@ -87,7 +88,8 @@ class KernelBlock(Block):
         norms = [self.ln_1.weight, self.ln_1.bias, self.ln_2.weight, self.ln_2.bias]
         self.params = tuple(t for t in (*norms, *(m.weight for m in linears)) if t is not None)
         self.prepared_for = tuple(t.data_ptr() for t in self.params)
-        if not all(isinstance(m, nn.Linear) for m in linears):
+        int8 = all(isinstance(m, Int8Linear) for m in linears)  # danlu.lm.cpu.quantize
+        if not int8 and not all(isinstance(m, nn.Linear) for m in linears):
             self.kernel_step = None  # e.g. LoRA adapters (peft) around a layer: torch runs them
             return None
         self.kernel_step = kernels.prepare_block(
@@ -96,6 +98,7 @@ class KernelBlock(Block):
             [m.bias for m in linears],
             self.ln_1.eps,
             tanh_gelu=mlp.approximate == "tanh",
+            scales=[m.scales for m in linears] if int8 else None,  # type: ignore[misc]
         )
         return self.kernel_step
 
