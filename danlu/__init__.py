@@ -3,7 +3,7 @@
     import danlu
     run = danlu.train("examples/tutorial.yaml", train__lr=0.01)
     run.evaluate()
-    danlu.load(run.path).predict(frame)
+    danlu.load(run.path).predict(frame)         # runtime="onnx": its ONNX export in onnxruntime
     danlu.generate("runs/shakespeare-20261124-101500", "ROMEO:", max_new_tokens=50)
     for piece in danlu.generate_stream("path/to/gpt2", "Hello", temperature=0.8): ...
     danlu.transcribe("path/to/whisper-or-wav2vec2", "talk.wav", timestamps="word").text
@@ -36,9 +36,9 @@ def __getattr__(name: str) -> Any:
 
         return getattr(api, name)
     if name == "load":
-        from danlu.predict import load
+        from danlu.onnx.runtime import load_predictor
 
-        return load
+        return load_predictor
     if name in ("generate", "generate_stream"):
         from danlu.lm import complete
 

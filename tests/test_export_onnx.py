@@ -18,6 +18,8 @@ import pandas as pd
 import pytest
 from conftest import assert_user_error
 
+from danlu.errors import DanluError
+
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 
@@ -98,6 +100,16 @@ def test_onnx_predictions_equal_pytorch(invoke_cli: Any, runs: Path, run: str) -
 
     proba = ["--proba"] if classification else []
     same_predictions(invoke_cli, runs, run, proba)
+    if run == "tabular_classification":  # the Python API picks the runtime the same way
+        import danlu
+        from danlu.onnx.runtime import OnnxPredictor
+
+        in_ort = danlu.load(runs / run, runtime="onnx")
+        assert isinstance(in_ort, OnnxPredictor) and not isinstance(danlu.load(runs / run), OnnxPredictor)
+        rows = pd.read_csv(runs / ROWS[run])
+        np.testing.assert_allclose(
+            in_ort.predict_proba(rows), danlu.load(runs / run).predict_proba(rows), rtol=1e-4, atol=1e-5
+        )
     # the default picks the runtime that was faster at export time, and says which
     auto = ok(invoke_cli, "predict", run, "--input", ROWS[run], cwd=runs)
     assert auto.stderr.startswith(f"runtime: {meta['faster']}"), auto.stderr
@@ -228,6 +240,12 @@ def test_runtime_onnx_without_an_export_says_how_to_make_one(invoke_cli: Any, ru
         "predict", "tabular_classification", "--input", "data/iris.csv", "--runtime", "onnx", cwd=runs
     )
     assert_user_error(result, "holds no ONNX export", "danlu export tabular_classification --format onnx")
+    import danlu
+
+    with pytest.raises(DanluError, match="holds no ONNX export"):
+        danlu.load(runs / "tabular_classification", runtime="onnx")
+    with pytest.raises(DanluError, match="--runtime"):
+        danlu.load(runs / "tabular_classification", runtime="tensorrt")
 
 
 def test_a_kind_without_an_exportable_forward_is_refused(invoke_cli: Any, runs: Path) -> None:

@@ -25,6 +25,14 @@ RUNTIMES = ("auto", "torch", "onnx")
 FOLDER = "onnx"  # where `predict --runtime onnx` looks for a run's export: RUN/onnx
 
 
+def load_predictor(run_dir: str | Path, trust_code: bool = False, runtime: str = "torch") -> Any:
+    """`danlu.load(run, runtime=...)`: the run's predictor (its kind's `load` hook) with
+    runtime="torch" (the default), or the predictor over its ONNX export (runtime="onnx"),
+    or whichever was the faster when it was exported (runtime="auto", as `danlu predict`).
+    trust_code: the folder may name user code, and importing it runs that code."""
+    return load(run_dir, trust_code, runtime)[0]
+
+
 def load(run_dir: str | Path, trust_code: bool = False, runtime: str = "auto") -> tuple[Any, str]:
     """The run's predictor in the runtime asked for -> (predictor, a line saying which runtime
     when there was a choice, else "")."""
