@@ -854,6 +854,10 @@ def serve(
     ] = None,
     body_limit: Annotated[float, typer.Option(help="Largest request body, in MB.")] = 25,
     dtype: Annotated[str | None, typer.Option(help="Language models: float32, bfloat16 or int8.")] = None,
+    runtime: Annotated[
+        str,
+        typer.Option(help="Rows models: torch, onnx (the export in RUN/onnx) or auto, as danlu predict."),
+    ] = "auto",
     trust_remote_code: TrustRemoteCode = False,
     trust_code: TrustCode = False,
     quiet: Quiet = False,
@@ -873,6 +877,7 @@ def serve(
             cors=cors or [],
             body_limit_mb=body_limit,
             dtype=dtype,
+            runtime=runtime,
             trust_code=trust_code,
             trust_remote_code=trust_remote_code,
             quiet=quiet,

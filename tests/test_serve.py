@@ -546,6 +546,30 @@ def test_images_as_uploads_or_base64_equal_danlu_predict(server: Server) -> None
     assert "no image file" in error_of(no_file, 400)["message"]
 
 
+@pytest.mark.slow  # an ONNX export and a second server
+def test_runtime_onnx_serves_the_export_with_equal_answers(
+    root: Path, tmp_path: Path, invoke_cli: Any
+) -> None:
+    pytest.importorskip("onnxruntime")
+    run = Path(shutil.copytree(root / "tabular_classification", tmp_path / "iris-run"))
+    shutil.copytree(root / "data", tmp_path / "data")
+    exported = invoke_cli("export", run, "--format", "onnx", run / "onnx", cwd=tmp_path)
+    assert exported.exit_code == 0, exported.stderr
+    s = start(tmp_path, run, "--name", f"iris={run}", "--runtime", "onnx", name="onnx")
+    try:
+        assert "iris: runtime: onnxruntime (--runtime onnx)" in s.err.read_text()
+        import danlu
+
+        want = danlu.load(run, runtime="torch").predict_frame(root / "data/iris.csv", proba=True)
+        rows = json.loads(pd.read_csv(root / "data/iris.csv").to_json(orient="records"))
+        r = s.post("/v1/predict/iris", key=None, json={"rows": rows})
+        assert r.status_code == 200, r.text
+        _same_predictions(r.json()["predictions"], want)
+    finally:
+        stop(s)
+    assert_user_error(invoke_cli("serve", run, "--runtime", "tensorrt"), "--runtime")
+
+
 def test_concurrent_predicts_are_answered_row_by_row(server: Server) -> None:
     import danlu
 

@@ -33,17 +33,20 @@ def app(
     trust_code: bool = False,
     trust_remote_code: bool = False,
     dtype: str | None = None,
+    runtime: str = "auto",
 ) -> Any:
     """An ASGI app (FastAPI) serving `models`: a list of model references (each named after its
     folder) or a mapping name -> reference. trust_code / trust_remote_code: as the CLI's
-    --trust-code / --trust-remote-code, only for folders you trust."""
+    --trust-code / --trust-remote-code, only for folders you trust. runtime: rows models'
+    torch, onnx or auto (as `danlu predict --runtime`)."""
     from danlu.serve.models import Served, load_model, parse_specs
     from danlu.serve.server import BODY_LIMIT, create_app
 
     specs = dict(models) if isinstance(models, Mapping) else parse_specs(list(models), [])
     served = {
         name: ref if isinstance(ref, Served) else load_model(
-            name, str(ref), trust_code=trust_code, trust_remote_code=trust_remote_code, dtype=dtype
+            name, str(ref), trust_code=trust_code, trust_remote_code=trust_remote_code, dtype=dtype,
+            runtime=runtime,
         )
         for name, ref in specs.items()
     }

@@ -27,6 +27,7 @@ def run(
     cors: list[str] | None = None,
     body_limit_mb: float = 25,
     dtype: str | None = None,
+    runtime: str = "auto",
     trust_code: bool = False,
     trust_remote_code: bool = False,
     quiet: bool = False,
@@ -43,6 +44,11 @@ def run(
         raise DanluError(f"--body-limit must be positive megabytes, got {body_limit_mb}")
     if dtype is not None and dtype not in ("float32", "bfloat16", "int8"):
         raise DanluError(f"unknown --dtype '{dtype}'; valid: bfloat16, float32, int8")
+    from danlu.errors import choose_from
+    from danlu.onnx.runtime import RUNTIMES
+
+    if runtime not in RUNTIMES:
+        raise choose_from(runtime, RUNTIMES, "--runtime")
     specs = parse_specs(models, names or [])
     api_key = api_key or os.environ.get("DANLU_API_KEY") or None
     served = {}
@@ -50,8 +56,11 @@ def run(
         if not quiet:
             warn(f"loading {name} ({ref})")
         served[name] = load_model(
-            name, ref, trust_code=trust_code, trust_remote_code=trust_remote_code, dtype=dtype
+            name, ref, trust_code=trust_code, trust_remote_code=trust_remote_code, dtype=dtype,
+            runtime=runtime,
         )
+        if served[name].runtime and not quiet:
+            warn(f"{name}: {served[name].runtime}")
     if host not in LOCAL and not api_key:
         warn(
             f"warning: serving on {host} without an API key: anyone who can reach this machine can use "

@@ -39,6 +39,7 @@ class Served:
     decoder: Any = None
     max_rows: int = 16  # rows of that loop's batch
     on_step: Any = None  # sees each step's number of rows (the server's metrics)
+    runtime: str = ""  # rows: which runtime predicts, when there was a choice (onnx/runtime.py)
 
     @property
     def endpoints(self) -> list[str]:
@@ -85,6 +86,7 @@ def load_model(
     trust_remote_code: bool = False,
     dtype: str | None = None,
     device: str | None = None,
+    runtime: str = "auto",
 ) -> Served:
     """Load `ref` as the kind of served model it is (see the module docstring)."""
     import time
@@ -118,11 +120,12 @@ def load_model(
             return Served(name, ref, "recommend", load(path, trust_code), now)
         if family != "rows":
             raise DanluError(f"'{ref}' is a {kind_name} run; danlu serve does not serve that kind yet")
-        from danlu.predict import load
+        from danlu.onnx.runtime import load as load_rows
 
-        predictor = load(path, trust_code)
+        # torch's predictor, or onnxruntime's over the run's export (--runtime, as danlu predict)
+        predictor, which = load_rows(path, trust_code, runtime)
         inputs = describe(predictor, meta, path, trust_code)
-        return Served(name, ref, "rows", predictor, now, inputs)
+        return Served(name, ref, "rows", predictor, now, inputs, runtime=which)
     from danlu.speech.recognizer import speech_kind
 
     try:
