@@ -853,6 +853,9 @@ def serve(
         list[str] | None, typer.Option("--cors", help="Allow browser requests from this origin (repeatable).")
     ] = None,
     body_limit: Annotated[float, typer.Option(help="Largest request body, in MB.")] = 25,
+    timeout: Annotated[
+        float, typer.Option(help="Seconds a request may run; then 504 (a stream ends with an error).")
+    ] = 600,
     dtype: Annotated[str | None, typer.Option(help="Language models: float32, bfloat16 or int8.")] = None,
     runtime: Annotated[
         str,
@@ -876,6 +879,7 @@ def serve(
             max_batch=max_batch,
             cors=cors or [],
             body_limit_mb=body_limit,
+            timeout=timeout,
             dtype=dtype,
             runtime=runtime,
             trust_code=trust_code,

@@ -754,6 +754,7 @@ def test_command_line_errors(invoke_cli: Any, tmp_path: Path) -> None:
     assert_user_error(invoke_cli("serve"), "no model given")
     assert_user_error(invoke_cli("serve", tmp_path / "missing", "--quiet"), "does not exist")
     assert_user_error(invoke_cli("serve", "a", "--name", "oops"), "NAME=MODEL")
+    assert_user_error(invoke_cli("serve", "a", "--timeout", "0"), "--timeout must be positive seconds")
 
 
 @pytest.mark.slow
@@ -828,6 +829,54 @@ def test_two_hundred_mixed_requests_leave_the_server_healthy(server: Server) -> 
 
 
 # ---------------------------------------------------------------------------- in process
+
+
+def test_a_request_past_the_timeout_is_cancelled_with_504_or_a_last_sse_error() -> None:
+    """The Guard around apps that never finish (no clock race: only the timeout can end them):
+    a 504 in OpenAI's shape before anything was sent; after a stream began, its last event
+    is the error; the app itself is cancelled either way (its finally runs)."""
+    from danlu.serve.metrics import Metrics
+    from danlu.serve.server import Guard
+
+    cancelled = []
+
+    async def never(scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await asyncio.Event().wait()
+        finally:
+            cancelled.append("never")
+
+    async def stream(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"text/event-stream")]})
+        await send({"type": "http.response.body", "body": b"data: {}\n\n", "more_body": True})
+        try:
+            await asyncio.Event().wait()
+        finally:
+            cancelled.append("stream")
+
+    async def call(app: Any) -> list[dict[str, Any]]:
+        sent: list[dict[str, Any]] = []
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        scope = {"type": "http", "method": "GET", "path": "/v1/x", "headers": [], "query_string": b""}
+        await Guard(app, None, 1024, Metrics(), timeout=0.05)(scope, receive, send)
+        return sent
+
+    sent = asyncio.run(call(never))
+    assert sent[0]["status"] == 504
+    error = json.loads(b"".join(m.get("body", b"") for m in sent[1:]))["error"]
+    assert error["code"] == "timeout" and "--timeout of 0.05 s" in error["message"]
+    sent = asyncio.run(call(stream))
+    assert sent[0]["status"] == 200 and sent[-1]["more_body"] is False
+    last = json.loads(sent[-1]["body"].decode().removeprefix("data: "))
+    assert last["error"]["code"] == "timeout"
+    assert cancelled == ["never", "stream"]
 
 
 def test_micro_batcher_runs_waiting_requests_together_and_isolates_a_bad_one() -> None:

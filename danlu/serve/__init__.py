@@ -30,6 +30,7 @@ def app(
     max_batch: int = 64,
     cors: list[str] | None = None,
     body_limit: int | None = None,
+    timeout: float | None = 600,
     trust_code: bool = False,
     trust_remote_code: bool = False,
     dtype: str | None = None,
@@ -51,5 +52,6 @@ def app(
         for name, ref in specs.items()
     }
     return create_app(
-        served, api_key=api_key, max_batch=max_batch, cors=cors, body_limit=body_limit or BODY_LIMIT
+        served, api_key=api_key, max_batch=max_batch, cors=cors, body_limit=body_limit or BODY_LIMIT,
+        timeout=timeout,
     )

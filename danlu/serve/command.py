@@ -26,6 +26,7 @@ def run(
     max_batch: int = 64,
     cors: list[str] | None = None,
     body_limit_mb: float = 25,
+    timeout: float = 600,
     dtype: str | None = None,
     runtime: str = "auto",
     trust_code: bool = False,
@@ -42,6 +43,8 @@ def run(
         raise DanluError(f"--port must be 0-65535, got {port}")
     if body_limit_mb <= 0:
         raise DanluError(f"--body-limit must be positive megabytes, got {body_limit_mb}")
+    if not timeout > 0:
+        raise DanluError(f"--timeout must be positive seconds, got {timeout}")
     if dtype is not None and dtype not in ("float32", "bfloat16", "int8"):
         raise DanluError(f"unknown --dtype '{dtype}'; valid: bfloat16, float32, int8")
     from danlu.errors import choose_from
@@ -72,7 +75,8 @@ def run(
     from danlu.serve.server import create_app
 
     app = create_app(
-        served, api_key=api_key, max_batch=max_batch, cors=cors, body_limit=int(body_limit_mb * 1024 * 1024)
+        served, api_key=api_key, max_batch=max_batch, cors=cors, body_limit=int(body_limit_mb * 1024 * 1024),
+        timeout=timeout,
     )
 
     def banner(actual_port: int) -> None:

@@ -26,6 +26,7 @@ TYPES = {
     405: "invalid_request_error",
     413: "invalid_request_error",
     500: "server_error",
+    504: "server_error",
 }
 
 

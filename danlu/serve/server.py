@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import json
 import tempfile
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -39,27 +40,36 @@ from danlu.serve.models import Served
 from danlu.serve.protocol import ChatRequest, CompletionRequest, PredictRequest, RecommendRequest, parse
 
 BODY_LIMIT = 25 * 1024 * 1024
+TIMEOUT = 600.0  # seconds a request may run (--timeout); None: no limit
 # open even with an API key: the health check, and the playground page (it asks for the key)
 OPEN_PATHS = ("/health", "/", "/playground.js")
 STATIC = Path(__file__).resolve().parent / "static"
 
 
 class Guard:
-    """Pure ASGI middleware (streams pass through untouched): the key, the body limit, and
-    the request counter and latency of every request, by route template."""
+    """Pure ASGI middleware (streams pass through untouched): the key, the body limit, the
+    per-request timeout, and the request counter and latency of every request, by route
+    template. A request still running at the timeout is cancelled (its decoding stops at the
+    next token, as when its client leaves): a 504 when nothing was sent yet, else a last SSE
+    event with the error."""
 
-    def __init__(self, app: Any, api_key: str | None, body_limit: int, metrics: Metrics) -> None:
+    def __init__(
+        self, app: Any, api_key: str | None, body_limit: int, metrics: Metrics, timeout: float | None = None
+    ) -> None:
         self.app, self.key, self.limit, self.metrics = app, api_key, body_limit, metrics
+        self.timeout = timeout
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        start, status = time.perf_counter(), [500]
+        start, status, started, stream = time.perf_counter(), [500], [False], [False]
 
         async def sending(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.start":
-                status[0] = message["status"]
+                status[0], started[0] = message["status"], True
+                stream[0] = any(k.lower() == b"content-type" and v.startswith(b"text/event-stream")
+                                for k, v in message.get("headers", []))
             await send(message)
 
         try:
@@ -69,7 +79,18 @@ class Guard:
             if refusal is not None:
                 await refusal(scope, receive, sending)
             else:
-                await self.app(scope, receive, sending)
+                try:
+                    async with asyncio.timeout(self.timeout):
+                        await self.app(scope, receive, sending)
+                except TimeoutError:
+                    message = f"the request ran past the server's --timeout of {self.timeout:g} s"
+                    if not started[0]:
+                        await errors.response(504, message, code="timeout")(scope, receive, sending)
+                    else:
+                        status[0] = 504
+                        end = errors.body(504, message, code="timeout") if stream[0] else None
+                        chunk = f"data: {json.dumps(end)}\n\n".encode() if end else b""
+                        await send({"type": "http.response.body", "body": chunk, "more_body": False})
         finally:
             route = scope.get("route")
             self.metrics.observe(getattr(route, "path", "unmatched"), status[0], time.perf_counter() - start)
@@ -125,6 +146,7 @@ def create_app(
     max_batch: int = 64,
     cors: list[str] | None = None,
     body_limit: int = BODY_LIMIT,
+    timeout: float | None = TIMEOUT,
 ) -> FastAPI:
     metrics = Metrics()
     batchers: dict[str, MicroBatcher] = {}
@@ -150,7 +172,7 @@ def create_app(
 
     app = FastAPI(title="danlu", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     errors.install(app)
-    app.add_middleware(Guard, api_key=api_key, body_limit=body_limit, metrics=metrics)
+    app.add_middleware(Guard, api_key=api_key, body_limit=body_limit, metrics=metrics, timeout=timeout)
     if cors:
         from fastapi.middleware.cors import CORSMiddleware
 
