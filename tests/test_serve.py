@@ -106,7 +106,8 @@ def start(root: Path, *args: Any, name: str = "server", python: str | None = Non
     with out.open("wb") as o, err.open("wb") as e:
         proc = subprocess.Popen([sys.executable, *command], cwd=root, env=_env(), stdout=o, stderr=e)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
+    deadline = time.monotonic() + 900  # against a server that never starts: loading SmolLM2 took
+    # 15 s on a quiet machine and over 180 s on one loaded 4x over
     while True:
         if proc.poll() is not None:
             raise AssertionError(f"the server exited with {proc.returncode}:\n{err.read_text()[-3000:]}")
@@ -117,7 +118,7 @@ def start(root: Path, *args: Any, name: str = "server", python: str | None = Non
             pass
         if time.monotonic() > deadline:
             proc.kill()
-            raise AssertionError(f"no /health within 180 s:\n{err.read_text()[-3000:]}")
+            raise AssertionError(f"no /health within 900 s:\n{err.read_text()[-3000:]}")
         time.sleep(0.05)
 
 
