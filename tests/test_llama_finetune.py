@@ -224,3 +224,55 @@ def test_bad_input_is_one_line_and_no_run(tiny: Path, tmp_path: Path, invoke_cli
     data = write_jsonl(tmp_path / "bad.jsonl", rows * 4)
     r = invoke_cli("train", write_config(tmp_path, config(tmp_path, tiny, data, model)))
     assert_user_error(r, *needle, runs_dir=tmp_path / "runs")
+
+
+# ---------------------------------------------------------------------------- multiple choice
+
+QUESTIONS = [
+    {"context": "The quick brown fox jumps over the", "choices": [" lazy dog.", " tiny model.", " gold."],
+     "answer": 0},
+    {"context": "A furnace turns base metal into ", "choices": ["gold", "stories", "tokens"],
+     "answer": "gold"},
+    {"context": "", "choices": ["Once upon a time", "Language models"], "answer": 1},
+]
+
+
+def test_multiple_choice_scores_match_transformers(tiny: Path, tmp_path: Path, invoke_cli: Any) -> None:
+    """Each choice's summed log-probability against transformers' logits, computed by hand
+    the harness's way; accuracy and accuracy_norm as the CLI reports them."""
+    from danlu.lm.choices import choice_logprobs, read_questions, score_choices
+    from danlu.lm.load import resolve_lm
+
+    path = write_jsonl(tmp_path / "mc.jsonl", QUESTIONS)
+    lm = resolve_lm(tiny, device="cpu")
+    hf = transformers.LlamaForCausalLM.from_pretrained(tiny).eval()
+    tok = transformers.AutoTokenizer.from_pretrained(tiny)
+    right = right_norm = 0
+    for q in read_questions(path):
+        ours = choice_logprobs(lm, q)
+        sums = []
+        for choice, (score, n) in zip(q.choices, ours, strict=True):
+            context = q.context.rstrip()
+            cont_text = q.context[len(context):] + choice
+            ctx = tok.encode(context) if context else [2]  # the EOS token stands for an empty context
+            whole = tok.encode(context + cont_text)
+            cont = whole[len(ctx):] if context else whole
+            with torch.no_grad():
+                logp = hf(torch.tensor([(ctx + cont)[:-1]])).logits[0].log_softmax(-1)
+            expected = sum(float(logp[len(ctx) - 1 + j, t]) for j, t in enumerate(cont))
+            assert n == len(cont)
+            assert score == pytest.approx(expected, abs=1e-4)
+            sums.append(expected)
+        right += max(range(len(sums)), key=sums.__getitem__) == q.answer
+        norm = [s / len(c) for s, c in zip(sums, q.choices, strict=True)]
+        right_norm += max(range(len(norm)), key=norm.__getitem__) == q.answer
+    metrics = score_choices(lm, read_questions(path))
+    assert metrics == {"accuracy": right / 3, "accuracy_norm": right_norm / 3, "questions": 3}
+    r = invoke_cli("evaluate", tiny, "--choices", path)
+    assert r.exit_code == 0, r.stderr
+    assert "accuracy_norm" in r.stdout and f"{right / 3:.4f}" in r.stdout
+
+
+def test_multiple_choice_bad_rows(tiny: Path, tmp_path: Path, invoke_cli: Any) -> None:
+    path = write_jsonl(tmp_path / "mc.jsonl", [{"context": "x", "choices": ["a", "b"], "answer": 2}])
+    assert_user_error(invoke_cli("evaluate", tiny, "--choices", path), "mc.jsonl: line 1", "'answer'")
