@@ -680,6 +680,9 @@ def export(
         ),
     ] = "hf",
     force: Annotated[bool, typer.Option(help="onnx: replace an earlier ONNX export in OUT_DIR.")] = False,
+    adapter_only: Annotated[
+        bool, typer.Option(help="hf, causal_lm LoRA runs: only the adapter, as a peft folder.")
+    ] = False,
     trust_code: TrustCode = False,
     debug: Debug = False,
 ) -> None:
@@ -694,7 +697,8 @@ def export(
             raise DanluError(f"OUT_DIR {out_dir}: is a file; give a new folder to write the export to")
         _check_output(out_dir, "OUT_DIR", folder=True)
         try:
-            path = export_run(run_dir, out_dir, format=format, trust_code=trust_code, force=force)
+            path = export_run(run_dir, out_dir, format=format, trust_code=trust_code, force=force,
+                              adapter_only=adapter_only)
         except OSError as e:  # e.g. the disk filled up: the folder is written beside OUT_DIR first
             raise DanluError(f"OUT_DIR {out_dir}: cannot write the export: {e.strerror or e}") from None
         typer.echo(f"wrote {path}")

@@ -276,3 +276,69 @@ def test_multiple_choice_scores_match_transformers(tiny: Path, tmp_path: Path, i
 def test_multiple_choice_bad_rows(tiny: Path, tmp_path: Path, invoke_cli: Any) -> None:
     path = write_jsonl(tmp_path / "mc.jsonl", [{"context": "x", "choices": ["a", "b"], "answer": 2}])
     assert_user_error(invoke_cli("evaluate", tiny, "--choices", path), "mc.jsonl: line 1", "'answer'")
+
+
+# ---------------------------------------------------------------------------- export
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "mistral", "phi3", "gemma"])
+def test_hf_config_and_weights_round_trip(family: str, tmp_path: Path) -> None:
+    """danlu's Llama of each family -> config.json + transformers' weight names -> the
+    family's transformers class, with equal logits."""
+    from safetensors.torch import save_file
+    from test_llama import tiny_hf
+
+    from danlu.lm.llama_export import config_to_hf, state_to_hf
+    from danlu.lm.llama_hf import config_from_hf, from_transformers
+
+    ours = from_transformers(tiny_hf(family), family)
+    cfg = ours.config
+    assert config_from_hf(config_to_hf(cfg), "exported") == cfg
+    (tmp_path / "config.json").write_text(json.dumps(config_to_hf(cfg)), encoding="utf-8")
+    save_file(state_to_hf(ours.state_dict(), cfg), tmp_path / "model.safetensors")
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    ids = torch.randint(0, cfg.vocab_size, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(ids), theirs(ids).logits, atol=1e-4, rtol=1e-4)
+
+
+def test_export_lora_run_merged_and_as_a_peft_adapter(tiny: Path, tmp_path: Path, invoke_cli: Any) -> None:
+    from peft import PeftModel
+
+    import danlu
+    from danlu.lm.load import resolve_lm
+
+    lora = {"lora": {"r": 4, "target_modules": ["qkv", "o", "gate_up", "down"]}}
+    run = danlu.train(config(tmp_path, tiny, chat_rows(tmp_path), lora), progress="quiet").path
+    ours = resolve_lm(run, device="cpu").model
+    ids = torch.randint(0, ours.config.vocab_size, (2, 16), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = ours(ids)
+
+    merged = tmp_path / "merged"
+    r = invoke_cli("export", run, merged)
+    assert r.exit_code == 0, r.stderr
+    assert {"config.json", "model.safetensors", "generation_config.json", "tokenizer.json"} <= {
+        p.name for p in merged.iterdir()}
+    hf = transformers.AutoModelForCausalLM.from_pretrained(merged).eval()
+    tok = transformers.AutoTokenizer.from_pretrained(merged)
+    assert tok.apply_chat_template(CHATS[0], tokenize=False).startswith("<|im_start|>system\nBe brief.")
+    assert hf.generation_config.eos_token_id == 2
+    with torch.no_grad():
+        torch.testing.assert_close(hf(ids).logits, expected, atol=1e-4, rtol=1e-4)
+
+    adapter = tmp_path / "adapter"
+    r = invoke_cli("export", run, adapter, "--adapter-only")
+    assert r.exit_code == 0, r.stderr
+    config_json = json.loads((adapter / "adapter_config.json").read_text())
+    assert sorted(config_json["target_modules"]) == ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj",
+                                                     "up_proj", "v_proj"]
+    base = transformers.LlamaForCausalLM.from_pretrained(tiny).eval()
+    with torch.no_grad():
+        assert not torch.allclose(base(ids).logits, expected, atol=1e-3)  # the adapters changed something
+        peft_model = PeftModel.from_pretrained(base, str(adapter)).eval()
+        torch.testing.assert_close(peft_model(ids).logits, expected, atol=1e-4, rtol=1e-4)
+
+    full = danlu.train({**config(tmp_path, tiny, chat_rows(tmp_path)), "name": "full"}, progress="quiet").path
+    assert_user_error(invoke_cli("export", full, tmp_path / "a2", "--adapter-only"), "no adapter/ folder")
+    assert not (tmp_path / "a2").exists()
