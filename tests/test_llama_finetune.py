@@ -181,6 +181,14 @@ def test_lora_trains_adapters_on_qkv_and_o_and_the_run_generates(tiny: Path, tmp
     lm = resolve_lm(run, device="cpu")
     assert lm.tokenizer.hf.chat_template  # the template travels with the run
     assert lm.model.config.n_kv_head == 2
+    # `danlu evaluate RUN` renders the validation chats again: the best evaluation's loss
+    trained = json.loads((run / "metrics.json").read_text())["metrics"]["loss"]
+    r = invoke_cli("evaluate", run)
+    assert r.exit_code == 0, r.stderr
+    evaluated = json.loads((run / "metrics.json").read_text())["metrics"]["loss"]
+    assert evaluated == pytest.approx(trained, rel=1e-5)
+    r = invoke_cli("generate", run, "--chat", "-p", "The quick brown fox?", "--max-new-tokens", "4")
+    assert r.exit_code == 0, r.stderr
 
 
 def test_full_finetune_resumes_where_it_stopped(tiny: Path, tmp_path: Path) -> None:
@@ -309,7 +317,8 @@ def test_export_lora_run_merged_and_as_a_peft_adapter(tiny: Path, tmp_path: Path
     from danlu.lm.load import resolve_lm
 
     lora = {"lora": {"r": 4, "target_modules": ["qkv", "o", "gate_up", "down"]}}
-    run = danlu.train(config(tmp_path, tiny, chat_rows(tmp_path), lora), progress="quiet").path
+    body = config(tmp_path, tiny, chat_rows(tmp_path), lora, train={"precision": "bf16"})  # bf16 autocast
+    run = danlu.train(body, progress="quiet").path
     ours = resolve_lm(run, device="cpu").model
     ids = torch.randint(0, ours.config.vocab_size, (2, 16), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
