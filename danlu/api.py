@@ -105,6 +105,8 @@ def train(
         saved = _absolute_paths(config_mod.load(run.config))
         cfg = _absolute_paths(config_mod.load(config if config is not None else saved, overrides))
         _check_resumable(saved, cfg, run)
+        # config.yaml lists every key: a fine-tuning run's data.tokenizer was not the user's
+        cfg.data.__pydantic_fields_set__.discard("tokenizer")
         if not run.has_checkpoint():
             raise DanluError(
                 f"{run.path}: no checkpoint to resume from in {run.checkpoints} (the run stopped before"
@@ -120,7 +122,7 @@ def train(
     seed_everything(cfg.seed)
     pretrained = None
     if getattr(cfg.model, "from_", None):  # fine-tuning: the checkpoint decides the architecture
-        from danlu.lm.build import load_pretrained
+        from danlu.lm.finetune import load_pretrained
 
         pretrained = load_pretrained(cfg.model)
         cfg = cfg.model_copy(update={"model": pretrained.config})
@@ -172,6 +174,7 @@ def train(
                 model.save_pretrained(str(run.path / "adapter"))  # peft's own format, for reuse
             model = merge_lora(model)
             model_section = {k: v for k, v in model_section.items() if k not in ("from", "lora")}
+            model_section |= pretrained.meta  # causal_lm: the Llama's config
         save_weights(model, run.weights)
         run.write_model_json(
             {

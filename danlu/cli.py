@@ -175,7 +175,8 @@ def train(
 @app.command(
     epilog="Examples:\n\n  danlu evaluate runs/tutorial-20261124-101500\n\n"
     "  danlu evaluate runs/tutorial-20261124-101500 --data new_rows.csv\n\n"
-    "  danlu evaluate runs/shakespeare-char-20261124-101500 --text more_shakespeare.txt --stride 32"
+    "  danlu evaluate runs/shakespeare-char-20261124-101500 --text more_shakespeare.txt --stride 32\n\n"
+    "  danlu evaluate path/to/SmolLM2 --choices questions.jsonl"
 )
 def evaluate(
     run_dir: Annotated[Path, typer.Argument(help="A run folder.")],
@@ -192,6 +193,10 @@ def evaluate(
     ] = None,
     max_length: Annotated[
         int | None, typer.Option(help="Language models: window length in tokens (default: model's context).")
+    ] = None,
+    choices: Annotated[
+        Path | None,
+        typer.Option(help="Language models: multiple-choice accuracy on JSONL {context, choices, answer}."),
     ] = None,
     trust_remote_code: Annotated[
         bool, typer.Option(help="Allow a Hugging Face model folder to run its own Python code.")
@@ -233,6 +238,15 @@ def evaluate(
                 quiet=not sys.stderr.isatty(),
             )
             print_summary(r, typer.echo)
+            return
+        if choices is not None:  # language models: multiple choice by log-likelihood (danlu/lm/choices.py)
+            from danlu.lm.choices import read_questions, score_choices
+            from danlu.lm.load import resolve_lm
+
+            questions = read_questions(choices)
+            lm = resolve_lm(str(run_dir), trust_remote_code=trust_remote_code)
+            metrics = score_choices(lm, questions)
+            _print_metrics({"title": f"{choices.name} (multiple choice)", "metrics": metrics})
             return
         if text is not None:  # language models: perplexity with a sliding window
             from danlu.lm.evaluation import read_text, text_perplexity
@@ -682,6 +696,9 @@ def export(
         ),
     ] = "hf",
     force: Annotated[bool, typer.Option(help="onnx: replace an earlier ONNX export in OUT_DIR.")] = False,
+    adapter_only: Annotated[
+        bool, typer.Option(help="hf, causal_lm LoRA runs: only the adapter, as a peft folder.")
+    ] = False,
     trust_code: TrustCode = False,
     debug: Debug = False,
 ) -> None:
@@ -696,7 +713,8 @@ def export(
             raise DanluError(f"OUT_DIR {out_dir}: is a file; give a new folder to write the export to")
         _check_output(out_dir, "OUT_DIR", folder=True)
         try:
-            path = export_run(run_dir, out_dir, format=format, trust_code=trust_code, force=force)
+            path = export_run(run_dir, out_dir, format=format, trust_code=trust_code, force=force,
+                              adapter_only=adapter_only)
         except OSError as e:  # e.g. the disk filled up: the folder is written beside OUT_DIR first
             raise DanluError(f"OUT_DIR {out_dir}: cannot write the export: {e.strerror or e}") from None
         typer.echo(f"wrote {path}")

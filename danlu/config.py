@@ -328,6 +328,8 @@ class DataConfig(Section):
     tokenizer: str = "char"  # char | bpe (byte-level, trained on the training text) | tokenizer.json path
     vocab_size: int = Field(8000, ge=16)  # for bpe
     stride: int | None = Field(None, ge=1)  # a training window every `stride` tokens (default: block)
+    # prompt/completion or chat rows packed several to a window (model.type causal_lm)
+    packing: bool = False
     audio: AudioDataConfig | None = None  # audio inputs: manifest or folder of recordings
     # text or numeric sequences for classification/regression (danlu/data/sequences.py)
     text: TextInputConfig | None = None
@@ -526,6 +528,31 @@ class GPTModelConfig(Section):
         if self.lora is not None and not self.from_:
             raise ValueError("lora adapts a pretrained model: set model.from to the checkpoint to adapt")
         return self
+
+
+class CausalLoraConfig(LoraConfig):
+    """LoRA on danlu's Llama (danlu/lm/llama.py): its Linear layers are qkv (q_proj, k_proj,
+    v_proj fused), o, gate_up (gate_proj, up_proj fused), down and lm_head, in every family."""
+
+    target_modules: list[str] = Field(default_factory=lambda: ["qkv", "o"])
+
+
+@model_type("causal_lm", "danlu.lm.finetune:causal_lm")
+class CausalLMConfig(Section):
+    """Fine-tuning a Llama-family checkpoint (Llama, SmolLM, Qwen2, Mistral, Phi-3, Gemma:
+    a Hugging Face folder, a GGUF file, a hub id) on danlu's Llama (danlu/lm/finetune.py):
+    every weight, or `lora` adapters. `block_size`: the training window (default: the
+    longest example, at most min(context, 2048))."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True,
+                              serialize_by_alias=True)
+
+    type: Literal["causal_lm"] = "causal_lm"
+    from_: str = Field(alias="from")
+    block_size: int | None = Field(None, ge=2)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    lora: CausalLoraConfig | None = None
+    gradient_checkpointing: bool = False  # recompute each block in the backward pass: less memory
 
 
 @model_type("rnn", "danlu.models.rnn:RNNEncoder", encoder=True)

@@ -25,11 +25,12 @@ def export_run(
     format: str = "hf",
     trust_code: bool = False,
     force: bool = False,
+    adapter_only: bool = False,
 ) -> Path:
     """hf: write a language-model run as a Hugging Face GPT-2 folder (config.json,
     model.safetensors, tokenizer files) that GPT2LMHeadModel and AutoTokenizer load.
     onnx: model.onnx and metadata.json, parity checked (danlu/onnx/export.py); force: replace
-    an earlier ONNX export in OUT.
+    an earlier ONNX export in OUT. adapter_only: a causal_lm LoRA run's adapter as a peft folder.
     trust_code: a pretrained_encoder run may name user code (e.g. its task.loss)."""
     if format not in ("hf", "onnx"):
         raise DanluError(
@@ -46,7 +47,16 @@ def export_run(
     if not (run_path / "model.json").is_file() and (run_path / "config.json").is_file():
         raise DanluError(f"'{run_path}' is already a Hugging Face folder; export takes a danlu run folder")
     run = RunDir.open(run_path)
-    if (run.read_model_json().get("model") or {}).get("type") == "pretrained_encoder":
+    model_type = (run.read_model_json().get("model") or {}).get("type")
+    if model_type == "causal_lm":  # a Llama-family folder, or its LoRA adapter (danlu/lm/llama_export.py)
+        from danlu.lm.llama_export import export_llama_run
+
+        return export_llama_run(run_path, out_dir, adapter_only)
+    if adapter_only:
+        raise DanluError(
+            f"--adapter-only exports the LoRA adapter of a causal_lm run; '{run_path}' is not one"
+        )
+    if model_type == "pretrained_encoder":
         return export_encoder(run_path, out_dir, trust_code)  # an AutoModelForSequenceClassification folder
     from danlu.lm.export import export_lm_run
 

@@ -286,3 +286,21 @@ def test_history_plot_draws_every_logged_step(tmp_path, monkeypatch):
     drawn.clear()
     assert report.plot_history(history, tmp_path / "h2.png") is not None
     assert drawn == {"train.loss": 2, "val.loss": 2, "lr": 2}
+
+
+def test_first_logged_step_counts_its_batch_in_rate_and_eta(monkeypatch, capsys) -> None:
+    """The plain line of step 1 of 5 after a 10 s batch of 100 tokens: 10 tok/s, ETA 40 s
+    (the clock starts before the first batch, not after its compute)."""
+    import torch
+
+    from danlu.training import progress
+
+    now = [0.0]
+    monkeypatch.setattr(progress.time, "perf_counter", lambda: now[0])
+    with progress.Progress("lines", unit="tok", max_steps=5) as bar:
+        bar.start_epoch(0, 1, 5, 0, 0)
+        now[0] = 10.0
+        bar.step(0, torch.tensor(1.0), 100, 0)
+        bar.log_step({"step": 1, "epoch": 1, "train.loss": 1.0, "lr": 0.1})
+    line = capsys.readouterr().err.strip()
+    assert line.endswith("10 tok/s  ETA 40s"), line

@@ -3,7 +3,7 @@ tokenizer), or from a checkpoint named by `model.from` to fine-tune, fully or wi
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from torch import nn
@@ -29,11 +29,14 @@ class Pretrained:
     model: nn.Module
     tokenizer: Any
     eos_token_id: int | None
-    config: GPTModelConfig
+    config: Any  # GPTModelConfig or CausalLMConfig
     vocab_size: int  # rows of the embedding (may exceed the tokenizer's, e.g. padded to 64)
+    hf: Any = None  # the transformers tokenizer (its chat template), for causal_lm
+    meta: dict[str, Any] = field(default_factory=dict)  # more keys for model.json's model section
 
 
-def load_pretrained(cfg: GPTModelConfig) -> Pretrained:
+def load_gpt(cfg: GPTModelConfig) -> Pretrained:
+    """A GPT checkpoint (a danlu run or GPT-2 folder) to fine-tune as model.type gpt."""
     from danlu.lm.load import resolve_lm
 
     ref = cfg.from_ or ""
@@ -72,8 +75,9 @@ def load_pretrained(cfg: GPTModelConfig) -> Pretrained:
     return Pretrained(model, tok, eos, resolved, have.vocab_size)
 
 
-def add_lora(model: nn.Module, cfg: Any) -> nn.Module:
-    """Freeze the model and train rank-r adapters on the named Linear layers (peft)."""
+def add_lora(model: nn.Module, cfg: Any, hint: str = "") -> nn.Module:
+    """Freeze the model and train rank-r adapters on the named Linear layers (peft).
+    `hint` ends the error for a name that is not there."""
     try:
         from peft import LoraConfig, get_peft_model
     except ImportError:
@@ -83,7 +87,7 @@ def add_lora(model: nn.Module, cfg: Any) -> nn.Module:
     if missing:
         raise DanluError(
             f"model.lora.target_modules: no Linear layer named '{missing[0]}' in the model;"
-            f" its Linear layers are: {', '.join(linear)}"
+            f" its Linear layers are: {', '.join(linear)}{hint}"
         )
     config = LoraConfig(
         r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=list(cfg.target_modules)

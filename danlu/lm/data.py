@@ -18,6 +18,7 @@ from danlu.config import DataConfig
 from danlu.data.sequences import tokenizer_file
 from danlu.data.tabular import TensorData
 from danlu.errors import DanluError
+from danlu.lm.instructions import Conversation, conversation, encode_chat, encode_pair, layout
 from danlu.lm.tokenizer import EOT, TextTokenizer
 
 
@@ -34,12 +35,10 @@ class LMSchema:
         return dict(self.__dict__)
 
 
-Pair = tuple[str, str]  # (prompt, completion)
-
-
-def read_documents(cfg: DataConfig) -> list[str] | list[Pair]:
+def read_documents(cfg: DataConfig) -> list[Any]:
     """Texts to train on; or (prompt, completion) pairs when JSONL rows hold
-    data.prompt_field and data.completion_field instead of data.text_field."""
+    data.prompt_field and data.completion_field instead of data.text_field; or chat
+    conversations (`messages`, danlu/lm/instructions.py)."""
     path = Path(cfg.path or cfg.train or "")
     if not path.exists():
         raise DanluError(f"{path}: text file or folder not found")
@@ -60,10 +59,12 @@ def read_documents(cfg: DataConfig) -> list[str] | list[Pair]:
             docs.extend(_jsonl_rows(f, text, cfg))
         else:
             docs.append(text)
-    kinds = {isinstance(d, tuple) for d in docs}
+    kinds = {type(d) for d in docs}
     if len(kinds) > 1:
-        raise DanluError(f"{path}: mixes plain text with prompt/completion rows; use one kind per run")
-    docs = [d for d in docs if (d[1] if isinstance(d, tuple) else d).strip()]
+        raise DanluError(
+            f"{path}: mixes plain text, prompt/completion and chat (messages) rows; use one kind per run"
+        )
+    docs = [d for d in docs if isinstance(d, Conversation) or (d[1] if isinstance(d, tuple) else d).strip()]
     if not docs:
         raise DanluError(f"{path}: the text is empty; a language model needs text to train on")
     return docs
@@ -79,14 +80,17 @@ def _jsonl_rows(f: Path, text: str, cfg: DataConfig) -> list[Any]:
             row = json.loads(line)
         except json.JSONDecodeError as e:
             raise DanluError(f"{f}: line {n} is not JSON: {e.msg}") from None
-        if isinstance(row, dict) and isinstance(row.get(field), str):
+        if isinstance(row, dict) and "messages" in row:
+            out.append(conversation(row, f"{f}: line {n}"))
+        elif isinstance(row, dict) and isinstance(row.get(field), str):
             out.append(row[field])
         elif isinstance(row, dict) and all(isinstance(row.get(k), str) for k in (prompt, completion)):
             out.append((row[prompt], row[completion]))
         else:
             raise DanluError(
                 f"{f}: line {n} has neither a text field '{field}' nor prompt/completion fields"
-                f" '{prompt}'/'{completion}' (set data.text_field or data.prompt_field/completion_field)"
+                f" '{prompt}'/'{completion}' nor chat 'messages' (set data.text_field or"
+                " data.prompt_field/completion_field)"
             )
     return out
 
@@ -130,7 +134,18 @@ def build(
     docs = read_documents(cfg)
     if cfg.split.val <= 0:
         raise DanluError("data.split.val: language modeling needs a validation fraction > 0")
-    if isinstance(docs[0], tuple):
+    hf = getattr(pretrained, "hf", None)  # causal_lm: the transformers tokenizer
+    if isinstance(docs[0], Conversation) and not getattr(hf, "chat_template", None):
+        raise DanluError(
+            f"{cfg.path or cfg.train}: chat rows (messages) are rendered with the model's chat template;"
+            " fine-tune a model.type causal_lm whose model.from has one, or use prompt/completion rows"
+        )
+    if cfg.packing and (hf is None or isinstance(docs[0], str)):
+        raise DanluError(
+            "data.packing packs prompt/completion or chat rows for model.type causal_lm"
+            " (plain text is already cut into full windows)"
+        )
+    if not isinstance(docs[0], str):
         train_docs, val_docs = _split_pairs(docs, cfg.split.val, cfg.split.seed or seed)  # type: ignore[arg-type]
     else:
         train_docs, val_docs = _split_text(docs, cfg.split.val)  # type: ignore[arg-type]
@@ -139,7 +154,7 @@ def build(
             raise DanluError(
                 "data.tokenizer: fine-tuning uses the tokenizer of model.from; remove data.tokenizer"
             )
-        tokenizer = TextTokenizer(pretrained.tokenizer, "pretrained", pretrained.eos_token_id)
+        tokenizer = TextTokenizer(pretrained.tokenizer, "pretrained", pretrained.eos_token_id, hf=hf)
         vocab = pretrained.vocab_size
         if tokenizer.vocab_size > vocab:
             raise DanluError(
@@ -147,12 +162,15 @@ def build(
                 f" has {vocab} rows; the checkpoint's tokenizer does not belong to it"
             )
     else:
-        tokenizer = fit_tokenizer(cfg, [d[0] + d[1] if isinstance(d, tuple) else d for d in train_docs])
+        tokenizer = fit_tokenizer(cfg, [d[0] + d[1] if isinstance(d, tuple) else d for d in train_docs])  # type: ignore[index,operator]
         vocab = tokenizer.vocab_size
     splits = {}
     for name, part in (("train", train_docs), ("val", val_docs)):
-        if isinstance(part[0], tuple):
-            splits[name] = _pair_rows(tokenizer, part, block_size)  # type: ignore[arg-type]
+        if not isinstance(part[0], str):
+            examples = [encode_chat(hf, d, block_size) if isinstance(d, Conversation)
+                        else encode_pair(tokenizer, d, block_size) for d in part]
+            eos = tokenizer.eos_token_id
+            splits[name] = layout(examples, block_size, eos if eos is not None else 0, cfg.packing)
             continue
         ids = _join(tokenizer, part)  # type: ignore[arg-type]
         n_blocks = (len(ids) - 1) // block_size
@@ -190,7 +208,7 @@ def _split_text(docs: list[str], val: float) -> tuple[list[str], list[str]]:
     return train_docs, val_docs
 
 
-def _split_pairs(pairs: list[Pair], val: float, seed: int) -> tuple[list[Pair], list[Pair]]:
+def _split_pairs(pairs: list[Any], val: float, seed: int) -> tuple[list[Any], list[Any]]:
     n_val = int(round(len(pairs) * val))
     if n_val < 1 or n_val >= len(pairs):
         raise DanluError(
@@ -199,27 +217,6 @@ def _split_pairs(pairs: list[Pair], val: float, seed: int) -> tuple[list[Pair], 
         )
     order = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(seed)).tolist()
     return [pairs[i] for i in order[n_val:]], [pairs[i] for i in order[:n_val]]
-
-
-def _pair_rows(tokenizer: TextTokenizer, pairs: list[Pair], block_size: int) -> TensorData:
-    """One row per pair: prompt + completion + EOS, right-padded to block_size + 1. Targets
-    are -100 (not scored) on the prompt and the padding, so the loss is the completion's.
-    A pair longer than a block loses the start of its prompt, then the end of its completion."""
-    eos = tokenizer.eos_token_id
-    pad = eos if eos is not None else 0
-    x = torch.full((len(pairs), block_size), pad, dtype=torch.long)
-    y = torch.full((len(pairs), block_size), -100, dtype=torch.long)
-    for i, (prompt, completion) in enumerate(pairs):
-        p = tokenizer.encode(prompt)
-        c = tokenizer.encode(completion) + ([eos] if eos is not None else [])
-        c = c[: block_size + 1 - min(len(p), 1)]  # keep at least one prompt token when there is one
-        p = p[max(0, len(p) - (block_size + 1 - len(c))) :]
-        ids = p + c
-        labels = [-100] * len(p) + c
-        n = len(ids) - 1
-        x[i, :n] = torch.tensor(ids[:-1])
-        y[i, :n] = torch.tensor(labels[1:])
-    return TensorData({"idx": x}, y)
 
 
 def _join(tokenizer: TextTokenizer, docs: list[str]) -> list[int]:

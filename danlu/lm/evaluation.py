@@ -117,8 +117,19 @@ def evaluate_run(
                 "metrics": metrics}
     if split not in ("val", "test"):
         raise DanluError(f"--split {split}: a language-model run has a validation split only (val)")
-    data_cfg = cfg.data.model_copy(update={"tokenizer": str(run.tokenizer)})
-    schema, tokenizer, splits = build(data_cfg, cfg.model.block_size, cfg.seed)
+    pretrained = None
+    if cfg.model.type == "causal_lm":  # the rows again with the run's transformers tokenizer (chat template)
+        from danlu.lm.build import Pretrained
+
+        hf = lm.tokenizer.hf  # type: ignore[attr-defined]
+        eos = lm.eos_token_id[0] if isinstance(lm.eos_token_id, list) else lm.eos_token_id
+        vocab = lm.model.config.vocab_size
+        pretrained = Pretrained(lm.model, hf.backend_tokenizer, eos, cfg.model, vocab, hf=hf)
+        data_cfg = cfg.data.model_copy()
+        data_cfg.__pydantic_fields_set__.discard("tokenizer")  # config.yaml lists every key
+    else:
+        data_cfg = cfg.data.model_copy(update={"tokenizer": str(run.tokenizer)})
+    schema, tokenizer, splits = build(data_cfg, cfg.model.block_size, cfg.seed, pretrained)
     task = tasks.build(cfg.task, schema, splits["train"].y, tokenizer)
     task.out_dim = lm.model.config.vocab_size
     return finish_run(run, lm.model, task, splits["val"], plots, None)

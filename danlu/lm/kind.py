@@ -12,18 +12,22 @@ from danlu.data.frames import Prepared
 from danlu.errors import DanluError
 from danlu.kinds import Kind, Trained
 
+LM_TYPES = ("gpt", "causal_lm")  # danlu's GPT; a Llama-family checkpoint (danlu/lm/finetune.py)
+
 
 def is_corpus(cfg: Any, task_type: str, model_cfg: Any) -> bool:
-    gpt = getattr(model_cfg, "type", "") == "gpt"
-    return task_type == "language_modeling" or (task_type == "auto" and gpt)
+    lm = getattr(model_cfg, "type", "") in LM_TYPES
+    return task_type == "language_modeling" or (task_type == "auto" and lm)
 
 
 def prepare(cfg: Any, task_type: str, seed: int, model_cfg: Any = None, pretrained: Any = None) -> Prepared:
     """The text cut into blocks of model.block_size (danlu/lm/data.py)."""
     from danlu.lm.data import build
 
-    if model_cfg is None or getattr(model_cfg, "type", "") != "gpt":
-        raise DanluError("task.type language_modeling trains a model of type gpt; set model.type: gpt")
+    if model_cfg is None or getattr(model_cfg, "type", "") not in LM_TYPES:
+        raise DanluError(
+            "task.type language_modeling trains a model of type gpt (or causal_lm); set model.type: gpt"
+        )
     schema, tokenizer, splits = build(cfg, model_cfg.block_size, seed, pretrained)
     return Prepared(schema, tokenizer, splits, {})  # type: ignore[arg-type]
 

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from danlu.errors import DanluError
 from danlu.lm.model import KVCache, append_kv, causal_mask
@@ -212,6 +213,18 @@ class Block(nn.Module):
         return x + self.mlp(self.mlp_norm(x))
 
 
+def packed_mask(segment_ids: torch.Tensor, window: int | None = None) -> torch.Tensor:
+    """(B, 1, T, T) boolean SDPA mask of packed rows: causal, within one segment, and within
+    the sliding window."""
+    T = segment_ids.shape[1]
+    pos = torch.arange(T, device=segment_ids.device)
+    allowed = pos[None, :] <= pos[:, None]
+    if window is not None:
+        allowed = allowed & (pos[None, :] > pos[:, None] - window)
+    same = segment_ids[:, :, None] == segment_ids[:, None, :]
+    return (same & allowed)[:, None]
+
+
 # ---------------------------------------------------------------------------- the model
 
 
@@ -227,6 +240,7 @@ class Llama(nn.Module):
             self.lm_head.weight = self.embed.weight
         # a plain attribute, not a buffer: casting the model to bfloat16 must not round it
         self.inv_freq = rope_frequencies(config)
+        self.gradient_checkpointing = False  # training: recompute each block in the backward pass
 
     def forward(
         self,
@@ -235,9 +249,12 @@ class Llama(nn.Module):
         position_ids: torch.Tensor | None = None,
         kv_cache: KVCache | None = None,
         last_only: bool = False,
+        segment_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits (B, T, vocab) for token ids `idx` (B, T); (B, 1, vocab) with `last_only`.
-        The arguments are GPT.forward's (danlu/lm/model.py)."""
+        The arguments are GPT.forward's (danlu/lm/model.py), plus `segment_ids` (B, T) for
+        packed training rows: a token attends only to earlier tokens of its own segment (one
+        example each; position_ids then restart at each segment)."""
         B, T = idx.shape
         cfg = self.config
         past = kv_cache.length if kv_cache is not None else 0
@@ -257,10 +274,16 @@ class Llama(nn.Module):
         x = self.embed(idx).to(dtype)
         if cfg.embed_scale:
             x = x * torch.tensor(cfg.n_embd**0.5, dtype=self.embed.weight.dtype).to(dtype)
-        mask, is_causal = causal_mask(attention_mask, past, T, idx.device, cfg.sliding_window)
+        if segment_ids is not None:
+            mask, is_causal = packed_mask(segment_ids, cfg.sliding_window), False
+        else:
+            mask, is_causal = causal_mask(attention_mask, past, T, idx.device, cfg.sliding_window)
         for i, block in enumerate(self.layers):
             cache = (kv_cache.k[i], kv_cache.v[i], past) if kv_cache is not None else None
-            x = block(x, cos, sin, mask, is_causal, cache)
+            if self.gradient_checkpointing and self.training and cache is None:
+                x = checkpoint(block, x, cos, sin, mask, is_causal, None, use_reentrant=False)
+            else:
+                x = block(x, cos, sin, mask, is_causal, cache)
         if kv_cache is not None:
             kv_cache.length = end
 

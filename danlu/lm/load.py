@@ -202,6 +202,8 @@ def load_run(path: Path) -> LoadedLM:
             f"'{path}' is a danlu {task_type or 'unknown'} run; text generation needs a language_modeling run"
         )
     model_cfg = dict(meta.get("model") or {})
+    if model_cfg.get("type") == "causal_lm":
+        return _load_llama_run(run, model_cfg, meta.get("schema") or {})
     if model_cfg.get("type", "gpt") != "gpt":
         raise DanluError(f"'{path}' holds a '{model_cfg.get('type')}' model; only 'gpt' generates text")
     schema = meta.get("schema") or {}
@@ -222,6 +224,29 @@ def load_run(path: Path) -> LoadedLM:
     eos = schema.get("eos_token_id")
     tokenizer = TextTokenizer.from_file(tok_file, eos, schema.get("pad_token_id"))
     return LoadedLM(model, tokenizer, "danlu-run", config.block_size, str(path), eos_token_id=eos)
+
+
+def _load_llama_run(run: Any, model_cfg: dict[str, Any], schema: dict[str, Any]) -> LoadedLM:
+    """A causal_lm run (danlu/lm/finetune.py): danlu's Llama from model.json's `llama`
+    config and the run's weights (adapters merged), the transformers tokenizer files beside."""
+    from safetensors.torch import load_model
+
+    from danlu.lm.llama import LlamaConfig, rope_frequencies
+
+    try:
+        config = LlamaConfig(**model_cfg["llama"])
+    except (KeyError, TypeError) as e:
+        raise DanluError(f"'{run.model_json}' lacks a valid model.llama config: {e}") from None
+    model = Llama(config)
+    try:
+        load_model(model, str(run.weights), strict=True)
+    except (OSError, RuntimeError, ValueError) as e:
+        raise DanluError(f"cannot load '{run.weights}' into the Llama of model.json: {e}") from None
+    model.inv_freq = rope_frequencies(config)
+    eos = schema.get("eos_token_id")
+    hf_tok = _auto_tokenizer(run.path)
+    tokenizer = HFTokenizer(hf_tok, eos, hf_tok.pad_token_id)
+    return LoadedLM(model, tokenizer, "danlu-run", config.block_size, str(run.path), eos_token_id=eos)
 
 
 def _auto_tokenizer(path: Path, trust_remote_code: bool = False) -> Any:

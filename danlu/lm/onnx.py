@@ -34,6 +34,8 @@ class Logits(nn.Module):
 
 def graph(run_dir: str | Path, trust_code: bool = False) -> Graph:
     lm = load_run(Path(run_dir))
+    if not isinstance(lm.model, GPT):
+        raise DanluError(f"'{run_dir}' is a causal_lm run: export it with --format hf (ONNX covers GPT runs)")
     model = lm.model.float().eval()
     cfg = model.config
     length = min(cfg.block_size, 32)

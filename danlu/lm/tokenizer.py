@@ -26,9 +26,15 @@ class TextTokenizer:
     (its state is the tokenizer.json file it writes) or reads back from its run folder."""
 
     def __init__(
-        self, tok: Any, kind: str, eos_token_id: int | None = None, pad_token_id: int | None = None
+        self,
+        tok: Any,
+        kind: str,
+        eos_token_id: int | None = None,
+        pad_token_id: int | None = None,
+        hf: Any = None,
     ) -> None:
         self.tok, self.kind = tok, kind
+        self.hf = hf  # fine-tuning a causal_lm: the transformers tokenizer it came from (chat template)
         self._char_ids = tok.get_vocab() if kind == "char" else None
         self._eos = eos_token_id
         self.pad_token_id = pad_token_id
@@ -70,8 +76,13 @@ class TextTokenizer:
         return self.tok.decode(ids)
 
     def save(self, path: Path) -> None:
+        """tokenizer.json at `path`; with `hf`, transformers' files beside it (tokenizer_config.json
+        with the chat template, ...), which AutoTokenizer reads back."""
         from danlu import fileio
 
+        if self.hf is not None:
+            self.hf.save_pretrained(str(path.parent))
+            return
         fileio.write_text(path, self.tok.to_str())
 
     def state(self) -> dict[str, Any]:

@@ -59,7 +59,9 @@ class Progress:
         self._task: Any = None
         self._next = 0.0
         self._items, self._since = 0, time.perf_counter()
-        # throughput and ETA of plain lines: since the first step this process took
+        # throughput and ETA of plain lines: since the first epoch this process started (its
+        # first batch's compute included, or the first step's line would claim a rate and ETA
+        # of an optimizer step alone)
         self._first_step: int | None = None
         self._run_items, self._run_since = 0, time.perf_counter()
         self._last_line = time.perf_counter()
@@ -88,6 +90,8 @@ class Progress:
     def start_epoch(self, epoch: int, epochs: int, batches: int, done: int = 0, step: int = 0) -> None:
         """An epoch begins (or resumes at batch `done`, `step` optimizer steps into the run)."""
         self._step = step
+        if self._first_step is None:  # the clock of rate and ETA starts before the first batch
+            self._first_step, self._run_since = step, time.perf_counter()
         if self._bar is not None:
             if self.max_steps:  # one task for the whole run, created once
                 label = f"epoch {epoch + 1} · step"
@@ -114,8 +118,6 @@ class Progress:
         self._run_items += items
         if step is not None:
             self._step = step
-            if self._first_step is None:
-                self._first_step, self._run_since = step, time.perf_counter()
         if self._bar is None:
             return
         now = time.perf_counter()
