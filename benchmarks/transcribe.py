@@ -201,7 +201,9 @@ def whisper_speed(files: list[Path], repeats: int) -> dict[str, Any]:
     }
 
 
-def ctc_speed(folder: Path, seconds: float, repeats: int) -> dict[str, Any]:
+def ctc_setup(folder: Path, seconds: float) -> tuple[Path, Path, Callable[[], str]]:
+    """The random Wav2Vec2 (hidden 256, 4 layers), `seconds` of noise speech as a WAV, and the
+    transformers pipeline over both: (model folder, wav, run the pipeline)."""
     from transformers import AutoModelForCTC, AutoProcessor, pipeline
 
     model_dir = make_wav2vec2(folder / "w2v", hidden=256, layers=4)
@@ -216,11 +218,17 @@ def ctc_speed(folder: Path, seconds: float, repeats: int) -> dict[str, Any]:
         feature_extractor=proc.feature_extractor,
         device="cpu",
     )
-    danlu_model = load_speech(model_dir, device="cpu")
-    opts = speech_options(chunk_length=30.0, timestamps="none")
 
     def run_pipe() -> str:
         return str(pipe(audio.copy(), chunk_length_s=30.0, stride_length_s=5.0)["text"])
+
+    return model_dir, wav, run_pipe
+
+
+def ctc_speed(folder: Path, seconds: float, repeats: int) -> dict[str, Any]:
+    model_dir, wav, run_pipe = ctc_setup(folder, seconds)
+    danlu_model = load_speech(model_dir, device="cpu")
+    opts = speech_options(chunk_length=30.0, timestamps="none")
 
     def run_danlu() -> str:
         return transcribe_one(danlu_model, wav, opts).text
@@ -238,26 +246,10 @@ def ctc_speed(folder: Path, seconds: float, repeats: int) -> dict[str, Any]:
 
 def int8_speed(folder: Path, seconds: float, repeats: int) -> dict[str, Any]:
     """danlu int8 and float32 against the pipeline (float32) on ctc_speed's model and file."""
-    from transformers import AutoModelForCTC, AutoProcessor, pipeline
-
-    model_dir = make_wav2vec2(folder / "w2v", hidden=256, layers=4)
-    audio = noise_speech(seconds, seed=0)
-    wav = folder / "ctc.wav"
-    sf.write(wav, audio, 16000, subtype="FLOAT")
-    proc = AutoProcessor.from_pretrained(model_dir)
-    pipe = pipeline(
-        "automatic-speech-recognition",
-        model=AutoModelForCTC.from_pretrained(model_dir),
-        tokenizer=proc.tokenizer,
-        feature_extractor=proc.feature_extractor,
-        device="cpu",
-    )
+    model_dir, wav, run_pipe = ctc_setup(folder, seconds)
     fp32 = load_speech(model_dir, device="cpu")
     int8 = load_speech(model_dir, dtype="int8")
     opts = speech_options(chunk_length=30.0, timestamps="none")
-
-    def run_pipe() -> str:
-        return str(pipe(audio.copy(), chunk_length_s=30.0, stride_length_s=5.0)["text"])
 
     def run(model: Any) -> Callable[[], str]:
         return lambda: transcribe_one(model, wav, opts).text

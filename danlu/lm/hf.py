@@ -4,17 +4,15 @@ the Conv1D matrices (attn.c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj) are transpo
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import shutil
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from danlu import fileio
 from danlu.errors import DanluError
 from danlu.lm.model import GPT, GPTConfig
 
@@ -207,22 +205,9 @@ def export_hf(
         if not cfg.bias and name.endswith(_CONV1D_WEIGHTS + (".ln_1.weight", ".ln_2.weight", "ln_f.weight")):
             state[bias] = torch.zeros(state[name].shape[-1], dtype=state[name].dtype)
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
-    try:
+    with fileio.atomic_dir(out_dir) as tmp:
         (tmp / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n", encoding="utf-8")
         save_file(state, tmp / "model.safetensors", metadata={"format": "pt"})
         for f in tokenizer_files:
             shutil.copy2(f, tmp / f.name)
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old.{os.getpid()}")
-            os.replace(out_dir, old)
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            shutil.rmtree(tmp)
-        raise
     return out_dir

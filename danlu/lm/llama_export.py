@@ -11,17 +11,15 @@ sharing one A matrix: the same update), which PeftModel.from_pretrained puts on 
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from danlu import fileio
 from danlu.errors import DanluError
 from danlu.lm.llama import LlamaConfig
 
@@ -120,17 +118,8 @@ def state_to_hf(state: dict[str, torch.Tensor], cfg: LlamaConfig) -> dict[str, t
 
 def _write_folder(out_dir: Path, write: Callable[[Path], None]) -> Path:
     """Build the folder beside `out_dir`, then rename it into place: never half written."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
-    try:
+    with fileio.atomic_dir(out_dir) as tmp:
         write(tmp)
-        if out_dir.exists():  # an empty folder
-            out_dir.rmdir()
-        os.replace(tmp, out_dir)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            shutil.rmtree(tmp)
-        raise
     return out_dir
 
 

@@ -48,8 +48,7 @@ class Recommender:
         """Columns user, rank, item, score (and title, genres when the data has a catalog):
         the k best items per user, best first."""
         users = [str(u) for u in ([users] if isinstance(users, str | int) else users)]
-        if k < 1 or k > self.index.n_items:
-            raise DanluError(f"k: {k} is not between 1 and the {self.index.n_items} items the model ranks")
+        self._check_k(k)
         rows = []
         for u in users:
             if u not in self.index.user_index:
@@ -64,6 +63,10 @@ class Recommender:
         exclude = None if include_seen else self.index.exclusion("test")
         items, scores = top_k(self.model, self.index, np.asarray(rows, dtype=np.int64), k, exclude)
         return self._frame(users, items, scores, k)
+
+    def _check_k(self, k: int) -> None:
+        if k < 1 or k > self.index.n_items:
+            raise DanluError(f"k: {k} is not between 1 and the {self.index.n_items} items the model ranks")
 
     def _frame(self, users: list[str], items: np.ndarray, scores: np.ndarray, k: int) -> pd.DataFrame:
         out = pd.DataFrame(
@@ -99,8 +102,7 @@ class Recommender:
                     f"{did_you_mean(item, self.index.items)}; it knows {self.index.n_items} items"
                 )
             rows.append(self.index.item_index[item])
-        if k < 1 or k > self.index.n_items:
-            raise DanluError(f"k: {k} is not between 1 and the {self.index.n_items} items the model ranks")
+        self._check_k(k)
         history = np.zeros((1, self.index.n_items), dtype=np.float32)
         history[0, rows] = 1.0
         exclude = None if include_seen else sparse.csr_matrix(history)
