@@ -292,3 +292,24 @@ def make_tiny_gpt2(path: Path, **config: Any) -> Path:
     )
     hf_tok.save_pretrained(path)
     return path
+
+
+def write_tokenizer(path: Path, chat_template: str | None) -> Any:
+    """A byte-level BPE tokenizer (300 tokens, <pad> and ChatML's specials) trained on
+    TINY_SENTENCES, with `chat_template` when given, saved to `path`: for tiny Llama folders."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<pad>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+    )
+    tok.train_from_iterator(TINY_SENTENCES, trainer)
+    hf_tok = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<pad>")
+    if chat_template:
+        hf_tok.chat_template = chat_template
+    hf_tok.save_pretrained(path)
+    return hf_tok

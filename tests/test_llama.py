@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import TINY_SENTENCES, assert_user_error
+from conftest import TINY_SENTENCES, assert_user_error, write_tokenizer
 
 pytest.importorskip("transformers", reason="transformers is not installed (pip install 'danlu[hf]')")
 import transformers  # noqa: E402
@@ -128,25 +128,6 @@ CHATML = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
-
-
-def write_tokenizer(path: Path, chat_template: str | None) -> Any:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=300, special_tokens=["<pad>", "<|im_start|>", "<|im_end|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
-    )
-    tok.train_from_iterator(TINY_SENTENCES, trainer)
-    hf_tok = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<pad>")
-    if chat_template:
-        hf_tok.chat_template = chat_template
-    hf_tok.save_pretrained(path)
-    return hf_tok
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import torch
 import yaml
-from conftest import TINY_SENTENCES, assert_user_error
+from conftest import assert_user_error, write_tokenizer
 
 pytest.importorskip("transformers", reason="transformers is not installed (pip install 'danlu[hf]')")
 pytest.importorskip("peft", reason="peft is not installed (pip install 'danlu[hf]')")
@@ -41,20 +41,7 @@ CHATS = [
 def write_tiny_llama(path: Path, **config: Any) -> Path:
     """A tiny random Llama (2 layers, 32-dim, grouped-query attention) with a byte-level BPE
     tokenizer and a ChatML template, written with save_pretrained."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=300, special_tokens=["<pad>", "<|im_start|>", "<|im_end|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
-    )
-    tok.train_from_iterator(TINY_SENTENCES, trainer)
-    hf_tok = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>",
-                                                  pad_token="<pad>")
-    hf_tok.chat_template = CHATML
-    hf_tok.save_pretrained(path)
+    hf_tok = write_tokenizer(path, CHATML)
     torch.manual_seed(0)
     settings = dict(vocab_size=len(hf_tok), hidden_size=32, intermediate_size=48, num_hidden_layers=2,
                     num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
